@@ -1,0 +1,72 @@
+"""Build the run's parts from a composed config; shared by ``tvr-train``, ``tvr-eval`` and the tests.
+
+Everything that can fail on a wrong name or a missing file is built here, before any training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from tvr.checkpoint import AtomicCheckpointIO
+from tvr.config import to_plain
+from tvr.data.datamodule import RetrievalDataModule
+from tvr.lit_module import RetrievalModule
+
+
+def build_datamodule(data_cfg: DictConfig | dict) -> RetrievalDataModule:
+    data = to_plain(data_cfg)
+    return RetrievalDataModule(**data)
+
+
+def backbone_kwargs(backbone_cfg: DictConfig | dict) -> dict:
+    backbone = to_plain(backbone_cfg)
+    backbone.pop("image_size", None)  # consumed by the data transforms; the architecture fixes it
+    return backbone
+
+
+def build_module(cfg: DictConfig) -> RetrievalModule:
+    module = RetrievalModule(
+        backbone=backbone_kwargs(cfg.backbone),
+        head=to_plain(cfg.head),
+        loss=to_plain(cfg.loss),
+        optim=to_plain(cfg.optim),
+        evaluation=to_plain(cfg.evaluation),
+        train=to_plain(cfg.train),
+        run_config=to_plain(cfg),
+    )
+    expected = cfg.backbone.image_size
+    if module.backbone.image_size != expected:
+        raise ValueError(
+            f"backbone.image_size={expected} but '{module.backbone.model_name}' takes {module.backbone.image_size}px input"
+        )
+    return module
+
+
+def build_trainer(trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None, monitor: str | None = None) -> pl.Trainer:
+    loggers = [hydra.utils.instantiate(entry) for entry in (logger_cfg or {}).values()] or False
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor=monitor,
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+    ]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return pl.Trainer(
+        **to_plain(trainer_cfg),
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )

@@ -1,0 +1,140 @@
+"""Torch datasets over split records: training pairs, evaluation videos and evaluation texts.
+
+Bad videos never stop a run. In training, a pair whose video cannot be read is replaced by another
+pair (deterministically chosen) and the failure travels with the batch so the training module can
+count and log it. In evaluation the video stays in the gallery as an all-padded clip (it then scores
+zero against every text), and is reported; dropping it would silently change the benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import torch
+from torch.utils.data import Dataset
+
+from tvr.data.frame_cache import FrameCache
+from tvr.data.records import SplitRecords, VideoRef
+from tvr.data.sampling import FrameSampler
+from tvr.data.tokenizer import CaptionTokenizer
+from tvr.data.transforms import ClipFrameTransform
+from tvr.data.video import VideoBackend, VideoReadError
+
+log = logging.getLogger(__name__)
+
+# Stride used to pick a substitute pair; a large prime so retries spread over the split.
+_SUBSTITUTE_STRIDE = 7919
+
+
+class ClipReader:
+    """Decode (or fetch from a frame cache), transform and pad one clip to ``[max_frames, 3, S, S]``
+    with a frame mask."""
+
+    def __init__(self, backend: VideoBackend, sampler: FrameSampler, transform: ClipFrameTransform, cache: FrameCache | None = None) -> None:
+        self.backend = backend
+        self.sampler = sampler
+        self.transform = transform
+        self.cache = cache
+
+    @property
+    def max_frames(self) -> int:
+        return self.sampler.max_frames
+
+    def empty(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.transform.image_size
+        return torch.zeros(self.max_frames, 3, size, size), torch.zeros(self.max_frames, dtype=torch.bool)
+
+    def read(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None and video.video_id in self.cache:
+            resized, count = self.cache.read(video.video_id)
+            resized = resized[:count]
+        else:
+            clip = self.backend.read(video.path, self.sampler, video.start, video.end, rng)
+            count = min(len(clip.indices), self.max_frames)
+            resized = self.transform.resize_crop(clip.frames[:count])
+        frames, mask = self.empty()
+        frames[:count] = self.transform.normalize(resized)
+        mask[:count] = True
+        return frames, mask
+
+
+class TrainPairs(Dataset):
+    """One item per (caption, video) pair of the split."""
+
+    def __init__(self, split: SplitRecords, reader: ClipReader, tokenizer: CaptionTokenizer, max_substitutions: int = 20) -> None:
+        self.split = split
+        self.reader = reader
+        self.tokenizer = tokenizer
+        self.max_substitutions = max_substitutions
+
+    def __len__(self) -> int:
+        return len(self.split.texts)
+
+    def __getitem__(self, index: int) -> dict:
+        failed: list[str] = []
+        candidate = index
+        for _ in range(self.max_substitutions + 1):
+            text = self.split.texts[candidate]
+            video = self.split.videos[self.split.video_index(text.video_id)]
+            try:
+                frames, mask = self.reader.read(video)
+            except VideoReadError as error:
+                log.warning("training video replaced: %s", error)
+                failed.append(video.video_id)
+                candidate = (candidate + _SUBSTITUTE_STRIDE) % len(self)
+                continue
+            return {"tokens": self.tokenizer(text.caption), "frames": frames, "frame_mask": mask, "index": candidate, "failed_videos": failed}
+        raise RuntimeError(
+            f"{len(failed)} consecutive unreadable training videos ({', '.join(failed[:5])}, ...); "
+            "check data.root and run tools/check_videos.py"
+        )
+
+
+class EvalVideos(Dataset):
+    def __init__(self, split: SplitRecords, reader: ClipReader) -> None:
+        self.split = split
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return len(self.split.videos)
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.split.videos[index]
+        failed: list[str] = []
+        try:
+            frames, mask = self.reader.read(video)
+        except VideoReadError as error:
+            log.warning("evaluation video unreadable, scored as empty: %s", error)
+            frames, mask = self.reader.empty()
+            failed.append(video.video_id)
+        return {"frames": frames, "frame_mask": mask, "index": index, "failed_videos": failed}
+
+
+class EvalTexts(Dataset):
+    def __init__(self, split: SplitRecords, tokenizer: CaptionTokenizer) -> None:
+        self.split = split
+        self.tokenizer = tokenizer
+        self.text_to_video = split.text_to_video
+
+    def __len__(self) -> int:
+        return len(self.split.texts)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"tokens": self.tokenizer(self.split.texts[index].caption), "index": index, "video_index": self.text_to_video[index]}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, tensorise ints, and concatenate the per-item lists of failed video ids."""
+    batch: dict = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], int):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        elif isinstance(values[0], list):
+            batch[key] = [entry for value in values for entry in value]
+        else:
+            batch[key] = values
+    return batch

@@ -1,0 +1,148 @@
+"""LightningDataModule: split records -> torch datasets -> loaders.
+
+Evaluation uses two loaders per split, videos first and texts second, so each item is encoded exactly
+once; the training module gathers them across ranks and scores every text against every video.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, TrainPairs, collate
+from tvr.data.datasets import create_dataset
+from tvr.data.frame_cache import FrameCache, build_frame_cache, cache_dir_for
+from tvr.data.records import SplitRecords
+from tvr.data.sampling import create_sampler
+from tvr.data.tokenizer import CaptionTokenizer
+from tvr.data.transforms import ClipFrameTransform
+from tvr.data.video import create_backend
+
+log = logging.getLogger(__name__)
+
+VIDEO_LOADER, TEXT_LOADER = 0, 1
+CACHE_MODES = ("off", "auto", "build")
+
+
+class RetrievalDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        name: str,
+        source: dict,
+        image_size: int,
+        max_words: int,
+        video: dict,
+        splits: dict,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        frame_cache: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset = create_dataset(name, **source)
+        self.image_size = image_size
+        self.tokenizer = CaptionTokenizer(max_words)
+        self.backend = create_backend(video["backend"], **video.get("backend_options", {}))
+        self.train_sampler = create_sampler(**video["train_sampler"])
+        self.eval_sampler = create_sampler(**video["eval_sampler"])
+        self.split_names = {stage: splits.get(stage) for stage in ("train", "val", "test")}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.records: dict[str, SplitRecords] = {}
+        cache_cfg = frame_cache or {}
+        self.cache_mode = cache_cfg.get("mode", "off")
+        if self.cache_mode not in CACHE_MODES:
+            raise ValueError(f"data.frame_cache.mode must be one of {', '.join(CACHE_MODES)}, got '{self.cache_mode}'")
+        self.cache_root = Path(cache_cfg["dir"]) if cache_cfg.get("dir") else None
+        self.cache_workers = int(cache_cfg.get("workers", 2))
+        self.caches_used: dict[str, bool] = {}
+
+    def prepare_data(self) -> None:
+        self.dataset.prepare()
+        if self.cache_mode == "build":
+            for role, sampler in self._cacheable_roles():
+                split = self.dataset.load_split(self.split_names[role])
+                path = cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size)
+                if FrameCache.open(path, split, sampler.describe(), self.image_size) is None:
+                    build_frame_cache(path, split, self._reader(sampler), workers=self.cache_workers)
+
+    def _sampler_for(self, role: str):
+        return self.train_sampler if role == "train" else self.eval_sampler
+
+    def _cacheable_roles(self):
+        for role, split in self.split_names.items():
+            sampler = self._sampler_for(role)
+            if split and sampler.deterministic:
+                yield role, sampler
+
+    def _cache_for(self, role: str) -> FrameCache | None:
+        sampler = self._sampler_for(role)
+        if self.cache_mode == "off" or self.cache_root is None:
+            return None
+        if not sampler.deterministic:
+            log.info("frame cache not used for %s: sampler %s is random", role, sampler.describe()["sampler"])
+            return None
+        split = self.records[role]
+        cache = FrameCache.open(cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size), split, sampler.describe(), self.image_size)
+        self.caches_used[role] = cache is not None
+        return cache
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(stage or "fit", ())
+        for role in wanted:
+            split = self.split_names.get(role)
+            if split and role not in self.records:
+                self.records[role] = self.dataset.load_split(split)
+
+    @property
+    def has_val(self) -> bool:
+        return bool(self.split_names.get("val"))
+
+    def _reader(self, sampler, cache: FrameCache | None = None) -> ClipReader:
+        return ClipReader(self.backend, sampler, ClipFrameTransform(self.image_size), cache)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        pairs = TrainPairs(self.records["train"], self._reader(self.train_sampler, self._cache_for("train")), self.tokenizer)
+        return self._loader(pairs, self.batch_size, shuffle=True, drop_last=len(pairs) > self.batch_size)
+
+    def _eval_loaders(self, role: str) -> list[DataLoader]:
+        split = self.records[role]
+        return [
+            self._loader(EvalVideos(split, self._reader(self.eval_sampler, self._cache_for(role))), self.eval_batch_size, shuffle=False),
+            self._loader(EvalTexts(split, self.tokenizer), self.eval_batch_size, shuffle=False),
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val") if self.has_val else []
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def describe(self) -> dict:
+        return {
+            **self.dataset.describe(),
+            "splits": {role: name for role, name in self.split_names.items() if name},
+            "train_sampler": self.train_sampler.describe(),
+            "eval_sampler": self.eval_sampler.describe(),
+            "max_words": self.tokenizer.max_words,
+            "video_backend": self.backend.name,
+            "frame_cache": {"mode": self.cache_mode, "used": dict(self.caches_used)},
+        }

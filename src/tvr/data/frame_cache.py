@@ -1,0 +1,188 @@
+"""An optional store of pre-decoded, resized frames, so training epochs after the first cost no decoding.
+
+One cache holds one split under one frame-sampling setting: a memory-mapped uint8 array
+``[num_videos, max_frames, 3, S, S]`` (the output of :meth:`ClipFrameTransform.resize_crop`), the number
+of real frames per video, and ``meta.json`` recording everything the content depends on: the sampler
+settings, the resolution, the ordered video ids and each source file's size and mtime.
+
+A cache is used only when all of that matches the current run; a stale or unfinished cache is detected,
+reported with the reason, and ignored (decoding falls back to the video files). Only deterministic
+samplers can be cached: a random sampler must see new frames every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tvr.data.records import SplitRecords
+from tvr.data.video import VideoReadError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+META_FILE = "meta.json"
+FRAMES_FILE = "frames.u8"
+
+
+def _fingerprint(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def cache_key(sampler_description: dict, image_size: int) -> str:
+    text = json.dumps({"sampler": sampler_description, "image_size": image_size}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def cache_dir_for(root: str | Path, split: SplitRecords, sampler_description: dict, image_size: int) -> Path:
+    return Path(root) / f"{split.name}-{cache_key(sampler_description, image_size)}"
+
+
+@dataclass
+class FrameCache:
+    path: Path
+    video_rows: dict[str, int]
+    num_valid: np.ndarray
+    shape: tuple[int, ...]
+    failed: set[str]
+
+    _frames: np.ndarray | None = None
+
+    @property
+    def frames(self) -> np.ndarray:
+        if self._frames is None:  # opened lazily so each DataLoader worker maps the file itself
+            self._frames = np.memmap(self.path / FRAMES_FILE, dtype=np.uint8, mode="r", shape=self.shape)
+        return self._frames
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_frames"] = None
+        return state
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.video_rows
+
+    def read(self, video_id: str) -> tuple[torch.Tensor, int]:
+        """uint8 ``[max_frames, 3, S, S]`` (zeros past the real frames) and the number of real frames."""
+        if video_id in self.failed:
+            raise VideoReadError(f"video {video_id} could not be decoded when the frame cache was built")
+        row = self.video_rows[video_id]
+        return torch.from_numpy(np.array(self.frames[row])), int(self.num_valid[row])
+
+    @classmethod
+    def open(cls, path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> "FrameCache | None":
+        """The cache at ``path`` if it is complete and matches; otherwise None, with the reason logged."""
+        reason = cache_mismatch(path, split, sampler_description, image_size)
+        if reason:
+            if (path / META_FILE).exists():
+                log.warning("frame cache %s not used: %s", path, reason)
+            return None
+        meta = json.loads((path / META_FILE).read_text())
+        return cls(
+            path=path,
+            video_rows={video_id: row for row, video_id in enumerate(meta["video_ids"])},
+            num_valid=np.asarray(meta["num_valid"], dtype=np.int64),
+            shape=tuple(meta["shape"]),
+            failed=set(meta["failed"]),
+        )
+
+
+def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> str | None:
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        return "no cache"
+    meta = json.loads(meta_path.read_text())
+    if meta.get("version") != CACHE_VERSION:
+        return f"cache format {meta.get('version')} != {CACHE_VERSION}"
+    if not meta.get("complete"):
+        return "the cache is incomplete (its build was interrupted); rebuild it"
+    if meta.get("sampler") != sampler_description or meta.get("image_size") != image_size:
+        return f"built for {meta.get('sampler')} at {meta.get('image_size')}px, run uses {sampler_description} at {image_size}px"
+    if meta.get("video_ids") != [video.video_id for video in split.videos]:
+        return "the split's video list changed since the cache was built"
+    current = [_fingerprint(video.path) for video in split.videos]
+    changed = [vid for vid, old, new in zip(meta["video_ids"], meta["fingerprints"], current) if old != new]
+    if changed:
+        return f"{len(changed)} video files changed since the cache was built (e.g. {changed[0]})"
+    frames_path = path / FRAMES_FILE
+    expected_bytes = int(np.prod(meta["shape"]))
+    if not frames_path.is_file() or frames_path.stat().st_size != expected_bytes:
+        return "the frame array is missing or truncated"
+    return None
+
+
+def _decode_one(job: tuple) -> tuple[int, np.ndarray | None, int, str | None]:
+    row, video, reader = job
+    try:
+        clip = reader.backend.read(video.path, reader.sampler, video.start, video.end)
+    except VideoReadError as error:
+        return row, None, 0, str(error)
+    count = min(len(clip.indices), reader.max_frames)
+    return row, reader.transform.resize_crop(clip.frames[:count]).numpy(), count, None
+
+
+def build_frame_cache(path: Path, split: SplitRecords, reader, workers: int = 1, progress: bool = True) -> FrameCache:
+    """Decode every video of ``split`` once with ``reader`` (a ClipReader) and store the frames at ``path``."""
+    sampler = reader.sampler
+    if not sampler.deterministic:
+        raise ValueError(f"sampler {sampler.describe()} is random; a frame cache would freeze its frames")
+    size = reader.transform.image_size
+    shape = (len(split.videos), reader.max_frames, 3, size, size)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "version": CACHE_VERSION, "complete": False, "split": split.name, "sampler": sampler.describe(),
+        "image_size": size, "shape": list(shape), "video_ids": [v.video_id for v in split.videos],
+        "fingerprints": [_fingerprint(v.path) for v in split.videos], "num_valid": [0] * len(split.videos), "failed": [],
+    }
+    _write_meta(path, meta)
+    frames = np.memmap(path / FRAMES_FILE, dtype=np.uint8, mode="w+", shape=shape)
+    jobs = [(row, video, reader) for row, video in enumerate(split.videos)]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=f"frame cache {split.name}", disable=not progress)
+    results = _map(jobs, workers)
+    failures: list[str] = []
+    for row, clip, count, error in results:
+        if error:
+            failures.append(split.videos[row].video_id)
+            log.warning("frame cache: %s", error)
+        else:
+            frames[row, :count] = clip
+            meta["num_valid"][row] = count
+        bar.update(1)
+    bar.close()
+    frames.flush()
+    del frames
+    meta["failed"] = failures
+    meta["complete"] = True
+    _write_meta(path, meta)
+    cache = FrameCache.open(path, split, sampler.describe(), size)
+    assert cache is not None, "a freshly built cache must validate"
+    return cache
+
+
+def _map(jobs: list, workers: int):
+    if workers <= 1:
+        yield from map(_decode_one, jobs)
+        return
+    with get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(_decode_one, jobs, chunksize=8)
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    tmp = path / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, path / META_FILE)
+

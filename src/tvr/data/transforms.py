@@ -1,0 +1,43 @@
+"""CLIP image preprocessing for decoded frames (datasets spec §1.2 step 5).
+
+Two steps, so the frame cache can store the output of the first one:
+  * :meth:`ClipFrameTransform.resize_crop`: short side to the model resolution (bicubic, antialiased),
+    centre crop, rounded back to uint8 — the same rounding PIL's uint8 resize in CLIP4Clip does;
+  * :meth:`ClipFrameTransform.normalize`: scale to [0, 1] and normalise with CLIP's mean/std.
+The whole clip is processed at once so every frame gets the same crop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipFrameTransform:
+    def __init__(self, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
+        self.image_size = image_size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def resize_crop(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``[T, H, W, 3]`` -> uint8 ``[T, 3, S, S]``."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        height, width = x.shape[-2:]
+        scale = self.image_size / min(height, width)
+        new_h, new_w = max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale))
+        if (new_h, new_w) != (height, width):
+            x = F.interpolate(x.float(), size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        top, left = (new_h - self.image_size) // 2, (new_w - self.image_size) // 2
+        return x[:, :, top : top + self.image_size, left : left + self.image_size].contiguous()
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[T, 3, S, S]`` -> float ``[T, 3, S, S]``."""
+        return (frames.float().div_(255.0) - self.mean) / self.std
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        return self.normalize(self.resize_crop(frames))

@@ -1,0 +1,205 @@
+"""The LightningModule: one backbone, one head, one loss; nothing in here knows which head it runs.
+
+Training: encode the local batch, all-gather the head representations (with the configured gradient
+rule) so every rank scores the global batch, apply CLIP's clamped ``logit_scale``, add the head's extra
+losses. Evaluation: encode every video and every text once, gather them across ranks, drop the
+duplicates a DistributedSampler pads with (by item index), score all pairs in tiles through the head,
+and compute the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+
+from tvr.data.datamodule import TEXT_LOADER, VIDEO_LOADER
+from tvr.evaluation.report import evaluate_scores
+from tvr.evaluation.similarity import tiled_similarity
+from tvr.models.backbone import CLIPBackbone
+from tvr.models.distributed import gather_no_grad, gather_with_grad, is_distributed
+from tvr.models.heads import create_head
+from tvr.models.heads.base import Repr, index_repr
+from tvr.models.losses import create_loss
+from tvr.optim import WarmupCosine, parameter_groups
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalModule(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: dict,
+        head: dict,
+        loss: dict,
+        optim: dict,
+        evaluation: dict,
+        train: dict,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = CLIPBackbone(**backbone)
+        head_options = {key: value for key, value in head.items() if key != "name"}
+        self.head = create_head(head["name"], embed_dim=self.backbone.embed_dim, **head_options)
+        self.head.init_from_backbone(self.backbone)
+        loss_options = {key: value for key, value in loss.items() if key != "name"}
+        self.loss = create_loss(loss["name"], **loss_options)
+        self.optim_cfg = optim
+        self.eval_cfg = evaluation
+        self.gather_grad = train.get("gather_grad", "sum")
+        self.max_log_logit_scale = math.log(train.get("max_logit_scale", 100.0))
+        self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        self.eval_results: dict[str, dict] = {}
+        self._eval_outputs: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ encoders
+    def encode_texts(self, tokens: torch.Tensor) -> Repr:
+        return self.head.encode_text(self.backbone.encode_text(tokens))
+
+    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Repr:
+        features = self.backbone.encode_frames(frames, frame_mask, with_patches=self.head.needs_patches)
+        return self.head.encode_video(features)
+
+    def scaled(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores * self.backbone.logit_scale.exp() if self.head.uses_logit_scale else scores
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        text_repr = self.encode_texts(batch["tokens"])
+        video_repr = self.encode_videos(batch["frames"], batch["frame_mask"])
+        text_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in text_repr.items()}
+        video_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in video_repr.items()}
+        logits = self.scaled(self.head.similarity(text_repr, video_repr))
+        loss = self.loss(logits)
+        extras = self.head.extra_losses(text_repr, video_repr, self.backbone.logit_scale)
+        total = loss + sum(extras.values()) if extras else loss
+        batch_size = batch["tokens"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if extras:
+            self.log("train/contrastive_loss", loss, batch_size=batch_size)
+            for name, value in extras.items():
+                self.log(f"train/{name}", value, batch_size=batch_size)
+        self.log("train/logit_scale", self.backbone.logit_scale.exp(), batch_size=batch_size)
+        if batch["failed_videos"]:
+            self.decode_failures["train"].extend(batch["failed_videos"])
+        self.log("train/decode_failures", float(len(self.decode_failures["train"])), reduce_fx="max", batch_size=batch_size)
+        return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():
+            self.backbone.logit_scale.clamp_(max=self.max_log_logit_scale)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
+        if dataloader_idx == VIDEO_LOADER:
+            rep = self.encode_videos(batch["frames"], batch["frame_mask"])
+            self._eval_outputs["videos"].append((batch["index"], rep))
+            self._eval_outputs["failed"].extend(batch["failed_videos"])
+        elif dataloader_idx == TEXT_LOADER:
+            rep = self.encode_texts(batch["tokens"])
+            rep["video_index"] = batch["video_index"]
+            self._eval_outputs["texts"].append((batch["index"], rep))
+
+    def _start_eval(self) -> None:
+        self._eval_outputs = {"videos": [], "texts": [], "failed": []}
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._finish_eval("val", log_metrics=False)
+            return
+        self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def _gather_unique(self, parts: list[tuple[torch.Tensor, Repr]]) -> Repr:
+        """Concatenate local outputs, gather from all ranks, keep one copy of each item in index order."""
+        index = torch.cat([idx for idx, _ in parts]).to(self.device)
+        rep = {key: torch.cat([r[key] for _, r in parts]) for key in parts[0][1]}
+        index = gather_no_grad(index)
+        rep = {key: gather_no_grad(value) for key, value in rep.items()}
+        order = torch.argsort(index, stable=True)
+        index = index[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        keep = order[first]
+        if index[first].tolist() != list(range(int(first.sum()))):
+            raise RuntimeError("evaluation lost items while gathering across ranks")
+        return index_repr(rep, keep)
+
+    @staticmethod
+    def _gather_lists(items: list[str]) -> list[str]:
+        if not is_distributed():
+            return list(items)
+        everyone: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, items)
+        return [item for part in everyone for item in part]
+
+    def gather_train_failures(self) -> list[str]:
+        """Every replaced training sample on every rank (one entry per replacement)."""
+        return self._gather_lists(self.decode_failures["train"])
+
+    def _finish_eval(self, stage: str, log_metrics: bool = True) -> None:
+        outputs = self._eval_outputs
+        if not outputs["videos"] or not outputs["texts"]:
+            return
+        videos = self._gather_unique(outputs["videos"])
+        texts = self._gather_unique(outputs["texts"])
+        text_to_video = texts.pop("video_index").cpu().numpy()
+        cfg = self.eval_cfg
+        cos = tiled_similarity(self.head, texts, videos, cfg.get("text_chunk", 1024), cfg.get("video_chunk", 1024))
+        metrics = evaluate_scores(
+            cos, text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
+            dsl_temperature=cfg.get("dsl_temperature", 100.0),
+        )
+        failures = sorted(set(self._gather_lists(outputs["failed"])))
+        self.decode_failures[stage] = failures
+        metrics["num_texts"], metrics["num_videos"] = int(cos.shape[0]), int(cos.shape[1])
+        metrics["decode_failures"] = len(failures)
+        self.eval_results[stage] = metrics
+        self._eval_outputs = {}
+        if failures:
+            log.warning("%s: %d videos could not be decoded and were scored as empty: %s", stage, len(failures), failures[:10])
+        if not log_metrics:
+            return
+        for direction in ("t2v", "v2t"):
+            for name, value in metrics[direction].items():
+                self.log(f"{stage}/{direction}_{name}", value, sync_dist=False, rank_zero_only=False)
+        self.log(f"{stage}/decode_failures", float(len(failures)))
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        groups = parameter_groups(
+            list(self.named_parameters()),
+            {id(param) for _, param in self.head.new_parameters()},
+            backbone_lr=cfg["backbone_lr"],
+            head_lr=cfg["head_lr"],
+            weight_decay=cfg["weight_decay"],
+            no_decay_1d=cfg.get("no_decay_1d", True),
+            no_decay_names=cfg.get("no_decay_names", ()),
+        )
+        optimizer = AdamW(
+            groups, betas=tuple(cfg.get("betas", (0.9, 0.98))), eps=cfg.get("eps", 1e-6), fused=cfg.get("fused", None)
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(cfg.get("warmup_proportion", 0.1) * total)
+        scheduler = LambdaLR(optimizer, WarmupCosine(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,221 @@
+"""The shared CLIP backbone: an open_clip model with the two encoders retrieval heads need.
+
+Built by open_clip name (``ViT-B-32``, ``ViT-B-16``, ``ViT-B-32-quickgelu``, ...) or by an inline
+architecture (``tvr-tiny`` is registered here for tests and the synthetic default). The model is
+constructed directly from its config, never through ``open_clip.create_model``, so nothing can trigger a
+download; weights come only from a local file (see :mod:`tvr.models.weights`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from tvr.models.weights import LoadedWeights, WeightsError, read_clip_weights
+
+log = logging.getLogger(__name__)
+
+# Inline architectures in open_clip's config format. ``tvr-tiny`` trains from scratch on 2 CPU cores in
+# minutes, which is what the synthetic default run and the test-suite need.
+INLINE_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "tvr-tiny": {
+        "embed_dim": 64,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    },
+}
+
+# Every caption is tokenised with CLIP's BPE; an open_clip model whose text tower uses another
+# tokenizer (an HF text tower) cannot be driven by tvr's caption pipeline.
+CLIP_VOCAB_SIZE = 49408
+
+
+@dataclass
+class TextFeatures:
+    """Output of :meth:`CLIPBackbone.encode_text`.
+
+    sentence: ``[B, D]`` projected EOT feature (CLIP's sentence embedding, not normalised).
+    tokens:   ``[B, L, D]`` projected per-token features (after ``ln_final``).
+    mask:     ``[B, L]`` bool, True on real tokens (SOT .. EOT), False on padding.
+    """
+
+    sentence: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class FrameFeatures:
+    """Output of :meth:`CLIPBackbone.encode_frames`.
+
+    frames:  ``[B, T, D]`` projected CLS feature per frame; zeros at padded frames.
+    mask:    ``[B, T]`` bool, True on real frames.
+    patches: ``[B, T, P, D]`` projected patch tokens when requested, else None.
+    """
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+    patches: torch.Tensor | None = None
+
+
+def list_architectures() -> list[str]:
+    return sorted(INLINE_ARCHITECTURES) + open_clip.list_models()
+
+
+def resolve_architecture(model_name: str | None, architecture: dict | None) -> dict[str, Any]:
+    if architecture:
+        return copy.deepcopy(dict(architecture))
+    if model_name in INLINE_ARCHITECTURES:
+        return copy.deepcopy(INLINE_ARCHITECTURES[model_name])
+    config = open_clip.get_model_config(model_name) if model_name else None
+    if config is None:
+        raise ValueError(
+            f"unknown backbone model_name '{model_name}'; valid choices: {', '.join(list_architectures())} "
+            "(or give backbone.architecture as an inline open_clip config)"
+        )
+    return config
+
+
+class CLIPBackbone(nn.Module):
+    """Wraps an ``open_clip.CLIP`` and exposes retrieval-oriented encoders.
+
+    ``logit_scale`` stays CLIP's own parameter (init ln(1/0.07) or the checkpoint's value), trained in the
+    backbone group and clamped by the training module, as in CLIP4Clip and X-Pool.
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = "tvr-tiny",
+        architecture: dict | None = None,
+        weights: str | None = None,
+        quick_gelu: bool | None = None,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        config = resolve_architecture(model_name, architecture)
+        loaded = read_clip_weights(weights) if weights else None
+        config["quick_gelu"] = self._decide_quick_gelu(config, quick_gelu, loaded)
+        text_cfg = config.get("text_cfg", {})
+        if "hf_model_name" in text_cfg or text_cfg.get("vocab_size", CLIP_VOCAB_SIZE) != CLIP_VOCAB_SIZE:
+            raise ValueError(
+                f"backbone '{model_name}' has a text tower that does not use CLIP's BPE vocabulary; "
+                "tvr supports CLIP-style text towers only"
+            )
+        config.pop("custom_text", None)
+        self.model_name = model_name or "inline"
+        self.quick_gelu = config["quick_gelu"]
+        self.clip = open_clip.CLIP(**config)
+        if loaded is not None:
+            self._load(loaded)
+        self.weights_source = loaded.source if loaded else "random"
+        if grad_checkpointing:
+            self.clip.set_grad_checkpointing(True)
+
+    @staticmethod
+    def _decide_quick_gelu(config: dict, requested: bool | None, loaded: LoadedWeights | None) -> bool:
+        from_config = bool(config.get("quick_gelu", False))
+        needs = loaded is not None and loaded.requires_quick_gelu
+        if requested is False and needs:
+            raise WeightsError(
+                f"weights '{loaded.path}' ({loaded.source}) were trained with QuickGELU but "
+                "backbone.quick_gelu=false was requested; drop the override or use a -quickgelu model name"
+            )
+        if needs and not from_config:
+            log.info("weights %s (%s) need QuickGELU; enabling it", loaded.path, loaded.source)
+        return bool(requested) if requested is not None else (from_config or needs)
+
+    def _load(self, loaded: LoadedWeights) -> None:
+        result = self.clip.load_state_dict(loaded.state_dict, strict=False)
+        expected_shapes = {key: value.shape for key, value in self.clip.state_dict().items()}
+        wrong_shapes = [
+            f"{key} {tuple(value.shape)} vs {tuple(expected_shapes[key])}"
+            for key, value in loaded.state_dict.items()
+            if key in expected_shapes and value.shape != expected_shapes[key]
+        ]
+        if result.missing_keys or result.unexpected_keys or wrong_shapes:
+            raise WeightsError(
+                f"weights '{loaded.path}' ({loaded.source}) do not fit backbone '{self.model_name}': "
+                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}, "
+                f"shape mismatch {wrong_shapes[:5]}; check backbone.model_name matches the checkpoint"
+            )
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.visual.output_dim)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.clip.visual.image_size[0])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.clip.context_length)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def set_logit_scale(self, value: float) -> None:
+        with torch.no_grad():
+            self.clip.logit_scale.fill_(math.log(value))
+
+    def encode_text(self, token_ids: torch.Tensor) -> TextFeatures:
+        """``token_ids`` ``[B, L]`` (SOT .. EOT, 0-padded, L <= context length) -> :class:`TextFeatures`.
+
+        The tower runs on the given length L with a causal mask, so the EOT feature equals the one
+        computed on CLIP's 77-token context (CLIP4Clip runs 32 tokens; see the methods spec §1).
+        """
+        length = token_ids.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"captions of {length} tokens exceed the backbone context of {self.context_length}")
+        clip = self.clip
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(token_ids).to(cast_dtype)
+        x = x + clip.positional_embedding[:length].to(cast_dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.ln_final(x)
+        tokens = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+        eot = token_ids.argmax(dim=-1)
+        sentence = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot]
+        return TextFeatures(sentence=sentence, tokens=tokens, mask=token_ids != 0)
+
+    def encode_images(self, images: torch.Tensor, with_patches: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[N, 3, H, W]`` -> projected CLS ``[N, D]`` and, optionally, projected patch tokens ``[N, P, D]``."""
+        visual = self.clip.visual
+        x = visual._embeds(images.to(visual.conv1.weight.dtype))
+        x = visual.transformer(x)
+        pooled, patches = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+            if with_patches:
+                patches = patches @ visual.proj
+        return pooled, (patches if with_patches else None)
+
+    def encode_frames(
+        self, frames: torch.Tensor, mask: torch.Tensor | None = None, with_patches: bool = False
+    ) -> FrameFeatures:
+        """``frames`` ``[B, T, 3, H, W]`` -> :class:`FrameFeatures` with ``[B, T, D]`` frame embeddings.
+
+        Only real frames (``mask`` True) go through the vision tower; padded slots are zeros. Every head
+        masks padded frames, so skipping them changes no output and saves their compute.
+        """
+        batch, num_frames = frames.shape[:2]
+        if mask is None:
+            mask = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
+        mask = mask.bool()
+        pooled, patches = self.encode_images(frames[mask], with_patches=with_patches)
+        out = pooled.new_zeros(batch, num_frames, pooled.shape[-1])
+        out[mask] = pooled
+        patch_out = None
+        if patches is not None:
+            patch_out = patches.new_zeros(batch, num_frames, *patches.shape[1:])
+            patch_out[mask] = patches
+        return FrameFeatures(frames=out, mask=mask, patches=patch_out)

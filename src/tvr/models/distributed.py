@@ -1,0 +1,73 @@
+"""All-gather with a chosen gradient rule, for contrastive losses over the global batch.
+
+Every rank computes the same global ``B x B`` loss from gathered embeddings. What flows back to the
+local embeddings decides the parameter gradients after DDP averages them (methods spec §2.5):
+
+* ``"sum"`` (default): the incoming gradients of all ranks are summed, then this rank's rows are kept.
+  After DDP's averaging every parameter gets exactly the single-process full-batch gradient.
+* ``"slice"``: only this rank's rows of its own incoming gradient are kept (CLIP4Clip's ``AllGather``).
+  After averaging, parameters upstream of the gather get ``grad / world_size`` while ``logit_scale``
+  gets the full gradient. Use it for bit-parity with CLIP4Clip training.
+
+Batches may differ in size across ranks (e.g. a short last batch); they are padded for the collective.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+GATHER_GRAD_MODES = ("sum", "slice")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_padded(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    world = dist.get_world_size()
+    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    sizes_t = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_t, size)
+    sizes = [int(s.item()) for s in sizes_t]
+    longest = max(sizes)
+    padded = tensor.contiguous()
+    if tensor.shape[0] < longest:
+        pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        padded = torch.cat([padded, pad])
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sizes
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, mode: str) -> torch.Tensor:
+        gathered, sizes = _gather_padded(tensor)
+        ctx.sizes, ctx.mode, ctx.rank = sizes, mode, dist.get_rank()
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.mode == "sum":
+            grad = grad.contiguous()
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def gather_with_grad(tensor: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks in rank order (identity without a process group)."""
+    if mode not in GATHER_GRAD_MODES:
+        raise ValueError(f"gather grad mode must be one of {GATHER_GRAD_MODES}, got '{mode}'")
+    if not is_distributed():
+        return tensor
+    return _GatherWithGrad.apply(tensor, mode)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks in rank order; sizes may differ."""
+    if not is_distributed():
+        return tensor
+    return _gather_padded(tensor)[0]

@@ -1,0 +1,97 @@
+"""The head interface: what a retrieval method adds on top of the shared CLIP backbone.
+
+A head splits its work into a cacheable part, run once per item, and a pairwise part:
+
+* ``encode_text(TextFeatures) -> Repr`` and ``encode_video(FrameFeatures) -> Repr`` run once per text and
+  per video. A ``Repr`` is a dict of tensors that all share the leading item dimension, so the training
+  and evaluation code can slice, concatenate and all-gather them without knowing what is inside.
+* ``similarity(text_repr, video_repr) -> [Nt, Nv]`` scores chunks of texts against chunks of videos. It
+  returns the method's *unscaled* score (a cosine for CLIP-style heads); the training module multiplies
+  by CLIP's ``exp(logit_scale)`` when ``uses_logit_scale`` is set. Evaluation calls it on tiles, so a
+  text-conditioned head never materialises ``Nt x Nv x D``.
+* ``extra_losses(...)`` returns head-specific terms by name; ``new_parameters()`` lists parameters that
+  take the head learning rate (everything the head owns, by default).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
+
+Repr = dict[str, torch.Tensor]
+
+
+class RetrievalHead(nn.Module):
+    #: True when ``similarity`` is a plain dot product of per-item vectors, so galleries can be indexed
+    #: (e.g. with faiss) without the head; text-conditioned heads set it False.
+    query_independent: bool = True
+    uses_logit_scale: bool = True
+    needs_patches: bool = False
+    #: Prefix renames from the reference implementation's state_dict keys to this head's keys.
+    reference_key_renames: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+
+    def init_from_backbone(self, backbone: CLIPBackbone) -> None:
+        """Hook for heads initialised from CLIP weights (e.g. seqTransf copies text-transformer blocks)."""
+
+    def encode_text(self, text: TextFeatures) -> Repr:
+        raise NotImplementedError
+
+    def encode_video(self, video: FrameFeatures) -> Repr:
+        raise NotImplementedError
+
+    def similarity(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_losses(self, text_repr: Repr, video_repr: Repr, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def new_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.named_parameters()
+
+
+def repr_length(rep: Repr) -> int:
+    return next(iter(rep.values())).shape[0]
+
+
+def slice_repr(rep: Repr, start: int, stop: int) -> Repr:
+    return {key: value[start:stop] for key, value in rep.items()}
+
+
+def cat_reprs(reps: list[Repr]) -> Repr:
+    return {key: torch.cat([rep[key] for rep in reps]) for key in reps[0]}
+
+
+def index_repr(rep: Repr, index: torch.Tensor) -> Repr:
+    return {key: value[index] for key, value in rep.items()}
+
+
+def masked_mean_of_unit_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CLIP4Clip's video vector: normalise each frame, average the real ones, normalise again.
+
+    A video with no real frame (e.g. one that failed to decode) yields the zero vector, which scores 0
+    against every text instead of producing NaNs.
+    """
+    weights = mask.to(frames.dtype).unsqueeze(-1)
+    summed = (F.normalize(frames, dim=-1) * weights).sum(dim=1)
+    mean = summed / weights.sum(dim=1).clamp(min=1.0)
+    return F.normalize(mean, dim=-1)
+
+
+def rename_reference_keys(state_dict: dict[str, torch.Tensor], renames) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out

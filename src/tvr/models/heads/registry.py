@@ -1,0 +1,15 @@
+"""Head registry: ``create_head(name, **cfg)`` and ``list_heads()``."""
+
+from __future__ import annotations
+
+from tvr.registry import Registry
+
+HEADS: Registry = Registry("head")
+
+
+def register_head(name: str):
+    def decorator(cls):
+        cls.name = name
+        return HEADS.register(name)(cls)
+
+    return decorator

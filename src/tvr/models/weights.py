@@ -1,0 +1,213 @@
+"""Reading CLIP weights from local files, in every layout researchers actually have on disk.
+
+Supported sources (never a network download):
+  * an open_clip checkpoint (``.pt``/``.pth``/``.bin``/``.safetensors``, optionally wrapped in
+    ``{"state_dict": ...}`` and/or prefixed with ``module.``), loaded with ``weights_only=True``;
+  * a Hugging Face folder: either a cache root ``models--org--name`` (its newest snapshot is used), a
+    snapshot folder, or any folder holding ``open_clip_model.safetensors``/``open_clip_pytorch_model.bin``
+    (open_clip layout) or ``model.safetensors``/``pytorch_model.bin`` (``transformers`` CLIPModel layout,
+    converted to open_clip names here);
+  * OpenAI's TorchScript archive (``ViT-B-32.pt`` from the CLIP repo). A TorchScript archive is not a
+    pickle of tensors, so ``torch.load(weights_only=True)`` cannot read it; it is opened with
+    ``torch.jit.load`` instead, which restores tensors and compiled graph code but never runs pickled
+    Python. OpenAI's models were trained with QuickGELU, so these weights force QuickGELU on.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+OPEN_CLIP_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")
+SUPPORTED_HINT = (
+    "pass backbone.weights=<path> pointing to an open_clip checkpoint (.pt/.bin/.safetensors), "
+    "a Hugging Face folder (models--org--name or a snapshot holding open_clip_model.safetensors or "
+    "model.safetensors), or OpenAI's TorchScript ViT-B-32.pt; or backbone.weights=null for random init"
+)
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class WeightsError(RuntimeError):
+    """A weights file that is missing, unreadable or does not fit the requested architecture."""
+
+
+@dataclass
+class LoadedWeights:
+    state_dict: dict[str, torch.Tensor]
+    source: str  # "open_clip", "transformers" or "openai_torchscript"
+    path: Path
+    requires_quick_gelu: bool
+
+
+def read_clip_weights(path: str | Path) -> LoadedWeights:
+    """Read a CLIP state_dict in open_clip naming from any supported local source."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WeightsError(f"CLIP weights not found at '{path}'; {SUPPORTED_HINT}")
+    if path.is_dir():
+        return _read_folder(path)
+    if _is_torchscript_archive(path):
+        return _read_openai_torchscript(path)
+    state_dict = _unwrap(_load_tensor_file(path))
+    if _is_transformers_layout(state_dict):
+        return LoadedWeights(transformers_to_open_clip(state_dict), "transformers", path, False)
+    return LoadedWeights(_to_float32(state_dict), "open_clip", path, False)
+
+
+def _read_folder(folder: Path) -> LoadedWeights:
+    snapshots = folder / "snapshots"
+    if snapshots.is_dir():
+        candidates = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise WeightsError(f"Hugging Face cache folder '{folder}' has no snapshot; {SUPPORTED_HINT}")
+        folder = candidates[-1]
+    for name in OPEN_CLIP_FILES:
+        if (folder / name).is_file():
+            state_dict = _unwrap(_load_tensor_file(folder / name))
+            return LoadedWeights(_to_float32(state_dict), "open_clip", folder / name, False)
+    for name in TRANSFORMERS_FILES:
+        if (folder / name).is_file():
+            state_dict = transformers_to_open_clip(_unwrap(_load_tensor_file(folder / name)))
+            return LoadedWeights(state_dict, "transformers", folder / name, _hf_uses_quick_gelu(folder))
+    present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+    raise WeightsError(
+        f"no CLIP weights file in folder '{folder}' (it holds: {present}); expected one of "
+        f"{', '.join(OPEN_CLIP_FILES + TRANSFORMERS_FILES)}; {SUPPORTED_HINT}"
+    )
+
+
+def _hf_uses_quick_gelu(folder: Path) -> bool:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text())
+    acts = {config.get("text_config", {}).get("hidden_act"), config.get("vision_config", {}).get("hidden_act")}
+    return "quick_gelu" in acts
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.endswith("/constants.pkl") for name in names) or any("/code/" in name for name in names)
+
+
+def _read_openai_torchscript(path: Path) -> LoadedWeights:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as error:
+        raise WeightsError(f"'{path}' looks like a TorchScript archive but could not be opened: {error}") from error
+    state_dict = {key: value for key, value in module.state_dict().items() if key not in _OPENAI_EXTRA_KEYS}
+    return LoadedWeights(_to_float32(state_dict), "openai_torchscript", path, True)
+
+
+def _load_tensor_file(path: Path) -> dict:
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file '{path}' is empty; {SUPPORTED_HINT}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own exception types
+            raise WeightsError(f"cannot read safetensors file '{path}': {error}") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise WeightsError(
+            f"cannot read '{path}' as a tensor checkpoint with weights_only=True ({error}); {SUPPORTED_HINT}"
+        ) from error
+
+
+def _unwrap(checkpoint: dict) -> dict[str, torch.Tensor]:
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(f"expected a state_dict, got {type(checkpoint).__name__}; {SUPPORTED_HINT}")
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    return {key: value for key, value in state_dict.items() if torch.is_tensor(value)}
+
+
+def _to_float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI and many hub checkpoints store fp16; tvr keeps fp32 master weights and uses autocast."""
+    return {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+
+
+def _is_transformers_layout(state_dict: dict[str, torch.Tensor]) -> bool:
+    return any(key.startswith(("text_model.", "vision_model.")) for key in state_dict)
+
+
+_TRANSFORMERS_RENAMES = (
+    ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
+    ("text_model.embeddings.position_embedding.weight", "positional_embedding"),
+    ("text_model.final_layer_norm.", "ln_final."),
+    ("text_model.encoder.layers.", "transformer.resblocks."),
+    ("vision_model.embeddings.class_embedding", "visual.class_embedding"),
+    ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
+    ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"),
+    ("vision_model.pre_layrnorm.", "visual.ln_pre."),
+    ("vision_model.post_layernorm.", "visual.ln_post."),
+    ("vision_model.encoder.layers.", "visual.transformer.resblocks."),
+)
+_TRANSFORMERS_BLOCK_RENAMES = (
+    (".self_attn.out_proj.", ".attn.out_proj."),
+    (".layer_norm1.", ".ln_1."),
+    (".layer_norm2.", ".ln_2."),
+    (".mlp.fc1.", ".mlp.c_fc."),
+    (".mlp.fc2.", ".mlp.c_proj."),
+)
+
+
+def transformers_to_open_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a ``transformers`` CLIPModel state_dict (e.g. openai/clip-vit-base-patch32) to open_clip keys.
+
+    The two hold the same weights: q/k/v projections are packed into ``in_proj`` and the projection
+    matrices are stored transposed (``nn.Linear`` weight vs. a right-multiplied parameter).
+    """
+    state_dict = _to_float32(state_dict)
+    converted: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.endswith("position_ids"):
+            continue
+        if key == "text_projection.weight":
+            converted["text_projection"] = value.t().contiguous()
+            continue
+        if key == "visual_projection.weight":
+            converted["visual.proj"] = value.t().contiguous()
+            continue
+        if key == "logit_scale":
+            converted[key] = value
+            continue
+        new_key = key
+        for old, new in _TRANSFORMERS_RENAMES:
+            if new_key.startswith(old):
+                new_key = new + new_key[len(old):]
+                break
+        else:
+            raise WeightsError(f"unexpected key '{key}' in a transformers CLIP checkpoint")
+        for part in ("q_proj", "k_proj", "v_proj"):
+            marker = f".self_attn.{part}."
+            if marker in new_key:
+                block, kind = new_key.split(marker)
+                qkv.setdefault(f"{block}.attn.in_proj_{kind}", {})[part] = value
+                break
+        else:
+            for old, new in _TRANSFORMERS_BLOCK_RENAMES:
+                new_key = new_key.replace(old, new)
+            converted[new_key] = value
+    for key, parts in qkv.items():
+        converted[key] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0)
+    return converted
