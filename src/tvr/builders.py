@@ -18,8 +18,12 @@ from tvr.data.datamodule import RetrievalDataModule
 from tvr.lit_module import RetrievalModule
 
 
-def build_datamodule(data_cfg: DictConfig | dict) -> RetrievalDataModule:
+def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None) -> RetrievalDataModule:
     data = to_plain(data_cfg)
+    evaluation = to_plain(evaluation_cfg)
+    if evaluation.get("rerank") == "qbnorm":
+        qbnorm = evaluation.get("qbnorm", {})
+        data["query_bank"] = {"split": qbnorm.get("bank_split"), "size": qbnorm.get("bank_size")}
     return RetrievalDataModule(**data)
 
 
@@ -47,7 +51,9 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
     return module
 
 
-def build_trainer(trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None, monitor: str | None = None) -> pl.Trainer:
+def build_trainer(
+    trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None, monitor: str | None = None, callbacks_cfg=None
+) -> pl.Trainer:
     loggers = [hydra.utils.instantiate(entry) for entry in (logger_cfg or {}).values()] or False
     callbacks = [
         ModelCheckpoint(
@@ -63,6 +69,7 @@ def build_trainer(trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None
     ]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += [hydra.utils.instantiate(entry) for entry in (callbacks_cfg or {}).values()]
     return pl.Trainer(
         **to_plain(trainer_cfg),
         logger=loggers,

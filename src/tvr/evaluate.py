@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
 from tvr.checkpoint import load_checkpoint_file
@@ -40,8 +40,11 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in EVAL_ROLES:
         raise ValueError(f"split must be one of {', '.join(EVAL_ROLES)}, got '{cfg.split}'")
     run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint_file(cfg.ckpt_path)
     saved_config = checkpoint["hyper_parameters"].get("run_config") or {}
+    with open_dict(cfg):
+        cfg.backbone.image_size = saved_config.get("backbone", {}).get("image_size")
     data_cfg = to_plain(cfg.data) if cfg.get("data") else saved_config.get("data")
     if not data_cfg:
         raise ValueError("the checkpoint has no data config; choose one with data=<name> data.source.root=...")
@@ -51,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if not data_cfg["splits"]["test"]:
             raise ValueError("this data config has no val split")
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(data_cfg)
+    datamodule = build_datamodule(data_cfg, cfg.evaluation)
     module = module_from_checkpoint(checkpoint, to_plain(cfg.evaluation))
     trainer = build_trainer(cfg.trainer, run_dir, logger_cfg=None)
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -17,13 +17,13 @@ import torch
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
-from tvr.data.datamodule import TEXT_LOADER, VIDEO_LOADER
+from tvr.data.datamodule import QUERY_BANK_LOADER, TEXT_LOADER, VIDEO_LOADER
 from tvr.evaluation.report import evaluate_scores
 from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.backbone import CLIPBackbone
-from tvr.models.distributed import gather_no_grad, gather_with_grad, is_distributed
+from tvr.models.distributed import gather_indexed, gather_with_grad, is_distributed
 from tvr.models.heads import create_head
-from tvr.models.heads.base import Repr, index_repr
+from tvr.models.heads.base import Repr
 from tvr.models.losses import create_loss
 from tvr.optim import WarmupCosine, parameter_groups
 
@@ -104,9 +104,11 @@ class RetrievalModule(pl.LightningModule):
             rep = self.encode_texts(batch["tokens"])
             rep["video_index"] = batch["video_index"]
             self._eval_outputs["texts"].append((batch["index"], rep))
+        elif dataloader_idx == QUERY_BANK_LOADER:
+            self._eval_outputs["bank"].append((batch["index"], self.encode_texts(batch["tokens"])))
 
     def _start_eval(self) -> None:
-        self._eval_outputs = {"videos": [], "texts": [], "failed": []}
+        self._eval_outputs = {"videos": [], "texts": [], "bank": [], "failed": []}
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -129,21 +131,6 @@ class RetrievalModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
 
-    def _gather_unique(self, parts: list[tuple[torch.Tensor, Repr]]) -> Repr:
-        """Concatenate local outputs, gather from all ranks, keep one copy of each item in index order."""
-        index = torch.cat([idx for idx, _ in parts]).to(self.device)
-        rep = {key: torch.cat([r[key] for _, r in parts]) for key in parts[0][1]}
-        index = gather_no_grad(index)
-        rep = {key: gather_no_grad(value) for key, value in rep.items()}
-        order = torch.argsort(index, stable=True)
-        index = index[order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        keep = order[first]
-        if index[first].tolist() != list(range(int(first.sum()))):
-            raise RuntimeError("evaluation lost items while gathering across ranks")
-        return index_repr(rep, keep)
-
     @staticmethod
     def _gather_lists(items: list[str]) -> list[str]:
         if not is_distributed():
@@ -160,14 +147,20 @@ class RetrievalModule(pl.LightningModule):
         outputs = self._eval_outputs
         if not outputs["videos"] or not outputs["texts"]:
             return
-        videos = self._gather_unique(outputs["videos"])
-        texts = self._gather_unique(outputs["texts"])
+        videos = gather_indexed(outputs["videos"])
+        texts = gather_indexed(outputs["texts"])
         text_to_video = texts.pop("video_index").cpu().numpy()
         cfg = self.eval_cfg
-        cos = tiled_similarity(self.head, texts, videos, cfg.get("text_chunk", 1024), cfg.get("video_chunk", 1024))
+        chunks = (cfg.get("text_chunk", 1024), cfg.get("video_chunk", 1024))
+        cos = tiled_similarity(self.head, texts, videos, *chunks)
+        bank = None
+        if outputs["bank"]:
+            bank = tiled_similarity(self.head, gather_indexed(outputs["bank"]), videos, *chunks)
+        qbnorm = cfg.get("qbnorm", {})
         metrics = evaluate_scores(
             cos, text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
-            dsl_temperature=cfg.get("dsl_temperature", 100.0),
+            dsl_temperature=cfg.get("dsl_temperature", 100.0), qbnorm_bank=bank,
+            qbnorm_k=qbnorm.get("k", 1), qbnorm_beta=qbnorm.get("beta", 20.0),
         )
         failures = sorted(set(self._gather_lists(outputs["failed"])))
         self.decode_failures[stage] = failures
@@ -196,9 +189,9 @@ class RetrievalModule(pl.LightningModule):
             no_decay_1d=cfg.get("no_decay_1d", True),
             no_decay_names=cfg.get("no_decay_names", ()),
         )
-        optimizer = AdamW(
-            groups, betas=tuple(cfg.get("betas", (0.9, 0.98))), eps=cfg.get("eps", 1e-6), fused=cfg.get("fused", None)
-        )
+        # Lightning's AMP plugin clips gradients itself and refuses fused optimisers, so fuse only in fp32.
+        fused = bool(cfg.get("fused")) and "mixed" not in str(self.trainer.precision)
+        optimizer = AdamW(groups, betas=tuple(cfg.get("betas", (0.9, 0.98))), eps=cfg.get("eps", 1e-6), fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(cfg.get("warmup_proportion", 0.1) * total)
         scheduler = LambdaLR(optimizer, WarmupCosine(warmup, total))

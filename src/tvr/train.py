@@ -56,11 +56,12 @@ def summarise_failures(module) -> dict:
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.data)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation)
     module = build_module(cfg)
     monitor = cfg.train.select_metric if datamodule.has_val else None
-    trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor)
+    trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"))
     trainer.fit(module, datamodule=datamodule)
     module.decode_failures["train"] = module.gather_train_failures()
     best = trainer.checkpoint_callback.best_model_path if monitor else ""

@@ -124,6 +124,27 @@ class EvalTexts(Dataset):
         return {"tokens": self.tokenizer(self.split.texts[index].caption), "index": index, "video_index": self.text_to_video[index]}
 
 
+class QueryBankTexts(Dataset):
+    """Captions of another split (by default train), scored against the gallery for QB-Norm.
+
+    ``size`` keeps an evenly spaced subset, so the bank is deterministic and spans the whole split.
+    """
+
+    def __init__(self, split: SplitRecords, tokenizer: CaptionTokenizer, size: int | None = None) -> None:
+        texts = split.texts
+        if size and size < len(texts):
+            step = len(texts) / size
+            texts = [texts[int(i * step)] for i in range(size)]
+        self.captions = [text.caption for text in texts]
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"tokens": self.tokenizer(self.captions[index]), "index": index}
+
+
 def collate(items: list[dict]) -> dict:
     """Stack tensors, tensorise ints, and concatenate the per-item lists of failed video ids."""
     batch: dict = {}

@@ -7,14 +7,15 @@ once; the training module gathers them across ranks and scores every text agains
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, TrainPairs, collate
+from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
 from tvr.data.datasets import create_dataset
-from tvr.data.frame_cache import FrameCache, build_frame_cache, cache_dir_for
+from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
@@ -23,7 +24,7 @@ from tvr.data.video import create_backend
 
 log = logging.getLogger(__name__)
 
-VIDEO_LOADER, TEXT_LOADER = 0, 1
+VIDEO_LOADER, TEXT_LOADER, QUERY_BANK_LOADER = 0, 1, 2
 CACHE_MODES = ("off", "auto", "build")
 
 
@@ -41,6 +42,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = False,
         frame_cache: dict | None = None,
+        query_bank: dict | None = None,
+        shuffle_train: bool = True,
     ) -> None:
         super().__init__()
         self.dataset = create_dataset(name, **source)
@@ -62,15 +65,20 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.cache_root = Path(cache_cfg["dir"]) if cache_cfg.get("dir") else None
         self.cache_workers = int(cache_cfg.get("workers", 2))
         self.caches_used: dict[str, bool] = {}
+        self.shuffle_train = shuffle_train
+        self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
 
     def prepare_data(self) -> None:
         self.dataset.prepare()
         if self.cache_mode == "build":
+            missing = []
             for role, sampler in self._cacheable_roles():
                 split = self.dataset.load_split(self.split_names[role])
                 path = cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size)
                 if FrameCache.open(path, split, sampler.describe(), self.image_size) is None:
-                    build_frame_cache(path, split, self._reader(sampler), workers=self.cache_workers)
+                    missing.append((path, split, self._reader(sampler)))
+            if missing:
+                build_frame_caches(missing, workers=self.cache_workers)
 
     def _sampler_for(self, role: str):
         return self.train_sampler if role == "train" else self.eval_sampler
@@ -107,11 +115,12 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _reader(self, sampler, cache: FrameCache | None = None) -> ClipReader:
         return ClipReader(self.backend, sampler, ClipFrameTransform(self.image_size), cache)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -121,14 +130,30 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         pairs = TrainPairs(self.records["train"], self._reader(self.train_sampler, self._cache_for("train")), self.tokenizer)
-        return self._loader(pairs, self.batch_size, shuffle=True, drop_last=len(pairs) > self.batch_size)
+        drop_last = len(pairs) > self.batch_size
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning would inject a shuffling DistributedSampler regardless of shuffle_train; this one
+            # honours it (Lightning still calls set_epoch on it every epoch).
+            sampler = DistributedSampler(pairs, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                         shuffle=self.shuffle_train, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=True)
+            return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=sampler)
+        return self._loader(pairs, self.batch_size, shuffle=self.shuffle_train, drop_last=drop_last)
 
     def _eval_loaders(self, role: str) -> list[DataLoader]:
         split = self.records[role]
-        return [
+        loaders = [
             self._loader(EvalVideos(split, self._reader(self.eval_sampler, self._cache_for(role))), self.eval_batch_size, shuffle=False),
             self._loader(EvalTexts(split, self.tokenizer), self.eval_batch_size, shuffle=False),
         ]
+        if self.query_bank:
+            loaders.append(self._loader(QueryBankTexts(self._bank_split(), self.tokenizer, self.query_bank.get("size")), self.eval_batch_size, shuffle=False))
+        return loaders
+
+    def _bank_split(self) -> SplitRecords:
+        if "bank" not in self.records:
+            self.records["bank"] = self.dataset.load_split(self.query_bank.get("split") or self.split_names["train"])
+        return self.records["bank"]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val") if self.has_val else []

@@ -123,62 +123,76 @@ def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, i
     return None
 
 
-def _decode_one(job: tuple) -> tuple[int, np.ndarray | None, int, str | None]:
-    row, video, reader = job
+def build_frame_cache(path: Path, split: SplitRecords, reader, workers: int = 1, progress: bool = True) -> FrameCache:
+    """Decode every video of ``split`` once with ``reader`` (a ClipReader) and store the frames at ``path``."""
+    return build_frame_caches([(path, split, reader)], workers, progress)[0]
+
+
+def build_frame_caches(targets: list[tuple[Path, SplitRecords, object]], workers: int = 1, progress: bool = True) -> list[FrameCache]:
+    """Build several caches (e.g. train/val/test) with one pool of decoding processes.
+
+    ``targets`` are ``(path, split, reader)`` triples; each reader's sampler must be deterministic.
+    """
+    from tqdm import tqdm
+
+    arrays, metas = [], []
+    for path, split, reader in targets:
+        if not reader.sampler.deterministic:
+            raise ValueError(f"sampler {reader.sampler.describe()} is random; a frame cache would freeze its frames")
+        size = reader.transform.image_size
+        shape = (len(split.videos), reader.max_frames, 3, size, size)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "version": CACHE_VERSION, "complete": False, "split": split.name, "sampler": reader.sampler.describe(),
+            "image_size": size, "shape": list(shape), "video_ids": [v.video_id for v in split.videos],
+            "fingerprints": [_fingerprint(v.path) for v in split.videos], "num_valid": [0] * len(split.videos), "failed": [],
+        }
+        _write_meta(path, meta)
+        metas.append(meta)
+        arrays.append(np.memmap(path / FRAMES_FILE, dtype=np.uint8, mode="w+", shape=shape))
+    jobs = [(target, row, video, reader) for target, (_, split, reader) in enumerate(targets) for row, video in enumerate(split.videos)]
+    names = "+".join(split.name for _, split, _ in targets)
+    with tqdm(total=len(jobs), desc=f"frame cache {names}", disable=not progress) as bar:
+        for target, row, clip, count, error in _map(jobs, workers):
+            video_id = targets[target][1].videos[row].video_id
+            if error:
+                metas[target]["failed"].append(video_id)
+                log.warning("frame cache: %s", error)
+            else:
+                arrays[target][row, :count] = clip
+                metas[target]["num_valid"][row] = count
+            bar.update(1)
+    caches = []
+    for (path, split, reader), array, meta in zip(targets, arrays, metas):
+        array.flush()
+        meta["complete"] = True
+        _write_meta(path, meta)
+        cache = FrameCache.open(path, split, reader.sampler.describe(), reader.transform.image_size)
+        assert cache is not None, "a freshly built cache must validate"
+        caches.append(cache)
+    return caches
+
+
+def _decode_one(job: tuple) -> tuple[int, int, np.ndarray | None, int, str | None]:
+    target, row, video, reader = job
     try:
         clip = reader.backend.read(video.path, reader.sampler, video.start, video.end)
     except VideoReadError as error:
-        return row, None, 0, str(error)
+        return target, row, None, 0, str(error)
     count = min(len(clip.indices), reader.max_frames)
-    return row, reader.transform.resize_crop(clip.frames[:count]).numpy(), count, None
+    return target, row, reader.transform.resize_crop(clip.frames[:count]).numpy(), count, None
 
 
-def build_frame_cache(path: Path, split: SplitRecords, reader, workers: int = 1, progress: bool = True) -> FrameCache:
-    """Decode every video of ``split`` once with ``reader`` (a ClipReader) and store the frames at ``path``."""
-    sampler = reader.sampler
-    if not sampler.deterministic:
-        raise ValueError(f"sampler {sampler.describe()} is random; a frame cache would freeze its frames")
-    size = reader.transform.image_size
-    shape = (len(split.videos), reader.max_frames, 3, size, size)
-    path.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "version": CACHE_VERSION, "complete": False, "split": split.name, "sampler": sampler.describe(),
-        "image_size": size, "shape": list(shape), "video_ids": [v.video_id for v in split.videos],
-        "fingerprints": [_fingerprint(v.path) for v in split.videos], "num_valid": [0] * len(split.videos), "failed": [],
-    }
-    _write_meta(path, meta)
-    frames = np.memmap(path / FRAMES_FILE, dtype=np.uint8, mode="w+", shape=shape)
-    jobs = [(row, video, reader) for row, video in enumerate(split.videos)]
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc=f"frame cache {split.name}", disable=not progress)
-    results = _map(jobs, workers)
-    failures: list[str] = []
-    for row, clip, count, error in results:
-        if error:
-            failures.append(split.videos[row].video_id)
-            log.warning("frame cache: %s", error)
-        else:
-            frames[row, :count] = clip
-            meta["num_valid"][row] = count
-        bar.update(1)
-    bar.close()
-    frames.flush()
-    del frames
-    meta["failed"] = failures
-    meta["complete"] = True
-    _write_meta(path, meta)
-    cache = FrameCache.open(path, split, sampler.describe(), size)
-    assert cache is not None, "a freshly built cache must validate"
-    return cache
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # one decoding process per core; intra-op threads would oversubscribe
 
 
 def _map(jobs: list, workers: int):
     if workers <= 1:
         yield from map(_decode_one, jobs)
         return
-    with get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_decode_one, jobs, chunksize=8)
+    with get_context("spawn").Pool(workers, initializer=_single_threaded) as pool:
+        yield from pool.imap(_decode_one, jobs, chunksize=16)
 
 
 def _write_meta(path: Path, meta: dict) -> None:

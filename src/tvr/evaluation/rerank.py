@@ -23,15 +23,16 @@ def qb_norm(cos: torch.Tensor, bank: torch.Tensor, k: int = 1, beta: float = 20.
     """QB-Norm's dynamic inverted softmax for text-to-video.
 
     ``bank [Nb, Nv]`` scores a query bank (by default the training captions) against the same gallery.
-    Rows of ``cos`` whose top video is "activated" (in some bank query's top-k) become
-    ``exp(beta * C_iv) / sum_b exp(beta * Q_bv)``; other rows are left as they are. Computed in float64
-    with a shared shift, which leaves each row's ranking unchanged and cannot overflow.
+    Rows of ``cos`` whose top video is "activated" (in some bank query's top-k) are replaced by
+    ``log(exp(beta * C_iv) / sum_b exp(beta * Q_bv)) = beta * C_iv - logsumexp_b(beta * Q_bv)``; other
+    rows are left as they are. The log of QB-Norm's score ranks identically (rows are ranked
+    independently) and, unlike the score itself, can neither overflow nor underflow — ``exp(20 * C)``
+    does both on logit-scaled inputs. Returned in float64.
     """
     cos64, bank64 = cos.double(), bank.double()
     activated = torch.zeros(cos.shape[1], dtype=torch.bool, device=cos.device)
     activated[bank64.topk(k, dim=1).indices.flatten()] = True
-    shift = torch.maximum(cos64.max(), bank64.max()) * beta
-    log_normaliser = torch.logsumexp(beta * bank64 - shift, dim=0)  # [Nv]
-    normalised = torch.exp(beta * cos64 - shift - log_normaliser)
+    log_normaliser = torch.logsumexp(beta * bank64, dim=0)  # [Nv]
+    log_scores = beta * cos64 - log_normaliser
     use = activated[cos64.argmax(dim=1)]
-    return torch.where(use[:, None], normalised, cos64).to(cos.dtype)
+    return torch.where(use[:, None], log_scores, cos64)

@@ -133,19 +133,21 @@ class CLIPBackbone(nn.Module):
         return bool(requested) if requested is not None else (from_config or needs)
 
     def _load(self, loaded: LoadedWeights) -> None:
-        result = self.clip.load_state_dict(loaded.state_dict, strict=False)
-        expected_shapes = {key: value.shape for key, value in self.clip.state_dict().items()}
+        expected = {key: value.shape for key, value in self.clip.state_dict().items()}
+        missing = sorted(expected.keys() - loaded.state_dict.keys())
+        unexpected = sorted(loaded.state_dict.keys() - expected.keys())
         wrong_shapes = [
-            f"{key} {tuple(value.shape)} vs {tuple(expected_shapes[key])}"
+            f"{key} {tuple(value.shape)} vs {tuple(expected[key])}"
             for key, value in loaded.state_dict.items()
-            if key in expected_shapes and value.shape != expected_shapes[key]
+            if key in expected and value.shape != expected[key]
         ]
-        if result.missing_keys or result.unexpected_keys or wrong_shapes:
+        if missing or unexpected or wrong_shapes:
             raise WeightsError(
                 f"weights '{loaded.path}' ({loaded.source}) do not fit backbone '{self.model_name}': "
-                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}, "
-                f"shape mismatch {wrong_shapes[:5]}; check backbone.model_name matches the checkpoint"
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong_shapes[:5]}; "
+                "check that backbone.model_name matches the checkpoint"
             )
+        self.clip.load_state_dict(loaded.state_dict, strict=True)
 
     @property
     def embed_dim(self) -> int:

@@ -71,3 +71,25 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _gather_padded(tensor)[0]
+
+
+def gather_indexed(parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Evaluation outputs of all ranks, one row per dataset item, in item order.
+
+    ``parts`` are this rank's ``(item_indices, {name: tensor})`` batches. A DistributedSampler pads the
+    last rank's share with repeated items so every rank runs the same number of steps; those repeats are
+    dropped here by item index, so no item is counted twice. Raises if any item is missing.
+    """
+    index = torch.cat([idx for idx, _ in parts])
+    tensors = {key: torch.cat([batch[key] for _, batch in parts]) for key in parts[0][1]}
+    index = gather_no_grad(index.to(next(iter(tensors.values())).device))
+    tensors = {key: gather_no_grad(value) for key, value in tensors.items()}
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    first = torch.ones_like(sorted_index, dtype=torch.bool)
+    first[1:] = sorted_index[1:] != sorted_index[:-1]
+    unique = sorted_index[first]
+    if unique.tolist() != list(range(unique.numel())):
+        raise RuntimeError(f"evaluation outputs are missing items: got {unique.numel()} distinct of {int(unique.max()) + 1}")
+    keep = order[first]
+    return {key: value[keep] for key, value in tensors.items()}

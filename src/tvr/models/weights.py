@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,9 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 def _read_openai_torchscript(path: Path) -> LoadedWeights:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI's files are TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as error:
         raise WeightsError(f"'{path}' looks like a TorchScript archive but could not be opened: {error}") from error
     state_dict = {key: value for key, value in module.state_dict().items() if key not in _OPENAI_EXTRA_KEYS}

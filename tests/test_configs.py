@@ -1,0 +1,76 @@
+"""Every config option composes through Hydra's compose API, and bad names fail at start-up."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from conftest import SMALL_OVERRIDES, compose_train
+from tvr.builders import build_datamodule, build_module
+from tvr.config import config_dir
+from tvr.models.weights import WeightsError
+from tvr.train import train
+
+CONF = Path(config_dir())
+GROUPS = ["data", "backbone", "head", "loss", "optim", "trainer", "logger", "experiment"]
+
+
+def group_options():
+    for group in GROUPS:
+        for path in sorted((CONF / group).glob("*.yaml")):
+            yield group, path.stem
+
+
+@pytest.mark.parametrize("group, option", list(group_options()))
+def test_every_group_option_composes_and_resolves(group, option, data_dir, tmp_path):
+    cfg = compose_train([f"{group}={option}"], data_dir, tmp_path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if group != "experiment":
+        assert OmegaConf.to_container(cfg[group], resolve=True) == resolved[group]
+    assert resolved["hydra"]["runtime"]["choices"][group] == option
+
+
+def test_eval_config_composes(data_dir, tmp_path):
+    cfg = compose_train(["ckpt_path=/some/best.ckpt", "split=val"], data_dir, tmp_path, config_name="eval")
+    assert cfg.get("data") is None and cfg.split == "val" and cfg.trainer.accelerator == "cpu"
+    chosen = compose_train(["ckpt_path=x", "data=synthetic", "backbone.image_size=32"], data_dir, tmp_path, config_name="eval")
+    assert OmegaConf.to_container(chosen.data, resolve=True)["image_size"] == 32
+
+
+def test_default_run_is_synthetic_tiny_cpu(data_dir, tmp_path):
+    cfg = compose_train([], data_dir, tmp_path)
+    assert (cfg.data.name, cfg.backbone.model_name, cfg.head.name, cfg.trainer.accelerator) == ("synthetic", "tvr-tiny", "meanpool", "cpu")
+    assert cfg.data.image_size == cfg.backbone.image_size == 32
+
+
+@pytest.mark.parametrize("head", ["meanpool", "seqtransf"])
+def test_composed_configs_build_a_module_and_datamodule(head, data_dir, tmp_path):
+    overrides = [f"head={head}"] + (["experiment=synthetic_seqtransf"] if head == "seqtransf" else [])
+    cfg = compose_train(overrides + SMALL_OVERRIDES, data_dir, tmp_path)
+    module = build_module(cfg)
+    assert module.head.name == head
+    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    assert datamodule.describe()["train_sampler"]["max_frames"] == 8
+
+
+def test_wrong_group_option_lists_valid_choices(data_dir, tmp_path):
+    with pytest.raises(MissingConfigException) as error:
+        compose_train(["head=xpoo"], data_dir, tmp_path)
+    message = str(error.value)
+    assert "Available options in 'head'" in message and "meanpool" in message and "seqtransf" in message
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("head.name=xpoo", KeyError, "unknown head 'xpoo'; valid choices: meanpool, seqtransf"),
+    ("data.name=msrvt", KeyError, "unknown dataset 'msrvt'; valid choices: synthetic"),
+    ("backbone.model_name=ViT-B-99", ValueError, "unknown backbone model_name 'ViT-B-99'"),
+    ("backbone.weights=/nonexistent/ViT-B-32.pt", WeightsError, "not found at '/nonexistent/ViT-B-32.pt'"),
+    ("data.frame_cache.mode=always", ValueError, "frame_cache.mode must be one of off, auto, build"),
+    ("data.video.backend=opencv", KeyError, "unknown video backend 'opencv'; valid choices: decord"),
+])
+def test_bad_names_fail_at_start_up_before_any_work(override, error, message, data_dir, tmp_path):
+    cfg = compose_train([override] + SMALL_OVERRIDES, data_dir, tmp_path)
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()

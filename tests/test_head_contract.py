@@ -1,0 +1,105 @@
+"""Contract every registered head must honour, parametrised over the registry."""
+
+import pytest
+import torch
+
+from tvr.evaluation.similarity import tiled_similarity
+from tvr.models.backbone import FrameFeatures, TextFeatures
+from tvr.models.heads import create_head, list_heads
+
+D, T, L = 64, 6, 10
+HEAD_OPTIONS = {"seqtransf": {"layers": 2, "heads": 2, "init_from_clip": False}}
+
+
+def make_head(name: str):
+    torch.manual_seed(0)
+    return create_head(name, embed_dim=D, **HEAD_OPTIONS.get(name, {}))
+
+
+def make_inputs(num_texts: int = 5, num_videos: int = 4, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    text = TextFeatures(torch.randn(num_texts, D, generator=generator), torch.randn(num_texts, L, D, generator=generator),
+                        torch.ones(num_texts, L, dtype=torch.bool))
+    mask = torch.ones(num_videos, T, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 2:] = False
+    frames = torch.randn(num_videos, T, D, generator=generator) * mask[..., None]
+    return text, FrameFeatures(frames, mask)
+
+
+def score(head, text, video):
+    return head.similarity(head.encode_text(text), head.encode_video(video))
+
+
+@pytest.fixture(params=list_heads())
+def head(request):
+    return make_head(request.param).eval()
+
+
+def test_registry_lists_builtin_heads():
+    assert {"meanpool", "seqtransf"} <= set(list_heads())
+
+
+def test_shapes_and_gradients(head):
+    head.train()
+    text, video = make_inputs()
+    text.sentence.requires_grad_(True)
+    video.frames.requires_grad_(True)
+    sims = score(head, text, video)
+    assert sims.shape == (5, 4) and torch.isfinite(sims).all()
+    (sims * torch.randn_like(sims)).sum().backward()
+    assert text.sentence.grad is not None and text.sentence.grad.abs().sum() > 0
+    assert video.frames.grad.abs().sum() > 0
+    for name, param in head.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_padded_frames_are_ignored(head):
+    text, video = make_inputs()
+    noisy = video.frames.clone()
+    noisy[~video.mask] = 100.0 * torch.randn(int((~video.mask).sum()), D)
+    torch.testing.assert_close(score(head, text, video), score(head, text, FrameFeatures(noisy, video.mask)))
+
+
+def test_fully_padded_video_scores_finite(head):
+    text, video = make_inputs()
+    video.mask[2] = False
+    video.frames[2] = 0.0
+    sims = score(head, text, video)
+    assert torch.isfinite(sims).all()
+
+
+def test_video_permutation_permutes_columns(head):
+    text, video = make_inputs()
+    perm = torch.tensor([2, 0, 3, 1])
+    permuted = FrameFeatures(video.frames[perm], video.mask[perm])
+    torch.testing.assert_close(score(head, text, permuted), score(head, text, video)[:, perm])
+
+
+def test_chunked_similarity_equals_unchunked(head):
+    text, video = make_inputs(num_texts=7, num_videos=5)
+    text_repr, video_repr = head.encode_text(text), head.encode_video(video)
+    full = head.similarity(text_repr, video_repr)
+    tiled = tiled_similarity(head, text_repr, video_repr, text_chunk=3, video_chunk=2)
+    torch.testing.assert_close(tiled, full)
+
+
+def test_state_dict_round_trip(head):
+    text, video = make_inputs()
+    clone = make_head(head.name)
+    with torch.no_grad():
+        for param in clone.parameters():
+            param.add_(1.0)
+    clone.load_state_dict(head.state_dict(), strict=True)
+    clone.eval()
+    torch.testing.assert_close(score(clone, text, video), score(head, text, video))
+
+
+def test_meanpool_ignores_frame_order_and_seqtransf_does_not():
+    text, video = make_inputs()
+    full = torch.ones_like(video.mask)
+    frames = torch.randn_like(video.frames)
+    forward, backward = FrameFeatures(frames, full), FrameFeatures(frames.flip(1), full)
+    meanpool, seqtransf = make_head("meanpool").eval(), make_head("seqtransf").eval()
+    torch.testing.assert_close(score(meanpool, text, forward), score(meanpool, text, backward))
+    assert not torch.allclose(score(seqtransf, text, forward), score(seqtransf, text, backward), atol=1e-4)

@@ -1,0 +1,77 @@
+"""Parameter groups, the warm-up cosine schedule, and atomic checkpoint files."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tvr.checkpoint import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_file
+from tvr.optim import WarmupCosine, parameter_groups
+
+
+def test_warmup_cosine_values():
+    schedule = WarmupCosine(warmup_steps=10, total_steps=110)
+    assert schedule(0) == 0.0 and schedule(5) == 0.5 and schedule(10) == 1.0
+    assert schedule(60) == pytest.approx(0.5)
+    assert schedule(110) == pytest.approx(0.0, abs=1e-12) and schedule(500) == 0.0
+    assert schedule(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.backbone.positional_embedding = nn.Parameter(torch.zeros(3, 4))
+        self.logit_scale = nn.Parameter(torch.zeros(()))
+        self.frozen = nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+        self.head = nn.Linear(4, 4)
+
+
+def test_parameter_groups_split_lr_and_weight_decay():
+    model = Toy()
+    groups = parameter_groups(list(model.named_parameters()), {id(p) for p in model.head.parameters()},
+                              backbone_lr=1e-6, head_lr=1e-4, weight_decay=0.2,
+                              no_decay_names=["positional_embedding"])
+    by_name = {g["name"]: g for g in groups}
+    ids = lambda group: {id(p) for p in by_name[group]["params"]}
+    assert ids("head") == {id(model.head.weight)} and by_name["head"]["lr"] == 1e-4
+    assert ids("head_no_decay") == {id(model.head.bias)} and by_name["head_no_decay"]["weight_decay"] == 0.0
+    assert ids("backbone") == {id(model.backbone[0].weight)} and by_name["backbone"]["weight_decay"] == 0.2
+    no_decay = ids("backbone_no_decay")
+    assert {id(model.logit_scale), id(model.backbone[1].weight), id(model.backbone.positional_embedding)} <= no_decay
+    assert all(id(model.frozen) not in ids(name) for name in by_name)
+
+
+def test_clip4clip_rule_decays_everything_but_biases():
+    model = Toy()
+    groups = parameter_groups(list(model.named_parameters()), set(), 1e-7, 1e-4, 0.2, no_decay_1d=False, no_decay_names=["bias"])
+    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
+    assert id(model.logit_scale) in decayed and id(model.backbone[1].weight) in decayed
+    assert id(model.head.bias) not in decayed
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"step": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint_file(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_checkpoint_io_reads_with_weights_only(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, tmp_path / "a.ckpt")
+    assert io.load_checkpoint(tmp_path / "a.ckpt")["epoch"] == 3
+
+    torch.save({"object": Toy}, tmp_path / "unsafe.ckpt")  # a pickled class: refused by weights_only
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        io.load_checkpoint(tmp_path / "unsafe.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint_file(tmp_path / "missing.ckpt")

@@ -1,0 +1,59 @@
+"""In-process training runs on the small synthetic set: precisions, heads, logging, re-evaluation."""
+
+import json
+
+import pytest
+
+from conftest import SMALL_OVERRIDES, compose_train
+from tvr.checkpoint import load_checkpoint_file
+from tvr.evaluate import evaluate
+from tvr.train import train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.precision=32-true"],
+    ["trainer.precision=bf16-mixed", "backbone.grad_checkpointing=true"],
+    ["experiment=synthetic_seqtransf", "loss=dual_softmax", "evaluation.rerank=dsl"],
+], ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl"])
+def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
+    cfg = compose_train(["+trainer.fast_dev_run=true"] + overrides + SMALL_OVERRIDES + QUIET, data_dir, tmp_path)
+    results = train(cfg)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["t2v"] == pytest.approx(results["t2v"])
+    for direction in ("t2v", "v2t"):
+        assert set(written[direction]) == {"R1", "R5", "R10", "MdR", "MnR", "RSum"}
+    facts = written["run"]
+    assert facts["head"] == cfg.head.name and facts["dataset"] == "synthetic" and facts["seed"] == 42
+    assert facts["global_batch"] == 8 and facts["frames"] == 8 and facts["sampler"] == "clip4clip"
+    assert facts["rerank"] == cfg.evaluation.rerank
+    assert written["decode_failures"]["train_replaced_samples"] == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| test | t2v |" in table
+    if cfg.evaluation.rerank == "dsl":
+        assert written["reranked"]["method"] == "dsl" and "(DSL re-ranked)" in table
+
+
+def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    cfg = compose_train(["trainer.max_epochs=3", "logger=wandb"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir)
+    results = train(cfg)
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "best.ckpt")  # weights_only=True
+    assert checkpoint["hyper_parameters"]["head"]["name"] == "meanpool"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb should have logged offline"
+    assert checkpoint["state_dict"]["backbone.clip.logit_scale"].exp() <= 100.0 + 1e-4  # clamped
+
+    eval_cfg = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET, data_dir, eval_dir, config_name="eval")
+    reevaluated = evaluate(eval_cfg)
+    assert reevaluated["t2v"] == pytest.approx(results["t2v"]) and reevaluated["v2t"] == pytest.approx(results["v2t"])
+    assert (eval_dir / "results.md").read_text().splitlines()[-2:] == (run_dir / "results.md").read_text().splitlines()[-2:]
+
+
+def test_validation_split_can_be_re_evaluated(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_train(["trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
+    cfg = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "split=val"] + QUIET, data_dir, tmp_path / "eval", config_name="eval")
+    result = evaluate(cfg)
+    assert result["split"] == "val" and result["num_videos"] == 8

@@ -1,0 +1,207 @@
+"""Decoding real mp4 files with decord, the synthetic generator, the frame cache and bad videos."""
+
+import hashlib
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tvr.data.clips import ClipReader, EvalVideos, TrainPairs, collate
+from tvr.data.frame_cache import FrameCache, build_frame_cache, cache_dir_for
+from tvr.data.records import SplitRecords, TextRef, VideoRef
+from tvr.data.sampling import create_sampler
+from tvr.data.synthetic import Event, SyntheticConfig, ensure_synthetic_dataset, plan_split, write_mp4
+from tvr.data.tokenizer import CaptionTokenizer
+from tvr.data.transforms import ClipFrameTransform
+from tvr.data.video import DecordBackend, VideoReadError
+
+
+def numbered_video(path, num_frames: int, fps: int = 3, size=(48, 64)):
+    """Frame i is a flat grey of level 4 * i, so a decoded frame tells which index it was."""
+    frames = [np.full((*size, 3), 4 * i, dtype=np.uint8) for i in range(num_frames)]
+    write_mp4(path, frames, fps)
+    return path
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    return [int(round(frame.mean() / 4)) for frame in frames]
+
+
+def test_decord_reads_exactly_the_sampled_frames(tmp_path, monkeypatch):
+    path = numbered_video(tmp_path / "video9770.mp4", num_frames=60)  # 20 s at 3 fps
+    requested = []
+    import decord
+
+    original = decord.VideoReader.get_batch
+    monkeypatch.setattr(decord.VideoReader, "get_batch", lambda self, idx: requested.append(list(idx)) or original(self, idx))
+    clip = DecordBackend().read(path, create_sampler("clip4clip", max_frames=5))
+    expected = [0, 12, 27, 42, 57]  # seconds 0..19, linspace(0, 19, 5) -> 0, 4, 9, 14, 19 -> x3 frames
+    assert clip.indices == expected and clip.num_frames == 60 and clip.fps == 3.0
+    assert requested == [expected]  # only the sampled frames were asked of the decoder
+    assert frame_numbers(clip.frames) == expected
+    assert clip.frames.shape == (5, 48, 64, 3)
+
+
+def test_repeated_and_reversed_indices_come_back_in_sampler_order(tmp_path):
+    path = numbered_video(tmp_path / "clip.mp4", num_frames=6)
+    clip = DecordBackend().read(path, create_sampler("segment_uniform", max_frames=8))
+    assert frame_numbers(clip.frames) == clip.indices == [0, 1, 2, 3, 4, 5, 5, 5]
+    reverse = DecordBackend().read(path, create_sampler("clip4clip", max_frames=4, frame_order=1))
+    assert frame_numbers(reverse.frames) == reverse.indices == [3, 0]
+
+
+@pytest.mark.parametrize("content, message", [(None, "missing"), (b"", "empty"), (b"\x00garbage" * 100, "cannot open")])
+def test_bad_files_raise_video_read_error(tmp_path, content, message):
+    path = tmp_path / "bad.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(VideoReadError, match=message):
+        DecordBackend().read(path, create_sampler("clip4clip"))
+
+
+def test_transform_resizes_short_side_and_centre_crops():
+    frames = np.zeros((2, 40, 80, 3), dtype=np.uint8)
+    frames[:, :, 30:50] = 255  # a white band in the middle survives the centre crop
+    out = ClipFrameTransform(20)(frames)
+    assert out.shape == (2, 3, 20, 20)
+    centre, corner = out[0, :, 10, 10], out[0, :, 10, 0]
+    assert (centre > corner).all()
+
+
+def small_config(**overrides) -> SyntheticConfig:
+    return SyntheticConfig(**({"num_train": 6, "num_val": 4, "num_test": 6, "seconds": 4, "fps": 2} | overrides))
+
+
+def test_synthetic_generation_is_deterministic_and_real_h264(tmp_path):
+    a = ensure_synthetic_dataset(tmp_path / "a", small_config(), workers=1)
+    b = ensure_synthetic_dataset(tmp_path / "b", small_config(), workers=1)
+    assert a.read_text() == b.read_text()
+    digest = lambda root: hashlib.sha1((root / "videos" / "test_00003.mp4").read_bytes()).hexdigest()
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    with av.open(str(tmp_path / "a" / "videos" / "test_00003.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    other_seed = ensure_synthetic_dataset(tmp_path / "c", small_config(seed=1), workers=1)
+    assert other_seed.read_text() != a.read_text()
+    mtime = (tmp_path / "a" / "videos" / "train_00000.mp4").stat().st_mtime_ns
+    ensure_synthetic_dataset(tmp_path / "a", small_config(), workers=1)  # second call: nothing regenerated
+    assert (tmp_path / "a" / "videos" / "train_00000.mp4").stat().st_mtime_ns == mtime
+
+
+def test_synthetic_eval_splits_have_unique_captions_and_order_twins():
+    config = SyntheticConfig()
+    test = plan_split("test", 100, config)
+    captions = [spec.event.caption for spec in test]
+    assert len(set(captions)) == 100
+    twins = [(a, b) for a, b in zip(test[0::2], test[1::2]) if a.event.reversed() == b.event]
+    assert len(twins) == 25  # twin_fraction 0.5 of 100 videos
+    kinds = {a.event.kind for a, _ in twins}
+    assert {"moves", "turns"} <= kinds
+    for a, b in twins:
+        assert a.keyframes == b.keyframes[::-1]  # the same frames in reverse order
+
+
+def test_twin_clips_decode_to_the_same_frames_in_reverse(tmp_path):
+    config = small_config(num_test=4, twin_fraction=1.0)
+    root = tmp_path / "syn"
+    ensure_synthetic_dataset(root, config, workers=1)
+    annotations = json.loads((root / "annotations.json").read_text())["splits"]["test"]
+    first, second = annotations[0], annotations[1]
+    assert Event(**first["event"]).reversed() == Event(**second["event"])
+    sampler = create_sampler("clip4clip", max_frames=8)
+    def blurred(video):  # 8x8 block means: the per-frame noise averages out, the shapes stay
+        frames = DecordBackend().read(root / video, sampler).frames.astype(float)
+        return frames.reshape(len(frames), 8, 8, 8, 8, 3).mean(axis=(2, 4))
+
+    a, b = blurred(first["video"]), blurred(second["video"])
+    reversed_gap, forward_gap = np.abs(a - b[::-1]).mean(), np.abs(a - b).mean()
+    assert reversed_gap < 2.0  # equal up to noise and compression
+    assert forward_gap > 2 * reversed_gap
+
+
+def test_caption_kinds_cover_order_dependent_events():
+    events = {Event("turns", "square", "red", "small", color2="blue"), Event("appears", "circle", "green", "large")}
+    assert {e.reversed().caption for e in events} == {
+        "a small square turns from blue to red", "a large green circle disappears"}
+
+
+def make_split(tmp_path, broken: dict[str, bytes | None]) -> SplitRecords:
+    videos, texts = [], []
+    for i in range(4):
+        path = tmp_path / f"v{i}.mp4"
+        numbered_video(path, num_frames=9)
+        if f"v{i}" in broken:
+            if broken[f"v{i}"] is None:
+                path.unlink()
+            else:
+                path.write_bytes(broken[f"v{i}"])
+        videos.append(VideoRef(f"v{i}", path))
+        texts.append(TextRef(i, f"v{i}", f"caption {i}"))
+    return SplitRecords("test", videos, texts)
+
+
+def reader(cache=None) -> ClipReader:
+    return ClipReader(DecordBackend(), create_sampler("clip4clip", max_frames=4), ClipFrameTransform(16), cache)
+
+
+def test_training_replaces_unreadable_videos_and_reports_them(tmp_path):
+    split = make_split(tmp_path, {"v1": b"", "v2": None})
+    pairs = TrainPairs(split, reader(), CaptionTokenizer(8))
+    items = [pairs[i] for i in range(4)]
+    batch = collate(items)
+    assert batch["frames"].shape == (4, 4, 3, 16, 16)
+    # item 1 (v1) is replaced by pair 0; item 2 (v2) first tries pair 1 (v1, broken too), then pair 0
+    assert [item["failed_videos"] for item in items] == [[], ["v1"], ["v2", "v1"], []]
+    assert batch["failed_videos"] == ["v1", "v2", "v1"]
+    assert batch["index"].tolist() == [0, 0, 0, 3]
+    assert batch["frame_mask"].sum(dim=1).tolist() == [3, 3, 3, 3]
+
+
+def test_evaluation_keeps_unreadable_videos_as_empty_and_flags_them(tmp_path):
+    split = make_split(tmp_path, {"v2": b"junk" * 50})
+    videos = EvalVideos(split, reader())
+    broken, fine = videos[2], videos[0]
+    assert broken["failed_videos"] == ["v2"] and not broken["frame_mask"].any()
+    assert fine["failed_videos"] == [] and fine["frame_mask"].sum() == 3
+
+
+def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path, caplog):
+    split = make_split(tmp_path, {"v3": b""})
+    sampler = create_sampler("clip4clip", max_frames=4)
+    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), 16)
+    cache = build_frame_cache(path, split, reader(), workers=1, progress=False)
+    assert cache.failed == {"v3"}
+    cached_reader = reader(cache)
+    for video in split.videos[:3]:
+        frames, mask = cached_reader.read(video)
+        expected_frames, expected_mask = reader().read(video)
+        torch.testing.assert_close(frames, expected_frames)
+        assert torch.equal(mask, expected_mask)
+    with pytest.raises(VideoReadError, match="frame cache"):
+        cached_reader.read(split.videos[3])
+    # a different sampler setting does not match this cache
+    assert FrameCache.open(path, split, create_sampler("clip4clip", max_frames=5).describe(), 16) is None
+    # a video file that changed after the build makes the cache stale
+    numbered_video(split.videos[0].path, num_frames=12)
+    os.utime(split.videos[0].path, ns=(1, 1))
+    assert FrameCache.open(path, split, sampler.describe(), 16) is None
+    assert "changed since the cache was built" in caplog.text
+
+
+def test_frame_cache_rejects_incomplete_builds_and_random_samplers(tmp_path):
+    split = make_split(tmp_path, {})
+    sampler = create_sampler("clip4clip", max_frames=4)
+    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), 16)
+    build_frame_cache(path, split, reader(), workers=1, progress=False)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(meta | {"complete": False}))
+    assert FrameCache.open(path, split, sampler.describe(), 16) is None
+    (path / "meta.json").write_text(json.dumps(meta))
+    with open(path / "frames.u8", "r+b") as handle:
+        handle.truncate(100)
+    assert FrameCache.open(path, split, sampler.describe(), 16) is None
+    random_reader = ClipReader(DecordBackend(), create_sampler("segment_random", max_frames=4), ClipFrameTransform(16))
+    with pytest.raises(ValueError, match="random"):
+        build_frame_cache(tmp_path / "rand", split, random_reader, workers=1, progress=False)

@@ -1,0 +1,70 @@
+"""Benchmark the built-in synthetic run: wall time and retrieval metrics per head, in one run.
+
+    python tools/bench_synthetic.py                      # default run (meanpool) + seqtransf, fresh data
+    python tools/bench_synthetic.py --reuse-data data    # skip generation: reuse an existing data folder
+    python tools/bench_synthetic.py --json bench.json
+
+Each configuration runs ``tvr-train`` in a subprocess, exactly as a user would. The first run on a fresh
+data folder includes generating the videos and building the frame cache; the table says which did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "meanpool (default run)": [],
+    "seqtransf": ["experiment=synthetic_seqtransf"],
+}
+
+
+def run(name: str, overrides: list[str], data_dir: Path, out_dir: Path) -> dict:
+    run_dir = out_dir / name.split()[0]
+    command = [str(Path(sys.executable).with_name("tvr-train")), *overrides, f"hydra.run.dir={run_dir}",
+               "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "TVR_DATA_DIR": str(data_dir)}
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stderr[-4000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"wall_s": round(wall, 1), "t2v": metrics["t2v"], "v2t": metrics["v2t"], "num_videos": metrics["num_videos"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse-data", type=Path, help="existing data folder (skips generation and caching)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir = args.reuse_data.resolve() if args.reuse_data else Path(scratch) / "data"
+        results = {}
+        for index, name in enumerate(args.configs):
+            results[name] = run(name, CONFIGS[name], data_dir, Path(scratch) / "runs")
+            results[name]["includes_data_generation"] = index == 0 and not args.reuse_data
+    chance = 100.0 / next(iter(results.values()))["num_videos"]
+    header = "| config | wall (s) | t2v R@1 | R@5 | R@10 | MdR | MnR | v2t R@1 | R@5 | R@10 | MdR | MnR |"
+    print(f"\nsynthetic test split, chance R@1 = {chance:.1f}%; {os.cpu_count()} CPU cores\n")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name, r in results.items():
+        cells = [f"{r[d][k]:.1f}" for d in ("t2v", "v2t") for k in ("R1", "R5", "R10", "MdR", "MnR")]
+        label = name + (" *" if r["includes_data_generation"] else "")
+        print(f"| {label} | {r['wall_s']:.0f} | " + " | ".join(cells) + " |")
+    if any(r["includes_data_generation"] for r in results.values()):
+        print("\n* wall time includes generating the videos and building the frame cache")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
