@@ -176,3 +176,11 @@ def test_folder_without_weights_lists_its_content(tmp_path):
     (tmp_path / "README.md").write_text("nothing here")
     with pytest.raises(WeightsError, match="README.md"):
         read_clip_weights(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"])
+def test_published_architectures_build_offline_with_random_weights(name):
+    model = CLIPBackbone(name)
+    assert (model.embed_dim, model.image_size, model.context_length, model.quick_gelu) == (512, 224, 77, True)
+    with torch.no_grad():
+        assert model.encode_text(tokens(length=32)).sentence.shape == (3, 512)

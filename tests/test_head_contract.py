@@ -103,3 +103,18 @@ def test_meanpool_ignores_frame_order_and_seqtransf_does_not():
     meanpool, seqtransf = make_head("meanpool").eval(), make_head("seqtransf").eval()
     torch.testing.assert_close(score(meanpool, text, forward), score(meanpool, text, backward))
     assert not torch.allclose(score(seqtransf, text, forward), score(seqtransf, text, backward), atol=1e-4)
+
+
+def test_seqtransf_starts_from_the_clip_text_tower():
+    from tvr.models.backbone import CLIPBackbone
+
+    backbone = CLIPBackbone("tvr-tiny")
+    head = create_head("seqtransf", embed_dim=64, layers=2, heads=2)
+    head.init_from_backbone(backbone)
+    torch.testing.assert_close(head.position_embedding.weight, backbone.clip.positional_embedding)
+    for block, source in zip(head.blocks, backbone.clip.transformer.resblocks):
+        for (name, value), (_, expected) in zip(block.state_dict().items(), source.state_dict().items()):
+            torch.testing.assert_close(value, expected, msg=name)
+    assert head.blocks[0].ln_1.eps == 1e-12  # CLIP4Clip's TF-style LayerNorm, not the copied 1e-5
+    with pytest.raises(ValueError, match="init_from_clip=false"):
+        create_head("seqtransf", embed_dim=64, layers=4, heads=2).init_from_backbone(backbone)  # tower has 2 blocks
