@@ -6,12 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-
-from tvr.config import config_dir
+from tvr.config import compose_config
 from tvr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,18 +31,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def compose_train(overrides: list[str], data_dir: Path, run_dir: Path, config_name: str = "train"):
-    """Compose a config through Hydra's compose API, with the hydra runtime set so ${hydra:...} resolves."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.runtime.cwd = str(REPO_ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-    return cfg
+    """Compose through Hydra's compose API (``${hydra:...}`` resolvable), data under ``data_dir``."""
+    return compose_config([*overrides, f"paths.data_dir={data_dir}"], config_name, output_dir=run_dir, cwd=REPO_ROOT)
 
 
 @pytest.fixture(autouse=True)

@@ -19,3 +19,21 @@ class GradRecorder(pl.Callback):
         grads = {name: p.grad.detach().clone() for name, p in pl_module.named_parameters() if p.grad is not None}
         torch.save(grads, self.path)
         self.done = True
+
+
+class HangingBackend:
+    """A video backend whose decoder never returns for files named *hang*: stands in for a file that
+    makes FFmpeg loop inside one native call (spawned checker processes import it from here)."""
+
+    name = "hanging"
+    timeout_s = None
+
+    def read(self, path, sampler, start=None, end=None, rng=None):
+        import time
+
+        from tvr.data.video import DecordBackend
+
+        if "hang" in path.name:
+            while True:
+                time.sleep(3600)
+        return DecordBackend().read(path, sampler, start, end, rng)

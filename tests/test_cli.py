@@ -72,6 +72,7 @@ def test_wrong_group_option_fails_at_start_up_with_choices(data_dir, tmp_path):
 
 
 def test_two_process_ddp_step_and_evaluation_equal_single_process(data_dir, tmp_path):
+    data_dir = shutil.copytree(data_dir, tmp_path / "data")  # num_test=11 regenerates: keep the shared set intact
     common = ["data.source.num_test=11", "data.shuffle_train=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
               "optim.warmup_proportion=0.0", "+callbacks.grads._target_=helpers.GradRecorder"] + [
         o for o in SMALL_OVERRIDES if not o.startswith(("data.batch_size", "data.source.num_test"))] + QUIET
@@ -93,3 +94,38 @@ def test_two_process_ddp_step_and_evaluation_equal_single_process(data_dir, tmp_
     assert ddp_metrics["run"]["world_size"] == 2 and ddp_metrics["run"]["global_batch"] == 8
     assert ddp_metrics["num_texts"] == single_metrics["num_texts"] == 11  # DistributedSampler padding dropped
     assert ddp_metrics["t2v"] == pytest.approx(single_metrics["t2v"]) and ddp_metrics["v2t"] == pytest.approx(single_metrics["v2t"])
+
+
+def run_tool(script: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TVR_DATA_DIR": str(data_dir)}
+    tool = TESTS.parent / "tools" / script
+    return subprocess.run([sys.executable, str(tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_video_tools_from_the_command_line(data_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    (copy / "synthetic" / "videos" / "val_00001.mp4").write_bytes(b"junk")
+    shutil.rmtree(copy / "synthetic" / "frame_cache", ignore_errors=True)
+    overrides = [o for o in SMALL_OVERRIDES if o.startswith("data.source")] + ["data.source.generate=false"]
+
+    check = run_tool("check_videos.py", overrides + ["--timeout", "30", "--report", str(tmp_path / "bad.json")], copy, tmp_path)
+    assert check.returncode == 0, check.stderr[-2000:]
+    report = json.loads((tmp_path / "bad.json").read_text())
+    assert report["counts"]["ok"] == 51 and report["counts"]["unreadable"] == 1 and list(report["bad"]) == ["val_00001"]
+    assert "| unreadable | 1 |" in check.stdout
+
+    cache = run_tool("cache_frames.py", overrides, copy, tmp_path)
+    assert cache.returncode == 0, cache.stderr[-2000:]
+    assert cache.stdout.count("| built |") == 3 and "1 videos could not be decoded" in cache.stdout
+    again = run_tool("cache_frames.py", overrides, copy, tmp_path)
+    assert again.stdout.count("valid, kept") == 3
+
+    raw = copy / "synthetic" / "videos"
+    out = tmp_path / "compressed"
+    compress = run_tool("compress_videos.py", [str(raw), str(out), "--workers", "2"], copy, tmp_path)
+    assert compress.returncode == 0, compress.stderr[-2000:]
+    assert "52 videos: 51 compressed, 0 already done, 1 failed" in compress.stdout
+    assert json.loads((out / "compress_failures.json").read_text())[0]["source"].endswith("val_00001.mp4")
+    rerun = run_tool("compress_videos.py", [str(raw), str(out), "--workers", "2"], copy, tmp_path)
+    assert "0 compressed, 51 already done, 1 failed" in rerun.stdout

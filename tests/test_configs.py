@@ -18,7 +18,7 @@ GROUPS = ["data", "backbone", "head", "loss", "optim", "trainer", "logger", "exp
 
 def group_options():
     for group in GROUPS:
-        for path in sorted((CONF / group).glob("*.yaml")):
+        for path in sorted((CONF / group).glob("[!_]*.yaml")):  # _name.yaml: shared bases, not choices
             yield group, path.stem
 
 
@@ -63,11 +63,11 @@ def test_wrong_group_option_lists_valid_choices(data_dir, tmp_path):
 
 @pytest.mark.parametrize("override, error, message", [
     ("head.name=xpoo", KeyError, "unknown head 'xpoo'; valid choices: meanpool, seqtransf"),
-    ("data.name=msrvt", KeyError, "unknown dataset 'msrvt'; valid choices: synthetic"),
+    ("data.name=msrvt", KeyError, "unknown dataset 'msrvt'; valid choices: activitynet, didemo, lsmdc, msrvtt, msvd, synthetic"),
     ("backbone.model_name=ViT-B-99", ValueError, "unknown backbone model_name 'ViT-B-99'"),
     ("backbone.weights=/nonexistent/ViT-B-32.pt", WeightsError, "not found at '/nonexistent/ViT-B-32.pt'"),
     ("data.frame_cache.mode=always", ValueError, "frame_cache.mode must be one of off, auto, build"),
-    ("data.video.backend=opencv", KeyError, "unknown video backend 'opencv'; valid choices: decord"),
+    ("data.video.backend=opencv", KeyError, "unknown video backend 'opencv'; valid choices: decord, pyav"),
 ])
 def test_bad_names_fail_at_start_up_before_any_work(override, error, message, data_dir, tmp_path):
     cfg = compose_train([override] + SMALL_OVERRIDES, data_dir, tmp_path)

@@ -36,6 +36,7 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
         "frames": datamodule.eval_sampler.max_frames,
         "sampler": data["eval_sampler"]["sampler"],
         "rerank": cfg.evaluation.rerank,
+        "selection_split": datamodule.split_names.get("val"),
         "loss": cfg.loss.name,
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,

@@ -31,11 +31,19 @@ class ClipReader:
     """Decode (or fetch from a frame cache), transform and pad one clip to ``[max_frames, 3, S, S]``
     with a frame mask."""
 
-    def __init__(self, backend: VideoBackend, sampler: FrameSampler, transform: ClipFrameTransform, cache: FrameCache | None = None) -> None:
+    def __init__(
+        self,
+        backend: VideoBackend,
+        sampler: FrameSampler,
+        transform: ClipFrameTransform,
+        cache: FrameCache | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> None:
         self.backend = backend
         self.sampler = sampler
         self.transform = transform
         self.cache = cache
+        self.skip = skip  # ids listed as bad by tools/check_videos.py: never opened, always counted
 
     @property
     def max_frames(self) -> int:
@@ -46,6 +54,8 @@ class ClipReader:
         return torch.zeros(self.max_frames, 3, size, size), torch.zeros(self.max_frames, dtype=torch.bool)
 
     def read(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if video.video_id in self.skip:
+            raise VideoReadError(f"video {video.video_id} is on the skip list of bad videos")
         if self.cache is not None and video.video_id in self.cache:
             resized, count = self.cache.read(video.video_id)
             resized = resized[:count]
@@ -60,23 +70,32 @@ class ClipReader:
 
 
 class TrainPairs(Dataset):
-    """One item per (caption, video) pair of the split."""
+    """One item per (caption, video) pair of the split — or, when the split's ``train_unit`` is
+    ``video`` (MSR-VTT without sentence expansion), one item per video with a caption drawn at random
+    from that video's captions every time it is read."""
 
     def __init__(self, split: SplitRecords, reader: ClipReader, tokenizer: CaptionTokenizer, max_substitutions: int = 20) -> None:
         self.split = split
         self.reader = reader
         self.tokenizer = tokenizer
         self.max_substitutions = max_substitutions
+        if split.info.get("train_unit", "pair") == "video":
+            captions: dict[int, list[str]] = {}
+            for text in split.texts:
+                captions.setdefault(split.video_index(text.video_id), []).append(text.caption)
+            self.items = sorted(captions.items())
+        else:
+            self.items = [(split.video_index(text.video_id), [text.caption]) for text in split.texts]
 
     def __len__(self) -> int:
-        return len(self.split.texts)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         failed: list[str] = []
         candidate = index
         for _ in range(self.max_substitutions + 1):
-            text = self.split.texts[candidate]
-            video = self.split.videos[self.split.video_index(text.video_id)]
+            video_index, captions = self.items[candidate]
+            video = self.split.videos[video_index]
             try:
                 frames, mask = self.reader.read(video)
             except VideoReadError as error:
@@ -84,10 +103,11 @@ class TrainPairs(Dataset):
                 failed.append(video.video_id)
                 candidate = (candidate + _SUBSTITUTE_STRIDE) % len(self)
                 continue
-            return {"tokens": self.tokenizer(text.caption), "frames": frames, "frame_mask": mask, "index": candidate, "failed_videos": failed}
+            caption = captions[0] if len(captions) == 1 else random.choice(captions)
+            return {"tokens": self.tokenizer(caption), "frames": frames, "frame_mask": mask, "index": candidate, "failed_videos": failed}
         raise RuntimeError(
             f"{len(failed)} consecutive unreadable training videos ({', '.join(failed[:5])}, ...); "
-            "check data.root and run tools/check_videos.py"
+            "check data.source.root and run tools/check_videos.py"
         )
 
 

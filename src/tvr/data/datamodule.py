@@ -6,6 +6,7 @@ once; the training module gathers them across ranks and scores every text agains
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -23,6 +24,18 @@ from tvr.data.transforms import ClipFrameTransform
 from tvr.data.video import create_backend
 
 log = logging.getLogger(__name__)
+
+
+def load_skip_list(path: str | None) -> frozenset[str]:
+    """Video ids from a ``tools/check_videos.py`` report (``{"bad": {video_id: ...}}``) or a text file."""
+    if not path:
+        return frozenset()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.video.skip_list: {path} not found (write one with tools/check_videos.py)")
+    if path.suffix == ".json":
+        return frozenset(json.loads(path.read_text())["bad"])
+    return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 VIDEO_LOADER, TEXT_LOADER, QUERY_BANK_LOADER = 0, 1, 2
 CACHE_MODES = ("off", "auto", "build")
@@ -44,15 +57,18 @@ class RetrievalDataModule(pl.LightningDataModule):
         frame_cache: dict | None = None,
         query_bank: dict | None = None,
         shuffle_train: bool = True,
+        select_on: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset = create_dataset(name, **source)
         self.image_size = image_size
         self.tokenizer = CaptionTokenizer(max_words)
-        self.backend = create_backend(video["backend"], **video.get("backend_options", {}))
+        self.backend = create_backend(video["backend"], **(video.get("backend_options") or {}))
+        self.skip_videos = load_skip_list(video.get("skip_list"))
         self.train_sampler = create_sampler(**video["train_sampler"])
         self.eval_sampler = create_sampler(**video["eval_sampler"])
         self.split_names = {stage: splits.get(stage) for stage in ("train", "val", "test")}
+        self.select_on = select_on or self.split_names["val"]  # recorded; splits.val already follows it
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -69,7 +85,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
 
     def prepare_data(self) -> None:
-        self.dataset.prepare()
+        wanted = [name for name in self.split_names.values() if name]
+        if self.query_bank and self.query_bank.get("split"):
+            wanted.append(self.query_bank["split"])
+        self.dataset.prepare(tuple(dict.fromkeys(wanted)))
         if self.cache_mode == "build":
             missing = []
             for role, sampler in self._cacheable_roles():
@@ -113,9 +132,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         return bool(self.split_names.get("val"))
 
     def _reader(self, sampler, cache: FrameCache | None = None) -> ClipReader:
-        return ClipReader(self.backend, sampler, ClipFrameTransform(self.image_size), cache)
+        return ClipReader(self.backend, sampler, ClipFrameTransform(self.image_size), cache, self.skip_videos)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -123,7 +142,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent and self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=collate,
         )
@@ -137,8 +156,8 @@ class RetrievalDataModule(pl.LightningDataModule):
             # honours it (Lightning still calls set_epoch on it every epoch).
             sampler = DistributedSampler(pairs, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                          shuffle=self.shuffle_train, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=True)
-            return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=sampler)
-        return self._loader(pairs, self.batch_size, shuffle=self.shuffle_train, drop_last=drop_last)
+            return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=sampler, persistent=True)
+        return self._loader(pairs, self.batch_size, shuffle=self.shuffle_train, drop_last=drop_last, persistent=True)
 
     def _eval_loaders(self, role: str) -> list[DataLoader]:
         split = self.records[role]
@@ -165,9 +184,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         return {
             **self.dataset.describe(),
             "splits": {role: name for role, name in self.split_names.items() if name},
+            "select_on": self.select_on,
             "train_sampler": self.train_sampler.describe(),
             "eval_sampler": self.eval_sampler.describe(),
             "max_words": self.tokenizer.max_words,
             "video_backend": self.backend.name,
+            "skip_list": len(self.skip_videos),
             "frame_cache": {"mode": self.cache_mode, "used": dict(self.caches_used)},
         }

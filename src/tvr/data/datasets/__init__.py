@@ -1,6 +1,6 @@
 """One parser per benchmark, registered by name."""
 
-from tvr.data.datasets import synthetic  # noqa: F401  (registration side effect)
-from tvr.data.datasets.base import DATASETS, DatasetSource, create_dataset, register_dataset
+from tvr.data.datasets import activitynet, didemo, lsmdc, msrvtt, msvd, synthetic  # noqa: F401  (registration)
+from tvr.data.datasets.base import DATASETS, DatasetSource, FileDataset, create_dataset, register_dataset
 
-__all__ = ["DATASETS", "DatasetSource", "create_dataset", "register_dataset"]
+__all__ = ["DATASETS", "DatasetSource", "FileDataset", "create_dataset", "register_dataset"]

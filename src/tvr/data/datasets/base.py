@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+from pathlib import Path
+
+from tvr.data.datasets.common import MISSING_VIDEO_POLICIES, DatasetFileError, SplitBuilder, VideoIndex, require_file
 from tvr.data.records import SplitRecords
 from tvr.registry import Registry
 
@@ -14,8 +18,8 @@ class DatasetSource:
 
     name: str
 
-    def prepare(self) -> None:
-        """Check (or build) what ``load_split`` needs; raise with the expected layout if it is missing."""
+    def prepare(self, splits: tuple[str, ...] = ()) -> None:
+        """Check (or build) what ``load_split`` needs for ``splits``; raise with the expected layout if it is missing."""
 
     def load_split(self, split: str) -> SplitRecords:
         raise NotImplementedError
@@ -35,3 +39,57 @@ def register_dataset(name: str):
 
 def create_dataset(name: str, **kwargs) -> DatasetSource:
     return DATASETS.create(name, **kwargs)
+
+
+class FileDataset(DatasetSource):
+    """A benchmark read from annotation files in ``anno_dir`` (default: ``root``) and videos under
+    ``video_dir`` (default: ``root/videos``). Subclasses list their files and parse one split each."""
+
+    layout: str = ""
+
+    def __init__(
+        self,
+        root: str | Path,
+        anno_dir: str | Path | None = None,
+        video_dir: str | Path | None = None,
+        check_videos: bool = True,
+        missing_video: str = "drop",
+    ) -> None:
+        self.root = Path(root)
+        self.anno_dir = Path(anno_dir) if anno_dir else self.root
+        self.video_dir = Path(video_dir) if video_dir else self.root / "videos"
+        self.check_videos = check_videos
+        if missing_video not in MISSING_VIDEO_POLICIES:
+            raise ValueError(f"missing_video must be one of {', '.join(MISSING_VIDEO_POLICIES)}, got '{missing_video}'")
+        self.missing_video = missing_video
+
+    def required_files(self, splits: tuple[str, ...]) -> list[str]:
+        """Annotation files the given splits need (checked at start-up)."""
+        return []
+
+    def annotation(self, name: str) -> Path:
+        return require_file(self.anno_dir / name, self.name, self.layout)
+
+    def prepare(self, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        if not self.root.is_dir():
+            raise DatasetFileError(f"{self.name}: dataset folder not found: {self.root}\nexpected layout:\n{self.layout}")
+        for name in self.required_files(tuple(splits)):
+            self.annotation(name)
+        if self.check_videos and not self.video_dir.is_dir():
+            raise DatasetFileError(f"{self.name}: video folder not found: {self.video_dir}\nexpected layout:\n{self.layout}")
+
+    default_extension = ".mp4"
+
+    @cached_property
+    def index(self) -> VideoIndex:
+        return VideoIndex(self.video_dir, check_files=self.check_videos, default_extension=self.default_extension)
+
+    def builder(self, split: str, **options) -> SplitBuilder:
+        return SplitBuilder(self.name, split, self.index, self.missing_video, **options)
+
+    def describe(self) -> dict:
+        return {"dataset": self.name, "missing_video": self.missing_video, **self.variant()}
+
+    def variant(self) -> dict:
+        """The switches that change which pairs a split holds (recorded with every result)."""
+        return {}

@@ -19,7 +19,7 @@ class SyntheticDataset(DatasetSource):
         self.workers = workers
         self.config = SyntheticConfig(**config)
 
-    def prepare(self) -> None:
+    def prepare(self, splits: tuple[str, ...] = ()) -> None:
         if self.generate:
             ensure_synthetic_dataset(self.root, self.config, workers=self.workers)
         elif not (self.root / ANNOTATION_FILE).is_file():
