@@ -191,4 +191,5 @@ class RetrievalDataModule(pl.LightningDataModule):
             "video_backend": self.backend.name,
             "skip_list": len(self.skip_videos),
             "frame_cache": {"mode": self.cache_mode, "used": dict(self.caches_used)},
+            "missing_videos": {role: records.info.get("missing_videos", 0) for role, records in self.records.items()},
         }
