@@ -184,3 +184,23 @@ def test_published_architectures_build_offline_with_random_weights(name):
     assert (model.embed_dim, model.image_size, model.context_length, model.quick_gelu) == (512, 224, 77, True)
     with torch.no_grad():
         assert model.encode_text(tokens(length=32)).sentence.shape == (3, 512)
+
+
+def test_padding_tokens_attend_to_real_tokens_only(backbone):
+    # Give every padding position the same positional embedding: if padding attends to the real tokens
+    # only (the DRL rule), all padding outputs are then identical; with a causal mask alone, position i
+    # also attends to the padding before it, so they differ.
+    ids = tokens(length=16, eot_at=9)
+    models = {}
+    for padding_mask in (True, False):
+        model = CLIPBackbone("tvr-tiny", text_padding_mask=padding_mask).eval()
+        model.load_state_dict(backbone.state_dict())
+        with torch.no_grad():
+            model.clip.positional_embedding[10:16] = model.clip.positional_embedding[10]
+        models[padding_mask] = model
+    with torch.no_grad():
+        drl, causal = models[True].encode_text(ids), models[False].encode_text(ids)
+    padding = drl.tokens[:, 10:16]
+    torch.testing.assert_close(padding, padding[:, :1].expand_as(padding), atol=1e-5, rtol=0)
+    assert not torch.allclose(causal.tokens[:, 10], causal.tokens[:, 15], atol=1e-3)
+    torch.testing.assert_close(drl.tokens[:, :10], causal.tokens[:, :10], atol=1e-5, rtol=0)  # real tokens and EOT unchanged

@@ -58,11 +58,11 @@ def test_wrong_group_option_lists_valid_choices(data_dir, tmp_path):
     with pytest.raises(MissingConfigException) as error:
         compose_train(["head=xpoo"], data_dir, tmp_path)
     message = str(error.value)
-    assert "Available options in 'head'" in message and "meanpool" in message and "seqtransf" in message
+    assert "Available options in 'head'" in message and "meanpool" in message and "xpool" in message
 
 
 @pytest.mark.parametrize("override, error, message", [
-    ("head.name=xpoo", KeyError, "unknown head 'xpoo'; valid choices: meanpool, seqtransf"),
+    ("head.name=xpoo", KeyError, "unknown head 'xpoo'; valid choices: glscl, meanpool, seqtransf, xpool"),
     ("data.name=msrvt", KeyError, "unknown dataset 'msrvt'; valid choices: activitynet, didemo, lsmdc, msrvtt, msvd, synthetic"),
     ("backbone.model_name=ViT-B-99", ValueError, "unknown backbone model_name 'ViT-B-99'"),
     ("backbone.weights=/nonexistent/ViT-B-32.pt", WeightsError, "not found at '/nonexistent/ViT-B-32.pt'"),
@@ -74,3 +74,29 @@ def test_bad_names_fail_at_start_up_before_any_work(override, error, message, da
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+CLIP_TEXT_BLOCK = 4 * 512 * 512 + 4 * 512 + 2 * 2 * 512 + 2 * 2048 * 512 + 2048 + 512  # attn, 2 LNs, MLP
+
+
+@pytest.mark.parametrize("recipe, head_parameters", [
+    ("clip4clip_meanp_msrvtt", 0),
+    ("clip4clip_seqtransf_msrvtt", 77 * 512 + 4 * CLIP_TEXT_BLOCK),  # position table + 4 text blocks
+    ("xpool_msrvtt", 1_316_352),  # the spec's count for the pooling module
+    ("glscl_msrvtt", 25.27e6),    # spec: "used non-CLIP parameters: 25.27M"
+])
+def test_paper_recipes_build_the_papers_models(recipe, head_parameters, tmp_path):
+    cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
+    module = build_module(cfg)
+    assert module.backbone.model_name == "ViT-B-32-quickgelu" and module.backbone.quick_gelu
+    count = sum(p.numel() for p in module.head.parameters())
+    assert count == head_parameters if isinstance(head_parameters, int) else round(count / 1e6, 2) == head_parameters / 1e6
+    assert cfg.expected.t2v.R1 > 40 and cfg.trainer.max_epochs == 5
+    if recipe.startswith(("clip4clip", "glscl")):
+        assert (cfg.optim.name, cfg.optim.backbone_lr, cfg.optim.head_lr, cfg.train.gather_grad) == ("bertadam", 1e-7, 1e-4, "slice")
+    if recipe.startswith("clip4clip"):
+        frozen = [n for n, p in module.backbone.named_parameters() if not p.requires_grad]
+        assert "clip.visual.conv1.weight" in frozen and "clip.transformer.resblocks.0.attn.in_proj_weight" not in frozen
+    if recipe == "xpool_msrvtt":
+        assert cfg.optim.head_lr == 3e-5 and cfg.data.train_augment == "xpool" and cfg.train.select_window == 5
+        assert build_datamodule(cfg.data).eval_sampler.describe() == {"sampler": "segment_uniform", "max_frames": 12}

@@ -8,7 +8,14 @@ from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads import create_head, list_heads
 
 D, T, L = 64, 6, 10
-HEAD_OPTIONS = {"seqtransf": {"layers": 2, "heads": 2, "init_from_clip": False}}
+HEAD_OPTIONS = {
+    "seqtransf": {"layers": 2, "heads": 2, "init_from_clip": False},
+    "xpool": {"num_heads": 2},
+    "glscl": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "num_queries": 3, "decoder_layers": 2,
+              "decoder_heads": 2, "decoder_ffn": 32},
+}
+# GLSCL reproduces its reference, which lets padded frames take attention (GIM softmax, decoder memory).
+PADDING_SENSITIVE = {"glscl"}
 
 
 def make_head(name: str):
@@ -37,7 +44,7 @@ def head(request):
 
 
 def test_registry_lists_builtin_heads():
-    assert {"meanpool", "seqtransf"} <= set(list_heads())
+    assert {"meanpool", "seqtransf", "xpool", "glscl"} <= set(list_heads())
 
 
 def test_shapes_and_gradients(head):
@@ -58,7 +65,12 @@ def test_padded_frames_are_ignored(head):
     text, video = make_inputs()
     noisy = video.frames.clone()
     noisy[~video.mask] = 100.0 * torch.randn(int((~video.mask).sum()), D)
-    torch.testing.assert_close(score(head, text, video), score(head, text, FrameFeatures(noisy, video.mask)))
+    clean, perturbed = score(head, text, video), score(head, text, FrameFeatures(noisy, video.mask))
+    if head.name in PADDING_SENSITIVE:
+        assert not torch.allclose(clean, perturbed)  # reference behaviour, documented on the head
+        assert torch.equal(clean[:, [0, 2]], perturbed[:, [0, 2]])  # unpadded videos are untouched
+    else:
+        torch.testing.assert_close(clean, perturbed)
 
 
 def test_fully_padded_video_scores_finite(head):
@@ -111,10 +123,10 @@ def test_seqtransf_starts_from_the_clip_text_tower():
     backbone = CLIPBackbone("tvr-tiny")
     head = create_head("seqtransf", embed_dim=64, layers=2, heads=2)
     head.init_from_backbone(backbone)
-    torch.testing.assert_close(head.position_embedding.weight, backbone.clip.positional_embedding)
-    for block, source in zip(head.blocks, backbone.clip.transformer.resblocks):
+    torch.testing.assert_close(head.temporal.position_embedding.weight, backbone.clip.positional_embedding)
+    for block, source in zip(head.temporal.blocks, backbone.clip.transformer.resblocks):
         for (name, value), (_, expected) in zip(block.state_dict().items(), source.state_dict().items()):
             torch.testing.assert_close(value, expected, msg=name)
-    assert head.blocks[0].ln_1.eps == 1e-12  # CLIP4Clip's TF-style LayerNorm, not the copied 1e-5
+    assert head.temporal.blocks[0].ln_1.eps == 1e-12  # CLIP4Clip's TF-style LayerNorm, not the copied 1e-5
     with pytest.raises(ValueError, match="init_from_clip=false"):
         create_head("seqtransf", embed_dim=64, layers=4, heads=2).init_from_backbone(backbone)  # tower has 2 blocks

@@ -75,3 +75,38 @@ def test_checkpoint_io_reads_with_weights_only(tmp_path):
         io.load_checkpoint(tmp_path / "unsafe.ckpt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint_file(tmp_path / "missing.ckpt")
+
+
+def test_bertadam_step_has_no_bias_correction_and_clips_per_parameter():
+    from tvr.optim import BertAdam
+
+    param = nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = BertAdam([param], lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, max_grad_norm=1.0)
+    param.grad = torch.tensor([3.0, 4.0])  # norm 5 -> clipped to [0.6, 0.8]
+    optimizer.step()
+    g = torch.tensor([0.6, 0.8])
+    m, v = 0.1 * g, 0.02 * g * g  # no division by (1 - beta^t)
+    expected = torch.tensor([1.0, -2.0]) - 0.1 * (m / (v.sqrt() + 1e-6) + 0.2 * torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(param.detach(), expected)
+
+
+def test_clip4clip_schedule_values():
+    from tvr.optim import Clip4ClipWarmupCosine
+
+    schedule = Clip4ClipWarmupCosine(warmup=0.1, total_steps=1000)
+    assert schedule(0) == 0.0 and schedule(50) == pytest.approx(0.5)
+    assert schedule(99) == pytest.approx(0.99) and schedule(100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))  # ~0.976 jump
+    assert schedule(500) == pytest.approx(0.5) and schedule(1000) == pytest.approx(0.0, abs=1e-12)
+    assert schedule(1500) == pytest.approx(0.5)  # past t_total it rises again (GLSCL's 5-epoch t_total)
+
+
+def test_clip4clip_freeze_rule_freezes_exactly_the_embeddings_at_zero():
+    from tvr.models.backbone import CLIPBackbone
+
+    backbone = CLIPBackbone("tvr-tiny")
+    frozen = backbone.freeze_like_clip4clip(0)
+    assert sorted(frozen) == sorted(["positional_embedding", "token_embedding.weight", "visual.class_embedding",
+                                     "visual.positional_embedding", "visual.conv1.weight", "visual.ln_pre.weight", "visual.ln_pre.bias"])
+    deeper = CLIPBackbone("tvr-tiny").freeze_like_clip4clip(1)
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in deeper and "transformer.resblocks.0.ln_1.weight" in deeper
+    assert not any("resblocks.1." in name for name in deeper)

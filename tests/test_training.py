@@ -16,7 +16,9 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
     ["trainer.precision=32-true"],
     ["trainer.precision=bf16-mixed", "backbone.grad_checkpointing=true"],
     ["experiment=synthetic_seqtransf", "loss=dual_softmax", "evaluation.rerank=dsl"],
-], ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl"])
+    ["experiment=synthetic_xpool", "optim=bertadam", "optim.schedule=clip4clip_warmup_cosine", "train.freeze_layer_num=0"],
+    ["experiment=synthetic_glscl", "train.select_window=3", "train.select_metric=val/t2v_R1_window"],
+], ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl", "xpool-bertadam", "glscl-window"])
 def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     cfg = compose_train(["+trainer.fast_dev_run=true"] + overrides + SMALL_OVERRIDES + QUIET, data_dir, tmp_path)
     results = train(cfg)

@@ -205,3 +205,20 @@ def test_frame_cache_rejects_incomplete_builds_and_random_samplers(tmp_path):
     random_reader = ClipReader(DecordBackend(), create_sampler("segment_random", max_frames=4), ClipFrameTransform(16))
     with pytest.raises(ValueError, match="random"):
         build_frame_cache(tmp_path / "rand", split, random_reader, workers=1, progress=False)
+
+
+def test_xpool_augmentation_crops_every_frame_alike():
+    import random as python_random
+
+    frames = np.zeros((3, 40, 60, 3), dtype=np.uint8)
+    frames[:, :, :30] = 200  # left half bright
+    transform = ClipFrameTransform(16, augment="xpool")
+    assert not transform.deterministic
+    python_random.seed(0)
+    torch.manual_seed(0)
+    outputs = [transform.resize_crop(frames) for _ in range(12)]
+    assert all(out.shape == (3, 3, 16, 16) and torch.equal(out[0], out[2]) for out in outputs)  # one crop per clip
+    assert len({out.float().mean().round().item() for out in outputs}) > 1  # crops and flips vary
+    assert ClipFrameTransform(16).deterministic
+    with pytest.raises(ValueError, match="none, xpool"):
+        ClipFrameTransform(16, augment="randaugment")

@@ -22,6 +22,8 @@ from pathlib import Path
 CONFIGS = {
     "meanpool (default run)": [],
     "seqtransf": ["experiment=synthetic_seqtransf"],
+    "xpool": ["experiment=synthetic_xpool"],
+    "glscl": ["experiment=synthetic_glscl"],
 }
 
 

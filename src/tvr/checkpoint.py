@@ -46,3 +46,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
         return load_checkpoint_file(path, map_location or "cpu")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A state_dict whose keys do not match the model it is loaded into."""
+
+
+def load_state_dict_checked(module, state_dict: dict, strict: bool = True, source: str = "checkpoint") -> tuple[list[str], list[str]]:
+    """Load ``state_dict`` into ``module``, naming every missing and unexpected key.
+
+    With ``strict`` (the default) any mismatch is refused; otherwise the matching keys are loaded and
+    the mismatch is returned (and logged by the caller), e.g. for a checkpoint of a different head.
+    """
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    wrong_shape = sorted(k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape)
+    if wrong_shape:
+        details = ", ".join(f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:10])
+        raise CheckpointMismatchError(f"{source}: tensors of the wrong shape: {details}")
+    if (missing or unexpected) and strict:
+        raise CheckpointMismatchError(
+            f"{source} does not match the model: {len(missing)} missing keys {missing[:10]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:10]}; pass strict=false to load the matching keys anyway"
+        )
+    module.load_state_dict(state_dict, strict=False)
+    return missing, unexpected

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
-from tvr.checkpoint import load_checkpoint_file
+from tvr.checkpoint import load_checkpoint_file, load_state_dict_checked
 from tvr.config import config_dir, to_plain
 from tvr.evaluation.report import markdown_table, write_json
 from tvr.lit_module import RetrievalModule
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 EVAL_ROLES = ("val", "test")
 
 
-def module_from_checkpoint(checkpoint: dict, evaluation: dict) -> RetrievalModule:
+def module_from_checkpoint(checkpoint: dict, evaluation: dict, strict: bool = True, source: str = "checkpoint") -> RetrievalModule:
     saved = checkpoint["hyper_parameters"]
     backbone = backbone_kwargs(saved["backbone"])
     backbone["weights"] = None  # every CLIP weight is in the checkpoint's state_dict
@@ -32,7 +32,9 @@ def module_from_checkpoint(checkpoint: dict, evaluation: dict) -> RetrievalModul
         backbone=backbone, head=saved["head"], loss=saved["loss"], optim=saved["optim"],
         evaluation=evaluation, train=saved["train"], run_config=saved.get("run_config"),
     )
-    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    missing, unexpected = load_state_dict_checked(module, checkpoint["state_dict"], strict=strict, source=source)
+    if missing or unexpected:
+        log.warning("%s loaded partially: missing %s, unexpected %s", source, missing, unexpected)
     return module
 
 
@@ -55,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ValueError("this data config has no val split")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(data_cfg, cfg.evaluation)
-    module = module_from_checkpoint(checkpoint, to_plain(cfg.evaluation))
+    module = module_from_checkpoint(checkpoint, to_plain(cfg.evaluation), strict=cfg.strict, source=str(cfg.ckpt_path))
     trainer = build_trainer(cfg.trainer, run_dir, logger_cfg=None)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:

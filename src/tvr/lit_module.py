@@ -21,11 +21,11 @@ from tvr.data.datamodule import QUERY_BANK_LOADER, TEXT_LOADER, VIDEO_LOADER
 from tvr.evaluation.report import evaluate_scores
 from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.backbone import CLIPBackbone
-from tvr.models.distributed import gather_indexed, gather_with_grad, is_distributed
+from tvr.models.distributed import gather_indexed, gather_no_grad, gather_with_grad, is_distributed
 from tvr.models.heads import create_head
-from tvr.models.heads.base import Repr
+from tvr.models.heads.base import Repr, repr_length, slice_repr
 from tvr.models.losses import create_loss
-from tvr.optim import WarmupCosine, parameter_groups
+from tvr.optim import SCHEDULES, BertAdam, Clip4ClipWarmupCosine, WarmupCosine, parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class RetrievalModule(pl.LightningModule):
         head_options = {key: value for key, value in head.items() if key != "name"}
         self.head = create_head(head["name"], embed_dim=self.backbone.embed_dim, **head_options)
         self.head.init_from_backbone(self.backbone)
+        if train.get("freeze_layer_num", -1) >= 0:
+            self.backbone.freeze_like_clip4clip(train["freeze_layer_num"])
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
         self.optim_cfg = optim
@@ -56,6 +58,8 @@ class RetrievalModule(pl.LightningModule):
         self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.eval_results: dict[str, dict] = {}
         self._eval_outputs: dict[str, list] = {}
+        self.select_window = int(train.get("select_window", 1))
+        self._recent_val_r1: list[float] = []
 
     # ------------------------------------------------------------------ encoders
     def encode_texts(self, tokens: torch.Tensor) -> Repr:
@@ -131,6 +135,17 @@ class RetrievalModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
 
+    def _shared_similarity(self, texts: Repr, videos: Repr, tiles: dict) -> torch.Tensor:
+        """The full [Nt, Nv] matrix on every rank; under DDP each rank scores a contiguous share of the
+        texts and the shares are gathered, so text-conditioned heads split their cost across ranks."""
+        if not is_distributed():
+            return tiled_similarity(self.head, texts, videos, **tiles)
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        bounds = torch.linspace(0, repr_length(texts), world + 1).long().tolist()
+        share = slice_repr(texts, bounds[rank], bounds[rank + 1])
+        rows = tiled_similarity(self.head, share, videos, out_device=self.device, **tiles)
+        return gather_no_grad(rows).cpu()
+
     @staticmethod
     def _gather_lists(items: list[str]) -> list[str]:
         if not is_distributed():
@@ -151,11 +166,12 @@ class RetrievalModule(pl.LightningModule):
         texts = gather_indexed(outputs["texts"])
         text_to_video = texts.pop("video_index").cpu().numpy()
         cfg = self.eval_cfg
-        chunks = (cfg.get("text_chunk", 1024), cfg.get("video_chunk", 1024))
-        cos = tiled_similarity(self.head, texts, videos, *chunks)
+        tiles = {"text_chunk": cfg.get("text_chunk", 1024), "video_chunk": cfg.get("video_chunk", 1024),
+                 "memory_budget_bytes": int(cfg.get("memory_budget_gb", 0.5) * 2**30)}
+        cos = self._shared_similarity(texts, videos, tiles)
         bank = None
         if outputs["bank"]:
-            bank = tiled_similarity(self.head, gather_indexed(outputs["bank"]), videos, *chunks)
+            bank = self._shared_similarity(gather_indexed(outputs["bank"]), videos, tiles)
         qbnorm = cfg.get("qbnorm", {})
         metrics = evaluate_scores(
             cos, text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
@@ -175,6 +191,10 @@ class RetrievalModule(pl.LightningModule):
         for direction in ("t2v", "v2t"):
             for name, value in metrics[direction].items():
                 self.log(f"{stage}/{direction}_{name}", value, sync_dist=False, rank_zero_only=False)
+        if stage == "val" and self.select_window > 1:
+            # X-Pool's selection rule: the mean of the last N text-to-video R@1 evaluations
+            self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window:]
+            self.log("val/t2v_R1_window", sum(self._recent_val_r1) / len(self._recent_val_r1))
         self.log(f"{stage}/decode_failures", float(len(failures)))
 
     # ------------------------------------------------------------------ optimisation
@@ -189,10 +209,23 @@ class RetrievalModule(pl.LightningModule):
             no_decay_1d=cfg.get("no_decay_1d", True),
             no_decay_names=cfg.get("no_decay_names", ()),
         )
-        # Lightning's AMP plugin clips gradients itself and refuses fused optimisers, so fuse only in fp32.
-        fused = bool(cfg.get("fused")) and "mixed" not in str(self.trainer.precision)
-        optimizer = AdamW(groups, betas=tuple(cfg.get("betas", (0.9, 0.98))), eps=cfg.get("eps", 1e-6), fused=fused or None)
+        betas, eps = tuple(cfg.get("betas", (0.9, 0.98))), cfg.get("eps", 1e-6)
+        name = cfg.get("name", "adamw")
+        if name == "adamw":
+            # Lightning's AMP plugin clips gradients itself and refuses fused optimisers: fuse only in fp32.
+            fused = bool(cfg.get("fused")) and "mixed" not in str(self.trainer.precision)
+            optimizer = AdamW(groups, betas=betas, eps=eps, fused=fused or None)
+        elif name == "bertadam":
+            optimizer = BertAdam(groups, betas=betas, eps=eps, max_grad_norm=cfg.get("max_grad_norm", 1.0))
+        else:
+            raise ValueError(f"unknown optimiser '{name}'; valid choices: adamw, bertadam")
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(cfg.get("warmup_proportion", 0.1) * total)
-        scheduler = LambdaLR(optimizer, WarmupCosine(warmup, total))
+        if cfg.get("t_total_epochs"):  # GLSCL's reference sizes its schedule for 5 epochs whatever the run length
+            total = int(total / max(1, self.trainer.max_epochs) * cfg["t_total_epochs"])
+        schedule = cfg.get("schedule", "warmup_cosine")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{schedule}'; valid choices: {', '.join(SCHEDULES)}")
+        warmup = cfg.get("warmup_proportion", 0.1)
+        factor = WarmupCosine(int(warmup * total), total) if schedule == "warmup_cosine" else Clip4ClipWarmupCosine(warmup, total)
+        scheduler = LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

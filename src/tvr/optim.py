@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -29,6 +30,63 @@ class WarmupCosine:
             return step / max(1, self.warmup_steps)
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@dataclass
+class Clip4ClipWarmupCosine:
+    """CLIP4Clip's ``warmup_cosine``: with ``x = step / total_steps``, ``x / warmup`` below ``warmup``, else
+    ``0.5 (1 + cos(pi x))`` — the cosine runs over the whole of x, so the factor drops from 1 to ~0.976
+    when warm-up ends, and it rises again past ``x = 1`` (GLSCL's hard-coded 5-epoch ``t_total`` on a
+    10-epoch run). Step 0 has factor 0, as in the reference."""
+
+    warmup: float
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        x = step / max(1, self.total_steps)
+        return x / self.warmup if x < self.warmup else 0.5 * (1.0 + math.cos(math.pi * x))
+
+
+SCHEDULES = {"warmup_cosine": WarmupCosine, "clip4clip_warmup_cosine": Clip4ClipWarmupCosine}
+
+
+class BertAdam(torch.optim.Optimizer):
+    """CLIP4Clip's (and the DRL family's) optimiser, for parity runs (methods spec §2.6).
+
+    Adam **without bias correction** (beta1 0.9, beta2 0.98, eps 1e-6); each parameter's gradient is
+    clipped to ``max_grad_norm`` before its update; decoupled weight decay is added to the update before
+    the learning rate is applied: ``p -= lr * (m / (sqrt(v) + eps) + wd * p)``.
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.0, max_grad_norm: float = 1.0):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if group["max_grad_norm"] > 0:
+                    torch.nn.utils.clip_grad_norm_(param, group["max_grad_norm"])
+                state = self.state[param]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
+                if group["weight_decay"] > 0:
+                    update.add_(param, alpha=group["weight_decay"])
+                param.add_(update, alpha=-group["lr"])
+        return loss
 
 
 def is_no_decay(name: str, param: nn.Parameter, no_decay_1d: bool, no_decay_names: list[str]) -> bool:

@@ -58,6 +58,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         query_bank: dict | None = None,
         shuffle_train: bool = True,
         select_on: str | None = None,
+        train_augment: str = "none",
     ) -> None:
         super().__init__()
         self.dataset = create_dataset(name, **source)
@@ -82,6 +83,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.cache_workers = int(cache_cfg.get("workers", 2))
         self.caches_used: dict[str, bool] = {}
         self.shuffle_train = shuffle_train
+        self.train_transform = ClipFrameTransform(image_size, augment=train_augment)
         self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
 
     def prepare_data(self) -> None:
@@ -105,15 +107,16 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _cacheable_roles(self):
         for role, split in self.split_names.items():
             sampler = self._sampler_for(role)
-            if split and sampler.deterministic:
+            augmented = role == "train" and not self.train_transform.deterministic
+            if split and sampler.deterministic and not augmented:
                 yield role, sampler
 
     def _cache_for(self, role: str) -> FrameCache | None:
         sampler = self._sampler_for(role)
         if self.cache_mode == "off" or self.cache_root is None:
             return None
-        if not sampler.deterministic:
-            log.info("frame cache not used for %s: sampler %s is random", role, sampler.describe()["sampler"])
+        if not sampler.deterministic or (role == "train" and not self.train_transform.deterministic):
+            log.info("frame cache not used for %s: its frames are random (sampler or augmentation)", role)
             return None
         split = self.records[role]
         cache = FrameCache.open(cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size), split, sampler.describe(), self.image_size)
@@ -131,8 +134,8 @@ class RetrievalDataModule(pl.LightningDataModule):
     def has_val(self) -> bool:
         return bool(self.split_names.get("val"))
 
-    def _reader(self, sampler, cache: FrameCache | None = None) -> ClipReader:
-        return ClipReader(self.backend, sampler, ClipFrameTransform(self.image_size), cache, self.skip_videos)
+    def _reader(self, sampler, cache: FrameCache | None = None, transform: ClipFrameTransform | None = None) -> ClipReader:
+        return ClipReader(self.backend, sampler, transform or ClipFrameTransform(self.image_size), cache, self.skip_videos)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False) -> DataLoader:
         return DataLoader(
@@ -148,7 +151,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        pairs = TrainPairs(self.records["train"], self._reader(self.train_sampler, self._cache_for("train")), self.tokenizer)
+        reader = self._reader(self.train_sampler, self._cache_for("train"), self.train_transform)
+        pairs = TrainPairs(self.records["train"], reader, self.tokenizer)
         drop_last = len(pairs) > self.batch_size
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
@@ -188,6 +192,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             "train_sampler": self.train_sampler.describe(),
             "eval_sampler": self.eval_sampler.describe(),
             "max_words": self.tokenizer.max_words,
+            "train_augment": self.train_transform.augment,
             "video_backend": self.backend.name,
             "skip_list": len(self.skip_videos),
             "frame_cache": {"mode": self.cache_mode, "used": dict(self.caches_used)},

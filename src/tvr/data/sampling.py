@@ -165,4 +165,5 @@ class SegmentRandomSampler(FrameSampler):
 
 
 def create_sampler(name: str, **kwargs) -> FrameSampler:
-    return SAMPLERS.create(name, **kwargs)
+    """Options set to None are dropped, so a config can switch sampler and null the old one's options."""
+    return SAMPLERS.create(name, **{key: value for key, value in kwargs.items() if value is not None})

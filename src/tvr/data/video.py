@@ -35,9 +35,18 @@ class DecodedClip:
 
 
 class VideoBackend:
-    name: str
+    """Reads the frames a sampler picks; subclasses implement ``_read`` on a checked, existing file."""
 
-    def read(self, path: Path, sampler: FrameSampler, start=None, end=None, rng=None) -> DecodedClip:
+    name: str
+    timeout_s: float | None = 60.0
+
+    def read(self, path, sampler: FrameSampler, start=None, end=None, rng: random.Random | None = None) -> DecodedClip:
+        path = Path(path)
+        check_readable_file(path)
+        with deadline(self.timeout_s, path):
+            return self._read(path, sampler, start, end, rng)
+
+    def _read(self, path: Path, sampler: FrameSampler, start, end, rng) -> DecodedClip:
         raise NotImplementedError
 
 
@@ -46,6 +55,13 @@ def check_readable_file(path: Path) -> None:
         raise VideoReadError(f"missing video file {path}")
     if path.stat().st_size == 0:
         raise VideoReadError(f"empty (zero-byte) video file {path}")
+
+
+def sample_indices(path: Path, sampler: FrameSampler, num_frames: int, fps: float, start, end, rng) -> list[int]:
+    indices = sampler(num_frames, fps, start, end, rng)
+    if not indices:
+        raise VideoReadError(f"sampler selected no frames of {path} (span {start}-{end}, {num_frames} frames)")
+    return indices
 
 
 def gather_in_order(decoded: np.ndarray, unique_sorted: list[int], wanted: list[int]) -> np.ndarray:
@@ -90,12 +106,6 @@ class DecordBackend(VideoBackend):
         self.num_threads = num_threads
         self.timeout_s = timeout_s
 
-    def read(self, path, sampler, start=None, end=None, rng: random.Random | None = None) -> DecodedClip:
-        path = Path(path)
-        check_readable_file(path)
-        with deadline(self.timeout_s, path):
-            return self._read(path, sampler, start, end, rng)
-
     def _read(self, path: Path, sampler, start, end, rng) -> DecodedClip:
         import decord
 
@@ -107,9 +117,7 @@ class DecordBackend(VideoBackend):
             raise VideoReadError(f"cannot open video {path}: {error}") from error
         if num_frames <= 0:
             raise VideoReadError(f"video {path} has no frames")
-        indices = sampler(num_frames, fps, start, end, rng)
-        if not indices:
-            raise VideoReadError(f"sampler selected no frames of {path} (span {start}-{end}, {num_frames} frames)")
+        indices = sample_indices(path, sampler, num_frames, fps, start, end, rng)
         unique_sorted = sorted(set(indices))
         try:
             decoded = reader.get_batch(unique_sorted).asnumpy()
@@ -130,12 +138,6 @@ class PyAVBackend(VideoBackend):
     def __init__(self, timeout_s: float | None = 60.0) -> None:
         self.timeout_s = timeout_s
 
-    def read(self, path, sampler, start=None, end=None, rng: random.Random | None = None) -> DecodedClip:
-        path = Path(path)
-        check_readable_file(path)
-        with deadline(self.timeout_s, path):
-            return self._read(path, sampler, start, end, rng)
-
     def _read(self, path: Path, sampler, start, end, rng) -> DecodedClip:
         import av
 
@@ -148,9 +150,7 @@ class PyAVBackend(VideoBackend):
                 num_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
                 if num_frames <= 0 or fps <= 0:
                     raise VideoReadError(f"video {path} has no frames")
-                indices = sampler(num_frames, fps, start, end, rng)
-                if not indices:
-                    raise VideoReadError(f"sampler selected no frames of {path} (span {start}-{end}, {num_frames} frames)")
+                indices = sample_indices(path, sampler, num_frames, fps, start, end, rng)
                 container.seek(0)
                 wanted, last = set(indices), max(indices)
                 decoded: dict[int, np.ndarray] = {}

@@ -1,7 +1,8 @@
 """Score every text against every video through a head, tile by tile.
 
-Peak extra memory is one ``text_chunk x video_chunk`` tile of whatever the head builds for it, never
-``Nt x Nv x D``; the result is the ``[Nt, Nv]`` matrix itself (on ``out_device``).
+Peak extra memory is what the head builds for one ``text_chunk x video_chunk`` tile (``head.pair_bytes()``
+per pair; the video chunk shrinks to fit ``memory_budget_bytes``), never ``Nt x Nv x D``. The result is
+the ``[Nt, Nv]`` matrix itself, on ``out_device``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import torch
 from tvr.models.heads.base import Repr, RetrievalHead, repr_length, slice_repr
 
 
+def tile_shape(head: RetrievalHead, text_chunk: int, video_chunk: int, memory_budget_bytes: int | None) -> tuple[int, int]:
+    per_pair = head.pair_bytes()
+    if per_pair and memory_budget_bytes:
+        pairs = max(1, memory_budget_bytes // per_pair)
+        text_chunk = max(1, min(text_chunk, pairs))
+        video_chunk = max(1, min(video_chunk, pairs // text_chunk))
+    return text_chunk, video_chunk
+
+
 @torch.no_grad()
 def tiled_similarity(
     head: RetrievalHead,
@@ -18,9 +28,11 @@ def tiled_similarity(
     video_repr: Repr,
     text_chunk: int = 1024,
     video_chunk: int = 1024,
+    memory_budget_bytes: int | None = 512 * 2**20,
     out_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     num_texts, num_videos = repr_length(text_repr), repr_length(video_repr)
+    text_chunk, video_chunk = tile_shape(head, text_chunk, video_chunk, memory_budget_bytes)
     out = torch.empty(num_texts, num_videos, dtype=torch.float32, device=out_device)
     for t0 in range(0, num_texts, text_chunk):
         texts = slice_repr(text_repr, t0, t0 + text_chunk)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +99,10 @@ class CLIPBackbone(nn.Module):
         weights: str | None = None,
         quick_gelu: bool | None = None,
         grad_checkpointing: bool = False,
+        text_padding_mask: bool = True,
     ) -> None:
         super().__init__()
+        self.text_padding_mask = text_padding_mask
         config = resolve_architecture(model_name, architecture)
         loaded = read_clip_weights(weights) if weights else None
         config["quick_gelu"] = self._decide_quick_gelu(config, quick_gelu, loaded)
@@ -149,6 +152,21 @@ class CLIPBackbone(nn.Module):
             )
         self.clip.load_state_dict(loaded.state_dict, strict=True)
 
+    def freeze_like_clip4clip(self, layer_num: int) -> list[str]:
+        """CLIP4Clip's ``freeze_layer_num`` rule (methods spec §2.6): keep trainable ``ln_final``,
+        ``text_projection``, ``logit_scale``, ``visual.ln_post``, ``visual.proj`` and the residual blocks
+        with index >= ``layer_num`` in both towers; freeze everything else. Note that 0, the recipe value,
+        still freezes the embeddings, ``visual.conv1`` and ``visual.ln_pre``. Returns the frozen names."""
+        always = ("ln_final.", "text_projection", "logit_scale", "visual.ln_post.", "visual.proj")
+        frozen = []
+        for name, param in self.clip.named_parameters():
+            block = re.search(r"resblocks\.(\d+)\.", name)
+            keep = name.startswith(always) or (block is not None and int(block.group(1)) >= layer_num)
+            if not keep:
+                param.requires_grad_(False)
+                frozen.append(name)
+        return frozen
+
     @property
     def embed_dim(self) -> int:
         return int(self.clip.visual.output_dim)
@@ -173,7 +191,10 @@ class CLIPBackbone(nn.Module):
         """``token_ids`` ``[B, L]`` (SOT .. EOT, 0-padded, L <= context length) -> :class:`TextFeatures`.
 
         The tower runs on the given length L with a causal mask, so the EOT feature equals the one
-        computed on CLIP's 77-token context (CLIP4Clip runs 32 tokens; see the methods spec §1).
+        computed on CLIP's 77-token context (CLIP4Clip runs 32 tokens; see the methods spec §1). With
+        ``text_padding_mask`` (default) padding tokens are also masked as keys, as the DRL-family code
+        does: a padding position then attends to every real token and to no other padding, which only
+        changes the features *at* padding positions — what token-level heads (GLSCL) read.
         """
         length = token_ids.shape[1]
         if length > self.context_length:
@@ -182,12 +203,22 @@ class CLIPBackbone(nn.Module):
         cast_dtype = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(token_ids).to(cast_dtype)
         x = x + clip.positional_embedding[:length].to(cast_dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.transformer(x, attn_mask=self._text_attention_mask(token_ids, x.dtype))
         x = clip.ln_final(x)
         tokens = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
         eot = token_ids.argmax(dim=-1)
         sentence = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot]
         return TextFeatures(sentence=sentence, tokens=tokens, mask=token_ids != 0)
+
+    def _text_attention_mask(self, token_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        length = token_ids.shape[1]
+        causal = self.clip.attn_mask[:length, :length].to(dtype)
+        if not self.text_padding_mask:
+            return causal
+        key_padding = torch.zeros(token_ids.shape, dtype=dtype, device=token_ids.device)
+        key_padding.masked_fill_(token_ids == 0, float("-inf"))
+        heads = self.clip.transformer.resblocks[0].attn.num_heads
+        return (causal[None] + key_padding[:, None, :]).repeat_interleave(heads, dim=0)  # [B * heads, L, L]
 
     def encode_images(self, images: torch.Tensor, with_patches: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[N, 3, H, W]`` -> projected CLS ``[N, D]`` and, optionally, projected patch tokens ``[N, P, D]``."""

@@ -12,10 +12,13 @@ reference implementations' weights through them too, so the mapping is exercised
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from tvr.models.heads import HEADS
 from tvr.models.heads.base import rename_reference_keys
+from tvr.models.weights import is_transformers_layout, to_float32, transformers_to_open_clip
 
 CLIP_PREFIX = "clip."
 
@@ -23,7 +26,7 @@ CLIP_PREFIX = "clip."
 def map_reference_head_keys(head_name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a reference implementation's head-only state_dict to the keys of tvr's ``head_name`` head."""
     head_cls = HEADS.get(head_name)
-    return rename_reference_keys(state_dict, head_cls.reference_key_renames)
+    return rename_reference_keys(state_dict, head_cls.reference_key_renames, head_cls.reference_ignored_keys)
 
 
 def convert_reference_state_dict(head_name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,6 +35,19 @@ def convert_reference_state_dict(head_name: str, state_dict: dict[str, torch.Ten
         state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
     clip = {key[len(CLIP_PREFIX):]: value for key, value in state_dict.items() if key.startswith(CLIP_PREFIX)}
     head = {key: value for key, value in state_dict.items() if not key.startswith(CLIP_PREFIX)}
+    # X-Pool's checkpoints hold the transformers (Hugging Face) CLIPModel; CLIP4Clip's may be fp16
+    clip = transformers_to_open_clip(clip) if is_transformers_layout(clip) else to_float32(clip)
     converted = {f"backbone.clip.{key}": value for key, value in clip.items()}
     converted.update({f"head.{key}": value for key, value in map_reference_head_keys(head_name, head).items()})
     return converted
+
+
+def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state_dict of a released checkpoint: CLIP4Clip's and GLSCL's ``pytorch_model.bin`` (a bare
+    state_dict) or X-Pool's ``model_best.pth`` (``{"epoch", "state_dict", "optimizer"}``); read with
+    ``weights_only=True``."""
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a state_dict or a dict holding one, got {type(checkpoint).__name__}")
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    return {key: value for key, value in state_dict.items() if torch.is_tensor(value)}

@@ -61,9 +61,9 @@ def read_clip_weights(path: str | Path) -> LoadedWeights:
     if _is_torchscript_archive(path):
         return _read_openai_torchscript(path)
     state_dict = _unwrap(_load_tensor_file(path))
-    if _is_transformers_layout(state_dict):
+    if is_transformers_layout(state_dict):
         return LoadedWeights(transformers_to_open_clip(state_dict), "transformers", path, False)
-    return LoadedWeights(_to_float32(state_dict), "open_clip", path, False)
+    return LoadedWeights(to_float32(state_dict), "open_clip", path, False)
 
 
 def _read_folder(folder: Path) -> LoadedWeights:
@@ -76,7 +76,7 @@ def _read_folder(folder: Path) -> LoadedWeights:
     for name in OPEN_CLIP_FILES:
         if (folder / name).is_file():
             state_dict = _unwrap(_load_tensor_file(folder / name))
-            return LoadedWeights(_to_float32(state_dict), "open_clip", folder / name, False)
+            return LoadedWeights(to_float32(state_dict), "open_clip", folder / name, False)
     for name in TRANSFORMERS_FILES:
         if (folder / name).is_file():
             state_dict = transformers_to_open_clip(_unwrap(_load_tensor_file(folder / name)))
@@ -113,7 +113,7 @@ def _read_openai_torchscript(path: Path) -> LoadedWeights:
     except RuntimeError as error:
         raise WeightsError(f"'{path}' looks like a TorchScript archive but could not be opened: {error}") from error
     state_dict = {key: value for key, value in module.state_dict().items() if key not in _OPENAI_EXTRA_KEYS}
-    return LoadedWeights(_to_float32(state_dict), "openai_torchscript", path, True)
+    return LoadedWeights(to_float32(state_dict), "openai_torchscript", path, True)
 
 
 def _load_tensor_file(path: Path) -> dict:
@@ -143,12 +143,12 @@ def _unwrap(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state_dict.items() if torch.is_tensor(value)}
 
 
-def _to_float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenAI and many hub checkpoints store fp16; tvr keeps fp32 master weights and uses autocast."""
     return {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
 
 
-def _is_transformers_layout(state_dict: dict[str, torch.Tensor]) -> bool:
+def is_transformers_layout(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(key.startswith(("text_model.", "vision_model.")) for key in state_dict)
 
 
@@ -179,7 +179,7 @@ def transformers_to_open_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     The two hold the same weights: q/k/v projections are packed into ``in_proj`` and the projection
     matrices are stored transposed (``nn.Linear`` weight vs. a right-multiplied parameter).
     """
-    state_dict = _to_float32(state_dict)
+    state_dict = to_float32(state_dict)
     converted: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():

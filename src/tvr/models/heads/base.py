@@ -34,6 +34,8 @@ class RetrievalHead(nn.Module):
     needs_patches: bool = False
     #: Prefix renames from the reference implementation's state_dict keys to this head's keys.
     reference_key_renames: tuple[tuple[str, str], ...] = ()
+    #: Key prefixes present in the reference's checkpoints but unused by its forward pass (dropped).
+    reference_ignored_keys: tuple[str, ...] = ()
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
@@ -56,6 +58,28 @@ class RetrievalHead(nn.Module):
 
     def new_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return self.named_parameters()
+
+    def text_embedding(self, text_repr: Repr) -> torch.Tensor:
+        """``[Nt, D]`` vectors whose dot products with :meth:`video_embedding` are the similarity."""
+        self._require_query_independent("text embeddings")
+        return text_repr["text"]
+
+    def video_embedding(self, video_repr: Repr) -> torch.Tensor:
+        """``[Nv, D]`` per-video vectors, for a precomputed-embedding index over a large gallery."""
+        self._require_query_independent("video embeddings")
+        return video_repr["video"]
+
+    def _require_query_independent(self, what: str) -> None:
+        if not self.query_independent:
+            raise ValueError(
+                f"head '{self.name}' is text-conditioned: its video representation depends on the query text, so it "
+                f"has no fixed {what} for a precomputed-embedding index; score it with tiled similarity instead"
+            )
+
+    def pair_bytes(self) -> int:
+        """Bytes of intermediate tensors ``similarity`` holds per (text, video) pair of a tile; sizes the
+        evaluation tiles under a memory budget. Zero for heads whose similarity is a plain GEMM."""
+        return 0
 
 
 def repr_length(rep: Repr) -> int:
@@ -86,9 +110,11 @@ def masked_mean_of_unit_frames(frames: torch.Tensor, mask: torch.Tensor) -> torc
     return F.normalize(mean, dim=-1)
 
 
-def rename_reference_keys(state_dict: dict[str, torch.Tensor], renames) -> dict[str, torch.Tensor]:
+def rename_reference_keys(state_dict: dict[str, torch.Tensor], renames, ignored: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():
+        if ignored and key.startswith(ignored):
+            continue
         for old, new in renames:
             if key.startswith(old):
                 key = new + key[len(old):]

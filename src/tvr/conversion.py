@@ -1,0 +1,25 @@
+"""Released reference checkpoints -> tvr checkpoints (the library side of tools/convert_checkpoint.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tvr.builders import build_module
+from tvr.checkpoint import atomic_torch_save, load_state_dict_checked
+from tvr.config import compose_config
+from tvr.models.convert import convert_reference_state_dict, read_reference_checkpoint
+
+
+def convert_checkpoint(source: Path, target: Path, overrides: list[str], allow_partial: bool = False) -> tuple[list[str], list[str]]:
+    """Build the model the overrides describe (e.g. ``experiment=xpool_msrvtt``), load the reference weights
+    into it through the key mapping, and write a checkpoint ``tvr-eval`` loads. Returns (missing, unexpected)
+    keys; any mismatch raises unless ``allow_partial``."""
+    cfg = compose_config([*overrides, "backbone.weights=null"])
+    module = build_module(cfg)
+    state_dict = convert_reference_state_dict(cfg.head.name, read_reference_checkpoint(source))
+    missing, unexpected = load_state_dict_checked(module, state_dict, strict=not allow_partial, source=str(source))
+    atomic_torch_save(
+        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "converted_from": str(Path(source).resolve())},
+        target,
+    )
+    return missing, unexpected

@@ -1,0 +1,70 @@
+"""Importing checkpoints released by the reference implementations, and strict checkpoint loading."""
+
+import pytest
+import torch
+
+from conftest import FIXTURES, SMALL_OVERRIDES, compose_train
+from tvr.checkpoint import CheckpointMismatchError, load_checkpoint_file
+from tvr.conversion import convert_checkpoint
+from tvr.evaluate import evaluate
+from tvr.models.backbone import CLIPBackbone
+
+GOLDEN = FIXTURES / "golden"
+
+
+def clip4clip_release(path):
+    """A CLIP4Clip-layout ``pytorch_model.bin``: CLIP (fp16, as CLIP4Clip trains it) under ``clip.`` + seqTransf."""
+    torch.manual_seed(3)
+    clip = CLIPBackbone("tvr-tiny").clip.state_dict()
+    head = torch.load(GOLDEN / "clip4clip_golden.pt", weights_only=True)["state_dict"]
+    torch.save({**{f"clip.{k}": v.half() for k, v in clip.items()}, **head}, path)
+    return clip, head
+
+
+def test_a_clip4clip_release_converts_and_evaluates(data_dir, tmp_path):
+    clip, head = clip4clip_release(tmp_path / "pytorch_model.bin.4")
+    target = tmp_path / "converted.ckpt"
+    overrides = ["experiment=synthetic_seqtransf", f"paths.data_dir={data_dir}"] + SMALL_OVERRIDES
+    assert convert_checkpoint(tmp_path / "pytorch_model.bin.4", target, overrides) == ([], [])
+    state = load_checkpoint_file(target)["state_dict"]
+    torch.testing.assert_close(state["head.temporal.blocks.1.attn.in_proj_weight"], head["transformerClip.resblocks.1.attn.in_proj_weight"])
+    torch.testing.assert_close(state["backbone.clip.visual.proj"], clip["visual.proj"].half().float())
+    cfg = compose_train([f"ckpt_path={target}", "trainer.enable_progress_bar=false"], data_dir, tmp_path / "eval", config_name="eval")
+    result = evaluate(cfg)
+    assert result["num_videos"] == 12 and set(result["t2v"]) >= {"R1", "MdR"}
+
+
+def test_an_xpool_release_with_hugging_face_clip_converts(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=77, hidden_act="quick_gelu"),
+        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                           patch_size=8, hidden_act="quick_gelu"),
+        projection_dim=64)
+    hf_state = transformers.CLIPModel(config).state_dict()
+    pool = torch.load(GOLDEN / "xpool_golden.pt", weights_only=True)["state_dict"]
+    release = {"epoch": 3, "state_dict": {**{f"clip.{k}": v for k, v in hf_state.items()}, **{f"pool_frames.{k}": v for k, v in pool.items()}}}
+    torch.save(release, tmp_path / "model_best.pth")
+    assert convert_checkpoint(tmp_path / "model_best.pth", tmp_path / "out.ckpt", ["head=xpool"]) == ([], [])
+    state = load_checkpoint_file(tmp_path / "out.ckpt")["state_dict"]
+    torch.testing.assert_close(state["head.cross_attn.q_proj.weight"], pool["cross_attn.q_proj.weight"])
+    torch.testing.assert_close(state["backbone.clip.visual.proj"], hf_state["visual_projection.weight"].t())
+
+
+def test_mismatched_checkpoints_are_refused_with_the_keys_named(tmp_path):
+    clip, head = clip4clip_release(tmp_path / "full.bin")
+    partial = torch.load(tmp_path / "full.bin", weights_only=True)
+    partial.pop("transformerClip.resblocks.0.ln_1.weight")
+    partial["weight_fc.0.weight"] = torch.zeros(2, 2)
+    torch.save(partial, tmp_path / "partial.bin")
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys \['head.temporal.blocks.0.ln_1.weight'\], 1 unexpected keys \['head.weight_fc.0.weight'\]"):
+        convert_checkpoint(tmp_path / "partial.bin", tmp_path / "out.ckpt", ["experiment=synthetic_seqtransf"])
+    assert not (tmp_path / "out.ckpt").exists()
+    missing, unexpected = convert_checkpoint(tmp_path / "partial.bin", tmp_path / "out.ckpt", ["experiment=synthetic_seqtransf"], allow_partial=True)
+    assert missing == ["head.temporal.blocks.0.ln_1.weight"] and unexpected == ["head.weight_fc.0.weight"]
+    reshaped = torch.load(tmp_path / "full.bin", weights_only=True)
+    reshaped["frame_position_embeddings.weight"] = torch.zeros(32, 64)
+    torch.save(reshaped, tmp_path / "reshaped.bin")
+    with pytest.raises(CheckpointMismatchError, match=r"wrong shape: head.temporal.position_embedding.weight \(32, 64\) vs \(77, 64\)"):
+        convert_checkpoint(tmp_path / "reshaped.bin", tmp_path / "x.ckpt", ["experiment=synthetic_seqtransf"], allow_partial=True)
