@@ -71,9 +71,10 @@ def test_wrong_group_option_fails_at_start_up_with_choices(data_dir, tmp_path):
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
 
 
-def test_two_process_ddp_step_and_evaluation_equal_single_process(data_dir, tmp_path):
+@pytest.mark.parametrize("head", [[], ["experiment=synthetic_glscl", "head.decoder_dropout=0.0"]], ids=["meanpool", "glscl"])
+def test_two_process_ddp_step_and_evaluation_equal_single_process(head, data_dir, tmp_path):
     data_dir = shutil.copytree(data_dir, tmp_path / "data")  # num_test=11 regenerates: keep the shared set intact
-    common = ["data.source.num_test=11", "data.shuffle_train=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+    common = head + ["data.source.num_test=11", "data.shuffle_train=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
               "optim.warmup_proportion=0.0", "+callbacks.grads._target_=helpers.GradRecorder"] + [
         o for o in SMALL_OVERRIDES if not o.startswith(("data.batch_size", "data.source.num_test"))] + QUIET
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
@@ -88,7 +89,8 @@ def test_two_process_ddp_step_and_evaluation_equal_single_process(data_dir, tmp_
     ddp_grads = torch.load(tmp_path / "ddp.pt", weights_only=True)
     assert single_grads.keys() == ddp_grads.keys() and len(single_grads) > 10
     for name, grad in single_grads.items():
-        torch.testing.assert_close(ddp_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        scale = grad.abs().max().item()  # float32 summation order differs between 1 and 2 processes
+        torch.testing.assert_close(ddp_grads[name], grad, atol=1e-5 * scale + 1e-8, rtol=1e-4, msg=name)
     single_metrics = json.loads((single_dir / "metrics.json").read_text())
     ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
     assert ddp_metrics["run"]["world_size"] == 2 and ddp_metrics["run"]["global_batch"] == 8

@@ -68,3 +68,19 @@ def test_mismatched_checkpoints_are_refused_with_the_keys_named(tmp_path):
     torch.save(reshaped, tmp_path / "reshaped.bin")
     with pytest.raises(CheckpointMismatchError, match=r"wrong shape: head.temporal.position_embedding.weight \(32, 64\) vs \(77, 64\)"):
         convert_checkpoint(tmp_path / "reshaped.bin", tmp_path / "x.ckpt", ["experiment=synthetic_seqtransf"], allow_partial=True)
+
+
+def test_a_glscl_release_drops_the_keys_its_forward_never_uses(tmp_path):
+    torch.manual_seed(4)
+    clip = CLIPBackbone("tvr-tiny").clip.state_dict()
+    golden = torch.load(GOLDEN / "glscl_golden.pt", weights_only=True)["state_dict"]
+    head = {k: v for k, v in golden.items() if not k.startswith("clip.")}
+    unused = {"noun_queries": torch.zeros(4, 64), "weight_fc.0.weight": torch.zeros(256, 128), "weight_fc.2.bias": torch.zeros(1),
+              "decoder_layer_noun.linear1.weight": torch.zeros(128, 64), "transformer_decoder_spatial.layers.0.norm1.weight": torch.ones(64)}
+    torch.save({**{f"clip.{k}": v for k, v in clip.items()}, **head, **unused}, tmp_path / "pytorch_model.bin")
+    overrides = ["experiment=synthetic_glscl", "head.temporal_layers=2", "head.temporal_heads=2", "head.num_queries=4",
+                 "head.decoder_heads=8", "head.decoder_ffn=128"]
+    assert convert_checkpoint(tmp_path / "pytorch_model.bin", tmp_path / "glscl.ckpt", overrides) == ([], [])
+    state = load_checkpoint_file(tmp_path / "glscl.ckpt")["state_dict"]
+    torch.testing.assert_close(state["head.queries"], golden["spatial_queries"])
+    torch.testing.assert_close(state["head.decoder.layers.2.norm3.bias"], golden["transformer_decoder_noun.layers.2.norm3.bias"])

@@ -82,7 +82,7 @@ class XPoolHead(RetrievalHead):
         values = self.cross_attn.v_proj(frames).unflatten(-1, (self.num_heads, self.head_dim))  # [V, F, H, dh]
         out_weight = self.cross_attn.out_proj.weight.unflatten(1, (self.num_heads, self.head_dim))  # [D, H, dh]
         projected = torch.einsum("vfhe,dhe->vfhd", values, out_weight)  # W_O applied per head, before pooling
-        return {"keys": keys, "values": projected, "mask": video.mask}
+        return {"keys": keys, "values": projected, "mask": video.mask.to(keys.dtype)}  # float: all-gather friendly
 
     def pooled(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
         """Text-conditioned video embeddings ``[Nv, Nt, D]`` (the reference's ``pool_frames`` output)."""
@@ -90,7 +90,7 @@ class XPoolHead(RetrievalHead):
         keys = video_repr["keys"].unflatten(-1, (self.num_heads, self.head_dim))  # [V, F, H, dh]
         logits = torch.einsum("the,vfhe->vthf", query, keys) / math.sqrt(self.head_dim)
         if self.mask_padded_frames:
-            padded = ~video_repr["mask"].bool()[:, None, None, :]
+            padded = (video_repr["mask"] == 0)[:, None, None, :]
             logits = logits.masked_fill(padded, torch.finfo(logits.dtype).min)
         attention = logits.softmax(dim=-1)
         pooled = torch.einsum("vthf,vfhd->vtd", attention, video_repr["values"]) + self.cross_attn.out_proj.bias
