@@ -17,12 +17,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tvr.data.parallel import process_pool
 from tvr.data.records import SplitRecords
 from tvr.data.video import VideoReadError
 
@@ -191,7 +191,7 @@ def _map(jobs: list, workers: int):
     if workers <= 1:
         yield from map(_decode_one, jobs)
         return
-    with get_context("spawn").Pool(workers, initializer=_single_threaded) as pool:
+    with process_pool(workers, initializer=_single_threaded) as pool:
         yield from pool.imap(_decode_one, jobs, chunksize=16)
 
 

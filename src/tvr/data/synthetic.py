@@ -21,10 +21,11 @@ import logging
 import os
 import random
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from tvr.data.parallel import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class SyntheticConfig:
     num_test: int = 100
     twin_fraction: float = 0.5
     seconds: int = 8
-    fps: int = 4
+    fps: int = 2
     frame_size: int = 64
     seed: int = 0
 
@@ -277,7 +278,7 @@ def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers:
     workers = workers or min(4, os.cpu_count() or 1)
     from tqdm import tqdm
 
-    with get_context("spawn").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         for _ in tqdm(pool.imap_unordered(_render_and_write, jobs, chunksize=16), total=len(jobs), desc="synthetic videos"):
             pass
     annotations = {
