@@ -100,3 +100,11 @@ def test_paper_recipes_build_the_papers_models(recipe, head_parameters, tmp_path
     if recipe == "xpool_msrvtt":
         assert cfg.optim.head_lr == 3e-5 and cfg.data.train_augment == "xpool" and cfg.train.select_window == 5
         assert build_datamodule(cfg.data).eval_sampler.describe() == {"sampler": "segment_uniform", "max_frames": 12}
+
+
+def test_a_split_used_for_val_and_test_is_cached_once_and_augmented_training_not_at_all(data_dir, tmp_path):
+    cfg = compose_train(SMALL_OVERRIDES + ["data.splits.val=test", "data.train_augment=xpool"], data_dir, tmp_path)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    targets = list(datamodule.cache_targets())
+    assert [(role, split.name) for role, split, _, _ in targets] == [("val", "test")]
+    assert not datamodule.frames_are_fixed("train") and datamodule.frames_are_fixed("test")

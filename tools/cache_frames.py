@@ -15,7 +15,7 @@ import shutil
 
 from tvr.builders import build_datamodule
 from tvr.config import compose_config
-from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for
+from tvr.data.frame_cache import FrameCache, build_frame_caches
 
 
 def main() -> None:
@@ -30,24 +30,16 @@ def main() -> None:
     datamodule.dataset.prepare(tuple(name for name in datamodule.split_names.values() if name))
     if datamodule.cache_root is None:
         raise SystemExit("data.frame_cache.dir is not set")
-    targets, rows = [], []
-    for role, split_name in datamodule.split_names.items():
-        sampler = datamodule.train_sampler if role == "train" else datamodule.eval_sampler
-        if not split_name:
-            continue
-        if not sampler.deterministic:
-            rows.append((role, split_name, "-", "not cached: random sampler"))
-            continue
-        split = datamodule.dataset.load_split(split_name)
-        path = cache_dir_for(datamodule.cache_root, split, sampler.describe(), datamodule.image_size)
-        if any(path == target[0] for target in targets):
-            continue  # val and test may be the same split
+    rows = [(role, name, "-", "not cached: random frames (sampler or augmentation)")
+            for role, name in datamodule.split_names.items() if name and not datamodule.frames_are_fixed(role)]
+    targets = []
+    for role, split, sampler, path in datamodule.cache_targets():
         if not args.force and FrameCache.open(path, split, sampler.describe(), datamodule.image_size) is not None:
-            rows.append((role, split_name, str(path), "valid, kept"))
+            rows.append((role, split.name, str(path), "valid, kept"))
             continue
         shutil.rmtree(path, ignore_errors=True)
         targets.append((path, split, datamodule._reader(sampler)))
-        rows.append((role, split_name, str(path), "built"))
+        rows.append((role, split.name, str(path), "built"))
     caches = build_frame_caches(targets, workers=args.workers) if targets else []
     failed = sum(len(cache.failed) for cache in caches)
     print("| role | split | cache | state |\n|---|---|---|---|")

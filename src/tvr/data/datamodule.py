@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
@@ -92,32 +94,41 @@ class RetrievalDataModule(pl.LightningDataModule):
             wanted.append(self.query_bank["split"])
         self.dataset.prepare(tuple(dict.fromkeys(wanted)))
         if self.cache_mode == "build":
-            missing = []
-            for role, sampler in self._cacheable_roles():
-                split = self.dataset.load_split(self.split_names[role])
-                path = cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size)
-                if FrameCache.open(path, split, sampler.describe(), self.image_size) is None:
-                    missing.append((path, split, self._reader(sampler)))
+            missing = [(path, split, self._reader(sampler)) for _, split, sampler, path in self.cache_targets()
+                       if FrameCache.open(path, split, sampler.describe(), self.image_size) is None]
             if missing:
                 build_frame_caches(missing, workers=self.cache_workers)
 
     def _sampler_for(self, role: str):
         return self.train_sampler if role == "train" else self.eval_sampler
 
-    def _cacheable_roles(self):
-        for role, split in self.split_names.items():
+    def frames_are_fixed(self, role: str) -> bool:
+        """Whether a role's clips are the same every epoch (deterministic sampler and, for training, no
+        augmentation): only those can come from a frame cache."""
+        augmented = role == "train" and not self.train_transform.deterministic
+        return self._sampler_for(role).deterministic and not augmented
+
+    def cache_targets(self) -> Iterator[tuple[str, SplitRecords, Any, Path]]:
+        """``(role, split, sampler, cache path)`` of each distinct cache the configured splits can use;
+        val and test may be one split, which is then listed once."""
+        seen: set[Path] = set()
+        for role, name in self.split_names.items():
+            if not name or not self.frames_are_fixed(role):
+                continue
             sampler = self._sampler_for(role)
-            augmented = role == "train" and not self.train_transform.deterministic
-            if split and sampler.deterministic and not augmented:
-                yield role, sampler
+            split = self.dataset.load_split(name)
+            path = cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size)
+            if path not in seen:
+                seen.add(path)
+                yield role, split, sampler, path
 
     def _cache_for(self, role: str) -> FrameCache | None:
-        sampler = self._sampler_for(role)
         if self.cache_mode == "off" or self.cache_root is None:
             return None
-        if not sampler.deterministic or (role == "train" and not self.train_transform.deterministic):
+        if not self.frames_are_fixed(role):
             log.info("frame cache not used for %s: its frames are random (sampler or augmentation)", role)
             return None
+        sampler = self._sampler_for(role)
         split = self.records[role]
         cache = FrameCache.open(cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size), split, sampler.describe(), self.image_size)
         self.caches_used[role] = cache is not None
