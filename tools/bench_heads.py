@@ -69,7 +69,6 @@ def current_rss_bytes() -> int:
 def run_case(name: str, shape: str, queue) -> None:
     from tvr.evaluation.similarity import tiled_similarity
 
-    torch.set_num_threads(torch.get_num_threads())
     head = build(name)
     text, video = features(*SHAPES[shape])
     baseline = current_rss_bytes()

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
+from tvr.models.weights import state_dict_mismatch
+
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     path = Path(path)
@@ -59,9 +61,7 @@ def load_state_dict_checked(module, state_dict: dict, strict: bool = True, sourc
     the mismatch is returned (and logged by the caller), e.g. for a checkpoint of a different head.
     """
     expected = module.state_dict()
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    wrong_shape = sorted(k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape)
+    missing, unexpected, wrong_shape = state_dict_mismatch(expected, state_dict)
     if wrong_shape:
         details = ", ".join(f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:10])
         raise CheckpointMismatchError(f"{source}: tensors of the wrong shape: {details}")

@@ -25,7 +25,7 @@ from tvr.models.distributed import gather_indexed, gather_no_grad, gather_with_g
 from tvr.models.heads import create_head
 from tvr.models.heads.base import Repr, repr_length, slice_repr
 from tvr.models.losses import create_loss
-from tvr.optim import SCHEDULES, BertAdam, Clip4ClipWarmupCosine, WarmupCosine, parameter_groups
+from tvr.optim import SCHEDULES, BertAdam, parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,5 @@ class RetrievalModule(pl.LightningModule):
         schedule = cfg.get("schedule", "warmup_cosine")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule '{schedule}'; valid choices: {', '.join(SCHEDULES)}")
-        warmup = cfg.get("warmup_proportion", 0.1)
-        factor = WarmupCosine(int(warmup * total), total) if schedule == "warmup_cosine" else Clip4ClipWarmupCosine(warmup, total)
-        scheduler = LambdaLR(optimizer, factor)
+        scheduler = LambdaLR(optimizer, SCHEDULES[schedule](cfg.get("warmup_proportion", 0.1), total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -47,7 +47,11 @@ class Clip4ClipWarmupCosine:
         return x / self.warmup if x < self.warmup else 0.5 * (1.0 + math.cos(math.pi * x))
 
 
-SCHEDULES = {"warmup_cosine": WarmupCosine, "clip4clip_warmup_cosine": Clip4ClipWarmupCosine}
+# name -> factory(warmup_proportion, total_steps) of the LR factor LambdaLR multiplies by
+SCHEDULES = {
+    "warmup_cosine": lambda warmup, total: WarmupCosine(int(warmup * total), total),
+    "clip4clip_warmup_cosine": Clip4ClipWarmupCosine,
+}
 
 
 class BertAdam(torch.optim.Optimizer):

@@ -19,7 +19,7 @@ import open_clip
 import torch
 from torch import nn
 
-from tvr.models.weights import LoadedWeights, WeightsError, read_clip_weights
+from tvr.models.weights import LoadedWeights, WeightsError, read_clip_weights, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,9 @@ class CLIPBackbone(nn.Module):
         return bool(requested) if requested is not None else (from_config or needs)
 
     def _load(self, loaded: LoadedWeights) -> None:
-        expected = {key: value.shape for key, value in self.clip.state_dict().items()}
-        missing = sorted(expected.keys() - loaded.state_dict.keys())
-        unexpected = sorted(loaded.state_dict.keys() - expected.keys())
-        wrong_shapes = [
-            f"{key} {tuple(value.shape)} vs {tuple(expected[key])}"
-            for key, value in loaded.state_dict.items()
-            if key in expected and value.shape != expected[key]
-        ]
+        expected = self.clip.state_dict()
+        missing, unexpected, wrong_shape = state_dict_mismatch(expected, loaded.state_dict)
+        wrong_shapes = [f"{key} {tuple(loaded.state_dict[key].shape)} vs {tuple(expected[key].shape)}" for key in wrong_shape]
         if missing or unexpected or wrong_shapes:
             raise WeightsError(
                 f"weights '{loaded.path}' ({loaded.source}) do not fit backbone '{self.model_name}': "

@@ -18,9 +18,16 @@ import torch
 
 from tvr.models.heads import HEADS
 from tvr.models.heads.base import rename_reference_keys
-from tvr.models.weights import is_transformers_layout, to_float32, transformers_to_open_clip
+from tvr.models.weights import (
+    is_transformers_layout,
+    read_state_dict_file,
+    strip_module_prefix,
+    to_float32,
+    transformers_to_open_clip,
+)
 
 CLIP_PREFIX = "clip."
+REFERENCE_HINT = "pass a released pytorch_model.bin (CLIP4Clip, GLSCL) or model_best.pth (X-Pool)"
 
 
 def map_reference_head_keys(head_name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -31,8 +38,7 @@ def map_reference_head_keys(head_name: str, state_dict: dict[str, torch.Tensor])
 
 def convert_reference_state_dict(head_name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a full reference model state_dict (CLIP under ``clip.``) to tvr's RetrievalModule keys."""
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    state_dict = strip_module_prefix(state_dict)
     clip = {key[len(CLIP_PREFIX):]: value for key, value in state_dict.items() if key.startswith(CLIP_PREFIX)}
     head = {key: value for key, value in state_dict.items() if not key.startswith(CLIP_PREFIX)}
     # X-Pool's checkpoints hold the transformers (Hugging Face) CLIPModel; CLIP4Clip's may be fp16
@@ -46,8 +52,4 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The model state_dict of a released checkpoint: CLIP4Clip's and GLSCL's ``pytorch_model.bin`` (a bare
     state_dict) or X-Pool's ``model_best.pth`` (``{"epoch", "state_dict", "optimizer"}``); read with
     ``weights_only=True``."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a state_dict or a dict holding one, got {type(checkpoint).__name__}")
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    return {key: value for key, value in state_dict.items() if torch.is_tensor(value)}
+    return read_state_dict_file(Path(path), REFERENCE_HINT)

@@ -60,7 +60,7 @@ def read_clip_weights(path: str | Path) -> LoadedWeights:
         return _read_folder(path)
     if _is_torchscript_archive(path):
         return _read_openai_torchscript(path)
-    state_dict = _unwrap(_load_tensor_file(path))
+    state_dict = read_state_dict_file(path)
     if is_transformers_layout(state_dict):
         return LoadedWeights(transformers_to_open_clip(state_dict), "transformers", path, False)
     return LoadedWeights(to_float32(state_dict), "open_clip", path, False)
@@ -75,11 +75,11 @@ def _read_folder(folder: Path) -> LoadedWeights:
         folder = candidates[-1]
     for name in OPEN_CLIP_FILES:
         if (folder / name).is_file():
-            state_dict = _unwrap(_load_tensor_file(folder / name))
+            state_dict = read_state_dict_file(folder / name)
             return LoadedWeights(to_float32(state_dict), "open_clip", folder / name, False)
     for name in TRANSFORMERS_FILES:
         if (folder / name).is_file():
-            state_dict = transformers_to_open_clip(_unwrap(_load_tensor_file(folder / name)))
+            state_dict = transformers_to_open_clip(read_state_dict_file(folder / name))
             return LoadedWeights(state_dict, "transformers", folder / name, _hf_uses_quick_gelu(folder))
     present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
     raise WeightsError(
@@ -116,9 +116,15 @@ def _read_openai_torchscript(path: Path) -> LoadedWeights:
     return LoadedWeights(to_float32(state_dict), "openai_torchscript", path, True)
 
 
-def _load_tensor_file(path: Path) -> dict:
+def read_state_dict_file(path: Path, hint: str = SUPPORTED_HINT) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file or a ``weights_only=True`` pickle, unwrapped from a
+    ``{"state_dict": ...}`` checkpoint and a DDP ``module.`` prefix; errors end with ``hint``."""
+    return _unwrap(_load_tensor_file(path, hint), hint)
+
+
+def _load_tensor_file(path: Path, hint: str) -> dict:
     if path.stat().st_size == 0:
-        raise WeightsError(f"weights file '{path}' is empty; {SUPPORTED_HINT}")
+        raise WeightsError(f"weights file '{path}' is empty; {hint}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -130,17 +136,30 @@ def _load_tensor_file(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise WeightsError(
-            f"cannot read '{path}' as a tensor checkpoint with weights_only=True ({error}); {SUPPORTED_HINT}"
+            f"cannot read '{path}' as a tensor checkpoint with weights_only=True ({error}); {hint}"
         ) from error
 
 
-def _unwrap(checkpoint: dict) -> dict[str, torch.Tensor]:
+def _unwrap(checkpoint: dict, hint: str) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict):
-        raise WeightsError(f"expected a state_dict, got {type(checkpoint).__name__}; {SUPPORTED_HINT}")
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+        raise WeightsError(f"expected a state_dict, got {type(checkpoint).__name__}; {hint}")
+    state_dict = strip_module_prefix(checkpoint.get("state_dict", checkpoint))
     return {key: value for key, value in state_dict.items() if torch.is_tensor(value)}
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` that DistributedDataParallel puts before every key."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        return {key[len("module."):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Sorted keys ``given`` lacks, keys it has in excess, and shared keys whose shapes differ."""
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    wrong_shape = sorted(key for key in expected.keys() & given.keys() if expected[key].shape != given[key].shape)
+    return missing, unexpected, wrong_shape
 
 
 def to_float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -94,10 +94,6 @@ def cat_reprs(reps: list[Repr]) -> Repr:
     return {key: torch.cat([rep[key] for rep in reps]) for key in reps[0]}
 
 
-def index_repr(rep: Repr, index: torch.Tensor) -> Repr:
-    return {key: value[index] for key, value in rep.items()}
-
-
 def masked_mean_of_unit_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """CLIP4Clip's video vector: normalise each frame, average the real ones, normalise again.
 
