@@ -12,7 +12,8 @@ from test_video_data import frame_numbers, numbered_video
 from tvr.data.clips import ClipReader
 from tvr.data.compress import compress_video, output_size
 from tvr.data.datamodule import load_skip_list
-from tvr.data.records import VideoRef
+from tvr.data.frame_cache import build_frame_cache
+from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.transforms import ClipFrameTransform
 from tvr.data.video import DecordBackend, PyAVBackend, VideoReadError, deadline
@@ -64,6 +65,13 @@ def test_check_videos_kills_hanging_decoders_and_classifies_the_rest(tmp_path):
     assert results[0].num_frames == 6 and time.monotonic() - started < 60
 
 
+class MustNotOpen:
+    name, timeout_s = "must-not-open", None
+
+    def read(self, path, *args, **kwargs):
+        raise AssertionError(f"{path} is on the skip list but was opened")
+
+
 def test_skip_list_videos_are_never_opened(tmp_path):
     report = tmp_path / "bad_videos.json"
     report.write_text(json.dumps({"bad": {"v1": {"status": "timeout"}}}))
@@ -71,6 +79,10 @@ def test_skip_list_videos_are_never_opened(tmp_path):
     reader = ClipReader(HangingBackend(), create_sampler("clip4clip"), ClipFrameTransform(16), skip=skip)
     with pytest.raises(VideoReadError, match="skip list"):
         reader.read(VideoRef("v1", tmp_path / "hang.mp4"))  # would hang forever if it were opened
+    split = SplitRecords("test", [VideoRef("v1", tmp_path / "hang.mp4")], [TextRef(0, "v1", "a clip")])
+    opening_fails = ClipReader(MustNotOpen(), create_sampler("clip4clip"), ClipFrameTransform(16), skip=skip)
+    cache = build_frame_cache(tmp_path / "cache", split, opening_fails, workers=1, progress=False)  # nor when caching
+    assert cache.failed == {"v1"}
     (tmp_path / "ids.txt").write_text("a\n\nb\n")
     assert load_skip_list(str(tmp_path / "ids.txt")) == {"a", "b"}
     with pytest.raises(FileNotFoundError, match="check_videos"):

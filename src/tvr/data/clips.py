@@ -53,16 +53,20 @@ class ClipReader:
         size = self.transform.image_size
         return torch.zeros(self.max_frames, 3, size, size), torch.zeros(self.max_frames, dtype=torch.bool)
 
-    def read(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, int]:
+        """The sampled frames, resized and cropped (uint8), and how many there are, from the file itself."""
         if video.video_id in self.skip:
             raise VideoReadError(f"video {video.video_id} is on the skip list of bad videos")
-        if self.cache is not None and video.video_id in self.cache:
+        clip = self.backend.read(video.path, self.sampler, video.start, video.end, rng)
+        count = min(len(clip.indices), self.max_frames)
+        return self.transform.resize_crop(clip.frames[:count]), count
+
+    def read(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None and video.video_id in self.cache and video.video_id not in self.skip:
             resized, count = self.cache.read(video.video_id)
             resized = resized[:count]
         else:
-            clip = self.backend.read(video.path, self.sampler, video.start, video.end, rng)
-            count = min(len(clip.indices), self.max_frames)
-            resized = self.transform.resize_crop(clip.frames[:count])
+            resized, count = self.decode(video, rng)
         frames, mask = self.empty()
         frames[:count] = self.transform.normalize(resized)
         mask[:count] = True

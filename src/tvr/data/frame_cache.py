@@ -176,11 +176,10 @@ def build_frame_caches(targets: list[tuple[Path, SplitRecords, object]], workers
 def _decode_one(job: tuple) -> tuple[int, int, np.ndarray | None, int, str | None]:
     target, row, video, reader = job
     try:
-        clip = reader.backend.read(video.path, reader.sampler, video.start, video.end)
+        resized, count = reader.decode(video)
     except VideoReadError as error:
         return target, row, None, 0, str(error)
-    count = min(len(clip.indices), reader.max_frames)
-    return target, row, reader.transform.resize_crop(clip.frames[:count]).numpy(), count, None
+    return target, row, resized.numpy(), count, None
 
 
 def _single_threaded() -> None:
