@@ -34,11 +34,10 @@ class ActivityNet(FileDataset):
         caption_file, ids_file = FILES[split]
         captions = json.loads(self.annotation(caption_file).read_text())
         pseudo_ids = json.loads(self.annotation(ids_file).read_text())
-        listed_without_captions = [pid for pid in pseudo_ids if pid not in captions]
         rows = [
             Row(pid[len(PREFIX):], " ".join(captions[pid]["sentences"]), 0.0, float(math.ceil(captions[pid]["duration"])))
             for pid in pseudo_ids
             if pid in captions
         ]
-        info = {"file": caption_file, "ids_without_captions": len(listed_without_captions)}
+        info = {"file": caption_file, "ids_without_captions": len(pseudo_ids) - len(rows)}
         return self.builder(split, alias_prefix=PREFIX, info=info).build(rows)

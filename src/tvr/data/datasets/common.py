@@ -88,8 +88,6 @@ class SplitBuilder:
     info: dict = field(default_factory=dict)
 
     def build(self, rows: list[Row], train_unit: str = "pair") -> SplitRecords:
-        if self.missing_video not in MISSING_VIDEO_POLICIES:
-            raise ValueError(f"missing_video must be one of {', '.join(MISSING_VIDEO_POLICIES)}, got '{self.missing_video}'")
         videos: dict[str, VideoRef] = {}
         missing: dict[str, None] = {}
         texts: list[TextRef] = []

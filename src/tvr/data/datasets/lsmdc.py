@@ -68,11 +68,11 @@ class LSMDC(FileDataset):
         pairs = parse_lsmdc_file(self.annotation(FILES[split]))
         excluded = set(self.exclude_clips)
         kept = [(clip, sentence) for clip, sentence in pairs if clip not in excluded]
+        info = {"file": FILES[split], "lines": len(pairs), "excluded": len(pairs) - len(kept)}
         if self.caption_dedup == "last":
             last = dict(kept)  # a dict keeps the first position and the last value, as X-Pool's does
             kept = list(last.items())
         rows = [Row(clip, sentence) for clip, sentence in kept]
-        info = {"file": FILES[split], "lines": len(pairs), "excluded": len(pairs) - len([p for p in pairs if p[0] not in excluded])}
         return self.builder(split, info=info).build(rows)
 
     def variant(self) -> dict:

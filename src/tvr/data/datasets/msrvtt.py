@@ -91,21 +91,25 @@ class MSRVTT(FileDataset):
         if self.pair_order == "clip4clip":  # every sentence of a training video, in JSON order
             rows = [Row(s["video_id"], s["caption"]) for s in self.sentences if s["video_id"] in wanted]
         else:  # X-Pool: video by video in csv order, each video's captions in JSON order
-            by_video: dict[str, list[str]] = {}
-            for sentence in self.sentences:
-                if sentence["video_id"] in wanted:
-                    by_video.setdefault(sentence["video_id"], []).append(sentence["caption"])
-            rows = [Row(video, caption) for video in video_ids for caption in by_video.get(video, [])]
+            rows = self._rows_by_video(video_ids)
         unit = "pair" if self.expand_sentences else "video"
         return self.builder("train", info={"file": csv_name}).build(rows, train_unit=unit)
 
     def _all_captions(self, split: str, csv_name: str) -> SplitRecords:
-        video_ids = read_csv_column(self.annotation(csv_name), "video_id")
+        rows = self._rows_by_video(read_csv_column(self.annotation(csv_name), "video_id"))
+        return self.builder(split, info={"file": csv_name}).build(rows)
+
+    @cached_property
+    def captions_by_video(self) -> dict[str, list[str]]:
+        """Each video's captions in JSON order."""
         by_video: dict[str, list[str]] = {}
         for sentence in self.sentences:
             by_video.setdefault(sentence["video_id"], []).append(sentence["caption"])
-        rows = [Row(video, caption) for video in video_ids for caption in by_video.get(video, [])]
-        return self.builder(split, info={"file": csv_name}).build(rows)
+        return by_video
+
+    def _rows_by_video(self, video_ids: list[str]) -> list[Row]:
+        """Video by video in the given order, each video's captions in JSON order."""
+        return [Row(video, caption) for video in video_ids for caption in self.captions_by_video.get(video, [])]
 
     def variant(self) -> dict:
         return {"split_scheme": self.split_scheme, "expand_sentences": self.expand_sentences, "pair_order": self.pair_order,
