@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tvr.models.backbone import INLINE_ARCHITECTURES, CLIPBackbone
+from tvr.models.backbone import INLINE_ARCHITECTURES, PADDED_FRAME_MODES, CLIPBackbone
 from tvr.models.weights import WeightsError, read_clip_weights
 
 SOT, EOT = 49406, 49407
@@ -55,6 +55,58 @@ def test_frames_skip_padding_and_match_image_encoder(backbone):
     torch.testing.assert_close(out.frames[mask], reference[mask], atol=1e-5, rtol=0)
     assert (out.frames[~mask] == 0).all()
     assert out.patches.shape == (2, 4, 16, 64)
+
+
+def record_tower_calls(backbone: CLIPBackbone, monkeypatch) -> list[int]:
+    """How many images each call of the vision tower encodes, from now on."""
+    calls = []
+    encode = backbone.encode_images
+
+    def recording(images, with_patches=False):
+        calls.append(images.shape[0])
+        return encode(images, with_patches=with_patches)
+
+    monkeypatch.setattr(backbone, "encode_images", recording)
+    return calls
+
+
+def test_encoded_blank_fills_padded_slots_with_one_blank_image_encoding(backbone, monkeypatch):
+    blank_backbone = CLIPBackbone("tvr-tiny", padded_frames="encoded_blank").eval()
+    blank_backbone.load_state_dict(backbone.state_dict())
+    frames = torch.randn(2, 4, 3, 32, 32)  # padded slots hold noise here: only the all-zero image is encoded
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        blank_cls, blank_patches = backbone.encode_images(torch.zeros(1, 3, 32, 32), with_patches=True)
+        zeros = backbone.encode_frames(frames, mask, with_patches=True)
+        calls = record_tower_calls(blank_backbone, monkeypatch)
+        out = blank_backbone.encode_frames(frames, mask, with_patches=True)
+    assert calls == [int(mask.sum()) + 1]  # one tower call: the real frames and a single blank image
+    torch.testing.assert_close(out.frames[mask], zeros.frames[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.patches[mask], zeros.patches[mask], atol=1e-5, rtol=0)
+    padded = int((~mask).sum())
+    torch.testing.assert_close(out.frames[~mask], blank_cls.expand(padded, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.patches[~mask], blank_patches.expand(padded, -1, -1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("padded_frames", PADDED_FRAME_MODES)
+def test_a_batch_without_real_frames_never_sends_zero_images_to_the_tower(backbone, padded_frames, monkeypatch):
+    """E.g. an evaluation batch of unreadable videos: all-zero frames and an all-False mask."""
+    model = CLIPBackbone("tvr-tiny", padded_frames=padded_frames).eval()
+    model.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        blank_cls, blank_patches = model.encode_images(torch.zeros(1, 3, 32, 32), with_patches=True)
+        calls = record_tower_calls(model, monkeypatch)
+        out = model.encode_frames(torch.zeros(2, 3, 3, 32, 32), torch.zeros(2, 3, dtype=torch.bool), with_patches=True)
+    assert 0 not in calls  # open_clip fails on an empty batch
+    assert out.frames.shape == (2, 3, 64) and out.patches.shape == (2, 3, 16, 64) and not out.mask.any()
+    scale = 1.0 if padded_frames == "encoded_blank" else 0.0
+    torch.testing.assert_close(out.frames, scale * blank_cls.expand(2, 3, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.patches, scale * blank_patches.expand(2, 3, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_unknown_padded_frames_mode_lists_choices():
+    with pytest.raises(ValueError, match="valid choices: zeros, encoded_blank"):
+        CLIPBackbone("tvr-tiny", padded_frames="repeat_last")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

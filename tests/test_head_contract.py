@@ -14,7 +14,8 @@ HEAD_OPTIONS = {
     "glscl": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "num_queries": 3, "decoder_layers": 2,
               "decoder_heads": 2, "decoder_ffn": 32},
 }
-# GLSCL reproduces its reference, which lets padded frames take attention (GIM softmax, decoder memory).
+# GLSCL reproduces its reference, whose decoder attends to padded frames (its GIM softmax sees them too,
+# but only rescales the pooled vector, which the cosine undoes).
 PADDING_SENSITIVE = {"glscl"}
 
 

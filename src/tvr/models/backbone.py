@@ -34,6 +34,10 @@ INLINE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
 }
 
+# What padded frame slots hold: "zeros", or "encoded_blank", the CLIP features of the all-zero input image
+# that the data pipeline puts in padded slots (what a reference encoding every slot computes).
+PADDED_FRAME_MODES = ("zeros", "encoded_blank")
+
 # Every caption is tokenised with CLIP's BPE; an open_clip model whose text tower uses another
 # tokenizer (an HF text tower) cannot be driven by tvr's caption pipeline.
 CLIP_VOCAB_SIZE = 49408
@@ -57,7 +61,8 @@ class TextFeatures:
 class FrameFeatures:
     """Output of :meth:`CLIPBackbone.encode_frames`.
 
-    frames:  ``[B, T, D]`` projected CLS feature per frame; zeros at padded frames.
+    frames:  ``[B, T, D]`` projected CLS feature per frame; at padded frames zeros or the blank image's
+             feature (``CLIPBackbone.padded_frames``).
     mask:    ``[B, T]`` bool, True on real frames.
     patches: ``[B, T, P, D]`` projected patch tokens when requested, else None.
     """
@@ -100,9 +105,13 @@ class CLIPBackbone(nn.Module):
         quick_gelu: bool | None = None,
         grad_checkpointing: bool = False,
         text_padding_mask: bool = True,
+        padded_frames: str = "zeros",
     ) -> None:
         super().__init__()
+        if padded_frames not in PADDED_FRAME_MODES:
+            raise ValueError(f"unknown backbone padded_frames '{padded_frames}'; valid choices: {', '.join(PADDED_FRAME_MODES)}")
         self.text_padding_mask = text_padding_mask
+        self.padded_frames = padded_frames
         config = resolve_architecture(model_name, architecture)
         loaded = read_clip_weights(weights) if weights else None
         config["quick_gelu"] = self._decide_quick_gelu(config, quick_gelu, loaded)
@@ -232,18 +241,37 @@ class CLIPBackbone(nn.Module):
     ) -> FrameFeatures:
         """``frames`` ``[B, T, 3, H, W]`` -> :class:`FrameFeatures` with ``[B, T, D]`` frame embeddings.
 
-        Only real frames (``mask`` True) go through the vision tower; padded slots are zeros. Every head
-        masks padded frames, so skipping them changes no output and saves their compute.
+        Only real frames (``mask`` True) go through the vision tower. Padded slots get zeros, or with
+        ``padded_frames="encoded_blank"`` the encoding of one all-zero image, computed once per call and
+        broadcast: CLIP encodes images independently, so values and gradients are those of encoding every
+        padded slot (the data pipeline fills them with zeros), as references that encode all slots do.
+        Only heads that read padded frames see the choice: GLSCL's decoder, which attends to them as its
+        reference does, and X-Pool on a video with no real frame (tests/test_padded_frames.py).
         """
         batch, num_frames = frames.shape[:2]
         if mask is None:
             mask = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
         mask = mask.bool()
-        pooled, patches = self.encode_images(frames[mask], with_patches=with_patches)
-        out = pooled.new_zeros(batch, num_frames, pooled.shape[-1])
-        out[mask] = pooled
-        patch_out = None
-        if patches is not None:
-            patch_out = patches.new_zeros(batch, num_frames, *patches.shape[1:])
-            patch_out[mask] = patches
-        return FrameFeatures(frames=out, mask=mask, patches=patch_out)
+        images = frames[mask]
+        # The blank image also runs when no frame is real: the tower cannot take 0 images, and its output
+        # gives the shapes and dtype (autocast) the zeros must have, the same as on any other batch.
+        with_blank = not mask.all() and (self.padded_frames == "encoded_blank" or images.shape[0] == 0)
+        if with_blank:
+            images = torch.cat([images, frames.new_zeros(1, *frames.shape[2:])])
+        pooled, patches = self.encode_images(images, with_patches=with_patches)
+        return FrameFeatures(
+            frames=self._place_in_slots(pooled, mask, with_blank),
+            mask=mask,
+            patches=None if patches is None else self._place_in_slots(patches, mask, with_blank),
+        )
+
+    def _place_in_slots(self, encoded: torch.Tensor, mask: torch.Tensor, with_blank: bool) -> torch.Tensor:
+        """One row per real frame (then the blank image's, if ``with_blank``) -> ``[B, T, ...]``."""
+        real = encoded[:-1] if with_blank else encoded
+        slot_shape = (*mask.shape, *encoded.shape[1:])
+        if with_blank and self.padded_frames == "encoded_blank":
+            out = encoded[-1].expand(slot_shape).clone()
+        else:
+            out = encoded.new_zeros(slot_shape)
+        out[mask] = real
+        return out

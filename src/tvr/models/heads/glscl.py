@@ -4,7 +4,11 @@ Score ``S = S_g + local_weight * S_l``:
   * S_g, the parameter-free Global Interaction Module: each video's frames (after the seqTransf temporal
     transformer) are pooled with weights ``softmax_f(<c_text, V_f> / temperature)`` over all frames, the
     padded ones then zeroed *without* renormalising (reference behaviour), and compared by cosine with
-    the text's sentence feature.
+    the text's sentence feature. The cosine divides by the exact norms, as the reference does, so a
+    pooled vector of tiny norm (a short padded video whose padded frames take the softmax at a low
+    temperature) is still a unit vector. The one remaining difference: a pooled vector of zero norm (no
+    real frame, e.g. an unreadable video; or entries so small that their squares underflow) scores 0
+    where the reference gives NaN.
   * S_l, the shared Local Interaction Module: K learnable queries run through one TransformerDecoder over
     the video's frames and, with the same queries and weights, over the text's token features; concept
     k of a text is compared with concept k of a video, averaged over k.
@@ -12,7 +16,10 @@ Regularisers on the paired batch (returned by :meth:`extra_losses`): IDL pushes 
 apart (video concepts only, as the reference), ICL pulls paired video and text concepts together.
 
 Reference quirks kept as defaults, each behind a switch: no memory mask in the decoder
-(``memory_mask``), the ICL diagonal divided by K rather than the batch (``icl_diag_norm``).
+(``memory_mask``), the ICL diagonal divided by K rather than the batch (``icl_diag_norm``). As the
+decoder attends to padded frames, S_l depends on their features: the reference encodes its zero-filled
+padded frames with CLIP, which ``backbone.padded_frames=encoded_blank`` reproduces. (The GIM softmax sees
+them too, but they only rescale the pooled vector, which the cosine's exact norm undoes.)
 """
 
 from __future__ import annotations
@@ -27,6 +34,15 @@ from tvr.models.heads.registry import register_head
 from tvr.models.heads.temporal import TemporalTransformer, prefixed_renames
 
 ICL_DIAG_NORMS = ("num_queries", "batch")
+
+
+def unit_vectors(x: torch.Tensor) -> torch.Tensor:
+    """``x / ||x||`` over the last dim, as the reference divides, for every norm however small
+    (``F.normalize`` divides by at least 1e-12, which shrinks smaller vectors). A vector of zero norm (all
+    zeros, or entries so small that their squares underflow), where the reference gives NaN or inf, is
+    divided by 1 instead, so it stays finite and so does its gradient."""
+    norm = x.norm(dim=-1, keepdim=True)
+    return x / norm.masked_fill(norm == 0, 1.0)
 
 
 def margin_ranking_loss(gram: torch.Tensor, margin: float) -> torch.Tensor:
@@ -54,7 +70,7 @@ class GLSCLHead(RetrievalHead):
         embed_dim: int,
         temporal_layers: int = 4,
         temporal_heads: int | None = None,
-        init_from_clip: bool = True,
+        init_from_clip: bool | str = True,
         num_queries: int = 8,
         decoder_layers: int = 3,
         decoder_heads: int = 8,
@@ -84,8 +100,7 @@ class GLSCLHead(RetrievalHead):
         self.memory_mask = memory_mask
 
     def init_from_backbone(self, backbone: CLIPBackbone) -> None:
-        if self.init_from_clip:
-            self.temporal.init_from_clip_text(backbone)
+        self.temporal.init_as_configured(backbone, self.init_from_clip)
 
     def concepts(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The K normalised concept vectors ``[N, K, D]`` the shared queries read out of ``memory``."""
@@ -105,7 +120,7 @@ class GLSCLHead(RetrievalHead):
         weights = torch.einsum("td,vfd->tvf", cls, frames).div(self.gim_temperature).softmax(dim=-1)
         weights = weights * video_repr["mask"][None]  # after the softmax, not renormalised (reference)
         pooled = torch.einsum("tvf,vfd->tvd", weights, frames)
-        return torch.einsum("td,tvd->tv", F.normalize(cls, dim=-1), F.normalize(pooled, dim=-1))
+        return torch.einsum("td,tvd->tv", unit_vectors(cls), unit_vectors(pooled))
 
     def local_similarity(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
         return torch.einsum("tkd,vkd->tv", text_repr["concepts"], video_repr["concepts"]) / self.queries.shape[0]

@@ -22,15 +22,14 @@ class SeqTransfHead(RetrievalHead):
         layers: int = 4,
         heads: int | None = None,
         max_positions: int = 77,
-        init_from_clip: bool = True,
+        init_from_clip: bool | str = True,
     ) -> None:
         super().__init__(embed_dim)
         self.init_from_clip = init_from_clip
         self.temporal = TemporalTransformer(embed_dim, layers, heads, max_positions)
 
     def init_from_backbone(self, backbone: CLIPBackbone) -> None:
-        if self.init_from_clip:
-            self.temporal.init_from_clip_text(backbone)
+        self.temporal.init_as_configured(backbone, self.init_from_clip)
 
     def encode_text(self, text: TextFeatures) -> Repr:
         return {"text": F.normalize(text.sentence, dim=-1)}

@@ -8,6 +8,7 @@ embedding; padded frames get an additive ``-1e6`` bias as attention keys.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 
 from tvr.models.backbone import CLIPBackbone
 
+log = logging.getLogger(__name__)
+INIT_FROM_CLIP_CHOICES = (True, False, "auto")
 MASK_BIAS = -1e6  # finite, so a fully padded video stays finite
 TF_LAYERNORM_EPS = 1e-12
 REFERENCE_KEY_RENAMES = (("frame_position_embeddings.", "position_embedding."), ("transformerClip.resblocks.", "blocks."))
@@ -30,6 +33,19 @@ class TemporalTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(width, self.num_heads, act_layer=QuickGELU, norm_layer=norm) for _ in range(layers)
         )
+
+    def init_as_configured(self, backbone: CLIPBackbone, init_from_clip: bool | str) -> None:
+        """``init_from_clip``: true copies CLIP's text blocks (as the papers do), false keeps PyTorch's
+        initialisation, ``auto`` copies only when the backbone carries loaded weights — a random backbone
+        (the synthetic default, tests) has nothing worth copying, and its geometry need not fit."""
+        if init_from_clip not in INIT_FROM_CLIP_CHOICES:
+            raise ValueError(f"init_from_clip must be one of true, false, auto; got '{init_from_clip}'")
+        if init_from_clip == "auto":
+            init_from_clip = backbone.weights_source != "random"
+            if not init_from_clip:
+                log.info("temporal transformer: random backbone, so its blocks keep PyTorch's initialisation (init_from_clip=auto)")
+        if init_from_clip:
+            self.init_from_clip_text(backbone)
 
     def init_from_clip_text(self, backbone: CLIPBackbone) -> None:
         """Copy CLIP's text positional embedding and its first ``len(blocks)`` text blocks."""
