@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tvr.data.clips import ClipReader, EvalVideos, TrainPairs, collate
-from tvr.data.frame_cache import FrameCache, build_frame_cache, cache_dir_for
+from tvr.data.frame_cache import FrameCache, build_frame_cache, cache_dir_for, unusable_cache_report
 from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.synthetic import Event, SyntheticConfig, ensure_synthetic_dataset, plan_split, write_mp4
@@ -167,7 +167,7 @@ def test_evaluation_keeps_unreadable_videos_as_empty_and_flags_them(tmp_path):
     assert fine["failed_videos"] == [] and fine["frame_mask"].sum() == 3
 
 
-def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path, caplog):
+def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path):
     split = make_split(tmp_path, {"v3": b""})
     sampler = create_sampler("clip4clip", max_frames=4)
     path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), 16)
@@ -187,7 +187,7 @@ def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path, caplog):
     numbered_video(split.videos[0].path, num_frames=12)
     os.utime(split.videos[0].path, ns=(1, 1))
     assert FrameCache.open(path, split, sampler.describe(), 16) is None
-    assert "changed since the cache was built" in caplog.text
+    assert "1 video files changed since the cache was built (e.g. v0)" in unusable_cache_report(path, split, sampler.describe(), 16)
 
 
 def test_frame_cache_rejects_incomplete_builds_and_random_samplers(tmp_path):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
 from tvr.data.datasets import create_dataset
-from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for
+from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for, cache_frames_command, unusable_cache_report
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
@@ -84,6 +84,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.cache_root = Path(cache_cfg["dir"]) if cache_cfg.get("dir") else None
         self.cache_workers = int(cache_cfg.get("workers", 2))
         self.caches_used: dict[str, bool] = {}
+        self._reported_missing_caches: set[Path] = set()  # Lightning prepares data again for the test stage
         self.shuffle_train = shuffle_train
         self.train_transform = ClipFrameTransform(image_size, augment=train_augment)
         self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
@@ -93,11 +94,34 @@ class RetrievalDataModule(pl.LightningDataModule):
         if self.query_bank and self.query_bank.get("split"):
             wanted.append(self.query_bank["split"])
         self.dataset.prepare(tuple(dict.fromkeys(wanted)))
+        if self.cache_mode == "off" or self.cache_root is None:
+            return
+        # checked here, once per node, rather than in _cache_for, which every rank calls for every loader
+        missing = []
+        for _, split, sampler, path in self.cache_targets():
+            if FrameCache.open(path, split, sampler.describe(), self.image_size) is None:
+                self._report_missing_cache(path, split, sampler)
+                missing.append((path, split, self._reader(sampler)))
+        if missing and self.cache_mode == "build":
+            build_frame_caches(missing, workers=self.cache_workers)
+
+    def _report_missing_cache(self, path: Path, split: SplitRecords, sampler) -> None:
+        """Say what the run does without a valid cache for ``split``, and warn about any cache of the split
+        that does not fit (stale, unfinished, or built for another sampler or image size, e.g. by
+        tools/cache_frames.py with another backbone): such a cache would otherwise be ignored silently."""
+        if path in self._reported_missing_caches:
+            return
+        self._reported_missing_caches.add(path)
         if self.cache_mode == "build":
-            missing = [(path, split, self._reader(sampler)) for _, split, sampler, path in self.cache_targets()
-                       if FrameCache.open(path, split, sampler.describe(), self.image_size) is None]
-            if missing:
-                build_frame_caches(missing, workers=self.cache_workers)
+            consequence = f"building the cache for this run's settings at {path}"
+        else:
+            consequence = (f"decoding from the video files instead; `{cache_frames_command()}` builds the cache "
+                           "for this run's settings (or set data.frame_cache.mode=build)")
+        unusable = unusable_cache_report(path, split, sampler.describe(), self.image_size)
+        if unusable:
+            log.warning("%s; %s", unusable, consequence)
+        else:
+            log.info("no frame cache for split '%s' in %s; %s", split.name, self.cache_root, consequence)
 
     def _sampler_for(self, role: str):
         return self.train_sampler if role == "train" else self.eval_sampler

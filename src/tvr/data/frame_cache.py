@@ -5,9 +5,10 @@ One cache holds one split under one frame-sampling setting: a memory-mapped uint
 of real frames per video, and ``meta.json`` recording everything the content depends on: the sampler
 settings, the resolution, the ordered video ids and each source file's size and mtime.
 
-A cache is used only when all of that matches the current run; a stale or unfinished cache is detected,
-reported with the reason, and ignored (decoding falls back to the video files). Only deterministic
-samplers can be cached: a random sampler must see new frames every epoch.
+A cache is used only when all of that matches the current run; a stale or unfinished cache, or one
+built for other settings, is detected, reported with the reason and the command that builds the right
+one, and ignored (decoding falls back to the video files). Only deterministic samplers can be cached: a
+random sampler must see new frames every epoch.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from tvr.data.parallel import process_pool
 from tvr.data.records import SplitRecords
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 META_FILE = "meta.json"
 FRAMES_FILE = "frames.u8"
+NO_CACHE = "no cache"
 
 
 def _fingerprint(path: Path) -> list[int] | None:
@@ -48,6 +52,45 @@ def cache_key(sampler_description: dict, image_size: int) -> str:
 
 def cache_dir_for(root: str | Path, split: SplitRecords, sampler_description: dict, image_size: int) -> Path:
     return Path(root) / f"{split.name}-{cache_key(sampler_description, image_size)}"
+
+
+def describe_settings(sampler_description: dict | None, image_size: int | None) -> str:
+    """A cache's settings as run logs and ``tools/cache_frames.py`` print them, e.g.
+    ``clip4clip sampler (feature_framerate=1, slice_framepos=2, frame_order=0), up to 12 frames, 224 px``."""
+    options = dict(sampler_description or {})
+    name, frames = options.pop("sampler", "unknown"), options.pop("max_frames", "?")
+    listed = f" ({', '.join(f'{key}={value}' for key, value in options.items())})" if options else ""
+    return f"{name} sampler{listed}, up to {frames} frames, {image_size} px"
+
+
+def caches_in(root: str | Path) -> list[tuple[Path, dict]]:
+    """Every cache folder under ``root`` (finished or not) with its meta.json, in name order."""
+    return [(meta_path.parent, json.loads(meta_path.read_text())) for meta_path in sorted(Path(root).glob(f"*/{META_FILE}"))]
+
+
+def cache_frames_command() -> str:
+    """The ``tools/cache_frames.py`` line that builds this run's caches. The tool composes the train config,
+    so a ``tvr-train`` run's own overrides give it the same data, samplers and backbone; other callers
+    (``tvr-eval``, scripts) have no such overrides to repeat."""
+    if HydraConfig.initialized() and HydraConfig.get().job.config_name == "train":
+        return shlex.join(["python", "tools/cache_frames.py", *HydraConfig.get().overrides.task])
+    return "python tools/cache_frames.py <the overrides of the training run>"
+
+
+def unusable_cache_report(path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> str | None:
+    """Why the caches of ``split`` cannot serve a run whose cache belongs at ``path`` (where none is
+    valid): the one at ``path`` is stale or unfinished, or the split's caches were built for other
+    settings. None when the split has no cache at all."""
+    reason = cache_mismatch(path, split, sampler_description, image_size)
+    if reason != NO_CACHE:
+        return f"frame cache {path} not used for split '{split.name}': {reason}"
+    others = [f"{other} was built for {describe_settings(meta.get('sampler'), meta.get('image_size'))}"
+              + ("" if meta.get("complete") else " (unfinished)")
+              for other, meta in caches_in(path.parent) if meta.get("split") == split.name]
+    if not others:
+        return None
+    return (f"no frame cache for split '{split.name}' matches this run's settings "
+            f"({describe_settings(sampler_description, image_size)}): {'; '.join(others)}")
 
 
 @dataclass
@@ -83,11 +126,9 @@ class FrameCache:
 
     @classmethod
     def open(cls, path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> "FrameCache | None":
-        """The cache at ``path`` if it is complete and matches; otherwise None, with the reason logged."""
-        reason = cache_mismatch(path, split, sampler_description, image_size)
-        if reason:
-            if (path / META_FILE).exists():
-                log.warning("frame cache %s not used: %s", path, reason)
+        """The cache at ``path`` if it is complete and matches; otherwise None (:func:`cache_mismatch` and
+        :func:`unusable_cache_report` say why; the caller knows what happens instead)."""
+        if cache_mismatch(path, split, sampler_description, image_size):
             return None
         meta = json.loads((path / META_FILE).read_text())
         return cls(
@@ -102,14 +143,15 @@ class FrameCache:
 def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> str | None:
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        return "no cache"
+        return NO_CACHE
     meta = json.loads(meta_path.read_text())
     if meta.get("version") != CACHE_VERSION:
         return f"cache format {meta.get('version')} != {CACHE_VERSION}"
     if not meta.get("complete"):
-        return "the cache is incomplete (its build was interrupted); rebuild it"
+        return "the cache is incomplete (its build was interrupted)"
     if meta.get("sampler") != sampler_description or meta.get("image_size") != image_size:
-        return f"built for {meta.get('sampler')} at {meta.get('image_size')}px, run uses {sampler_description} at {image_size}px"
+        return (f"built for {describe_settings(meta.get('sampler'), meta.get('image_size'))}, "
+                f"this run uses {describe_settings(sampler_description, image_size)}")
     if meta.get("video_ids") != [video.video_id for video in split.videos]:
         return "the split's video list changed since the cache was built"
     current = [_fingerprint(video.path) for video in split.videos]
