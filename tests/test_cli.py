@@ -62,6 +62,13 @@ def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, 
                          damaged_data, tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert table_rows(evaluation.stdout) == train_rows
+    for output in (train.stdout, evaluation.stdout):  # the table says what it measured, and that it is not clean
+        assert "12 texts x 12 videos" in output and "1 unreadable" in output and "warning: 1 unreadable videos" in output
+
+    stale = run_cli("tvr-eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.source.root={tmp_path / 'gone'}",
+                                 f"hydra.run.dir={tmp_path / 'eval2'}"] + QUIET, damaged_data, tmp_path)
+    assert stale.returncode == 2 and "data.source.root" in stale.stderr and "Traceback" not in stale.stderr
+    assert not (tmp_path / "gone").exists()
 
 
 def test_wrong_group_option_fails_at_start_up_with_choices(data_dir, tmp_path):
@@ -69,6 +76,15 @@ def test_wrong_group_option_fails_at_start_up_with_choices(data_dir, tmp_path):
     assert result.returncode != 0
     assert "Available options in 'head'" in result.stderr and "meanpool" in result.stderr and "seqtransf" in result.stderr
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_bad_values_end_the_run_with_one_message_per_key_and_no_traceback(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    result = run_cli("tvr-train", ["optim.name=foo", "data.batch_size=-4"], empty, tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "optim.name: got 'foo'" in result.stderr and "data.batch_size: got -4" in result.stderr
+    assert not any(empty.iterdir())  # nothing generated, nothing cached
 
 
 @pytest.mark.parametrize("head", [[], ["experiment=synthetic_glscl", "head.decoder_dropout=0.0"]], ids=["meanpool", "glscl"])

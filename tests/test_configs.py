@@ -3,12 +3,14 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from conftest import SMALL_OVERRIDES, compose_train
 from tvr.builders import build_datamodule, build_module
 from tvr.config import config_dir
+from tvr.errors import ConfigError
 from tvr.models.weights import WeightsError
 from tvr.train import train
 
@@ -31,11 +33,19 @@ def test_every_group_option_composes_and_resolves(group, option, data_dir, tmp_p
     assert resolved["hydra"]["runtime"]["choices"][group] == option
 
 
-def test_eval_config_composes(data_dir, tmp_path):
+def test_eval_config_composes_over_the_checkpoints_own_config(data_dir, tmp_path):
     cfg = compose_train(["ckpt_path=/some/best.ckpt", "split=val"], data_dir, tmp_path, config_name="eval")
-    assert cfg.get("data") is None and cfg.split == "val" and cfg.trainer.accelerator == "cpu"
-    chosen = compose_train(["ckpt_path=x", "data=synthetic", "backbone.image_size=32"], data_dir, tmp_path, config_name="eval")
-    assert OmegaConf.to_container(chosen.data, resolve=True)["image_size"] == 32
+    assert cfg.get("data") is None and cfg.split == "val" and cfg.trainer.accelerator == "cpu"  # no file: nothing merged
+
+    saved = compose_train(["data.video.eval_sampler.max_frames=6", "head=seqtransf"], data_dir, tmp_path)
+    torch.save({"hyper_parameters": {"run_config": OmegaConf.to_container(saved, resolve=True)}}, tmp_path / "run.ckpt")
+    cfg = compose_train([f"ckpt_path={tmp_path / 'run.ckpt'}", "data.source.root=/new/place", "head.layers=1"], data_dir, tmp_path,
+                        config_name="eval")
+    assert cfg.data.video.eval_sampler.max_frames == 6 and cfg.head.name == "seqtransf" and cfg.head.layers == 1
+    assert cfg.data.source.root == "/new/place" and cfg.data.frame_cache.dir == "/new/place/frame_cache"  # follows the root
+    chosen = compose_train([f"ckpt_path={tmp_path / 'run.ckpt'}", "data=msrvtt", "data.source.root=/msrvtt"], data_dir, tmp_path,
+                           config_name="eval")
+    assert chosen.data.name == "msrvtt" and chosen.data.image_size == 32  # another dataset, the checkpoint's backbone
 
 
 def test_default_run_is_synthetic_tiny_cpu(data_dir, tmp_path):
@@ -62,12 +72,12 @@ def test_wrong_group_option_lists_valid_choices(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override, error, message", [
-    ("head.name=xpoo", KeyError, "unknown head 'xpoo'; valid choices: glscl, meanpool, seqtransf, xpool"),
-    ("data.name=msrvt", KeyError, "unknown dataset 'msrvt'; valid choices: activitynet, didemo, lsmdc, msrvtt, msvd, synthetic"),
+    ("head.name=xpoo", ConfigError, "head.name: got 'xpoo', expected a head: glscl, meanpool, seqtransf, xpool"),
+    ("data.name=msrvt", ConfigError, "data.name: got 'msrvt', expected a dataset: activitynet, didemo, lsmdc, msrvtt, msvd, synthetic"),
     ("backbone.model_name=ViT-B-99", ValueError, "unknown backbone model_name 'ViT-B-99'"),
     ("backbone.weights=/nonexistent/ViT-B-32.pt", WeightsError, "not found at '/nonexistent/ViT-B-32.pt'"),
-    ("data.frame_cache.mode=always", ValueError, "frame_cache.mode must be one of off, auto, build"),
-    ("data.video.backend=opencv", KeyError, "unknown video backend 'opencv'; valid choices: decord, pyav"),
+    ("data.frame_cache.mode=always", ConfigError, "data.frame_cache.mode: got 'always', expected one of off, auto, build"),
+    ("data.video.backend=opencv", ConfigError, "data.video.backend: got 'opencv', expected a video backend: decord, pyav"),
 ])
 def test_bad_names_fail_at_start_up_before_any_work(override, error, message, data_dir, tmp_path):
     cfg = compose_train([override] + SMALL_OVERRIDES, data_dir, tmp_path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
+from tvr.errors import NonFiniteScoresError
 from tvr.evaluation.metrics import ground_truth_ranks, retrieval_metrics, summarize_ranks
 
 GOLDEN = FIXTURES / "golden"
@@ -70,11 +71,41 @@ def test_median_conventions_differ_for_an_even_count():
         summarize_ranks(ranks, median="upper")
 
 
-def test_queries_with_nan_or_minus_inf_ground_truth_are_dropped():
-    sim = np.array([[np.nan, 0.1], [0.2, -np.inf], [0.0, 1.0]])
-    ranks = ground_truth_ranks(sim, np.array([0, 1, 1]))
-    assert np.isnan(ranks[0]) and np.isnan(ranks[1]) and ranks[2] == 1.0
-    assert summarize_ranks(ranks)["R1"] == 100.0
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_score_fails_with_the_counts_instead_of_dropping_the_query(bad):
+    sim = np.eye(4)
+    sim[1, 2] = bad  # not even a ground-truth entry: the references would silently rank around it
+    sim[3, :] = bad  # a whole text, as a NaN text embedding produces
+    with pytest.raises(NonFiniteScoresError, match=r"2 of 4 texts \(rows 1, 3\) and 4 of 4 videos"):
+        retrieval_metrics(sim)
+
+
+def test_unreadable_videos_are_misses_at_the_worst_rank_and_never_win_as_distractors():
+    # 4 videos; video 2 is unreadable and scored as an empty clip (0 against every text).
+    sim = np.array([
+        [0.9, 0.1, 0.0, 0.2],    # text 0: its video first; the empty video would not matter
+        [-0.3, -0.1, 0.0, -0.2], # text 1: GT -0.1 is beaten only by the empty video's 0.0
+        [0.1, 0.2, 0.0, 0.3],    # text 2: the empty video's own caption -> a miss at rank 4
+        [0.4, 0.1, 0.0, 0.5],    # text 3: GT first
+    ])
+    plain = retrieval_metrics(sim)
+    assert plain["t2v"]["R1"] == 50.0  # today's bug: before the fix text 1 lost to the empty video (R@1 50)
+    result = retrieval_metrics(sim, unreadable_videos=[2])
+    # t2v ranks: 1, 1 (the empty distractor no longer wins), 4 (gallery size), 1
+    assert result["t2v"]["R1"] == 75.0 and result["t2v"]["MnR"] == pytest.approx(7 / 4) and result["t2v"]["R5"] == 100.0
+    # v2t: video 0 -> text 0 (0.9) rank 1; video 1: 0.2 (text 2), 0.1 (texts 0, 3) beat its -0.1 -> rank 4;
+    # video 2 unreadable -> 4 (it tied at 0.0 with every text and had rank 1 before); video 3 -> 0.5 rank 1
+    assert retrieval_metrics(sim)["v2t"]["R1"] == 75.0
+    assert result["v2t"]["R1"] == 50.0 and result["v2t"]["MnR"] == pytest.approx(10 / 4)
+
+
+def test_scores_of_unreadable_videos_are_not_checked_but_every_other_is():
+    sim = np.eye(3)
+    sim[:, 1] = np.nan  # e.g. a text-conditioned head on a clip with no frame
+    assert retrieval_metrics(sim, unreadable_videos=[1])["t2v"]["R1"] == pytest.approx(200 / 3)
+    sim[0, 2] = np.nan
+    with pytest.raises(NonFiniteScoresError, match="1 of 3 texts"):
+        retrieval_metrics(sim, unreadable_videos=[1])
 
 
 def _brute_force(sim: np.ndarray, text_to_video: np.ndarray):

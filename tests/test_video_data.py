@@ -155,6 +155,8 @@ def test_training_replaces_unreadable_videos_and_reports_them(tmp_path):
     # item 1 (v1) is replaced by pair 0; item 2 (v2) first tries pair 1 (v1, broken too), then pair 0
     assert [item["failed_videos"] for item in items] == [[], ["v1"], ["v2", "v1"], []]
     assert batch["failed_videos"] == ["v1", "v2", "v1"]
+    # two samples were replaced (the training module sums these flags), though three reads failed
+    assert batch["replaced"].tolist() == [0, 1, 1, 0]
     assert batch["index"].tolist() == [0, 0, 0, 3]
     assert batch["frame_mask"].sum(dim=1).tolist() == [3, 3, 3, 3]
 
@@ -163,8 +165,8 @@ def test_evaluation_keeps_unreadable_videos_as_empty_and_flags_them(tmp_path):
     split = make_split(tmp_path, {"v2": b"junk" * 50})
     videos = EvalVideos(split, reader())
     broken, fine = videos[2], videos[0]
-    assert broken["failed_videos"] == ["v2"] and not broken["frame_mask"].any()
-    assert fine["failed_videos"] == [] and fine["frame_mask"].sum() == 3
+    assert broken["failed_videos"] == ["v2"] and not broken["frame_mask"].any() and broken["unreadable"]
+    assert fine["failed_videos"] == [] and fine["frame_mask"].sum() == 3 and not fine["unreadable"]
 
 
 def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path):

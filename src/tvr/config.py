@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+# The parts of a run's config a checkpoint carries into tvr-eval, where each key stays overridable.
+CHECKPOINT_CONFIG_SECTIONS = ("data", "backbone", "head", "loss", "optim", "train", "evaluation")
 
 
 def config_dir() -> str:
@@ -27,6 +34,56 @@ def to_plain(cfg: DictConfig | dict | None) -> dict:
     return dict(cfg)
 
 
+def saved_run_config(ckpt_path: str | Path) -> dict | None:
+    """The composed config a tvr checkpoint was trained (or converted) with, or None if it has none."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return (hyper_parameters or {}).get("run_config") or None
+
+
+def relink_to_data_root(data: dict) -> dict:
+    """The saved config is resolved, so paths derived from the data root (the frame cache, annotation and
+    video folders) would keep pointing at the old place after ``data.source.root=/new/place``: turn them
+    back into ``${data.source.root}/...`` interpolations."""
+    root = str((data.get("source") or {}).get("root") or "")
+
+    def relink(value, is_root: bool = False):
+        if isinstance(value, dict):
+            return {key: relink(item, is_root=value is data.get("source") and key == "root") for key, item in value.items()}
+        if root and isinstance(value, str) and not is_root and value.startswith(root + "/"):
+            return "${data.source.root}" + value[len(root):]
+        return value
+
+    return relink(data)
+
+
+def with_checkpoint_config(overrides: list[str]) -> list[str]:
+    """tvr-eval's command line plus a config search path holding the checkpoint's own config
+    (``checkpoint/saved.yaml``, which ``eval.yaml`` merges in), so that every key the checkpoint was
+    trained with can be overridden as written (``data.source.root=...``, ``head.local_weight=...``).
+    ``data=<name>`` replaces the checkpoint's data section with that dataset's config. An unreadable or
+    absent checkpoint adds nothing: ``tvr-eval`` then reports the file itself."""
+    ckpt_path = next((item.split("=", 1)[1] for item in overrides if item.startswith("ckpt_path=")), None)
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return overrides
+    try:
+        saved = saved_run_config(ckpt_path)
+    except Exception:  # reported with the file's name by tvr-eval, which reads it again
+        return overrides
+    if saved is None:
+        return overrides
+    sections = {key: saved[key] for key in CHECKPOINT_CONFIG_SECTIONS if key in saved}
+    if any(item.lstrip("+").startswith("data=") for item in overrides):
+        sections.pop("data", None)
+    elif "data" in sections:
+        sections["data"] = relink_to_data_root(sections["data"])
+    folder = Path(tempfile.mkdtemp(prefix="tvr-eval-config-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "checkpoint").mkdir()
+    OmegaConf.save(OmegaConf.create(sections), folder / "checkpoint" / "saved.yaml")
+    return [*overrides, f"hydra.searchpath=[file://{folder}]"]
+
+
 def compose_config(
     overrides: list[str], config_name: str = "train", output_dir: str | Path | None = None, cwd: str | Path | None = None
 ) -> DictConfig:
@@ -37,6 +94,8 @@ def compose_config(
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    if config_name == "eval":
+        overrides = with_checkpoint_config(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)

@@ -1,69 +1,97 @@
 """``tvr-eval ckpt_path=...``: re-evaluate a checkpoint and print the same table ``tvr-train`` prints.
 
-The model is rebuilt from the configuration stored in the checkpoint (CLIP weights come from the
-checkpoint itself, so the original weights file is not needed). Data comes from the checkpoint's data
-config unless a ``data=<name>`` group is chosen on the command line; ``split`` picks val or test.
+The checkpoint's own config (data, backbone, head, loss, optim, train, evaluation) is the starting point
+and every key of it can be overridden on the command line (see ``conf/eval.yaml``). CLIP weights come from
+the checkpoint itself, so the original weights file is not needed. Evaluation reads only the evaluated
+split's files and never creates data: no synthetic generation, no frame-cache build.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
 from tvr.checkpoint import load_checkpoint_file, load_state_dict_checked
-from tvr.config import config_dir, to_plain
-from tvr.evaluation.report import markdown_table, write_json
+from tvr.config import config_dir, to_plain, with_checkpoint_config
+from tvr.errors import ConfigError, exit_on_user_error
+from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
 from tvr.lit_module import RetrievalModule
+from tvr.validation import validate_eval_config
 
 log = logging.getLogger(__name__)
-EVAL_ROLES = ("val", "test")
 
 
-def module_from_checkpoint(checkpoint: dict, evaluation: dict, strict: bool = True, source: str = "checkpoint") -> RetrievalModule:
-    saved = checkpoint["hyper_parameters"]
-    backbone = backbone_kwargs(saved["backbone"])
+def module_from_config(cfg: DictConfig, checkpoint: dict, source: str) -> RetrievalModule:
+    """The model the (checkpoint's, possibly overridden) config describes, with the checkpoint's weights."""
+    backbone = backbone_kwargs(cfg.backbone)
     backbone["weights"] = None  # every CLIP weight is in the checkpoint's state_dict
     module = RetrievalModule(
-        backbone=backbone, head=saved["head"], loss=saved["loss"], optim=saved["optim"],
-        evaluation=evaluation, train=saved["train"], run_config=saved.get("run_config"),
+        backbone=backbone, head=to_plain(cfg.head), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
+        evaluation=to_plain(cfg.evaluation), train=to_plain(cfg.train), run_config=to_plain(cfg),
     )
-    missing, unexpected = load_state_dict_checked(module, checkpoint["state_dict"], strict=strict, source=source)
+    missing, unexpected = load_state_dict_checked(module, checkpoint["state_dict"], strict=cfg.strict, source=source)
     if missing or unexpected:
         log.warning("%s loaded partially: missing %s, unexpected %s", source, missing, unexpected)
     return module
 
 
+def evaluation_data_config(data: dict, split_role: str) -> dict:
+    """The data config restricted to what evaluating one split needs: that split alone (its files only),
+    no synthetic generation and no frame-cache build; a data root that does not exist is an error."""
+    split = data["splits"].get(split_role)
+    if not split:
+        raise ConfigError(f"data.splits.{split_role}", "this data config has no such split", "choose split=test or set it")
+    source = dict(data["source"])
+    root = source.get("root")
+    if root is None or not Path(root).is_dir():
+        raise ConfigError(
+            "data.source.root", f"'{root}' (from the checkpoint's config) does not exist",
+            "pass data.source.root=<folder holding the dataset> on the tvr-eval command line",
+        )
+    if source.get("generate"):
+        source["generate"] = False  # evaluation never creates data
+    cache = dict(data.get("frame_cache") or {})
+    if cache.get("mode") == "build":
+        cache["mode"] = "auto"  # use a valid cache if there is one, never build one here
+    return {**data, "source": source, "frame_cache": cache, "splits": {"train": None, "val": None, "test": split}}
+
+
+def checkpoint_selection(checkpoint: dict) -> tuple[str | None, str]:
+    """Which split chose this checkpoint and by what rule, from the config it was trained with."""
+    saved = checkpoint["hyper_parameters"].get("run_config") or {}
+    if "converted_from" in checkpoint:
+        return None, f"released checkpoint converted from {checkpoint['converted_from']}"
+    val_split = (saved.get("data") or {}).get("splits", {}).get("val")
+    if val_split:
+        return val_split, f"best {saved.get('train', {}).get('select_metric')}"
+    return None, "last epoch"
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    if cfg.split not in EVAL_ROLES:
-        raise ValueError(f"split must be one of {', '.join(EVAL_ROLES)}, got '{cfg.split}'")
+    validate_eval_config(cfg)  # every key, split included, before the checkpoint or any data is read
+    checkpoint = load_checkpoint_file(cfg.ckpt_path)
+    if cfg.get("data") is None or cfg.get("head") is None:
+        raise ConfigError("ckpt_path", f"{cfg.ckpt_path} carries no tvr run config",
+                          "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py")
+    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = load_checkpoint_file(cfg.ckpt_path)
-    saved_config = checkpoint["hyper_parameters"].get("run_config") or {}
-    with open_dict(cfg):
-        cfg.backbone.image_size = saved_config.get("backbone", {}).get("image_size")
-    data_cfg = to_plain(cfg.data) if cfg.get("data") else saved_config.get("data")
-    if not data_cfg:
-        raise ValueError("the checkpoint has no data config; choose one with data=<name> data.source.root=...")
-    data_cfg = dict(data_cfg)
-    if cfg.split == "val":
-        data_cfg["splits"] = {**data_cfg["splits"], "test": data_cfg["splits"].get("val")}
-        if not data_cfg["splits"]["test"]:
-            raise ValueError("this data config has no val split")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(data_cfg, cfg.evaluation)
-    module = module_from_checkpoint(checkpoint, to_plain(cfg.evaluation), strict=cfg.strict, source=str(cfg.ckpt_path))
+    module = module_from_config(cfg, checkpoint, source=str(cfg.ckpt_path))
     trainer = build_trainer(cfg.trainer, run_dir, logger_cfg=None)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:
         return {}
     results = module.eval_results["test"]
     split_name = datamodule.split_names["test"]
+    selected_on, selection = checkpoint_selection(checkpoint)
     facts = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "head": module.hparams.head["name"],
@@ -71,21 +99,29 @@ def evaluate(cfg: DictConfig) -> dict:
         "dataset": datamodule.dataset.name,
         "frames": datamodule.eval_sampler.max_frames,
         "sampler": datamodule.eval_sampler.describe()["sampler"],
-        "rerank": cfg.evaluation.rerank,
     }
-    payload = {"split": split_name, **results, "run": {**facts, "data": datamodule.describe()},
-               "decode_failures": {"eval_unreadable_videos": module.decode_failures["test"]}}
+    measured = measured_block(split_name, results, datamodule.records["test"].info.get("missing_videos", 0),
+                              cfg.evaluation.rerank, selected_on, selection)
+    payload = {"split": split_name, **results, "measured": measured, "run": {**facts, "data": datamodule.describe()},
+               "decode_failures": decode_failure_summary(None, {cfg.split: module.decode_failures["test"]})}
     write_json(run_dir / "metrics.json", payload)
-    table = markdown_table({split_name: results}, facts)
+    table = markdown_table({split_name: results}, facts, measured)
     (run_dir / "results.md").write_text(table)
     print("\n" + table)
     return payload
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
+@exit_on_user_error
+def _hydra_main(cfg: DictConfig) -> None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry: merge the checkpoint's config into the composition, then run as Hydra does."""
+    sys.argv = [sys.argv[0], *with_checkpoint_config(sys.argv[1:])]
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from tvr.data.datamodule import QUERY_BANK_LOADER, TEXT_LOADER, VIDEO_LOADER
+from tvr.evaluation.checks import check_finite_representations
 from tvr.evaluation.report import evaluate_scores
 from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.backbone import CLIPBackbone
@@ -56,6 +57,7 @@ class RetrievalModule(pl.LightningModule):
         self.gather_grad = train.get("gather_grad", "sum")
         self.max_log_logit_scale = math.log(train.get("max_logit_scale", 100.0))
         self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        self.train_replaced_samples = 0  # samples whose video was unreadable (once each, however many retries)
         self.eval_results: dict[str, dict] = {}
         self._eval_outputs: dict[str, list] = {}
         self.select_window = int(train.get("select_window", 1))
@@ -91,7 +93,8 @@ class RetrievalModule(pl.LightningModule):
         self.log("train/logit_scale", self.backbone.logit_scale.exp(), batch_size=batch_size)
         if batch["failed_videos"]:
             self.decode_failures["train"].extend(batch["failed_videos"])
-        self.log("train/decode_failures", float(len(self.decode_failures["train"])), reduce_fx="max", batch_size=batch_size)
+            self.train_replaced_samples += int(batch["replaced"].sum())
+        self.log("train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size)
         return total
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -100,19 +103,21 @@ class RetrievalModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
+        # labels (ground truth, unreadable flags) travel beside the representations, never inside them
         if dataloader_idx == VIDEO_LOADER:
             rep = self.encode_videos(batch["frames"], batch["frame_mask"])
             self._eval_outputs["videos"].append((batch["index"], rep))
+            self._eval_outputs["video_labels"].append((batch["index"], {"unreadable": batch["unreadable"]}))
             self._eval_outputs["failed"].extend(batch["failed_videos"])
         elif dataloader_idx == TEXT_LOADER:
             rep = self.encode_texts(batch["tokens"])
-            rep["video_index"] = batch["video_index"]
             self._eval_outputs["texts"].append((batch["index"], rep))
+            self._eval_outputs["text_labels"].append((batch["index"], {"video_index": batch["video_index"]}))
         elif dataloader_idx == QUERY_BANK_LOADER:
             self._eval_outputs["bank"].append((batch["index"], self.encode_texts(batch["tokens"])))
 
     def _start_eval(self) -> None:
-        self._eval_outputs = {"videos": [], "texts": [], "bank": [], "failed": []}
+        self._eval_outputs = {"videos": [], "video_labels": [], "texts": [], "text_labels": [], "bank": [], "failed": []}
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -154,9 +159,18 @@ class RetrievalModule(pl.LightningModule):
         torch.distributed.all_gather_object(everyone, items)
         return [item for part in everyone for item in part]
 
-    def gather_train_failures(self) -> list[str]:
-        """Every replaced training sample on every rank (one entry per replacement)."""
-        return self._gather_lists(self.decode_failures["train"])
+    def gather_train_failures(self) -> tuple[int, list[str]]:
+        """Training samples replaced on every rank, and the distinct unreadable videos behind them."""
+        replaced = sum(self._gather_lists([self.train_replaced_samples]))
+        return replaced, sorted(set(self._gather_lists(self.decode_failures["train"])))
+
+    def _item_names(self, stage: str) -> tuple[list[str] | None, list[str] | None]:
+        """Readable names of the evaluated texts and videos, for error messages (None without a datamodule)."""
+        records = getattr(getattr(self.trainer, "datamodule", None), "records", {}).get(stage)
+        if records is None:
+            return None, None
+        texts = [f"text {text.text_id} of video {text.video_id}" for text in records.texts]
+        return texts, [video.video_id for video in records.videos]
 
     def _finish_eval(self, stage: str, log_metrics: bool = True) -> None:
         outputs = self._eval_outputs
@@ -164,7 +178,10 @@ class RetrievalModule(pl.LightningModule):
             return
         videos = gather_indexed(outputs["videos"])
         texts = gather_indexed(outputs["texts"])
-        text_to_video = texts.pop("video_index").cpu().numpy()
+        text_to_video = gather_indexed(outputs["text_labels"])["video_index"].cpu().numpy()
+        unreadable = gather_indexed(outputs["video_labels"])["unreadable"].bool().cpu()
+        text_names, video_names = self._item_names(stage)
+        check_finite_representations(texts, videos, unreadable, text_names, video_names, stage=stage)
         cfg = self.eval_cfg
         tiles = {"text_chunk": cfg.get("text_chunk", 1024), "video_chunk": cfg.get("video_chunk", 1024),
                  "memory_budget_bytes": int(cfg.get("memory_budget_gb", 0.5) * 2**30)}
@@ -177,15 +194,17 @@ class RetrievalModule(pl.LightningModule):
             cos, text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
             dsl_temperature=cfg.get("dsl_temperature", 100.0), qbnorm_bank=bank,
             qbnorm_k=qbnorm.get("k", 1), qbnorm_beta=qbnorm.get("beta", 20.0),
+            unreadable_videos=torch.nonzero(unreadable).flatten().numpy(),
         )
         failures = sorted(set(self._gather_lists(outputs["failed"])))
         self.decode_failures[stage] = failures
         metrics["num_texts"], metrics["num_videos"] = int(cos.shape[0]), int(cos.shape[1])
-        metrics["decode_failures"] = len(failures)
+        metrics["unreadable_videos"] = int(unreadable.sum())
         self.eval_results[stage] = metrics
         self._eval_outputs = {}
         if failures:
-            log.warning("%s: %d videos could not be decoded and were scored as empty: %s", stage, len(failures), failures[:10])
+            log.warning("%s: %d videos could not be decoded; they stay in the gallery and count as misses: %s",
+                        stage, len(failures), failures[:10])
         if not log_metrics:
             return
         for direction in ("t2v", "v2t"):
@@ -195,7 +214,7 @@ class RetrievalModule(pl.LightningModule):
             # X-Pool's selection rule: the mean of the last N text-to-video R@1 evaluations
             self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window:]
             self.log("val/t2v_R1_window", sum(self._recent_val_r1) / len(self._recent_val_r1))
-        self.log(f"{stage}/decode_failures", float(len(failures)))
+        self.log(f"{stage}/unreadable_videos", float(len(failures)))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

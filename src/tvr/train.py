@@ -17,7 +17,9 @@ from omegaconf import DictConfig
 from tvr import __version__
 from tvr.builders import build_datamodule, build_module, build_trainer
 from tvr.config import config_dir, to_plain
-from tvr.evaluation.report import markdown_table, write_json
+from tvr.errors import exit_on_user_error
+from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
+from tvr.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,18 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
         "world_size": trainer.world_size,
         "gather_grad": cfg.train.gather_grad,
         "data": data,
+        "train_set": train_set_size(datamodule),
     }
 
 
-def summarise_failures(module) -> dict:
-    train_events = module.decode_failures["train"]
-    return {
-        "train_replaced_samples": len(train_events),
-        "train_unreadable_videos": sorted(set(train_events)),
-        "eval_unreadable_videos": {stage: module.decode_failures[stage] for stage in ("val", "test")},
-    }
+def train_set_size(datamodule) -> dict:
+    records = datamodule.records["train"]
+    return {"split": records.name, "pairs": len(records.texts), "videos": len(records.videos),
+            "missing_videos": records.info.get("missing_videos", 0)}
 
 
 def train(cfg: DictConfig) -> dict:
+    validate_train_config(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def train(cfg: DictConfig) -> dict:
     monitor = cfg.train.select_metric if datamodule.has_val else None
     trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"))
     trainer.fit(module, datamodule=datamodule)
-    module.decode_failures["train"] = module.gather_train_failures()
+    train_failures = module.gather_train_failures()
     best = trainer.checkpoint_callback.best_model_path if monitor else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     if not trainer.is_global_zero:
@@ -73,16 +74,21 @@ def train(cfg: DictConfig) -> dict:
     facts["selection"] = f"best {monitor}" if monitor else "last epoch"
     facts["checkpoint"] = best or str(run_dir / "checkpoints" / "last.ckpt")
     facts["wall_time_s"] = round(time.perf_counter() - started, 1)
-    results = {"split": datamodule.split_names["test"], **module.eval_results["test"], "run": facts,
-               "decode_failures": summarise_failures(module)}
+    test_split = datamodule.split_names["test"]
+    test_metrics = module.eval_results["test"]
+    measured = measured_block(test_split, test_metrics, datamodule.records["test"].info.get("missing_videos", 0),
+                              cfg.evaluation.rerank, facts["selection_split"], facts["selection"])
+    failures = decode_failure_summary(train_failures, {stage: module.decode_failures[stage] for stage in ("val", "test")})
+    results = {"split": test_split, **test_metrics, "measured": measured, "run": facts, "decode_failures": failures}
     if cfg.get("expected"):
         results["expected"] = to_plain(cfg.expected)  # the paper's numbers this recipe reproduces
     if "val" in module.eval_results:
         results["val_last_epoch"] = {k: module.eval_results["val"][k] for k in ("t2v", "v2t")}
     write_json(run_dir / "metrics.json", results)
     table = markdown_table(
-        {f"{results['split']}": module.eval_results["test"]},
-        {k: facts[k] for k in ("head", "backbone", "dataset", "frames", "sampler", "global_batch", "seed", "selection", "rerank")},
+        {test_split: test_metrics},
+        {k: facts[k] for k in ("head", "backbone", "dataset", "frames", "sampler", "global_batch", "seed")},
+        measured,
     )
     (run_dir / "results.md").write_text(table)
     print("\n" + table)
@@ -91,6 +97,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -2,8 +2,9 @@
 
 Bad videos never stop a run. In training, a pair whose video cannot be read is replaced by another
 pair (deterministically chosen) and the failure travels with the batch so the training module can
-count and log it. In evaluation the video stays in the gallery as an all-padded clip (it then scores
-zero against every text), and is reported; dropping it would silently change the benchmark.
+count and log it. In evaluation the video stays in the gallery as an all-padded clip, flagged ``unreadable``
+so the metrics count it as a miss (never a hit), and is reported; dropping it would silently change the
+benchmark.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ class TrainPairs(Dataset):
                 candidate = (candidate + _SUBSTITUTE_STRIDE) % len(self)
                 continue
             caption = captions[0] if len(captions) == 1 else random.choice(captions)
-            return {"tokens": self.tokenizer(caption), "frames": frames, "frame_mask": mask, "index": candidate, "failed_videos": failed}
+            # ``replaced`` counts this sample once however many substitutes it took; ``failed_videos``
+            # names every unreadable video met on the way
+            return {"tokens": self.tokenizer(caption), "frames": frames, "frame_mask": mask, "index": candidate,
+                    "replaced": bool(failed), "failed_videos": failed}
         raise RuntimeError(
             f"{len(failed)} consecutive unreadable training videos ({', '.join(failed[:5])}, ...); "
             "check data.source.root and run tools/check_videos.py"
@@ -132,7 +136,7 @@ class EvalVideos(Dataset):
             log.warning("evaluation video unreadable, scored as empty: %s", error)
             frames, mask = self.reader.empty()
             failed.append(video.video_id)
-        return {"frames": frames, "frame_mask": mask, "index": index, "failed_videos": failed}
+        return {"frames": frames, "frame_mask": mask, "index": index, "unreadable": bool(failed), "failed_videos": failed}
 
 
 class EvalTexts(Dataset):

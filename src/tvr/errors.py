@@ -1,0 +1,53 @@
+"""Errors that describe bad input (a config key, a file, a checkpoint) rather than a bug in tvr.
+
+The entry points print a ``UserInputError`` as one message naming the key or file and what to do,
+without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one). Anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+
+class UserInputError(ValueError):
+    """Bad configuration, file or checkpoint; the message says which one and what to pass instead."""
+
+
+class ConfigError(UserInputError):
+    """A config value that cannot work, found before any data is generated, cached or read."""
+
+    def __init__(self, key: str, problem: str, hint: str = "") -> None:
+        self.key = key
+        message = f"{key}: {problem}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+
+class AnnotationError(UserInputError):
+    """An annotation file that is missing or cannot be parsed; the message names the file (and line)."""
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint file that is missing, empty, unreadable or not a tvr checkpoint."""
+
+
+class NonFiniteScoresError(RuntimeError):
+    """NaN or inf in a real text/video representation or score: the metrics would be silently wrong."""
+
+
+def exit_on_user_error(task):
+    """Wrap an entry point's task: a :class:`UserInputError` or :class:`NonFiniteScoresError` ends the run
+    with its message alone (exit status 2) instead of a traceback, unless ``HYDRA_FULL_ERROR=1``."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except (UserInputError, NonFiniteScoresError) as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {error}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,452 @@
+"""Check a composed config before anything is generated, cached, read or built.
+
+``tvr-train`` and ``tvr-eval`` call these first, so a value that cannot work fails at once, with every
+problem listed one line per key, instead of after data generation and frame caching (an impossible
+frame count used to leave an unusable cache on disk). Names are checked against the registries the
+builders use and options against the signatures of the constructors that receive them, so a new head,
+sampler, dataset or option needs no change here. Constructors that validate their arguments cheaply are
+called (heads on the meta device, which allocates no weights); the CLIP backbone is not built: its
+architecture config gives the widths and sizes the other parts must match.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, get_args
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.connector import _PRECISION_INPUT
+from lightning_fabric.utilities.seed import max_seed_value, min_seed_value
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+from tvr.builders import backbone_kwargs
+from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
+from tvr.data.datasets import DATASETS
+from tvr.data.sampling import SAMPLERS
+from tvr.data.transforms import AUGMENTATIONS
+from tvr.data.video import VIDEO_BACKENDS
+from tvr.errors import ConfigError, UserInputError
+from tvr.evaluation.metrics import DEFAULT_KS, Median
+from tvr.evaluation.rerank import RERANKERS
+from tvr.models.backbone import CLIPBackbone, resolve_architecture
+from tvr.models.distributed import GATHER_GRAD_MODES
+from tvr.models.heads import HEADS
+from tvr.models.losses import LOSSES
+from tvr.optim import SCHEDULES
+from tvr.registry import Registry
+
+# The optimisers RetrievalModule.configure_optimizers builds (it has no registry to ask).
+OPTIMISERS = ("adamw", "bertadam")
+# Every value Lightning's Trainer accepts for ``precision`` (its own check flattens the same literals).
+PRECISIONS = tuple(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal))
+# build_trainer's ModelCheckpoint keeps the checkpoint with the highest value, so only metrics where
+# higher is better can select one: a rank (MdR, MnR) would select the worst epoch.
+SELECTABLE_METRICS = tuple(
+    f"val/{direction}_{name}" for direction in ("t2v", "v2t") for name in (*(f"R{k}" for k in DEFAULT_KS), "RSum")
+)
+WINDOW_METRIC = "val/t2v_R1_window"  # logged by RetrievalModule only when train.select_window > 1
+# Arguments tvr passes itself; the same name in the config would be a second value for one argument.
+TRAINER_ARGUMENTS_SET_BY_TVR = ("logger", "callbacks", "plugins", "default_root_dir")
+# The config sections a run is built from, in the order they are checked (the backbone gives the shape
+# the head and data must fit).
+RUN_GROUPS = ("backbone", "head", "loss", "optim", "data", "train", "trainer", "evaluation")
+# The splits tvr-eval evaluates (the data config's roles).
+EVAL_ROLES = ("val", "test")
+# CaptionTokenizer's minimum: SOT, one BPE token, EOT.
+MIN_MAX_WORDS = 3
+
+
+class InvalidConfigError(ConfigError):
+    """Several config values that cannot work, reported together one line per key.
+
+    ``key`` is the first problem's key (as for a single :class:`ConfigError`); ``problems`` holds them all.
+    """
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        # ConfigError formats a single key; this message is the list of their messages instead.
+        UserInputError.__init__(self, f"{len(problems)} config values cannot work:\n" + "\n".join(f"  {p}" for p in problems))
+        self.key = problems[0].key
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Section:
+    """A resolved config block and its dotted path, so that every problem names the full key."""
+
+    path: str
+    values: dict
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def child(self, name: str) -> Section:
+        value = self.values.get(name)
+        return Section(self.key(name), value if isinstance(value, dict) else {})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def get(self, name: str) -> Any:
+        return self.values.get(name)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the data and head checks need from the backbone, read from its architecture config."""
+
+    embed_dim: int
+    image_size: int
+    context_length: int
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _missing_keys(section: Section):
+    """Keys left at OmegaConf's ``???`` (to_container keeps the marker instead of raising)."""
+    for name, value in section.values.items():
+        if value == MISSING:
+            yield section.key(name)
+        elif isinstance(value, dict):
+            yield from _missing_keys(section.child(name))
+
+
+def _bounds_text(minimum, above, maximum) -> str:
+    """The bounds a number must respect, as shown to the user: ' >= 1', ' > 0', ' in [0, 1]'."""
+    if maximum is not None:
+        lower = f"[{minimum}" if minimum is not None else f"({above}" if above is not None else None
+        return f" in {lower}, {maximum}]" if lower else f" <= {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    return f" > {above}" if above is not None else ""
+
+
+class ConfigChecker:
+    """Collects every problem of one config; :meth:`raise_problems` reports them all at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[ConfigError] = []
+
+    def fail(self, key: str, problem: str, hint: str = "") -> None:
+        if any(found.key == key for found in self.problems):  # one line per key: its first problem
+            return
+        self.problems.append(ConfigError(key, problem, hint))
+
+    def raise_problems(self) -> None:
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            raise InvalidConfigError(self.problems)
+
+    # ------------------------------------------------------------------ reading
+    def section(self, cfg: DictConfig, path: str) -> Section | None:
+        """The block at ``path`` with interpolations resolved; None (and a problem) if it cannot resolve."""
+        node = OmegaConf.select(cfg, path)
+        if node is None:
+            return None
+        try:
+            section = Section(path, OmegaConf.to_container(node, resolve=True))
+        except OmegaConfBaseException as error:
+            key = error.full_key or path
+            self.fail(key, str(error).splitlines()[0], f"pass {key}=<value>")
+            return None
+        for key in _missing_keys(section):
+            self.fail(key, "has no value (???)", f"pass {key}=<value>")
+        return section
+
+    @staticmethod
+    def top_level(cfg: DictConfig, names: tuple[str, ...]) -> Section:
+        return Section("", {name: cfg[name] for name in names if name in cfg and not OmegaConf.is_missing(cfg, name)})
+
+    # ------------------------------------------------------------------ values
+    def number(self, section: Section, name: str, *, integer: bool = False, minimum=None, above=None,
+               maximum=None, optional: bool = False, why: str = "") -> bool:
+        """Whether ``section.name`` is absent or a number in range; a problem otherwise."""
+        if name not in section or (optional and section.get(name) is None):
+            return True
+        value = section.get(name)
+        if (_is_integer(value) if integer else _is_number(value)) and (
+            (minimum is None or value >= minimum) and (above is None or value > above) and (maximum is None or value <= maximum)
+        ):
+            return True
+        requirement = ("integer" if integer else "number") + _bounds_text(minimum, above, maximum)
+        requirement += " or null" if optional else ""
+        article = "an" if integer else "a"
+        key = section.key(name)
+        self.fail(key, f"got {value!r}, expected {article} {requirement}{why}", f"pass {key}=<{requirement}>")
+        return False
+
+    def choice(self, section: Section, name: str, choices, why: str = "") -> bool:
+        """Whether ``section.name`` is absent or one of ``choices``; a problem otherwise."""
+        if name not in section or section.get(name) in choices:
+            return True
+        key = section.key(name)
+        shown = list(dict.fromkeys(str(choice) for choice in choices))  # Lightning accepts both 32 and "32"
+        self.fail(key, f"got {section.get(name)!r}, expected one of {', '.join(shown)}{why}", f"pass {key}=<{'|'.join(shown)}>")
+        return False
+
+    def flag(self, section: Section, name: str, optional: bool = False) -> None:
+        self.choice(section, name, (True, False, None) if optional else (True, False))
+
+    def registered(self, section: Section, name: str, registry: Registry) -> Callable | None:
+        """The factory registered under ``section.name``; None (and a problem listing the names) if none is."""
+        value = section.get(name)
+        if isinstance(value, str) and value in registry:
+            return registry.get(value)
+        key = section.key(name)
+        names = registry.names()
+        self.fail(key, f"got {value!r}, expected a {registry.kind}: {', '.join(names)}", f"pass {key}=<{'|'.join(names)}>")
+        return None
+
+    def split_name(self, splits: Section, role: str) -> None:
+        if not isinstance(splits.get(role), str) or not splits.get(role):
+            key = splits.key(role)
+            self.fail(key, f"got {splits.get(role)!r}, expected the name of the {role} split", f"pass {key}=<split name>")
+
+    # ------------------------------------------------------------------ constructors
+    def options(self, section: Section, options: dict, factory: Callable, what: str, set_by_tvr: tuple[str, ...] = ()) -> bool:
+        """Whether ``factory(**options, <set_by_tvr>)`` has every argument it needs and no unknown one."""
+        signature = inspect.signature(factory).parameters.values()
+        parameters = {p.name: p for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in signature)  # **kwargs: the constructor itself checks
+        valid = sorted(name for name in parameters if name not in set_by_tvr)
+        fine = True
+        for name in options:
+            key = section.key(name)
+            if name in set_by_tvr:
+                self.fail(key, f"is set by tvr for {what}", f"remove {key}")
+                fine = False
+            elif name not in parameters and not takes_any:
+                self.fail(key, f"is not an option of {what}", f"valid options: {', '.join(valid) or 'none'}; remove {key}")
+                fine = False
+        for name, parameter in parameters.items():
+            if parameter.default is parameter.empty and name not in options and name not in set_by_tvr:
+                key = section.key(name)
+                self.fail(key, f"is missing; {what} needs it", f"pass {key}=<value>")
+                fine = False
+        return fine
+
+    def builds(self, key: str, what: str, factory: Callable, **kwargs) -> None:
+        """Call a constructor that validates its own arguments; what it refuses becomes a problem at ``key``."""
+        try:
+            factory(**kwargs)
+        except (TypeError, ValueError, KeyError, AssertionError) as error:  # torch asserts some shapes
+            self.fail(key, f"{what} refuses these options: {error}", f"fix the options under {key}")
+
+
+# ---------------------------------------------------------------------- per group
+def check_seed(checker: ConfigChecker, top: Section) -> None:
+    checker.number(top, "seed", integer=True, minimum=min_seed_value, maximum=max_seed_value)
+
+
+def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | None:
+    """Backbone options, and the shape its architecture gives the model (None if it has none)."""
+    options = backbone_kwargs(backbone.values)
+    checker.options(backbone, options, CLIPBackbone, "the CLIP backbone")
+    for name in ("grad_checkpointing", "text_padding_mask"):
+        checker.flag(backbone, name)
+    checker.flag(backbone, "quick_gelu", optional=True)
+    try:
+        architecture = resolve_architecture(backbone.get("model_name"), backbone.get("architecture"))
+        vision, text = architecture.get("vision_cfg", {}), architecture.get("text_cfg", {})
+        image_size = vision.get("image_size", CLIPVisionCfg.image_size)
+        shape = ModelShape(
+            embed_dim=int(architecture["embed_dim"]),
+            image_size=int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size),
+            context_length=int(text.get("context_length", CLIPTextCfg.context_length)),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        key = backbone.key("architecture" if backbone.get("architecture") else "model_name")
+        checker.fail(key, str(error).strip("'\""), "choose one of conf/backbone/ with backbone=<name>")
+        return None
+    checker.choice(backbone, "image_size", (shape.image_size,),
+                   why=f" ('{backbone.get('model_name')}' takes {shape.image_size}px input)")
+    return shape
+
+
+def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) -> None:
+    factory = checker.registered(head, "name", HEADS)
+    if factory is None:
+        return
+    what = f"head '{head.get('name')}'"
+    options = {name: value for name, value in head.values.items() if name != "name"}
+    if checker.options(head, options, factory, what, set_by_tvr=("embed_dim",)) and shape is not None:
+        with torch.device("meta"):  # builds the layers (shape checks included) without allocating weights
+            checker.builds(head.path, f"{what} at embedding width {shape.embed_dim}", factory,
+                           embed_dim=shape.embed_dim, **options)
+
+
+def check_loss(checker: ConfigChecker, loss: Section) -> None:
+    factory = checker.registered(loss, "name", LOSSES)
+    if factory is not None:
+        options = {name: value for name, value in loss.values.items() if name != "name"}
+        checker.builds(loss.path, f"loss '{loss.get('name')}'", factory, **options)
+
+
+def check_optim(checker: ConfigChecker, optim: Section) -> None:
+    checker.choice(optim, "name", OPTIMISERS)
+    checker.choice(optim, "schedule", tuple(SCHEDULES))
+    for name in ("backbone_lr", "head_lr", "weight_decay", "max_grad_norm"):
+        checker.number(optim, name, minimum=0)
+    checker.number(optim, "eps", above=0)
+    checker.number(optim, "warmup_proportion", minimum=0, maximum=1)
+    checker.number(optim, "t_total_epochs", integer=True, minimum=1, optional=True)
+    for name in ("no_decay_1d", "fused"):
+        checker.flag(optim, name)
+    betas = optim.get("betas")
+    if "betas" in optim and not (
+        isinstance(betas, list) and len(betas) == 2 and all(_is_number(beta) and 0 <= beta < 1 for beta in betas)
+    ):
+        key = optim.key("betas")
+        checker.fail(key, f"got {betas!r}, expected two numbers in [0, 1)", f"pass {key}=[0.9,0.98]")
+    names = optim.get("no_decay_names")
+    if "no_decay_names" in optim and not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        checker.fail(optim.key("no_decay_names"), f"got {names!r}, expected a list of parameter-name fragments",
+                     f"pass {optim.key('no_decay_names')}=[bias]")
+
+
+def check_sampler(checker: ConfigChecker, sampler: Section) -> None:
+    factory = checker.registered(sampler, "name", SAMPLERS)
+    for name in ("max_frames", "feature_framerate"):  # counts: 0 frames makes empty clips (and caches)
+        checker.number(sampler, name, integer=True, minimum=1, optional=True)
+    if factory is None:
+        return
+    what = f"frame sampler '{sampler.get('name')}'"
+    # create_sampler drops options set to None, so a config can switch samplers and null the old options
+    options = {name: value for name, value in sampler.values.items() if name != "name" and value is not None}
+    if checker.options(sampler, options, factory, what):
+        checker.builds(sampler.path, what, factory, **options)
+
+
+def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], shape: ModelShape | None) -> None:
+    """``roles``: the splits the run trains or evaluates on, which must be named; ``shape``: the model the
+    clips and captions must fit (None if the backbone config gives none)."""
+    checker.options(data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank",))
+    dataset = checker.registered(data, "name", DATASETS)
+    if dataset is not None:
+        checker.builds(data.key("source"), f"dataset '{data.get('name')}'", dataset, **data.child("source").values)
+    for name in ("batch_size", "eval_batch_size"):
+        checker.number(data, name, integer=True, minimum=1)
+    checker.number(data, "num_workers", integer=True, minimum=0)
+    for name in ("shuffle_train", "pin_memory"):
+        checker.flag(data, name)
+    checker.choice(data, "train_augment", AUGMENTATIONS)
+    context = shape.context_length if shape else None
+    checker.number(data, "max_words", integer=True, minimum=MIN_MAX_WORDS, maximum=context,
+                   why=f" (SOT + caption + EOT, within the backbone's {context}-token context)" if shape else "")
+    if shape:
+        checker.choice(data, "image_size", (shape.image_size,), why=" (the backbone's input size)")
+    splits = data.child("splits")
+    for role in roles:
+        checker.split_name(splits, role)
+
+    video = data.child("video")
+    backend = checker.registered(video, "backend", VIDEO_BACKENDS)
+    backend_options = video.child("backend_options")
+    if checker.number(backend_options, "timeout_s", above=0, optional=True) and backend is not None:
+        checker.builds(backend_options.path, f"video backend '{video.get('backend')}'", backend, **backend_options.values)
+    skip_list = video.get("skip_list")
+    if skip_list and not Path(skip_list).is_file():
+        key = video.key("skip_list")
+        checker.fail(key, f"file not found: {skip_list}", f"write one with tools/check_videos.py, or pass {key}=null")
+    for role in ("train_sampler", "eval_sampler"):
+        check_sampler(checker, video.child(role))
+
+    cache = data.child("frame_cache")
+    checker.choice(cache, "mode", CACHE_MODES)
+    checker.number(cache, "workers", integer=True, minimum=0)
+
+
+def check_train(checker: ConfigChecker, train: Section, has_val: bool) -> None:
+    checker.choice(train, "gather_grad", GATHER_GRAD_MODES)
+    checker.number(train, "max_logit_scale", above=0)
+    window_ok = checker.number(train, "select_window", integer=True, minimum=1)
+    checker.number(train, "freeze_layer_num", integer=True, minimum=-1)
+    if has_val and window_ok:  # without a val split the last epoch is kept and select_metric is unused
+        windowed = (WINDOW_METRIC,) if (train.get("select_window") or 1) > 1 else ()
+        checker.choice(train, "select_metric", SELECTABLE_METRICS + windowed, why=(
+            f" (the best checkpoint is the one with the highest value; {WINDOW_METRIC} needs train.select_window > 1)"))
+
+
+def check_trainer(checker: ConfigChecker, trainer: Section, training: bool) -> None:
+    """``training``: tvr-train (max_epochs matters) rather than tvr-eval."""
+    checker.options(trainer, trainer.values, pl.Trainer, "pytorch_lightning.Trainer", set_by_tvr=TRAINER_ARGUMENTS_SET_BY_TVR)
+    checker.choice(trainer, "precision", PRECISIONS)
+    checker.number(trainer, "num_nodes", integer=True, minimum=1)
+    if training:  # 0 would test the untrained model; -1 (Lightning's "forever") has no schedule length
+        checker.number(trainer, "max_epochs", integer=True, minimum=1)
+
+
+def check_evaluation(checker: ConfigChecker, evaluation: Section) -> None:
+    checker.choice(evaluation, "rerank", RERANKERS)
+    checker.choice(evaluation, "median", get_args(Median))
+    checker.number(evaluation, "dsl_temperature", above=0)
+    for name in ("text_chunk", "video_chunk"):
+        checker.number(evaluation, name, integer=True, minimum=1)
+    checker.number(evaluation, "memory_budget_gb", above=0)
+    qbnorm = evaluation.child("qbnorm")
+    checker.number(qbnorm, "k", integer=True, minimum=1)
+    checker.number(qbnorm, "beta", above=0)
+    checker.number(qbnorm, "bank_size", integer=True, minimum=1, optional=True)
+
+
+# ---------------------------------------------------------------------- entry points
+def check_run(checker: ConfigChecker, cfg: DictConfig, data_roles: tuple[str, ...], training: bool,
+              groups: tuple[str, ...] = RUN_GROUPS) -> None:
+    """The sections a run is built from (those of ``groups``). ``data_roles``: the splits that must be
+    named; ``training``: tvr-train (epochs and checkpoint selection matter) rather than tvr-eval."""
+    backbone, head, loss, optim, data, train, trainer, evaluation = (
+        checker.section(cfg, group) if group in groups else None for group in RUN_GROUPS
+    )
+    shape = check_backbone(checker, backbone) if backbone else None
+    if head:
+        check_head(checker, head, shape)
+    if loss:
+        check_loss(checker, loss)
+    if optim:
+        check_optim(checker, optim)
+    if data:
+        check_data(checker, data, data_roles, shape)
+    if train:
+        check_train(checker, train, has_val=training and bool(data and data.child("splits").get("val")))
+    if trainer:
+        check_trainer(checker, trainer, training)
+    if evaluation:
+        check_evaluation(checker, evaluation)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise a :class:`ConfigError` naming every value of a ``tvr-train`` config that cannot work."""
+    checker = ConfigChecker()
+    check_seed(checker, checker.top_level(cfg, ("seed",)))
+    check_run(checker, cfg, data_roles=("train", "test"), training=True)
+    checker.raise_problems()
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise a :class:`ConfigError` naming every value of a ``tvr-eval`` config that cannot work: its own
+    keys, and the run config merged in from the checkpoint (with its overrides) when there is one."""
+    checker = ConfigChecker()
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        checker.fail("ckpt_path", "has no value", "pass ckpt_path=<run dir>/checkpoints/best.ckpt")
+    top = checker.top_level(cfg, ("seed", "split", "strict"))
+    check_seed(checker, top)
+    split_ok = checker.choice(top, "split", EVAL_ROLES)
+    checker.flag(top, "strict")
+    # The run config is merged in from the checkpoint (tvr.config.with_checkpoint_config). Without one (a
+    # missing or foreign file, which evaluate() reports by name) only eval.yaml's own sections are checked:
+    # data=<name> cannot even resolve its image size.
+    has_run_config = cfg.get("head") is not None
+    check_run(checker, cfg, data_roles=(top.get("split"),) if split_ok else (), training=False,
+              groups=RUN_GROUPS if has_run_config else ("trainer", "evaluation"))
+    checker.raise_problems()
