@@ -1,10 +1,13 @@
 """Importing checkpoints released by the reference implementations, and strict checkpoint loading."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from conftest import FIXTURES, SMALL_OVERRIDES, compose_train
-from tvr.checkpoint import CheckpointMismatchError, load_checkpoint_file
+from conftest import FIXTURES, REPO_ROOT, SMALL_OVERRIDES, compose_train
+from tvr.checkpoint import CheckpointMismatchError, load_checkpoint_file, load_state_dict_checked, load_tvr_checkpoint
 from tvr.conversion import convert_checkpoint
 from tvr.evaluate import evaluate
 from tvr.models.backbone import CLIPBackbone
@@ -26,7 +29,7 @@ def test_a_clip4clip_release_converts_and_evaluates(data_dir, tmp_path):
     target = tmp_path / "converted.ckpt"
     overrides = ["experiment=synthetic_seqtransf", f"paths.data_dir={data_dir}"] + SMALL_OVERRIDES
     assert convert_checkpoint(tmp_path / "pytorch_model.bin.4", target, overrides) == ([], [])
-    state = load_checkpoint_file(target)["state_dict"]
+    state = load_tvr_checkpoint(target)["state_dict"]  # a converted checkpoint is a complete tvr checkpoint
     torch.testing.assert_close(state["head.temporal.blocks.1.attn.in_proj_weight"], head["transformerClip.resblocks.1.attn.in_proj_weight"])
     torch.testing.assert_close(state["backbone.clip.visual.proj"], clip["visual.proj"].half().float())
     cfg = compose_train([f"ckpt_path={target}", "trainer.enable_progress_bar=false"], data_dir, tmp_path / "eval", config_name="eval")
@@ -63,6 +66,7 @@ def test_mismatched_checkpoints_are_refused_with_the_keys_named(tmp_path):
     assert not (tmp_path / "out.ckpt").exists()
     missing, unexpected = convert_checkpoint(tmp_path / "partial.bin", tmp_path / "out.ckpt", ["experiment=synthetic_seqtransf"], allow_partial=True)
     assert missing == ["head.temporal.blocks.0.ln_1.weight"] and unexpected == ["head.weight_fc.0.weight"]
+    assert load_checkpoint_file(tmp_path / "out.ckpt")["converted_missing_keys"] == missing  # held at their initial values
     reshaped = torch.load(tmp_path / "full.bin", weights_only=True)
     reshaped["frame_position_embeddings.weight"] = torch.zeros(32, 64)
     torch.save(reshaped, tmp_path / "reshaped.bin")
@@ -84,3 +88,22 @@ def test_a_glscl_release_drops_the_keys_its_forward_never_uses(tmp_path):
     state = load_checkpoint_file(tmp_path / "glscl.ckpt")["state_dict"]
     torch.testing.assert_close(state["head.queries"], golden["spatial_queries"])
     torch.testing.assert_close(state["head.decoder.layers.2.norm3.bias"], golden["transformer_decoder_noun.layers.2.norm3.bias"])
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "convert_checkpoint.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_each_command_names_the_override_it_accepts(tmp_path):
+    clip4clip_release(tmp_path / "full.bin")
+    partial = torch.load(tmp_path / "full.bin", weights_only=True)
+    partial.pop("transformerClip.resblocks.0.ln_1.weight")
+    torch.save(partial, tmp_path / "partial.bin")
+    refused = run_tool(tmp_path / "partial.bin", tmp_path / "out.ckpt", "experiment=synthetic_seqtransf")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "pass --allow-partial to tools/convert_checkpoint.py" in refused.stderr and "strict=false" not in refused.stderr
+    accepted = run_tool(tmp_path / "partial.bin", tmp_path / "out.ckpt", "experiment=synthetic_seqtransf", "--allow-partial")
+    assert accepted.returncode == 0 and "1 missing keys ['head.temporal.blocks.0.ln_1.weight'] (left at their initial" in accepted.stdout
+    with pytest.raises(CheckpointMismatchError, match="pass strict=false to load"):  # tvr-eval's override, which it accepts
+        load_state_dict_checked(torch.nn.Linear(2, 2), {"weight": torch.zeros(2, 2)})

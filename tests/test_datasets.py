@@ -11,6 +11,7 @@ from conftest import FIXTURES, SHARED
 from tvr.data.datasets import create_dataset
 from tvr.data.datasets.common import DatasetFileError
 from tvr.data.datasets.lsmdc import DRL_EXCLUDED, XPOOL_EXCLUDED, movie_of
+from tvr.errors import AnnotationError
 
 ANNOTATIONS = FIXTURES / "annotations"
 SYNTHESIZED = FIXTURES / "synthesized"
@@ -119,7 +120,7 @@ def test_msvd_refuses_a_pickle_that_holds_code(msvd_root):
 
     with open(msvd_root / "raw-captions.pkl", "wb") as handle:
         pickle.dump({"x": Payload()}, handle)
-    with pytest.raises(pickle.UnpicklingError, match="only hold dicts"):
+    with pytest.raises(AnnotationError, match="raw-captions.pkl: not a readable caption pickle .*may only hold dicts.*found builtins.print"):
         load("msvd", msvd_root, "test", caption_file="raw-captions.pkl")
 
 
@@ -151,7 +152,7 @@ def test_lsmdc_training_lines_are_pairs_and_xpool_keeps_the_last_caption(tmp_pat
     assert repeated == ["She gets in and starts the engine."]
     assert movie_of("3001_RIVER_2049_02.10.00.000-02.10.04.500") == "3001_RIVER_2049"  # title with digits and _
     (root / "LSMDC16_annos_val.csv").write_text("clip\t00.00.01.000\tonly three fields\n")
-    with pytest.raises(DatasetFileError, match="expected 6 tab-separated fields, found 3"):
+    with pytest.raises(AnnotationError, match="LSMDC16_annos_val.csv: line 1: expected 6 tab-separated fields .*found 3"):
         load("lsmdc", root, "val")
 
 
@@ -214,6 +215,43 @@ def test_missing_files_name_the_file_and_the_layout(tmp_path):
         create_dataset("msrvtt", root=root).prepare(("train", "test"))
     with pytest.raises(DatasetFileError, match="video folder not found"):
         create_dataset("msrvtt", root=root).prepare(("test",))
+
+
+# dataset, options, the test split's files (name -> source), the files the train split needs in addition
+TEST_SPLIT_ONLY = {
+    "msrvtt": ("msrvtt", {}, {"MSRVTT_JSFUSION_test.csv": ANNOTATIONS / "msrvtt"}, ["MSRVTT_train.9k.csv", "MSRVTT_data.json"]),
+    "msrvtt_full": ("msrvtt", {"split_scheme": "full"},
+                    {"MSRVTT_test.full.csv": ANNOTATIONS / "msrvtt", "MSRVTT_data.json": SYNTHESIZED}, ["MSRVTT_train.full.csv"]),
+    "msvd": ("msvd", {}, {"captions_msvd.json": ANNOTATIONS / "msvd", "test_list.txt": ANNOTATIONS / "msvd"}, ["train_list.txt"]),
+    "didemo": ("didemo", {}, {"test_data.json": ANNOTATIONS / "didemo", "test_list.txt": ANNOTATIONS / "didemo"},
+               ["train_data.json", "train_list.txt"]),
+    "activitynet": ("activitynet", {}, {"val_1.json": ANNOTATIONS / "activitynet", "val_ids.json": ANNOTATIONS / "activitynet"},
+                    ["train.json", "train_ids.json"]),
+    "lsmdc": ("lsmdc", {}, {LSMDC_TEST.name: LSMDC_TEST.parent}, ["LSMDC16_annos_training.csv"]),
+}
+
+
+@pytest.mark.parametrize("name, options, test_files, train_files", TEST_SPLIT_ONLY.values(), ids=TEST_SPLIT_ONLY.keys())
+def test_the_test_split_needs_only_its_own_files(tmp_path, name, options, test_files, train_files):
+    if not all((folder / file).is_file() for file, folder in test_files.items()):
+        pytest.skip("LSMDC's test file may not be redistributed; it is read from ../shared, absent here")
+    root = tmp_path / name
+    (root / "videos").mkdir(parents=True)
+    for file, folder in test_files.items():
+        shutil.copy(folder / file, root / file)
+    listed = load(name, root, "test", **options).videos
+    for video in listed[:3]:  # placeholder files: found by name, never opened here
+        (root / "videos" / video.path.name).write_bytes(b"")
+    dataset = create_dataset(name, root=root, **options)
+    dataset.prepare(("test",))
+    test = dataset.load_split("test")
+    assert [v.video_id for v in test.videos] == [v.video_id for v in listed[:3]]
+    assert test.info["missing_videos"] == len(listed) - 3 == len(test.info["missing_video_ids"])
+    for ask_for_train in (lambda: dataset.prepare(("train", "test")), lambda: dataset.load_split("train")):
+        with pytest.raises(AnnotationError, match="annotation files not found") as error:  # every missing file, at once
+            ask_for_train()
+        assert f"split 'train' needs {', '.join(train_files)}\n" in str(error.value)
+        assert "split 'test'" not in str(error.value)
 
 
 def test_videos_resolve_by_name_or_stem_and_missing_ones_are_counted(tmp_path):

@@ -116,3 +116,9 @@ def test_eval_reads_only_the_evaluated_split(trained, data_dir, tmp_path, monkey
     monkeypatch.setattr(SyntheticDataset, "load_split", lambda self, split: loaded.append(split) or original(self, split))
     evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", "split=val")
     assert set(loaded) == {"val"}
+
+
+def test_eval_with_qbnorm_reads_the_training_captions_it_needs(trained, data_dir, tmp_path):
+    run_dir, _ = trained
+    result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", "evaluation.rerank=qbnorm")
+    assert result["reranked"]["method"] == "qbnorm" and result["reranked"]["bank_size"] == 32  # the 32 training captions

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tvr.checkpoint import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_file
+from tvr.errors import CheckpointError
 from tvr.optim import WarmupCosine, parameter_groups
 
 
@@ -73,7 +74,7 @@ def test_checkpoint_io_reads_with_weights_only(tmp_path):
     torch.save({"object": Toy}, tmp_path / "unsafe.ckpt")  # a pickled class: refused by weights_only
     with pytest.raises(Exception, match="[Ww]eights only"):
         io.load_checkpoint(tmp_path / "unsafe.ckpt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="missing.ckpt' not found"):
         load_checkpoint_file(tmp_path / "missing.ckpt")
 
 

@@ -7,17 +7,19 @@ import av
 import numpy as np
 import pytest
 
+from conftest import FIXTURES
 from helpers import HangingBackend
 from test_video_data import frame_numbers, numbered_video
 from tvr.data.clips import ClipReader
 from tvr.data.compress import compress_video, output_size
 from tvr.data.datamodule import load_skip_list
+from tvr.data.datasets import create_dataset
 from tvr.data.frame_cache import build_frame_cache
 from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.transforms import ClipFrameTransform
 from tvr.data.video import DecordBackend, PyAVBackend, VideoReadError, deadline
-from tvr.data.video_check import check_videos
+from tvr.data.video_check import ALL_SPLITS, VideoCheck, VideoInventory, check_videos, report_table
 
 
 @pytest.mark.parametrize("sampler", [
@@ -112,3 +114,31 @@ def test_compression_gives_3fps_short_side_224_and_is_resumable(tmp_path):
     assert failed.status == "failed" and "Invalid data" in failed.error
     assert not (tmp_path / "out" / "broken.mp4").exists()  # no silent copy of the raw file
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("dataset, files, present, split_names, expected", [
+    # MSR-VTT: val and test are both the 1k-A split, read and counted once
+    ("msrvtt", {"MSRVTT_JSFUSION_test.csv": "msrvtt", "MSRVTT_train.9k.csv": "msrvtt", "MSRVTT_data.json": "synthesized"},
+     ["video0.mp4", "video1.mp4", "video9770.mp4", "video7020.mp4"], ["train", "test", "test"],
+     {"train": (6, 4), "test": (1000, 998), ALL_SPLITS: (1006, 1002)}),
+    # ActivityNet: val and test are two splits of the same videos (val_1), each video once in the total
+    ("activitynet", {"val_1.json": "activitynet", "val_ids.json": "activitynet"},
+     ["JDg--pjY5gg.mp4"], [None, "val", "test"], {"val": (4917, 4916), "test": (4917, 4916), ALL_SPLITS: (4917, 4916)}),
+])
+def test_video_counts_are_of_distinct_videos(tmp_path, dataset, files, present, split_names, expected):
+    (tmp_path / "videos").mkdir()
+    for name, folder in files.items():
+        source = FIXTURES / "synthesized" if folder == "synthesized" else FIXTURES / "annotations" / folder
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    for name in present:
+        (tmp_path / "videos" / name).write_bytes(b"")
+    inventory = VideoInventory.of(create_dataset(dataset, root=tmp_path), split_names)
+    assert {split: (row["videos"], row["without_file"]) for split, row in inventory.counts().items()} == expected
+    assert sorted(inventory.with_file) == sorted(name.rsplit(".", 1)[0] for name in present)  # each checked once
+
+    checks = [VideoCheck(video, str(ref.path), "empty") for video, ref in inventory.with_file.items()]
+    table = report_table(inventory, checks)
+    videos, without = expected[ALL_SPLITS]
+    assert f"| {ALL_SPLITS} | {videos} | {without} |" in table and "| split | videos in the annotations | without a file |" in table
+    assert f"| status of the {len(present)} distinct videos with a file | videos |" in table and f"| empty | {len(present)} |" in table
+    assert "row" not in table

@@ -16,8 +16,10 @@ import argparse
 from pathlib import Path
 
 from tvr.conversion import convert_checkpoint
+from tvr.errors import exit_on_user_error
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="the released checkpoint")
@@ -27,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     missing, unexpected = convert_checkpoint(args.source, args.target, args.overrides, args.allow_partial)
     if missing or unexpected:
-        print(f"loaded partially: {len(missing)} missing keys {missing[:10]}, {len(unexpected)} unexpected {unexpected[:10]}")
+        print(f"loaded partially: {len(missing)} missing keys {missing[:10]} (left at their initial, random values), "
+              f"{len(unexpected)} unexpected keys {unexpected[:10]} (ignored)")
     print(f"wrote {args.target} (evaluate it with: tvr-eval ckpt_path={args.target})")
 
 

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
-from tvr.checkpoint import load_checkpoint_file, load_state_dict_checked
+from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
@@ -38,12 +38,16 @@ def module_from_config(cfg: DictConfig, checkpoint: dict, source: str) -> Retrie
     missing, unexpected = load_state_dict_checked(module, checkpoint["state_dict"], strict=cfg.strict, source=source)
     if missing or unexpected:
         log.warning("%s loaded partially: missing %s, unexpected %s", source, missing, unexpected)
+    if checkpoint.get("converted_missing_keys"):
+        log.warning("%s was converted with --allow-partial: %d weights were not in the release and keep their random "
+                    "initialisation: %s", source, len(checkpoint["converted_missing_keys"]), checkpoint["converted_missing_keys"][:10])
     return module
 
 
-def evaluation_data_config(data: dict, split_role: str) -> dict:
-    """The data config restricted to what evaluating one split needs: that split alone (its files only),
-    no synthetic generation and no frame-cache build; a data root that does not exist is an error."""
+def evaluation_data_config(data: dict, split_role: str, needs_train_captions: bool = False) -> dict:
+    """The data config restricted to what evaluating one split needs: that split alone (its files only;
+    plus the training split when QB-Norm's query bank needs its captions), no synthetic generation and no
+    frame-cache build; a data root that does not exist is an error."""
     split = data["splits"].get(split_role)
     if not split:
         raise ConfigError(f"data.splits.{split_role}", "this data config has no such split", "choose split=test or set it")
@@ -59,7 +63,8 @@ def evaluation_data_config(data: dict, split_role: str) -> dict:
     cache = dict(data.get("frame_cache") or {})
     if cache.get("mode") == "build":
         cache["mode"] = "auto"  # use a valid cache if there is one, never build one here
-    return {**data, "source": source, "frame_cache": cache, "splits": {"train": None, "val": None, "test": split}}
+    train = data["splits"].get("train") if needs_train_captions else None
+    return {**data, "source": source, "frame_cache": cache, "splits": {"train": train, "val": None, "test": split}}
 
 
 def checkpoint_selection(checkpoint: dict) -> tuple[str | None, str]:
@@ -75,11 +80,11 @@ def checkpoint_selection(checkpoint: dict) -> tuple[str | None, str]:
 
 def evaluate(cfg: DictConfig) -> dict:
     validate_eval_config(cfg)  # every key, split included, before the checkpoint or any data is read
-    checkpoint = load_checkpoint_file(cfg.ckpt_path)
+    checkpoint = load_tvr_checkpoint(cfg.ckpt_path)
     if cfg.get("data") is None or cfg.get("head") is None:
         raise ConfigError("ckpt_path", f"{cfg.ckpt_path} carries no tvr run config",
                           "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py")
-    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split)
+    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=cfg.evaluation.rerank == "qbnorm")
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)

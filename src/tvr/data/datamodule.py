@@ -6,7 +6,6 @@ once; the training module gathers them across ranks and scores every text agains
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
 from tvr.data.datasets import create_dataset
+from tvr.data.datasets.common import json_field, read_id_list, read_json
 from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for, cache_frames_command, unusable_cache_report
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
@@ -36,8 +36,9 @@ def load_skip_list(path: str | None) -> frozenset[str]:
     if not path.is_file():
         raise FileNotFoundError(f"data.video.skip_list: {path} not found (write one with tools/check_videos.py)")
     if path.suffix == ".json":
-        return frozenset(json.loads(path.read_text())["bad"])
-    return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
+        report = read_json(path, "object", 'a tools/check_videos.py report ({"bad": {video_id: reason}})')
+        return frozenset(json_field(path, "the top level", report, "bad", "object"))
+    return frozenset(read_id_list(path))
 
 VIDEO_LOADER, TEXT_LOADER, QUERY_BANK_LOADER = 0, 1, 2
 CACHE_MODES = ("off", "auto", "build")

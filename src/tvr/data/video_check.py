@@ -3,12 +3,17 @@
 Each video is decoded (its sampled frames, as training would) in a separate worker process. A worker
 that exceeds the timeout is killed and replaced, so even a file that makes FFmpeg loop forever inside
 one native call is caught. The report feeds ``data.video.skip_list``: listed videos are then never opened.
+
+Counts are of distinct videos, however many captions a video has: a split named by several roles
+(MSR-VTT's val and test are one 1k-A set) is counted once, and a video in several splits (ActivityNet's
+val and test are both val_1) once in the total over all splits.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 
@@ -16,6 +21,7 @@ from tvr.data.records import VideoRef
 from tvr.data.video import VideoReadError
 
 STATUSES = ("ok", "missing", "empty", "unreadable", "timeout")
+ALL_SPLITS = "all splits"
 
 
 @dataclass
@@ -29,6 +35,51 @@ class VideoCheck:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class VideoInventory:
+    """The distinct videos of a dataset's splits: per split, the ids listed in its annotations and those
+    without a file (``SplitRecords.info["missing_video_ids"]``); over all splits, each video once."""
+
+    listed: dict[str, list[str]] = field(default_factory=dict)
+    without_file: dict[str, list[str]] = field(default_factory=dict)
+    with_file: dict[str, VideoRef] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, dataset, split_names: Iterable[str | None]) -> VideoInventory:
+        """Read each named split once (several roles may name one split, e.g. MSR-VTT's val = test)."""
+        inventory = cls()
+        for name in dict.fromkeys(name for name in split_names if name):
+            split = dataset.load_split(name)
+            missing = list(split.info.get("missing_video_ids", []))
+            inventory.listed[name] = [video.video_id for video in split.videos] + missing
+            inventory.without_file[name] = missing
+            for video in split.videos:
+                inventory.with_file.setdefault(video.video_id, video)
+        return inventory
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {"videos", "without_file"}}`` plus ``"all splits"``, where a video shared by splits counts once."""
+        rows = {name: {"videos": len(ids), "without_file": len(self.without_file[name])} for name, ids in self.listed.items()}
+        every = {video for ids in self.listed.values() for video in ids}
+        absent = {video for ids in self.without_file.values() for video in ids}
+        rows[ALL_SPLITS] = {"videos": len(every), "without_file": len(absent)}
+        return rows
+
+
+def report_table(inventory: VideoInventory, results: list[VideoCheck]) -> str:
+    """The Markdown tables ``tools/check_videos.py`` prints: distinct videos per split and in total, and
+    the check of every distinct video that has a file."""
+    lines = ["| split | videos in the annotations | without a file |", "|---|---|---|"]
+    lines += [f"| {name} | {row['videos']} | {row['without_file']} |" for name, row in inventory.counts().items()]
+    lines += ["", f"| status of the {len(results)} distinct videos with a file | videos |", "|---|---|"]
+    lines += [f"| {status} | {count} |" for status, count in status_counts(results).items()]
+    return "\n".join(lines)
+
+
+def status_counts(results: list[VideoCheck]) -> dict[str, int]:
+    return {status: sum(result.status == status for result in results) for status in STATUSES}
 
 
 def check_one(video: VideoRef, backend, sampler) -> VideoCheck:

@@ -16,13 +16,16 @@ Supported sources (never a network download):
 from __future__ import annotations
 
 import json
-import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from tvr.errors import CheckpointError
 
 OPEN_CLIP_FILES = (
     "open_clip_model.safetensors",
@@ -39,7 +42,7 @@ SUPPORTED_HINT = (
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CheckpointError):
     """A weights file that is missing, unreadable or does not fit the requested architecture."""
 
 
@@ -58,7 +61,7 @@ def read_clip_weights(path: str | Path) -> LoadedWeights:
         raise WeightsError(f"CLIP weights not found at '{path}'; {SUPPORTED_HINT}")
     if path.is_dir():
         return _read_folder(path)
-    if _is_torchscript_archive(path):
+    if is_torchscript_archive(path):
         return _read_openai_torchscript(path)
     state_dict = read_state_dict_file(path)
     if is_transformers_layout(state_dict):
@@ -97,7 +100,7 @@ def _hf_uses_quick_gelu(folder: Path) -> bool:
     return "quick_gelu" in acts
 
 
-def _is_torchscript_archive(path: Path) -> bool:
+def is_torchscript_archive(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -119,25 +122,41 @@ def _read_openai_torchscript(path: Path) -> LoadedWeights:
 def read_state_dict_file(path: Path, hint: str = SUPPORTED_HINT) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file or a ``weights_only=True`` pickle, unwrapped from a
     ``{"state_dict": ...}`` checkpoint and a DDP ``module.`` prefix; errors end with ``hint``."""
-    return _unwrap(_load_tensor_file(path, hint), hint)
+    return _unwrap(load_tensor_file(path, hint), hint)
 
 
-def _load_tensor_file(path: Path, hint: str) -> dict:
+def load_tensor_file(path: Path, hint: str, error: type[CheckpointError] = WeightsError, map_location: Any = "cpu") -> Any:
+    """What a ``.safetensors`` file or a ``torch.load(weights_only=True)`` pickle holds. A missing, empty,
+    truncated or otherwise unreadable file raises ``error`` naming the file and ending with ``hint``."""
+    if not path.is_file():
+        raise error(f"'{path}' not found; {hint}")
     if path.stat().st_size == 0:
-        raise WeightsError(f"weights file '{path}' is empty; {hint}")
+        raise error(f"'{path}' is empty (0 bytes: an interrupted copy or save?); {hint}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
-        except Exception as error:  # safetensors raises its own exception types
-            raise WeightsError(f"cannot read safetensors file '{path}': {error}") from error
+        except Exception as failure:  # safetensors raises its own exception types
+            raise error(f"cannot read safetensors file '{path}' (truncated or not safetensors?): {failure}; {hint}") from failure
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise WeightsError(
-            f"cannot read '{path}' as a tensor checkpoint with weights_only=True ({error}); {hint}"
-        ) from error
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as failure:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError... by how the bytes are broken
+        raise error(f"cannot read '{path}' with torch.load(weights_only=True): {_load_failure(failure)}; {hint}") from failure
+
+
+def _load_failure(failure: Exception) -> str:
+    """What torch's (long, multi-paragraph) load error means for the user."""
+    text = str(failure)
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return (f"it holds a pickled Python object ({unsupported[1]}), which weights only loading refuses so that "
+                "opening a file cannot run code")
+    if "Weights only load failed" in text:
+        detail = "torch's weights only unpickler cannot parse it"
+    else:
+        detail = f"{type(failure).__name__}: {text.splitlines()[0].split('. ')[0] if text else 'no details'}"
+    return f"it is truncated, damaged or not a torch file ({detail})"
 
 
 def _unwrap(checkpoint: dict, hint: str) -> dict[str, torch.Tensor]:

@@ -7,10 +7,8 @@ list. Ids are Flickr file names (``...m4v``, some ending in a bare ``.``) and ar
 
 from __future__ import annotations
 
-import json
-
 from tvr.data.datasets.base import FileDataset, register_dataset
-from tvr.data.datasets.common import Row
+from tvr.data.datasets.common import Row, json_field, read_id_list, read_json
 from tvr.data.records import SplitRecords
 
 CLIP_START, CLIP_END = 0.0, 31.0
@@ -25,18 +23,19 @@ class DiDeMo(FileDataset):
     )
     default_extension = ""
 
-    def required_files(self, splits: tuple[str, ...]) -> list[str]:
-        return [f"{split}_{kind}" for split in splits for kind in ("data.json", "list.txt")]
+    def required_files(self, split: str) -> list[str]:
+        return [f"{split}_data.json", f"{split}_list.txt"]
 
-    def load_split(self, split: str) -> SplitRecords:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"didemo has splits train, val, test; got '{split}'")
-        listed = {line.strip() for line in self.annotation(f"{split}_list.txt").read_text().splitlines() if line.strip()}
-        annotations = json.loads(self.annotation(f"{split}_data.json").read_text())
+    def parse_split(self, split: str) -> SplitRecords:
+        listed = set(read_id_list(self.annotation(f"{split}_list.txt")))
+        data_path = self.annotation(f"{split}_data.json")
+        annotations = read_json(data_path, "array", 'an array of annotations {"video": ..., "description": ..., ...}')
         paragraphs: dict[str, list[str]] = {}
-        for annotation in annotations:
-            if annotation["video"] in listed:
-                paragraphs.setdefault(annotation["video"], []).append(annotation["description"])
+        for index, annotation in enumerate(annotations):
+            video = json_field(data_path, f"record {index}", annotation, "video", "string")
+            description = json_field(data_path, f"record {index}", annotation, "description", "string")
+            if video in listed:
+                paragraphs.setdefault(video, []).append(description)
         rows = [Row(video, " ".join(sentences), CLIP_START, CLIP_END) for video, sentences in paragraphs.items()]
         info = {"file": f"{split}_data.json", "sentences": sum(len(s) for s in paragraphs.values())}
         return self.builder(split, info=info).build(rows)

@@ -8,12 +8,10 @@ per video (multi-caption protocol).
 
 from __future__ import annotations
 
-import csv
-import json
 from functools import cached_property
 
 from tvr.data.datasets.base import FileDataset, register_dataset
-from tvr.data.datasets.common import Row
+from tvr.data.datasets.common import Row, json_field, read_csv_columns, read_json
 from tvr.data.records import SplitRecords
 
 SCHEMES = {
@@ -25,8 +23,7 @@ PAIR_ORDERS = ("clip4clip", "xpool")
 
 
 def read_csv_column(path, column: str) -> list[str]:
-    with open(path, newline="") as handle:
-        return [row[column] for row in csv.DictReader(handle)]
+    return [row[column] for row in read_csv_columns(path, (column,))]
 
 
 @register_dataset("msrvtt")
@@ -59,29 +56,28 @@ class MSRVTT(FileDataset):
         self.data_json = data_json
         self.test_csv = test_csv
 
-    def required_files(self, splits: tuple[str, ...]) -> list[str]:
-        files = []
-        if "train" in splits or self.split_scheme == "full":
-            files.append(self.data_json)
-        for split in splits:
-            files.append(SCHEMES[self.split_scheme].get(split, self.test_csv))
-        return sorted(set(files))
+    def required_files(self, split: str) -> list[str]:
+        if split in SCHEMES[self.split_scheme]:  # a video list whose captions are in the JSON
+            return [SCHEMES[self.split_scheme][split], self.data_json]
+        return [self.test_csv]  # 1k-A: ids and sentences in one csv
 
     @cached_property
-    def sentences(self) -> list[dict]:
-        """``MSRVTT_data.json``'s sentences in file order (only video_id and caption are read)."""
-        return json.loads(self.annotation(self.data_json).read_text())["sentences"]
+    def sentences(self) -> list[tuple[str, str]]:
+        """``MSRVTT_data.json``'s (video_id, caption) sentences in file order (nothing else is read)."""
+        path = self.annotation(self.data_json)
+        data = read_json(path, "object", 'an object with "sentences": [{"video_id": ..., "caption": ...}, ...]')
+        records = json_field(path, "the top level", data, "sentences", "array")
+        return [(json_field(path, f'"sentences" record {index}', record, "video_id", "string"),
+                 json_field(path, f'"sentences" record {index}', record, "caption", "string"))
+                for index, record in enumerate(records)]
 
-    def load_split(self, split: str) -> SplitRecords:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"msrvtt has splits train, val, test; got '{split}'")
+    def parse_split(self, split: str) -> SplitRecords:
         if split == "train":
             return self._train()
         if self.split_scheme == "full":
             return self._all_captions(split, SCHEMES["full"][split])
         path = self.annotation(self.test_csv)
-        with open(path, newline="") as handle:
-            rows = [Row(row["video_id"], row["sentence"]) for row in csv.DictReader(handle)]
+        rows = [Row(row["video_id"], row["sentence"]) for row in read_csv_columns(path, ("video_id", "sentence"))]
         return self.builder(split, info={"file": path.name, "note": "val = test = 1k-A, as CLIP4Clip"}).build(rows)
 
     def _train(self) -> SplitRecords:
@@ -89,7 +85,7 @@ class MSRVTT(FileDataset):
         video_ids = read_csv_column(self.annotation(csv_name), "video_id")
         wanted = set(video_ids)
         if self.pair_order == "clip4clip":  # every sentence of a training video, in JSON order
-            rows = [Row(s["video_id"], s["caption"]) for s in self.sentences if s["video_id"] in wanted]
+            rows = [Row(video, caption) for video, caption in self.sentences if video in wanted]
         else:  # X-Pool: video by video in csv order, each video's captions in JSON order
             rows = self._rows_by_video(video_ids)
         unit = "pair" if self.expand_sentences else "video"
@@ -103,8 +99,8 @@ class MSRVTT(FileDataset):
     def captions_by_video(self) -> dict[str, list[str]]:
         """Each video's captions in JSON order."""
         by_video: dict[str, list[str]] = {}
-        for sentence in self.sentences:
-            by_video.setdefault(sentence["video_id"], []).append(sentence["caption"])
+        for video, caption in self.sentences:
+            by_video.setdefault(video, []).append(caption)
         return by_video
 
     def _rows_by_video(self, video_ids: list[str]) -> list[Row]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 from tvr.data.datasets.base import DatasetSource, register_dataset
+from tvr.data.datasets.common import DatasetFileError, json_field, read_json
 from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.synthetic import ANNOTATION_FILE, SyntheticConfig, ensure_synthetic_dataset
+from tvr.errors import ConfigError
 
 
 @register_dataset("synthetic")
@@ -22,19 +23,30 @@ class SyntheticDataset(DatasetSource):
     def prepare(self, splits: tuple[str, ...] = ()) -> None:
         if self.generate:
             ensure_synthetic_dataset(self.root, self.config, workers=self.workers)
-        elif not (self.root / ANNOTATION_FILE).is_file():
-            raise FileNotFoundError(
-                f"synthetic dataset not found: expected {self.root / ANNOTATION_FILE} and {self.root / 'videos'}/; "
-                "set data.source.generate=true to build it"
-            )
+        else:
+            self.annotation_file()
+
+    def annotation_file(self) -> Path:
+        path = self.root / ANNOTATION_FILE
+        if not path.is_file():
+            raise DatasetFileError(f"synthetic dataset not found: expected {path} and {self.root / 'videos'}/; "
+                                   "set data.source.generate=true to build it")
+        return path
 
     def load_split(self, split: str) -> SplitRecords:
-        annotations = json.loads((self.root / ANNOTATION_FILE).read_text())
-        if split not in annotations["splits"]:
-            raise ValueError(f"synthetic dataset has no split '{split}'; valid: {', '.join(annotations['splits'])}")
-        entries = annotations["splits"][split]
-        videos = [VideoRef(e["video_id"], self.root / e["video"]) for e in entries]
-        texts = [TextRef(i, e["video_id"], e["caption"]) for i, e in enumerate(entries)]
+        path = self.annotation_file()
+        annotations = read_json(path, "object", 'an object {"splits": {"<split>": [{"video_id": ..., "video": ..., "caption": ...}]}}, '
+                                "as tvr writes it (delete the file and set data.source.generate=true to write it again)")
+        splits = json_field(path, "the top level", annotations, "splits", "object")
+        if split not in splits:
+            raise ConfigError("data.splits", f"the synthetic dataset has no split '{split}'", f"valid: {', '.join(splits)}")
+        entries = json_field(path, '"splits"', splits, split, "array")
+        videos, texts = [], []
+        for index, entry in enumerate(entries):
+            where = f'"splits" / "{split}" record {index}'
+            video_id, video, caption = (json_field(path, where, entry, key, "string") for key in ("video_id", "video", "caption"))
+            videos.append(VideoRef(video_id, self.root / video))
+            texts.append(TextRef(index, video_id, caption))
         return SplitRecords(split, videos, texts)
 
     def describe(self) -> dict:
