@@ -89,6 +89,9 @@ def test_eval_overrides_any_key_of_the_checkpoint_config(trained, data_dir, tmp_
     result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", tmp_path / "unused", tmp_path / "eval",
                                  f"data.source.root={moved}", "evaluation.rerank=dsl")
     assert result["t2v"] == pytest.approx(results["t2v"]) and result["reranked"]["method"] == "dsl"
+    assert result["run"]["changed_from_checkpoint"] == {  # recorded, and the derived cache path followed the root
+        "data.source.root": [str(data_dir / "synthetic"), str(moved)],
+        "data.frame_cache.dir": [str(data_dir / "synthetic" / "frame_cache"), str(moved / "frame_cache")]}
     assert result["run"]["data"]["frame_cache"]["used"] == {"test": True}  # the moved cache is found and used
     shutil.rmtree(moved / "frame_cache")  # and it was the moved one: without it, no cache is used (none is built)
     again = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", tmp_path / "unused", tmp_path / "eval2", f"data.source.root={moved}")

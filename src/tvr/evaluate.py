@@ -78,6 +78,24 @@ def checkpoint_selection(checkpoint: dict) -> tuple[str | None, str]:
     return None, "last epoch"
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_from_checkpoint(section: str, saved: dict, used: dict) -> dict[str, list]:
+    """``{"data.key": [trained with, evaluated with]}`` for every key of a config section that differs from
+    the checkpoint's (overridden on the command line, or another dataset chosen with ``data=<name>``)."""
+    before, after = _flatten(saved), _flatten(used)
+    return {f"{section}.{key}": [before.get(key), after.get(key)]
+            for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     validate_eval_config(cfg)  # every key, split included, before the checkpoint or any data is read
     checkpoint = load_tvr_checkpoint(cfg.ckpt_path)
@@ -85,6 +103,13 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError("ckpt_path", f"{cfg.ckpt_path} carries no tvr run config",
                           "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py")
     data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=cfg.evaluation.rerank == "qbnorm")
+    saved = checkpoint["hyper_parameters"].get("run_config") or {}
+    changed = {}
+    for section in ("data", "backbone", "head"):
+        changed.update(changed_from_checkpoint(section, saved.get(section) or {}, to_plain(cfg[section])))
+    if changed:  # said, not silent: a re-evaluation with other settings is another measurement
+        log.warning("evaluating with settings that differ from the checkpoint's (trained with -> now): %s",
+                    "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in changed.items()))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -107,7 +132,8 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     measured = measured_block(split_name, results, datamodule.records["test"].info.get("missing_videos", 0),
                               cfg.evaluation.rerank, selected_on, selection)
-    payload = {"split": split_name, **results, "measured": measured, "run": {**facts, "data": datamodule.describe()},
+    payload = {"split": split_name, **results, "measured": measured,
+               "run": {**facts, "changed_from_checkpoint": changed, "data": datamodule.describe()},
                "decode_failures": decode_failure_summary(None, {cfg.split: module.decode_failures["test"]})}
     write_json(run_dir / "metrics.json", payload)
     table = markdown_table({split_name: results}, facts, measured)
