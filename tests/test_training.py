@@ -28,7 +28,7 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
         assert set(written[direction]) == {"R1", "R5", "R10", "MdR", "MnR", "RSum"}
     facts = written["run"]
     assert facts["head"] == cfg.head.name and facts["dataset"] == "synthetic" and facts["seed"] == 42
-    assert facts["global_batch"] == 8 and facts["frames"] == 8 and facts["sampler"] == "clip4clip"
+    assert facts["global_batch"] == facts["contrastive_batch"] == 8 and facts["frames"] == 8 and facts["sampler"] == "clip4clip"
     assert facts["rerank"] == cfg.evaluation.rerank
     assert written["decode_failures"]["train_replaced_samples"] == 0
     table = (tmp_path / "results.md").read_text()

@@ -43,9 +43,10 @@ def assert_nothing_written(data_dir: Path, run_dir: Path) -> None:
     ("train.select_metric=val/t2v_MdR", "train.select_metric", "the best checkpoint is the one with the highest value"),
     ("evaluation.memory_budget_gb=0", "evaluation.memory_budget_gb", "got 0, expected a number > 0"),
     ("data.video.backend_options.timeout_s=-1", "data.video.backend_options.timeout_s", "got -1, expected a number > 0 or null"),
+    ("head=seqtransf head.layers=-1", "head", "the temporal transformer needs layers >= 1"),  # used to build no transformer
 ])
 def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key, shown, tmp_path):
-    cfg, data_dir, run_dir = compose_with_empty_data_folder([override], tmp_path)
+    cfg, data_dir, run_dir = compose_with_empty_data_folder(override.split(), tmp_path)
     with pytest.raises(ConfigError) as error:
         train(cfg)
     message = str(error.value)

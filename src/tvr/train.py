@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
     data = datamodule.describe()
-    global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    contrastive_batch = cfg.data.batch_size * trainer.world_size  # pairs each loss sees (its negatives)
+    global_batch = contrastive_batch * trainer.accumulate_grad_batches  # pairs per optimiser step
     return {
         "tvr_version": __version__,
         "head": cfg.head.name,
@@ -35,6 +36,7 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
         "dataset": data.pop("dataset"),
         "seed": cfg.seed,
         "global_batch": global_batch,
+        "contrastive_batch": contrastive_batch,
         "frames": datamodule.eval_sampler.max_frames,
         "sampler": data["eval_sampler"]["sampler"],
         "rerank": cfg.evaluation.rerank,

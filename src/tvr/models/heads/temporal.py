@@ -27,6 +27,9 @@ REFERENCE_KEY_RENAMES = (("frame_position_embeddings.", "position_embedding."), 
 class TemporalTransformer(nn.Module):
     def __init__(self, width: int, layers: int = 4, heads: int | None = None, max_positions: int = 77) -> None:
         super().__init__()
+        if layers < 1 or (heads is not None and heads < 1):
+            # zero layers would silently make seqTransf/GLSCL a model without its temporal transformer
+            raise ValueError(f"the temporal transformer needs layers >= 1 and heads >= 1 (or null), got layers={layers}, heads={heads}")
         self.num_heads = heads or max(width // 64, 1)
         self.position_embedding = nn.Embedding(max_positions, width)
         norm = partial(LayerNorm, eps=TF_LAYERNORM_EPS)
