@@ -12,6 +12,9 @@ weight starts as the identity and every bias at zero, as in the reference.
 Only the pairwise part runs per (text, video) pair: q is computed once per text; k, and ``W_O u`` per
 head, once per video. Because the attention weights sum to one, ``W_O (sum a u) + b = sum a (W_O u) + b``
 exactly, so a tile costs one attention, one ``D x D`` projection and three LayerNorms per pair.
+
+``pooling="uniform"`` (an ablation, not in the reference) replaces ``a`` by the uniform average over the
+real frames and keeps every other layer, which isolates what the text conditioning itself contributes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from torch import nn
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads.base import Repr, RetrievalHead
 from tvr.models.heads.registry import register_head
+
+POOLINGS = ("text", "uniform")
 
 
 class _CrossAttentionProjections(nn.Module):
@@ -43,11 +48,18 @@ class XPoolHead(RetrievalHead):
     query_independent = False
     reference_key_renames = (("pool_frames.", ""),)
 
-    def __init__(self, embed_dim: int, num_heads: int = 1, dropout: float = 0.3, mask_padded_frames: bool = True) -> None:
+    def __init__(
+        self, embed_dim: int, num_heads: int = 1, dropout: float = 0.3, mask_padded_frames: bool = True, pooling: str = "text"
+    ) -> None:
         super().__init__(embed_dim)
         if embed_dim % num_heads:
             raise ValueError(f"xpool num_heads={num_heads} must divide the embedding width {embed_dim}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown xpool pooling '{pooling}'; valid choices: {', '.join(POOLINGS)}")
         self.num_heads = num_heads
+        # Ablation switch: "text" is X-Pool (text-conditioned attention); "uniform" replaces the attention
+        # weights with a plain average over the real frames and keeps every other layer.
+        self.pooling = pooling
         # The reference attends to every frame (its sampler repeats frames, so there is no padding); tvr's
         # padded clips would let zero frames take attention, so they are masked unless asked otherwise.
         self.mask_padded_frames = mask_padded_frames
@@ -84,15 +96,23 @@ class XPoolHead(RetrievalHead):
         projected = torch.einsum("vfhe,dhe->vfhd", values, out_weight)  # W_O applied per head, before pooling
         return {"keys": keys, "values": projected, "mask": video.mask.to(keys.dtype)}  # float: all-gather friendly
 
-    def pooled(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
-        """Text-conditioned video embeddings ``[Nv, Nt, D]`` (the reference's ``pool_frames`` output)."""
+    def attention(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
+        """Frame weights ``[Nv, Nt, H, F]`` (each row sums to one over the frames)."""
+        if self.pooling == "uniform":
+            mask = video_repr["mask"]
+            weights = mask / mask.sum(dim=-1, keepdim=True).clamp(min=1.0)  # [V, F]; a video without frames gets 0
+            return weights[:, None, None, :].expand(-1, text_repr["query"].shape[0], self.num_heads, -1)
         query = text_repr["query"].unflatten(-1, (self.num_heads, self.head_dim))  # [T, H, dh]
         keys = video_repr["keys"].unflatten(-1, (self.num_heads, self.head_dim))  # [V, F, H, dh]
         logits = torch.einsum("the,vfhe->vthf", query, keys) / math.sqrt(self.head_dim)
         if self.mask_padded_frames:
             padded = (video_repr["mask"] == 0)[:, None, None, :]
             logits = logits.masked_fill(padded, torch.finfo(logits.dtype).min)
-        attention = logits.softmax(dim=-1)
+        return logits.softmax(dim=-1)
+
+    def pooled(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
+        """Text-conditioned video embeddings ``[Nv, Nt, D]`` (the reference's ``pool_frames`` output)."""
+        attention = self.attention(text_repr, video_repr)
         pooled = torch.einsum("vthf,vfhd->vtd", attention, video_repr["values"]) + self.cross_attn.out_proj.bias
         residual = self.layer_norm2(pooled)
         return self.layer_norm3(residual + self.dropout(self.linear_proj(residual)))
