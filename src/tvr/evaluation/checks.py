@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from tvr.errors import NonFiniteScoresError
+from tvr.evaluation.metrics import first_few
 from tvr.models.heads.base import Repr
 
 
@@ -23,10 +24,9 @@ def nonfinite_items(rep: Repr) -> torch.Tensor:
     return bad.cpu()
 
 
-def _named(mask: torch.Tensor, names: Sequence[str] | None, limit: int = 5) -> str:
+def _named(mask: torch.Tensor, names: Sequence[str] | None) -> str:
     indices = torch.nonzero(mask).flatten().tolist()
-    shown = [names[i] if names is not None else str(i) for i in indices[:limit]]
-    return ", ".join(shown) + (", ..." if len(indices) > limit else "")
+    return first_few([names[i] for i in indices] if names is not None else indices)
 
 
 def check_finite_representations(

@@ -48,9 +48,10 @@ def ground_truth_ranks(sim: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
     return (higher + 1).astype(np.float64)
 
 
-def _first(indices: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(i)) for i in indices[:limit])
-    return shown + (", ..." if indices.size > limit else "")
+def first_few(labels: Sequence, limit: int = 5) -> str:
+    """``a, b, c, ...``: the first ``limit`` labels of a list, for error messages."""
+    shown = ", ".join(str(label) for label in labels[:limit])
+    return shown + (", ..." if len(labels) > limit else "")
 
 
 def check_finite_scores(sim: np.ndarray, readable_columns: np.ndarray | None = None) -> None:
@@ -63,8 +64,8 @@ def check_finite_scores(sim: np.ndarray, readable_columns: np.ndarray | None = N
         return
     rows, columns = np.flatnonzero(~finite.all(axis=1)), np.flatnonzero(~finite.all(axis=0))
     raise NonFiniteScoresError(
-        f"non-finite (NaN or inf) scores for {rows.size} of {sim.shape[0]} texts (rows {_first(rows)}) and "
-        f"{columns.size} of {sim.shape[1]} videos (columns {_first(columns)}); no metric is computed from them"
+        f"non-finite (NaN or inf) scores for {rows.size} of {sim.shape[0]} texts (rows {first_few(rows.tolist())}) and "
+        f"{columns.size} of {sim.shape[1]} videos (columns {first_few(columns.tolist())}); no metric is computed from them"
     )
 
 

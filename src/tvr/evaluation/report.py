@@ -39,13 +39,13 @@ def evaluate_scores(
     cos = torch.as_tensor(cos)
     readable = torch.ones(cos.shape[1], dtype=torch.bool)
     readable[torch.as_tensor(np.asarray(unreadable_videos, dtype=np.int64))] = False
-    check_finite_scores(cos.double().numpy(), readable.numpy())
 
     def metrics_of(rescored: torch.Tensor) -> dict:
         full = torch.zeros(cos.shape, dtype=rescored.dtype)  # unreadable columns: ignored by the metrics
         full[:, readable] = rescored
         return retrieval_metrics(full, text_to_video, median=median, unreadable_videos=unreadable_videos)
 
+    # first: it refuses non-finite scores before any re-ranking normalises over them
     result = retrieval_metrics(cos, text_to_video, median=median, unreadable_videos=unreadable_videos)
     gallery = cos[:, readable]
     if rerank == "dsl":
