@@ -67,9 +67,8 @@ def evaluation_data_config(data: dict, split_role: str, needs_train_captions: bo
     return {**data, "source": source, "frame_cache": cache, "splits": {"train": train, "val": None, "test": split}}
 
 
-def checkpoint_selection(checkpoint: dict) -> tuple[str | None, str]:
-    """Which split chose this checkpoint and by what rule, from the config it was trained with."""
-    saved = checkpoint["hyper_parameters"].get("run_config") or {}
+def checkpoint_selection(checkpoint: dict, saved: dict) -> tuple[str | None, str]:
+    """Which split chose this checkpoint and by what rule, from ``saved``, the config it was trained with."""
     if "converted_from" in checkpoint:
         return None, f"released checkpoint converted from {checkpoint['converted_from']}"
     val_split = (saved.get("data") or {}).get("splits", {}).get("val")
@@ -121,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict:
         return {}
     results = module.eval_results["test"]
     split_name = datamodule.split_names["test"]
-    selected_on, selection = checkpoint_selection(checkpoint)
+    selected_on, selection = checkpoint_selection(checkpoint, saved)
     facts = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "head": module.hparams.head["name"],
