@@ -78,6 +78,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.records: dict[str, SplitRecords] = {}
+        self._parsed_splits: dict[str, SplitRecords] = {}
         cache_cfg = frame_cache or {}
         self.cache_mode = cache_cfg.get("mode", "off")
         if self.cache_mode not in CACHE_MODES:
@@ -141,7 +142,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             if not name or not self.frames_are_fixed(role):
                 continue
             sampler = self._sampler_for(role)
-            split = self.dataset.load_split(name)
+            split = self._split(name)
             path = cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size)
             if path not in seen:
                 seen.add(path)
@@ -164,7 +165,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         for role in wanted:
             split = self.split_names.get(role)
             if split and role not in self.records:
-                self.records[role] = self.dataset.load_split(split)
+                self.records[role] = self._split(split)
+
+    def _split(self, name: str) -> SplitRecords:
+        """A split's records, parsed once: prepare_data's cache checks, setup's roles (val and test may be one
+        split) and the query bank share them."""
+        if name not in self._parsed_splits:
+            self._parsed_splits[name] = self.dataset.load_split(name)
+        return self._parsed_splits[name]
 
     @property
     def has_val(self) -> bool:
@@ -211,7 +219,7 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def _bank_split(self) -> SplitRecords:
         if "bank" not in self.records:
-            self.records["bank"] = self.dataset.load_split(self.query_bank.get("split") or self.split_names["train"])
+            self.records["bank"] = self._split(self.query_bank.get("split") or self.split_names["train"])
         return self.records["bank"]
 
     def val_dataloader(self) -> list[DataLoader]:
