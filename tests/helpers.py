@@ -37,3 +37,59 @@ class HangingBackend:
             while True:
                 time.sleep(3600)
         return DecordBackend().read(path, sampler, start, end, rng)
+
+
+class PoisonBatch(pl.Callback):
+    """Turns the frames of the batch of optimiser step ``step`` into NaN: a non-finite loss on demand."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch["frames"].fill_(float("nan"))
+
+
+class PoisonGradient(pl.Callback):
+    """Makes one gradient NaN after the backward pass of optimiser step ``step`` (the loss stays finite)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            next(param for param in pl_module.parameters() if param.grad is not None).grad.fill_(float("nan"))
+
+
+class PauseAtStep(pl.Callback):
+    """Sleeps at the end of optimiser step ``step`` before it is checkpointed (checkpoint callbacks run
+    after the others), so that a test can kill the run while ``last.ckpt`` holds step ``step - 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import time
+
+            time.sleep(600)
+
+
+class WeightsAroundStep(pl.Callback):
+    """Saves the parameters before and after the batch of optimiser step ``step`` to ``path``."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, path
+        self.before = None
+
+    def _snapshot(self, pl_module) -> dict:
+        return {name: param.detach().clone() for name, param in pl_module.named_parameters()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.before = self._snapshot(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.before is not None:
+            torch.save({"before": self.before, "after": self._snapshot(pl_module)}, self.path)
+            self.before = None

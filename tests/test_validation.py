@@ -44,6 +44,10 @@ def assert_nothing_written(data_dir: Path, run_dir: Path) -> None:
     ("evaluation.memory_budget_gb=0", "evaluation.memory_budget_gb", "got 0, expected a number > 0"),
     ("data.video.backend_options.timeout_s=-1", "data.video.backend_options.timeout_s", "got -1, expected a number > 0 or null"),
     ("head=seqtransf head.layers=-1", "head", "the temporal transformer needs layers >= 1"),  # used to build no transformer
+    ("+foo=1", "foo", "is not a key of tvr-train's config"),  # was accepted and ignored
+    ("+train.ckpt_every=5", "train.ckpt_every", "is not a key of the train section"),
+    ("train.nonfinite=ignore", "train.nonfinite", "expected one of stop, skip"),
+    ("train.checkpoint_every_n_steps=-1", "train.checkpoint_every_n_steps", "got -1, expected an integer >= 0"),
 ])
 def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key, shown, tmp_path):
     cfg, data_dir, run_dir = compose_with_empty_data_folder(override.split(), tmp_path)
@@ -107,3 +111,10 @@ def test_eval_checks_the_checkpoints_run_config_with_its_overrides(tmp_path):
     with pytest.raises(InvalidConfigError) as error:
         evaluate(cfg)
     assert [problem.key for problem in error.value.problems] == ["head.foo", "data.eval_batch_size", "data.splits.val"]
+
+
+def test_eval_refuses_an_unknown_top_level_key(tmp_path):
+    checkpoint = saved_run(tmp_path)
+    cfg = compose_train([f"ckpt_path={checkpoint}", "+foo=1"], tmp_path, tmp_path / "eval", config_name="eval")
+    with pytest.raises(ConfigError, match=r"^foo: is not a key of tvr-eval's config; valid keys: .*ckpt_path"):
+        evaluate(cfg)

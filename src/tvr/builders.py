@@ -16,6 +16,7 @@ from tvr.checkpoint import AtomicCheckpointIO
 from tvr.config import to_plain
 from tvr.data.datamodule import RetrievalDataModule
 from tvr.lit_module import RetrievalModule
+from tvr.resume import LastCheckpoint
 
 
 def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None) -> RetrievalDataModule:
@@ -52,21 +53,24 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
 
 
 def build_trainer(
-    trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None, monitor: str | None = None, callbacks_cfg=None
+    trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None, monitor: str | None = None, callbacks_cfg=None,
+    checkpoint_every_n_steps: int = 0,
 ) -> pl.Trainer:
+    """A Trainer writing ``checkpoints/last.ckpt`` (every epoch, every ``checkpoint_every_n_steps`` steps,
+    at the end) and, when ``monitor`` names a validation metric, ``checkpoints/best.ckpt``."""
     loggers = [hydra.utils.instantiate(entry) for entry in (logger_cfg or {}).values()] or False
-    callbacks = [
-        ModelCheckpoint(
+    callbacks = []
+    if monitor:  # first, so that trainer.checkpoint_callback is the one that knows the best checkpoint
+        callbacks.append(ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best",
             monitor=monitor,
             mode="max",
             save_top_k=1,
-            save_last=True,
             auto_insert_metric_name=False,
             enable_version_counter=False,
-        )
-    ]
+        ))
+    callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=checkpoint_every_n_steps))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [hydra.utils.instantiate(entry) for entry in (callbacks_cfg or {}).values()]

@@ -36,18 +36,38 @@ class NonFiniteScoresError(RuntimeError):
     """NaN or inf in a real text/video representation or score: the metrics would be silently wrong."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """A NaN or inf loss or gradient during training (``train.nonfinite=stop``); ``step`` is where."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 def exit_on_user_error(task):
-    """Wrap an entry point's task: a :class:`UserInputError` or :class:`NonFiniteScoresError` ends the run
-    with its message alone (exit status 2) instead of a traceback, unless ``HYDRA_FULL_ERROR=1``."""
+    """Wrap an entry point's task: a :class:`UserInputError` or a non-finite score or loss ends the run with
+    its message alone (exit status 2) instead of a traceback, unless ``HYDRA_FULL_ERROR=1``. In a sweep
+    (``-m``) the error is raised on after its message, so that Hydra records the job as failed and runs
+    the others."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
         try:
             return task(*args, **kwargs)
-        except (UserInputError, NonFiniteScoresError) as error:
+        except (UserInputError, NonFiniteScoresError, NonFiniteLossError) as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {error}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+            if in_sweep():
+                raise
             sys.exit(2)
 
     return wrapper
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra sweep (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

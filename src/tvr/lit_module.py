@@ -14,10 +14,12 @@ import math
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from tvr.data.datamodule import QUERY_BANK_LOADER, TEXT_LOADER, VIDEO_LOADER
+from tvr.errors import NonFiniteLossError
 from tvr.evaluation.checks import check_finite_representations
 from tvr.evaluation.report import evaluate_scores
 from tvr.evaluation.similarity import tiled_similarity
@@ -27,8 +29,17 @@ from tvr.models.heads import create_head
 from tvr.models.heads.base import Repr, repr_length, slice_repr
 from tvr.models.losses import create_loss
 from tvr.optim import SCHEDULES, BertAdam, parameter_groups
+from tvr.resume import gather_objects
 
 log = logging.getLogger(__name__)
+
+
+def finite_on_every_rank(value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on every rank: ranks must agree to skip or stop a step together."""
+    finite = torch.isfinite(value.detach()).all().float()
+    if is_distributed():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite)
 
 
 class RetrievalModule(pl.LightningModule):
@@ -62,6 +73,8 @@ class RetrievalModule(pl.LightningModule):
         self._eval_outputs: dict[str, list] = {}
         self.select_window = int(train.get("select_window", 1))
         self._recent_val_r1: list[float] = []
+        self.nonfinite = train.get("nonfinite", "stop")
+        self.skipped_nonfinite_steps = 0
 
     # ------------------------------------------------------------------ encoders
     def encode_texts(self, tokens: torch.Tensor) -> Repr:
@@ -84,6 +97,10 @@ class RetrievalModule(pl.LightningModule):
         loss = self.loss(logits)
         extras = self.head.extra_losses(text_repr, video_repr, self.backbone.logit_scale)
         total = loss + sum(extras.values()) if extras else loss
+        self._record_decode_failures(batch)
+        if not finite_on_every_rank(total):
+            self._non_finite("loss", {"contrastive": loss, **extras}, batch_idx)
+            return None  # skip: Lightning then runs neither backward nor the optimiser step
         batch_size = batch["tokens"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         if extras:
@@ -91,11 +108,43 @@ class RetrievalModule(pl.LightningModule):
             for name, value in extras.items():
                 self.log(f"train/{name}", value, batch_size=batch_size)
         self.log("train/logit_scale", self.backbone.logit_scale.exp(), batch_size=batch_size)
+        self.log("train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size)
+        return total
+
+    def _record_decode_failures(self, batch: dict) -> None:
         if batch["failed_videos"]:
             self.decode_failures["train"].extend(batch["failed_videos"])
             self.train_replaced_samples += int(batch["replaced"].sum())
-        self.log("train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size)
-        return total
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if "16-mixed" in str(self.trainer.precision):
+            return  # fp16's GradScaler expects overflowing steps and skips them itself
+        grads = [param.grad for group in optimizer.param_groups for param in group["params"] if param.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if finite_on_every_rank(norm):
+            return
+        self._non_finite("gradient", {"gradient_norm": norm}, self.trainer.fit_loop.epoch_loop.batch_idx)
+        for group in optimizer.param_groups:  # no gradient: AdamW and BertAdam leave the parameter alone
+            for param in group["params"]:
+                param.grad = None
+
+    def _non_finite(self, what: str, terms: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Stop the run naming the step, the terms and the learning rates; or (``train.nonfinite=skip``)
+        count the step, which the caller then skips."""
+        values = ", ".join(f"{name}={float(value.detach()):.6g}" for name, value in terms.items())
+        optimizer = self.trainer.optimizers[0]
+        rates = ", ".join(f"{group.get('name', index)}={group['lr']:.3g}" for index, group in enumerate(optimizer.param_groups))
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.nonfinite == "skip":
+            self.skipped_nonfinite_steps += 1
+            log.warning("non-finite %s at %s: %s; step skipped (%d so far)", what, where, values, self.skipped_nonfinite_steps)
+            return
+        raise NonFiniteLossError(
+            f"non-finite {what} at {where}: {values}; learning rates {rates}. The last good checkpoint is kept "
+            "(checkpoints/last.ckpt). Lower the learning rates, or set train.nonfinite=skip to skip such steps and count them",
+            step=self.global_step,
+        )
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():
@@ -215,6 +264,34 @@ class RetrievalModule(pl.LightningModule):
             self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window:]
             self.log("val/t2v_R1_window", sum(self._recent_val_r1) / len(self._recent_val_r1))
         self.log(f"{stage}/unreadable_videos", float(len(failures)))
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # every rank's counters (each saw its own share of the training data) and the selection state,
+        # so that a resumed run reports what the uninterrupted one would
+        checkpoint["tvr_progress"] = {
+            "ranks": gather_objects({"replaced": self.train_replaced_samples, "failed": list(self.decode_failures["train"])}),
+            "skipped_nonfinite_steps": self.skipped_nonfinite_steps,
+            "recent_val_r1": list(self._recent_val_r1),
+            "val_results": self.eval_results.get("val"),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        progress = checkpoint.get("tvr_progress")
+        trainer = self._trainer
+        if not progress or trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return  # testing the best checkpoint must not roll the run's counters back to its epoch
+        ranks = progress["ranks"]
+        if len(ranks) == trainer.world_size:
+            mine = ranks[trainer.global_rank]
+        else:  # another number of processes: rank 0 carries the totals on
+            merged = {"replaced": sum(rank["replaced"] for rank in ranks), "failed": [v for rank in ranks for v in rank["failed"]]}
+            mine = merged if trainer.global_rank == 0 else {"replaced": 0, "failed": []}
+        self.train_replaced_samples, self.decode_failures["train"] = mine["replaced"], list(mine["failed"])
+        self.skipped_nonfinite_steps = progress["skipped_nonfinite_steps"]
+        self._recent_val_r1 = list(progress["recent_val_r1"])
+        if progress["val_results"] is not None:
+            self.eval_results["val"] = progress["val_results"]
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -1,17 +1,21 @@
 """``tvr-train``: fit, select the best checkpoint on the val split, test it, write the results.
 
-Run folder (``hydra.run.dir``): ``checkpoints/{best,last}.ckpt``, ``metrics.json``, ``results.md``,
-the logger's files, and Hydra's ``.hydra/`` config record.
+Run folder (``hydra.run.dir``): ``checkpoints/{best,last}.ckpt``, ``metrics.json``, ``results.md``
+(or ``error.json`` if the run failed), the logger's files, and Hydra's ``.hydra/`` config record.
+``ckpt_path=last`` continues the run in that folder (:mod:`tvr.resume`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from tvr import __version__
@@ -19,6 +23,7 @@ from tvr.builders import build_datamodule, build_module, build_trainer
 from tvr.config import config_dir, to_plain
 from tvr.errors import exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
+from tvr.resume import CHECKPOINT_DIR, LAST, check_same_run, remove_orphan_temp_files, resolve_resume, with_resume_run_dir
 from tvr.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -61,12 +66,18 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temp_files(run_dir / CHECKPOINT_DIR)
+    resume_from = resolve_resume(cfg.get("ckpt_path"), run_dir)
+    if resume_from is not None:
+        check_same_run(resume_from, to_plain(cfg))
+        log.info("continuing from %s", resume_from)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data, cfg.evaluation)
     module = build_module(cfg)
     monitor = cfg.train.select_metric if datamodule.has_val else None
-    trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"))
-    trainer.fit(module, datamodule=datamodule)
+    trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"),
+                            checkpoint_every_n_steps=cfg.train.get("checkpoint_every_n_steps", 0))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_failures = module.gather_train_failures()
     best = trainer.checkpoint_callback.best_model_path if monitor else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
@@ -74,7 +85,9 @@ def train(cfg: DictConfig) -> dict:
         return {}
     facts = run_facts(cfg, module, datamodule, trainer)
     facts["selection"] = f"best {monitor}" if monitor else "last epoch"
-    facts["checkpoint"] = best or str(run_dir / "checkpoints" / "last.ckpt")
+    facts["checkpoint"] = best or str(run_dir / CHECKPOINT_DIR / LAST)
+    facts["resumed_from"] = str(resume_from) if resume_from else None
+    facts["skipped_nonfinite_steps"] = module.skipped_nonfinite_steps
     facts["wall_time_s"] = round(time.perf_counter() - started, 1)
     test_split = datamodule.split_names["test"]
     test_metrics = module.eval_results["test"]
@@ -98,10 +111,33 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
+@contextlib.contextmanager
+def failure_recorded(run_dir: Path):
+    """``error.json`` in the run folder when the run fails, so that ``tvr-results`` lists the failure with
+    its error beside the finished runs of a sweep; a later successful resume removes it."""
+    error_file = run_dir / "error.json"
+    try:
+        yield
+    except Exception as error:
+        if rank_zero_only.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(error_file, {"type": type(error).__name__, "message": str(error), "step": getattr(error, "step", None)})
+        raise
+    if rank_zero_only.rank == 0:
+        error_file.unlink(missing_ok=True)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def _hydra_main(cfg: DictConfig) -> None:
+    with failure_recorded(Path(cfg.paths.output_dir)):
+        train(cfg)
+
+
+def main() -> None:
+    """Console entry: a resumed run (``ckpt_path=...``) continues in its own run folder."""
+    sys.argv = [sys.argv[0], *with_resume_run_dir(sys.argv[1:])]
+    _hydra_main()
 
 
 if __name__ == "__main__":

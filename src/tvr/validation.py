@@ -59,6 +59,14 @@ RUN_GROUPS = ("backbone", "head", "loss", "optim", "data", "train", "trainer", "
 EVAL_ROLES = ("val", "test")
 # CaptionTokenizer's minimum: SOT, one BPE token, EOT.
 MIN_MAX_WORDS = 3
+# The keys train.yaml, eval.yaml and their groups define (``expected``: a recipe's paper numbers).
+TRAIN_TOP_LEVEL = ("data", "backbone", "head", "loss", "optim", "trainer", "logger", "evaluation", "seed", "run_name",
+                   "paths", "train", "callbacks", "ckpt_path", "expected")
+EVAL_TOP_LEVEL = (*RUN_GROUPS, "ckpt_path", "split", "strict", "seed", "run_name", "paths")
+# What RetrievalModule and tvr-train read from the train section.
+TRAIN_OPTIONS = ("gather_grad", "max_logit_scale", "select_metric", "select_window", "freeze_layer_num",
+                 "checkpoint_every_n_steps", "nonfinite")
+NONFINITE_ACTIONS = ("stop", "skip")
 
 
 class InvalidConfigError(ConfigError):
@@ -367,8 +375,19 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     checker.number(cache, "workers", integer=True, minimum=0)
 
 
+def check_known_keys(checker: ConfigChecker, section: Section, known: tuple[str, ...], what: str) -> None:
+    """An unknown key (``+foo=1``, a typo) would otherwise be ignored silently."""
+    for name in section.values:
+        if name not in known:
+            key = section.key(name)
+            checker.fail(key, f"is not a key of {what}", f"valid keys: {', '.join(known)}; remove {key} or fix its spelling")
+
+
 def check_train(checker: ConfigChecker, train: Section, has_val: bool) -> None:
+    check_known_keys(checker, train, TRAIN_OPTIONS, "the train section")
     checker.choice(train, "gather_grad", GATHER_GRAD_MODES)
+    checker.choice(train, "nonfinite", NONFINITE_ACTIONS)
+    checker.number(train, "checkpoint_every_n_steps", integer=True, minimum=0)
     checker.number(train, "max_logit_scale", above=0)
     window_ok = checker.number(train, "select_window", integer=True, minimum=1)
     checker.number(train, "freeze_layer_num", integer=True, minimum=-1)
@@ -428,6 +447,7 @@ def check_run(checker: ConfigChecker, cfg: DictConfig, data_roles: tuple[str, ..
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming every value of a ``tvr-train`` config that cannot work."""
     checker = ConfigChecker()
+    check_known_keys(checker, Section("", dict.fromkeys(key for key in cfg if key != "hydra")), TRAIN_TOP_LEVEL, "tvr-train's config")
     check_seed(checker, checker.top_level(cfg, ("seed",)))
     check_run(checker, cfg, data_roles=("train", "test"), training=True)
     checker.raise_problems()
@@ -437,6 +457,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming every value of a ``tvr-eval`` config that cannot work: its own
     keys, and the run config merged in from the checkpoint (with its overrides) when there is one."""
     checker = ConfigChecker()
+    check_known_keys(checker, Section("", dict.fromkeys(key for key in cfg if key != "hydra")), EVAL_TOP_LEVEL, "tvr-eval's config")
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         checker.fail("ckpt_path", "has no value", "pass ckpt_path=<run dir>/checkpoints/best.ckpt")
     top = checker.top_level(cfg, ("seed", "split", "strict"))

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tvr.data.frame_cache import FrameCache
+from tvr.data.order import item_randomness
 from tvr.data.records import SplitRecords, VideoRef
 from tvr.data.sampling import FrameSampler
 from tvr.data.tokenizer import CaptionTokenizer
@@ -79,8 +80,10 @@ class TrainPairs(Dataset):
     ``video`` (MSR-VTT without sentence expansion), one item per video with a caption drawn at random
     from that video's captions every time it is read."""
 
-    def __init__(self, split: SplitRecords, reader: ClipReader, tokenizer: CaptionTokenizer, max_substitutions: int = 20) -> None:
+    def __init__(self, split: SplitRecords, reader: ClipReader, tokenizer: CaptionTokenizer, max_substitutions: int = 20,
+                 seed: int = 0) -> None:
         self.split = split
+        self.seed = seed  # with the epoch and the index, fixes the sample's random draws (tvr.data.order)
         self.reader = reader
         self.tokenizer = tokenizer
         self.max_substitutions = max_substitutions
@@ -95,7 +98,13 @@ class TrainPairs(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or ``(index, epoch)`` as :class:`tvr.data.order.TrainOrderSampler` yields."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        with item_randomness(self.seed, epoch, index):
+            return self._load(index)
+
+    def _load(self, index: int) -> dict:
         failed: list[str] = []
         candidate = index
         for _ in range(self.max_substitutions + 1):

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, DistributedSampler
+from pytorch_lightning.trainer.states import TrainerFn
+import torch
+from torch.utils.data import DataLoader
 
 from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
 from tvr.data.datasets import create_dataset
 from tvr.data.datasets.common import json_field, read_id_list, read_json
 from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for, cache_frames_command, unusable_cache_report
+from tvr.data.order import TrainOrderSampler
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
@@ -90,6 +93,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.shuffle_train = shuffle_train
         self.train_transform = ClipFrameTransform(image_size, augment=train_augment)
         self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by tvr-train's seed_everything
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def prepare_data(self) -> None:
         wanted = [name for name in self.split_names.values() if name]
@@ -192,20 +197,52 @@ class RetrievalDataModule(pl.LightningDataModule):
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=collate,
+            # a loader's own generator seeds its workers: creating an iterator must not draw from the global
+            # torch RNG, or a resumed run's dropout stream would differ from the uninterrupted run's
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
         reader = self._reader(self.train_sampler, self._cache_for("train"), self.train_transform)
-        pairs = TrainPairs(self.records["train"], reader, self.tokenizer)
-        drop_last = len(pairs) > self.batch_size
+        pairs = TrainPairs(self.records["train"], reader, self.tokenizer, seed=self.seed)
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            # Lightning would inject a shuffling DistributedSampler regardless of shuffle_train; this one
-            # honours it (Lightning still calls set_epoch on it every epoch).
-            sampler = DistributedSampler(pairs, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                         shuffle=self.shuffle_train, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=True)
-            return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=sampler, persistent=True)
-        return self._loader(pairs, self.batch_size, shuffle=self.shuffle_train, drop_last=drop_last, persistent=True)
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # a DistributedSampler subclass, so Lightning does not inject its own: the order is a function of
+        # (seed, epoch) and a checkpoint can restart it mid-epoch (state_dict / load_state_dict below)
+        order = TrainOrderSampler(pairs, num_replicas=world_size, rank=rank, shuffle=self.shuffle_train, seed=self.seed)
+        if self._resume_position is not None:
+            epoch, batches_done = self._resume_position
+            order.resume_at(epoch, batches_done * self.batch_size)
+            self._resume_position = None
+        drop_last = len(order) > self.batch_size
+        return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=order, persistent=True)
+
+    def state_dict(self) -> dict:
+        """Where training stands in the data order, saved in every checkpoint: the next epoch and how many
+        of its batches are done (Lightning counts batches consumed, whatever the workers prefetched)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = trainer.current_epoch
+        if batches_done >= trainer.num_training_batches:  # saved at the end of an epoch: the next one starts
+            epoch, batches_done = epoch + 1, 0
+        return {"train_order": {"epoch": epoch, "batches_done": batches_done, "batch_size": self.batch_size,
+                                "world_size": trainer.world_size, "seed": self.seed}}
+
+    def load_state_dict(self, state: dict) -> None:
+        order = state.get("train_order")
+        if not order:
+            return
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        saved = (order["batch_size"], order["world_size"], order["seed"])
+        if saved != (self.batch_size, world_size, self.seed):
+            log.warning("resuming with batch size %d, %d processes and seed %d where the checkpoint had %d, %d and %d: "
+                        "epoch %d restarts from its first batch and the data order differs from the interrupted run's",
+                        self.batch_size, world_size, self.seed, *saved, order["epoch"])
+            self._resume_position = (order["epoch"], 0)
+            return
+        self._resume_position = (order["epoch"], order["batches_done"])
 
     def _eval_loaders(self, role: str) -> list[DataLoader]:
         split = self.records[role]
