@@ -34,8 +34,10 @@ HOW = {
     "tvr-train experiment=synthetic_seqtransf logger=wandb": (RUN, None),
     "tvr-train trainer=gpu": (COMPOSE, "needs a GPU"),
     "tvr-train trainer=ddp trainer.devices=4": (COMPOSE, "needs 4 GPUs; 2-process CPU DDP runs in test_cli"),
-    "srun --ntasks-per-node=4 tvr-train trainer=ddp_multinode trainer.num_nodes=2": (COMPOSE, "needs a SLURM cluster"),
-    "tvr-train -m head=meanpool,seqtransf seed=1,2,3": (RUN, None),
+    "tvr-train trainer.max_epochs=60 ckpt_path=last": (ELSEWHERE, "test_resume continues the newest run of a configuration"),
+    "tvr-train ckpt_path=outputs/…/checkpoints/last.ckpt": (ELSEWHERE, "test_resume continues a run by its file"),
+    "tvr-train -m head=meanpool,seqtransf seed=0,1,2": (RUN, None),
+    "tvr-results multirun/2026-12-01_10-00-00": (ELSEWHERE, "test_sweep runs it on a real sweep of the synthetic set"),
     "tvr-train data=msrvtt backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt data.source.root=/datasets/msrvtt": (
         COMPOSE, "needs CLIP weights and a benchmark; test_backbone loads every weights format"),
     "python tools/compress_videos.py RAW/ data/msrvtt/videos --workers 8": (

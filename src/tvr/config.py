@@ -11,6 +11,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tvr.sweep import register_resolvers
+
+register_resolvers()  # before any config of tvr's is composed or resolved
+
 # The parts of a run's config a checkpoint carries into tvr-eval, where each key stays overridable.
 CHECKPOINT_CONFIG_SECTIONS = ("data", "backbone", "head", "loss", "optim", "train", "evaluation")
 
