@@ -34,14 +34,6 @@ from tvr.resume import gather_objects
 log = logging.getLogger(__name__)
 
 
-def finite_on_every_rank(value: torch.Tensor) -> bool:
-    """Whether ``value`` is finite on every rank: ranks must agree to skip or stop a step together."""
-    finite = torch.isfinite(value.detach()).all().float()
-    if is_distributed():
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    return bool(finite)
-
-
 class RetrievalModule(pl.LightningModule):
     def __init__(
         self,
@@ -73,6 +65,7 @@ class RetrievalModule(pl.LightningModule):
         self._eval_outputs: dict[str, list] = {}
         self.select_window = int(train.get("select_window", 1))
         self._recent_val_r1: list[float] = []
+        self._loss_terms: dict[str, torch.Tensor] = {}
         self.nonfinite = train.get("nonfinite", "stop")
         self.skipped_nonfinite_steps = 0
 
@@ -98,17 +91,18 @@ class RetrievalModule(pl.LightningModule):
         extras = self.head.extra_losses(text_repr, video_repr, self.backbone.logit_scale)
         total = loss + sum(extras.values()) if extras else loss
         self._record_decode_failures(batch)
-        if not finite_on_every_rank(total):
-            self._non_finite("loss", {"contrastive": loss, **extras}, batch_idx)
-            return None  # skip: Lightning then runs neither backward nor the optimiser step
+        # checked with the gradient norm in configure_gradient_clipping: one device sync per step, not two
+        self._loss_terms = {"contrastive": loss.detach(), **{name: value.detach() for name, value in extras.items()}}
         batch_size = batch["tokens"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        if extras:
-            self.log("train/contrastive_loss", loss, batch_size=batch_size)
-            for name, value in extras.items():
-                self.log(f"train/{name}", value, batch_size=batch_size)
-        self.log("train/logit_scale", self.backbone.logit_scale.exp(), batch_size=batch_size)
-        self.log("train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size)
+        trainer = self._trainer
+        if trainer is not None and (self.global_step + 1) % trainer.log_every_n_steps == 0:  # Lightning writes step values only then
+            if extras:
+                self.log("train/contrastive_loss", loss, batch_size=batch_size)
+                for name, value in extras.items():
+                    self.log(f"train/{name}", value, batch_size=batch_size)
+            self.log("train/logit_scale", self.backbone.logit_scale.exp(), batch_size=batch_size)
+            self.log("train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size)
         return total
 
     def _record_decode_failures(self, batch: dict) -> None:
@@ -117,17 +111,25 @@ class RetrievalModule(pl.LightningModule):
             self.train_replaced_samples += int(batch["replaced"].sum())
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if "16-mixed" in str(self.trainer.precision):
-            return  # fp16's GradScaler expects overflowing steps and skips them itself
-        grads = [param.grad for group in optimizer.param_groups for param in group["params"] if param.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if finite_on_every_rank(norm):
+        """Clip as Lightning does, and stop or skip a step whose loss or gradient is not finite. The check
+        reuses the norm that clipping computes; gradients are all-reduced first, so every rank agrees."""
+        params = [param for group in optimizer.param_groups for param in group["params"] if param.grad is not None]
+        if "16-mixed" in str(self.trainer.precision):  # fp16's GradScaler skips overflowing gradients itself
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            checked = torch.stack(list(self._loss_terms.values())).sum()
+        elif gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            checked = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)  # what Lightning's clipping calls
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            checked = torch.nn.utils.get_total_norm([param.grad for param in params]) if params else torch.zeros(())
+        if torch.isfinite(checked):
             return
-        self._non_finite("gradient", {"gradient_norm": norm}, self.trainer.fit_loop.epoch_loop.batch_idx)
-        for group in optimizer.param_groups:  # no gradient: AdamW and BertAdam leave the parameter alone
-            for param in group["params"]:
-                param.grad = None
+        norm = {"gradient_norm": checked}
+        bad_loss = not all(torch.isfinite(value) for value in self._loss_terms.values())
+        terms = {**self._loss_terms, **norm} if bad_loss else {**norm, **self._loss_terms}
+        self._non_finite("loss" if bad_loss else "gradient", terms, self.trainer.fit_loop.epoch_loop.batch_idx)
+        for param in params:  # no gradient: AdamW and BertAdam leave the parameter alone
+            param.grad = None
 
     def _non_finite(self, what: str, terms: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Stop the run naming the step, the terms and the learning rates; or (``train.nonfinite=skip``)
