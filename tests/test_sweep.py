@@ -6,29 +6,30 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from conftest import SMALL_OVERRIDES
 from test_cli import QUIET, run_cli
 from tvr.sweep import MAX_NAME, job_folder_name, swept_keys
 
 
-def test_swept_keys_are_read_from_the_command_line():
-    argv = ["-m", "head=meanpool,seqtransf", "seed=range(3)", "trainer.max_epochs=1", "optim.head_lr=choice(1e-4,1e-3)", "x=1"]
-    assert swept_keys(argv) == {"head", "seed", "optim.head_lr"}
+def test_swept_keys_are_read_from_the_sweeps_overrides():
+    overrides = ["head=meanpool,seqtransf", "seed=range(3)", "trainer.max_epochs=1", "optim.head_lr=choice(1e-4,1e-3)", "x=1"]
+    assert swept_keys(overrides) == {"head", "seed", "optim.head_lr"}
 
 
-def test_a_job_folder_is_named_by_its_swept_overrides(monkeypatch):
-    monkeypatch.setattr("sys.argv", ["tvr-train", "-m", "head=meanpool,seqtransf", "seed=0,1", "trainer.max_epochs=1"])
+def test_a_job_folder_is_named_by_its_swept_overrides(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"overrides": {"task": ["head=meanpool,seqtransf", "seed=0,1", "trainer.max_epochs=1", "ckpt_path=last"]}}}))
     job = ["head=seqtransf", "seed=1", "trainer.max_epochs=1", "ckpt_path=last"]
-    assert job_folder_name(job, ["ckpt_path"]) == "head=seqtransf,seed=1"
+    assert job_folder_name(job, ["ckpt_path"], str(tmp_path)) == "head=seqtransf,seed=1"
 
 
-def test_without_a_visible_sweep_every_override_names_the_job_within_the_length_limit(monkeypatch):
-    monkeypatch.setattr("sys.argv", ["submitit-runner"])  # a cluster launcher's own process
-    assert job_folder_name(["seed=1", "train.select_metric=val/t2v_R5"], []) == "seed=1,train.select_metric=val-t2v_R5"
+def test_without_the_sweeps_record_every_override_names_the_job_within_the_length_limit(tmp_path):
+    assert job_folder_name(["seed=1", "train.select_metric=val/t2v_R5"], [], str(tmp_path)) == "seed=1,train.select_metric=val-t2v_R5"
     many = [f"data.source.option_{index}=value_{index}" for index in range(20)]
-    name = job_folder_name(many, [])
-    assert len(name.encode()) <= MAX_NAME and name != job_folder_name(many[:-1], [])  # still one folder per job
+    name = job_folder_name(many, [], str(tmp_path))
+    assert len(name.encode()) <= MAX_NAME and name != job_folder_name(many[:-1], [], str(tmp_path))  # one folder per job
 
 
 @pytest.mark.slow
