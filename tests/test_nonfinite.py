@@ -34,8 +34,9 @@ def test_a_nan_loss_stops_the_run_naming_step_terms_and_learning_rates(data_dir,
     assert all(torch.isfinite(value).all() for value in kept["state_dict"].values())
 
 
-def test_a_nan_gradient_stops_the_run_though_the_loss_is_finite(data_dir, tmp_path):
-    cfg = compose_train(SHORT + poisoned("Gradient", 2), data_dir, tmp_path)
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_nan_gradient_stops_the_run_though_the_loss_is_finite(precision, data_dir, tmp_path):
+    cfg = compose_train(SHORT + poisoned("Gradient", 2) + [f"trainer.precision={precision}"], data_dir, tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"^non-finite gradient at step 2 \(epoch 0, batch 2\): gradient_norm=nan"):
         train(cfg)
     assert load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2

@@ -112,21 +112,23 @@ class RetrievalModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as Lightning does, and stop or skip a step whose loss or gradient is not finite. The check
-        reuses the norm that clipping computes; gradients are all-reduced first, so every rank agrees."""
+        reuses the norm that clipping by norm computes; gradients are all-reduced first, so every rank
+        agrees. Under fp16 (``16-mixed``) the GradScaler skips overflowing gradients itself: only the loss
+        is checked there."""
         params = [param for group in optimizer.param_groups for param in group["params"] if param.grad is not None]
-        if "16-mixed" in str(self.trainer.precision):  # fp16's GradScaler skips overflowing gradients itself
+        if str(self.trainer.precision) == "16-mixed":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            checked = torch.stack(list(self._loss_terms.values())).sum()
+            checked, name = torch.stack(list(self._loss_terms.values())).sum(), "loss_sum"
         elif gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            checked = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)  # what Lightning's clipping calls
-        else:
+            checked, name = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val), "gradient_norm"  # as Lightning clips
+        else:  # value clipping would hide an inf: take the norm first
+            norms = [param.grad.detach().norm() for param in params]
+            checked, name = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(()), "gradient_norm"
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            checked = torch.nn.utils.get_total_norm([param.grad for param in params]) if params else torch.zeros(())
         if torch.isfinite(checked):
             return
-        norm = {"gradient_norm": checked}
         bad_loss = not all(torch.isfinite(value) for value in self._loss_terms.values())
-        terms = {**self._loss_terms, **norm} if bad_loss else {**norm, **self._loss_terms}
+        terms = {**self._loss_terms, name: checked} if bad_loss else {name: checked, **self._loss_terms}
         self._non_finite("loss" if bad_loss else "gradient", terms, self.trainer.fit_loop.epoch_loop.batch_idx)
         for param in params:  # no gradient: AdamW and BertAdam leave the parameter alone
             param.grad = None
@@ -143,12 +145,14 @@ class RetrievalModule(pl.LightningModule):
             log.warning("non-finite %s at %s: %s; step skipped (%d so far)", what, where, values, self.skipped_nonfinite_steps)
             return
         raise NonFiniteLossError(
-            f"non-finite {what} at {where}: {values}; learning rates {rates}. The last good checkpoint is kept "
-            "(checkpoints/last.ckpt). Lower the learning rates, or set train.nonfinite=skip to skip such steps and count them",
+            f"non-finite {what} at {where}: {values}; learning rates {rates}. checkpoints/last.ckpt, if written yet, "
+            "keeps the last state before it. Lower the learning rates, or set train.nonfinite=skip to skip such steps and count them",
             step=self.global_step,
         )
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # part of the step, so that a checkpoint written at the end of the batch holds the clamped value
         with torch.no_grad():
             self.backbone.logit_scale.clamp_(max=self.max_log_logit_scale)
 
