@@ -93,3 +93,16 @@ class WeightsAroundStep(pl.Callback):
         if self.before is not None:
             torch.save({"before": self.before, "after": self._snapshot(pl_module)}, self.path)
             self.before = None
+
+
+class SignalAtStep(pl.Callback):
+    """Sends ``signum`` to this process at the start of optimiser step ``step`` (SLURM's time-limit warning)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import os
+
+            os.kill(os.getpid(), self.signum)

@@ -28,8 +28,10 @@ from tvr.resume import capture_rng, remove_orphan_temp_files, resolve_resume, re
 from tvr.train import train
 
 BATCHES_PER_EPOCH = 4  # 32 training pairs, batch size 8
-# X-Pool's recipe draws at random in the data (segment_random frames, crop and flip) and in the model (dropout)
-RANDOM_EVERYWHERE = ["experiment=synthetic_xpool", "trainer.max_epochs=3", "train.checkpoint_every_n_steps=1"] + [
+# X-Pool's recipe draws at random in the data (segment_random frames, crop and flip) and in the model
+# (dropout); validation twice an epoch and a logit-scale cap below CLIP's initial 1/0.07, clamped every step
+RANDOM_EVERYWHERE = ["experiment=synthetic_xpool", "trainer.max_epochs=3", "train.checkpoint_every_n_steps=1",
+                     "+trainer.val_check_interval=0.5", "train.max_logit_scale=10"] + [
     o for o in SMALL_OVERRIDES if not o.startswith("data.num_workers")] + QUIET
 
 
@@ -73,9 +75,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(data_dir
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     run_dir = tmp_path / "run"
-    checkpoint = killed_mid_run(args, data_dir, tmp_path, run_dir, step=BATCHES_PER_EPOCH + 2)
+    checkpoint = killed_mid_run(args, data_dir, tmp_path, run_dir, step=BATCHES_PER_EPOCH + 3)  # after a validation
     assert checkpoint["RetrievalDataModule"]["train_order"] == {
-        "epoch": 1, "batches_done": 2, "batch_size": 8, "world_size": 1, "seed": 42}  # mid-epoch
+        "epoch": 1, "batches_done": 3, "batch_size": 8, "world_size": 1, "seed": 42}  # mid-epoch
     orphan = run_dir / "checkpoints" / ".last.ckpt.killed.tmp"  # what a write killed half-way leaves
     orphan.write_bytes(b"\0" * 1024)
 
@@ -123,7 +125,9 @@ def test_ckpt_path_continues_in_the_runs_own_folder(data_dir, tmp_path):
     assert load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
 
     elsewhere = run_cli("tvr-train", ["ckpt_path=last", "head=seqtransf"] + args[1:], data_dir, tmp_path)
-    assert elsewhere.returncode == 2 and "no run of 'synthetic_seqtransf' with a checkpoint under outputs/synthetic_seqtransf" in elsewhere.stderr
+    assert elsewhere.returncode == 2 and "no run of 'synthetic_seqtransf' with a checkpoint" in elsewhere.stderr
+    other_seed = run_cli("tvr-train", ["ckpt_path=last", "seed=7"] + args[1:], data_dir, tmp_path)  # not that run
+    assert other_seed.returncode == 2 and "the runs there were started with other overrides" in other_seed.stderr
 
 
 # ------------------------------------------------------------------------------ in-process
@@ -174,9 +178,14 @@ def test_a_checkpoint_file_of_a_run_continues_in_that_run_folder(tmp_path):
     (run_dir / "checkpoints").mkdir()
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     checkpoint.write_bytes(b"x")
-    assert with_resume_run_dir([f"ckpt_path={checkpoint}"]) == [f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"]
-    explicit = [f"ckpt_path={checkpoint}", "hydra.run.dir=elsewhere"]
+    assert with_resume_run_dir([f"ckpt_path={checkpoint}"]) == [f"ckpt_path={checkpoint}", f"hydra.run.dir='{run_dir}'"]
+    explicit = [f"ckpt_path={checkpoint}", "++hydra.run.dir=elsewhere"]
     assert with_resume_run_dir(explicit) == explicit
+    sweep_job = tmp_path / "multirun" / "head=x,seed=1"  # a job folder: quoted for Hydra on the way in and out
+    (sweep_job / ".hydra").mkdir(parents=True)
+    (sweep_job / "checkpoints").mkdir()
+    quoted = f"ckpt_path='{sweep_job / 'checkpoints' / 'last.ckpt'}'"
+    assert with_resume_run_dir([quoted]) == [quoted, f"hydra.run.dir='{sweep_job}'"]
     loose = tmp_path / "loose.ckpt"
     assert with_resume_run_dir([f"ckpt_path={loose}"]) == [f"ckpt_path={loose}"]  # not inside a run: a new folder
     assert with_resume_run_dir(["-m", "ckpt_path=last", "seed=0,1"]) == ["-m", "ckpt_path=last", "seed=0,1"]  # sweep jobs have theirs
@@ -223,3 +232,27 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
     restore_rng(load_checkpoint_file(tmp_path / "state.ckpt")["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+
+
+def test_slurms_time_limit_signal_saves_at_the_step_end_and_requeues_the_job(data_dir, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # a stand-in that records what it was asked
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "tvr-train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_NNODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    for name, value in {**slurm, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}.items():
+        monkeypatch.setenv(name, value)
+    previous = signal.getsignal(signal.SIGUSR1)
+    signalled = ["+callbacks.signal._target_=helpers.SignalAtStep", "+callbacks.signal.step=2",
+                 f"+callbacks.signal.signum={int(signal.SIGUSR1)}"]
+    saved = []
+    monkeypatch.setattr("tvr.resume.LastCheckpoint.save", lambda self, trainer: saved.append(trainer.global_step))
+    try:
+        train(compose_train(["trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET + signalled, data_dir, tmp_path / "run"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert saved[0] == 3  # at the end of the step the signal arrived in, then the epoch end
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert not list((tmp_path / "run").glob("hpc_ckpt_*.ckpt"))  # Lightning's mid-step save stayed off

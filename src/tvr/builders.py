@@ -11,12 +11,13 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from tvr.checkpoint import AtomicCheckpointIO
 from tvr.config import to_plain
 from tvr.data.datamodule import RetrievalDataModule
 from tvr.lit_module import RetrievalModule
-from tvr.resume import LastCheckpoint
+from tvr.resume import LastCheckpoint, SlurmRequeue
 
 
 def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None) -> RetrievalDataModule:
@@ -57,7 +58,8 @@ def build_trainer(
     checkpoint_every_n_steps: int = 0,
 ) -> pl.Trainer:
     """A Trainer writing ``checkpoints/last.ckpt`` (every epoch, every ``checkpoint_every_n_steps`` steps,
-    at the end) and, when ``monitor`` names a validation metric, ``checkpoints/best.ckpt``."""
+    at the end, and before SLURM requeues the job) and, when ``monitor`` names a validation metric,
+    ``checkpoints/best.ckpt``."""
     loggers = [hydra.utils.instantiate(entry) for entry in (logger_cfg or {}).values()] or False
     callbacks = []
     if monitor:  # first, so that trainer.checkpoint_callback is the one that knows the best checkpoint
@@ -70,7 +72,12 @@ def build_trainer(
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ))
-    callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=checkpoint_every_n_steps))
+    last = LastCheckpoint(run_dir / "checkpoints", every_n_steps=checkpoint_every_n_steps)
+    callbacks.append(last)
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # requeue at a step boundary (SlurmRequeue), not mid-step as Lightning would
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(SlurmRequeue(last))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [hydra.utils.instantiate(entry) for entry in (callbacks_cfg or {}).values()]
@@ -78,6 +85,6 @@ def build_trainer(
         **to_plain(trainer_cfg),
         logger=loggers,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         default_root_dir=str(run_dir),
     )

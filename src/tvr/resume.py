@@ -14,15 +14,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from tvr.checkpoint import load_tvr_checkpoint
 from tvr.config import compose_config
@@ -32,8 +37,6 @@ log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
-# Lightning's SLURM auto-requeue saves hpc_ckpt_<n>.ckpt into the run folder before the job is requeued
-HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
 # what a checkpoint must share with the run that continues it
 SAME_RUN_KEYS = (("head", "name"), ("backbone", "model_name"), ("backbone", "architecture"), ("data", "name"))
 
@@ -82,7 +85,7 @@ class LastCheckpoint(Checkpoint):
         self._saved_at_step: int | None = None
         self._rng_to_restore: list[dict] | None = None
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    def save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step == self._saved_at_step:  # e.g. the end of training right after an epoch end
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it: RNG states are gathered in state_dict
@@ -90,15 +93,14 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        last_batch = batch_idx + 1 >= trainer.num_training_batches  # on_train_epoch_end saves that one
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and not last_batch:
-            self._save(trainer)
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and not ends_before_validation(trainer, batch_idx):
+            self.save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._save(trainer)
+        self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save(trainer)
+        self.save(trainer)
 
     def state_dict(self) -> dict:
         return {"rng": gather_objects(capture_rng())}
@@ -119,6 +121,50 @@ class LastCheckpoint(Checkpoint):
         restore_rng(states[trainer.global_rank])
 
 
+def ends_before_validation(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether validation (or the epoch end) follows this batch. A checkpoint written between the batch
+    and that validation would resume past it without running it, so the step checkpoint waits a batch
+    (the epoch end writes its own, after validation)."""
+    every = trainer.val_check_batch
+    return batch_idx + 1 >= trainer.num_training_batches or (
+        isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0)
+
+
+class SlurmRequeue(Callback):
+    """SLURM's warning before the time limit (``sbatch --signal=SIGUSR1@90``): at the end of the step in
+    progress every rank writes ``last.ckpt`` together, then rank 0 requeues the job, which continues from
+    that checkpoint with ``ckpt_path=last``. Lightning's own auto-requeue (turned off in
+    :func:`tvr.builders.build_trainer`) saves inside the signal handler instead, at any point of a step:
+    mid optimiser update, with the checkpoint's collectives interleaved with the step's."""
+
+    def __init__(self, last: LastCheckpoint, signum: int = signal.SIGUSR1) -> None:
+        self.last, self.signum = last, signum
+        self._signalled = False
+        self._requeued = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            signal.signal(self.signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signalled = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._requeued:
+            return
+        signalled = torch.tensor(float(self._signalled), device=pl_module.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)  # ranks get it at different steps
+        if not signalled.item():
+            return
+        self.last.save(trainer)
+        self._requeued = True
+        if trainer.is_global_zero:
+            job = os.environ["SLURM_JOB_ID"]
+            log.warning("time limit near: saved %s at step %d, requeueing SLURM job %s", self.last.path, trainer.global_step, job)
+            subprocess.run(["scontrol", "requeue", job], check=True)
+
+
 # ------------------------------------------------------------------------------------------ start-up
 def remove_orphan_temp_files(folder: Path) -> list[Path]:
     """Temporary files of checkpoint writes killed half-way (``.<name>.<random>.tmp``); called at start-up,
@@ -131,10 +177,9 @@ def remove_orphan_temp_files(folder: Path) -> list[Path]:
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    """``checkpoints/last.ckpt`` or a newer SLURM ``hpc_ckpt_<n>.ckpt`` of the run folder, if any."""
-    candidates = [run_dir / CHECKPOINT_DIR / LAST, *(path for path in run_dir.glob("hpc_ckpt_*.ckpt") if HPC_CHECKPOINT.search(path.name))]
-    existing = [path for path in candidates if path.is_file()]
-    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
+    """The run folder's ``checkpoints/last.ckpt``, if any."""
+    path = run_dir / CHECKPOINT_DIR / LAST
+    return path if path.is_file() else None
 
 
 def resolve_resume(ckpt_path: str | None, run_dir: Path) -> Path | None:
@@ -153,6 +198,10 @@ def resolve_resume(ckpt_path: str | None, run_dir: Path) -> Path | None:
         path = Path(ckpt_path)
         if not path.is_file():
             raise ConfigError("ckpt_path", f"'{path}' does not exist", "pass a checkpoint file, or ckpt_path=last to continue the run folder's last.ckpt")
+        last = newest_checkpoint(run_dir)
+        if last is not None and last.resolve() != path.resolve() and last.stat().st_mtime_ns > path.stat().st_mtime_ns:
+            log.warning("continuing from %s, which is older than %s: the run goes back to that point and overwrites "
+                        "the newer state (ckpt_path=last continues from the newest)", path, last)
         return path
     existing = newest_checkpoint(run_dir)
     if existing is not None:
@@ -163,7 +212,7 @@ def resolve_resume(ckpt_path: str | None, run_dir: Path) -> Path | None:
 
 def check_same_run(checkpoint_path: Path, run_config: dict) -> None:
     """Refuse to continue a checkpoint of another head, backbone or dataset, naming both."""
-    saved = (load_tvr_checkpoint(checkpoint_path)["hyper_parameters"].get("run_config") or {})
+    saved = load_tvr_checkpoint(checkpoint_path)["hyper_parameters"].get("run_config") or {}
     differences = []
     for section, key in SAME_RUN_KEYS:
         was, now = (saved.get(section) or {}).get(key), (run_config.get(section) or {}).get(key)
@@ -180,31 +229,63 @@ def with_resume_run_dir(argv: list[str]) -> list[str]:
     writes into its own folder rather than a new timestamped one.
 
     ``ckpt_path=<file>`` in ``<run>/checkpoints/`` continues in ``<run>``; ``ckpt_path=last`` continues
-    the newest run folder of this configuration (``outputs/<run_name>/*``) holding a checkpoint. An
-    explicit ``hydra.run.dir`` and sweeps (``-m``, each job has its own folder) are left as they are.
+    the newest run folder of this configuration (``outputs/<run_name>/*``, started with the same
+    overrides but for ``trainer.max_epochs``) holding a checkpoint. An explicit ``hydra.run.dir``, sweeps
+    (each job has its own folder) and Hydra's informational flags (``--cfg``, ``--help``) are left alone.
     """
-    ckpt_path = next((item.split("=", 1)[1] for item in argv if item.lstrip("+").startswith("ckpt_path=")), None)
-    if not ckpt_path or any(item.startswith("hydra.run.dir=") for item in argv) or {"-m", "--multirun"} & set(argv):
+    overrides = parse_overrides(argv)
+    ckpt_path = overrides.get("ckpt_path")
+    if not ckpt_path or "hydra.run.dir" in overrides or overrides.get("hydra.mode") == "MULTIRUN" or any(
+            item.startswith("-") for item in argv):
         return argv
     if ckpt_path == "last":
-        run_dir = newest_run_with_checkpoint(argv)
+        run_dir = newest_run_with_checkpoint(argv, overrides)
     else:
         folder = Path(ckpt_path).resolve().parent
         run_dir = folder.parent if folder.name == CHECKPOINT_DIR and (folder.parent / ".hydra").is_dir() else None
-    return [*argv, f"hydra.run.dir={run_dir}"] if run_dir is not None else argv
+    return [*argv, f"hydra.run.dir={hydra_quote(str(run_dir))}"] if run_dir is not None else argv
 
 
-def newest_run_with_checkpoint(argv: list[str]) -> Path | None:
-    overrides = [item for item in argv if "=" in item and not item.startswith("-")]
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    """``key: value`` of the command line's plain overrides (``+``/``++`` dropped, quotes removed); {} for
+    a command line Hydra cannot parse, which tvr-train then reports itself."""
     try:
-        run_name = compose_config(overrides, "train").run_name
+        parsed = OverridesParser.create().parse_overrides([item for item in argv if "=" in item and not item.startswith("-")])
+    except Exception:
+        return {}
+    return {override.key_or_group: override.value() for override in parsed if not override.is_sweep_override()}
+
+
+def hydra_quote(text: str) -> str:
+    """``text`` as one single-quoted Hydra value (a run folder named ``head=x,seed=1`` would otherwise
+    read as a key and a sweep). Hydra reads a backslash as an escape only before a quote."""
+    escaped = re.sub(r"(\\*)('|\Z)", lambda match: match.group(1) * 2 + ("\\'" if match.group(2) else ""), text)
+    return f"'{escaped}'"
+
+
+def newest_run_with_checkpoint(argv: list[str], overrides: dict[str, str]) -> Path | None:
+    try:
+        run_name = compose_config([item for item in argv if "=" in item], "train").run_name
     except Exception:  # a bad override: tvr-train itself reports it with its key
         return None
+    wanted = comparable(overrides)
     parent = Path("outputs") / run_name
     runs = sorted((path for path in parent.glob("*") if newest_checkpoint(path) is not None), key=lambda path: path.name)
-    if not runs:
-        print(f"error: ckpt_path=last: no run of '{run_name}' with a checkpoint under {parent}/; "
+    same = [path for path in runs if comparable(saved_overrides(path)) == wanted]
+    if not same:
+        others = f"; the runs there were started with other overrides ({', '.join(path.name for path in runs[-3:])})" if runs else ""
+        print(f"error: ckpt_path=last: no run of '{run_name}' with a checkpoint and these overrides under {parent}/{others}; "
               "pass ckpt_path=<file> or hydra.run.dir=<run folder>", file=sys.stderr)
         sys.exit(2)
-    log.info("continuing %s", runs[-1])
-    return runs[-1]
+    log.info("continuing %s", same[-1])
+    return same[-1]
+
+
+def saved_overrides(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return parse_overrides(yaml.safe_load(path.read_text()) or []) if path.is_file() else {}
+
+
+def comparable(overrides: dict[str, str]) -> dict[str, str]:
+    """The overrides that make a run what it is: not how to continue it or for how long."""
+    return {key: value for key, value in overrides.items() if key not in ("ckpt_path", "trainer.max_epochs")}

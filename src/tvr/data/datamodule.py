@@ -238,7 +238,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         saved = (order["batch_size"], order["world_size"], order["seed"])
         if saved != (self.batch_size, world_size, self.seed):
             log.warning("resuming with batch size %d, %d processes and seed %d where the checkpoint had %d, %d and %d: "
-                        "epoch %d restarts from its first batch and the data order differs from the interrupted run's",
+                        "epoch %d continues in a new data order (some of its samples are seen twice, some not at all) "
+                        "and the run is not the one the interrupted run would have been",
                         self.batch_size, world_size, self.seed, *saved, order["epoch"])
             self._resume_position = (order["epoch"], 0)
             return

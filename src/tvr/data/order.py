@@ -31,7 +31,7 @@ def item_randomness(seed: int, epoch: int, index: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         random.seed(item_seed)
         np.random.seed(item_seed)
-        torch.manual_seed(item_seed)
+        torch.default_generator.manual_seed(item_seed)  # CPU only: fork_rng(devices=[]) restores no CUDA state
         try:
             yield
         finally:
