@@ -23,6 +23,8 @@ def test_a_job_folder_is_named_by_its_swept_overrides(tmp_path):
         {"hydra": {"overrides": {"task": ["head=meanpool,seqtransf", "seed=0,1", "trainer.max_epochs=1", "ckpt_path=last"]}}}))
     job = ["head=seqtransf", "seed=1", "trainer.max_epochs=1", "ckpt_path=last"]
     assert job_folder_name(job, ["ckpt_path"], str(tmp_path)) == "head=seqtransf,seed=1"
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["backbone.weights=a.pt,b.pt"]}}}))
+    assert job_folder_name(["backbone.weights=b.pt"], ["backbone.weights"], str(tmp_path)) == "backbone.weights=b.pt"  # swept: kept
 
 
 def test_without_the_sweeps_record_every_override_names_the_job_within_the_length_limit(tmp_path):

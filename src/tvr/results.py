@@ -33,6 +33,7 @@ FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 DEFAULT = "(default)"
 REMOVED = "(removed)"
 SEED = "seed"
+RESUME = "ckpt_path"
 MESSAGE_CHARS = 200
 PLOT_LABEL_CHARS = 40
 
@@ -143,11 +144,10 @@ def load_run(folder: Path, label: str) -> Run:
             return run
         run.status, run.error = FAILED, {"type": "UnreadableMetrics", "message": problem}
         return run
+    run.resumable = (folder / "checkpoints" / "last.ckpt").is_file()  # also after a failure (NaN loss, OOM)
     if (folder / "error.json").is_file():
         error, problem = read_json(folder / "error.json")
         run.status, run.error = FAILED, error or {"type": "UnreadableError", "message": problem}
-        return run
-    run.resumable = (folder / "checkpoints" / "last.ckpt").is_file()
     return run
 
 
@@ -164,7 +164,7 @@ def collect_runs(folders: list[Path]) -> list[Run]:
         if not folder.exists():
             raise UserInputError(f"sweep folder not found: {folder}")
         if not folder.is_dir():
-            raise UserInputError(f"not a folder: {folder} (pass the sweep folder, e.g. multirun/<date>/<time>)")
+            raise UserInputError(f"not a folder: {folder} (pass the sweep folder, e.g. multirun/<date>_<time>)")
     runs, seen = [], set()
     for root in folders:
         for folder in find_run_folders(root):
@@ -185,8 +185,9 @@ def collect_runs(folders: list[Path]) -> list[Run]:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """Override keys (but ``seed``) whose value is not the same in every run; absent counts as a value."""
-    keys = sorted({key for run in runs for key in run.settings} - {SEED})
+    """Override keys (but ``seed``, and ``ckpt_path``, which a resumed job gains) whose value is not the
+    same in every run; absent counts as a value."""
+    keys = sorted({key for run in runs for key in run.settings} - {SEED, RESUME})
     return [key for key in keys if len({run.settings.get(key, DEFAULT) for run in runs}) > 1]
 
 
@@ -277,7 +278,8 @@ def run_dir_override(folder: Path) -> str:
 
 def resume_command(run: Run) -> str:
     # hydra.run.dir puts the resumed job back in its own folder, where ckpt_path=last finds checkpoints/last.ckpt.
-    words = ["tvr-train", *(shlex.quote(item) for item in run.overrides), run_dir_override(run.folder), "ckpt_path=last"]
+    kept = [item for item in run.overrides if item.lstrip("+").split("=", 1)[0] != RESUME]  # a resumed job has it already
+    words = ["tvr-train", *(shlex.quote(item) for item in kept), run_dir_override(run.folder), "ckpt_path=last"]
     return " ".join(words)
 
 
@@ -286,7 +288,8 @@ def problem_description(run: Run) -> str:
     if run.status == FAILED:
         error = run.error or {}
         text = f"{error.get('type', 'error')}: {first_line(error.get('message', ''))}"
-        return text + (f" (at step {error['step']})" if error.get("step") is not None else "")
+        text += f" (at step {error['step']})" if error.get("step") is not None else ""
+        return text + (f"; resumable: {resume_command(run)}" if run.resumable else "")
     if run.resumable:
         return f"no metrics.json (running or killed); resumable: {resume_command(run)}"
     return "no metrics.json (running or killed); no checkpoints/last.ckpt to resume from"
@@ -392,7 +395,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Compare the runs of tvr-train sweeps: results.md, results.csv and results.png.",
     )
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
-                        help="sweep folder(s) (e.g. multirun/<date>/<time>), searched recursively for job folders")
+                        help="sweep folder(s) (e.g. multirun/<date>_<time>), searched recursively for job folders")
     parser.add_argument("--out", type=Path, default=None, help="where to write the results (default: the first FOLDER)")
     return parser.parse_args(argv)
 

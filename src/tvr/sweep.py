@@ -38,9 +38,9 @@ def sweep_overrides(sweep_dir: str) -> list[str]:
 
 def job_folder_name(task_overrides, exclude_keys, sweep_dir: str) -> str:
     """The folder of one sweep job: its swept overrides, or all of them when the sweep is not known."""
-    excluded = set(exclude_keys or ())
-    items = sorted(item for item in task_overrides if item.split("=", 1)[0].lstrip("+~") not in excluded)
     swept = swept_keys(sweep_overrides(sweep_dir))
+    excluded = set(exclude_keys or ()) - swept  # a swept location (backbone.weights=a.pt,b.pt) still names its jobs
+    items = sorted(item for item in task_overrides if item.split("=", 1)[0].lstrip("+~") not in excluded)
     chosen = [item for item in items if item.split("=", 1)[0].lstrip("+~") in swept] or items
     name = ",".join(chosen).replace("/", "-") or "default"  # a '/' would nest folders
     if len(name.encode()) > MAX_NAME:
