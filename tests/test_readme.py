@@ -38,6 +38,12 @@ HOW = {
     "tvr-train ckpt_path=outputs/…/checkpoints/last.ckpt": (ELSEWHERE, "test_resume continues a run by its file"),
     "tvr-train -m head=meanpool,seqtransf seed=0,1,2": (RUN, None),
     "tvr-results multirun/2026-12-01_10-00-00": (ELSEWHERE, "test_sweep runs it on a real sweep of the synthetic set"),
+    "sbatch tools/slurm/train.sbatch experiment=clip4clip_meanp_msrvtt data.source.root=/datasets/msrvtt": (
+        ELSEWHERE, "needs SLURM; test_slurm runs the script's srun line under stand-in SLURM variables"),
+    "tvr-train -m hydra/launcher=slurm trainer=ddp_multinode ckpt_path=last experiment=xpool_msrvtt seed=0,1,2 "
+    "data.source.root=/datasets/msrvtt": (ELSEWHERE, "needs SLURM; test_slurm submits a sweep to a stand-in cluster"),
+    "python tools/bench_train.py": (ELSEWHERE, "minutes; test_bench_train runs it with few steps"),
+    "python tools/bench_train.py --device cuda --backbone vit_b32 --batch-size 128": (ELSEWHERE, "needs a GPU"),
     "tvr-train data=msrvtt backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt data.source.root=/datasets/msrvtt": (
         COMPOSE, "needs CLIP weights and a benchmark; test_backbone loads every weights format"),
     "python tools/compress_videos.py RAW/ data/msrvtt/videos --workers 8": (

@@ -174,7 +174,7 @@ def test_sbatch_script_is_valid_bash_with_the_documented_directives():
     text = SBATCH_SCRIPT.read_text()
     flags = sbatch_flags(text)
     assert (flags["nodes"], flags["ntasks-per-node"], flags["gpus-per-node"], flags["cpus-per-task"]) == ("2", "4", "4", "8")
-    assert flags["signal"] == "SIGUSR1@90"  # Lightning's SLURMEnvironment requeue signal, to every task
+    assert flags["signal"] == "SIGUSR1@90"  # tvr.resume.SlurmRequeue's signal, to every task
     assert flags["requeue"] is True and flags["open-mode"] == "append" and flags["time"] and flags["output"]
     # sbatch reads #SBATCH lines only above the first command
     first_command = next(n for n, line in enumerate(text.splitlines()) if line.strip() and not line.startswith("#"))
