@@ -40,13 +40,14 @@ class HangingBackend:
 
 
 class PoisonBatch(pl.Callback):
-    """Turns the frames of the batch of optimiser step ``step`` into NaN: a non-finite loss on demand."""
+    """Turns the frames of the batch(es) of optimiser step ``step`` (only batch ``batch_idx`` of the epoch,
+    if given) into NaN: a non-finite loss on demand."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, batch_idx: int | None = None) -> None:
+        self.step, self.batch_idx = step, batch_idx
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.batch_idx in (None, batch_idx):
             batch["frames"].fill_(float("nan"))
 
 

@@ -63,3 +63,11 @@ def test_the_cli_stops_with_one_error_line_and_records_it_for_tvr_results(data_d
     assert "error: non-finite loss at step 3" in result.stderr
     recorded = json.loads((tmp_path / "run" / "error.json").read_text())
     assert recorded["type"] == "NonFiniteLossError" and recorded["step"] == 3
+
+
+def test_a_nan_loss_in_an_earlier_micro_batch_of_an_accumulated_step_is_named_as_a_loss(data_dir, tmp_path):
+    # batches 2 and 3 make optimiser step 1; the poisoned batch is the first of the two
+    first_of_two = poisoned("Batch", 1) + ["+callbacks.poison.batch_idx=2"]
+    cfg = compose_train(SHORT + ["+trainer.accumulate_grad_batches=2"] + first_of_two, data_dir, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 1 "):
+        train(cfg)

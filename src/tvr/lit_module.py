@@ -66,6 +66,7 @@ class RetrievalModule(pl.LightningModule):
         self.select_window = int(train.get("select_window", 1))
         self._recent_val_r1: list[float] = []
         self._loss_terms: dict[str, torch.Tensor] = {}
+        self._losses_finite: torch.Tensor | None = None  # over the micro-batches of the optimiser step so far
         self.nonfinite = train.get("nonfinite", "stop")
         self.skipped_nonfinite_steps = 0
 
@@ -91,7 +92,10 @@ class RetrievalModule(pl.LightningModule):
         extras = self.head.extra_losses(text_repr, video_repr, self.backbone.logit_scale)
         total = loss + sum(extras.values()) if extras else loss
         self._record_decode_failures(batch)
-        # checked with the gradient norm in configure_gradient_clipping: one device sync per step, not two
+        # checked with the gradient norm in configure_gradient_clipping: one device sync per step, not two;
+        # under gradient accumulation over every micro-batch of the step (the message shows the last one's terms)
+        finite = torch.isfinite(total.detach())
+        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
         self._loss_terms = {"contrastive": loss.detach(), **{name: value.detach() for name, value in extras.items()}}
         batch_size = batch["tokens"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
@@ -118,16 +122,17 @@ class RetrievalModule(pl.LightningModule):
         params = [param for group in optimizer.param_groups for param in group["params"] if param.grad is not None]
         if str(self.trainer.precision) == "16-mixed":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            checked, name = torch.stack(list(self._loss_terms.values())).sum(), "loss_sum"
+            checked, name = torch.where(self._losses_finite, 0.0, float("nan")), "loss_check"
         elif gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
             checked, name = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val), "gradient_norm"  # as Lightning clips
         else:  # value clipping would hide an inf: take the norm first
             norms = [param.grad.detach().norm() for param in params]
             checked, name = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(()), "gradient_norm"
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        losses_finite, self._losses_finite = self._losses_finite, None  # the next step starts afresh
         if torch.isfinite(checked):
             return
-        bad_loss = not all(torch.isfinite(value) for value in self._loss_terms.values())
+        bad_loss = not bool(losses_finite)
         terms = {**self._loss_terms, name: checked} if bad_loss else {name: checked, **self._loss_terms}
         self._non_finite("loss" if bad_loss else "gradient", terms, self.trainer.fit_loop.epoch_loop.batch_idx)
         for param in params:  # no gradient: AdamW and BertAdam leave the parameter alone
