@@ -213,11 +213,7 @@ class RetrievalModule(pl.LightningModule):
 
     @staticmethod
     def _gather_lists(items: list[str]) -> list[str]:
-        if not is_distributed():
-            return list(items)
-        everyone: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(everyone, items)
-        return [item for part in everyone for item in part]
+        return [item for part in gather_objects(list(items)) for item in part]
 
     def gather_train_failures(self) -> tuple[int, list[str]]:
         """Training samples replaced on every rank, and the distinct unreadable videos behind them."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import shlex
 import statistics
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from tvr.errors import UserInputError, exit_on_user_error
+from tvr.sweep import hydra_quote
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 DEFAULT = "(default)"
@@ -258,13 +258,6 @@ def first_line(text: str) -> str:
     lines = str(text).strip().splitlines()
     line = lines[0] if lines else ""
     return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
-
-
-def hydra_quote(text: str) -> str:
-    """``text`` as a single-quoted Hydra override value. Hydra reads a backslash as an escape only before a
-    quote (or the closing quote), so only those backslashes are doubled."""
-    escaped = re.sub(r"(\\*)('|\Z)", lambda match: match.group(1) * 2 + ("\\'" if match.group(2) else ""), text)
-    return f"'{escaped}'"
 
 
 def run_dir_override(folder: Path) -> str:

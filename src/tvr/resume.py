@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from tvr.checkpoint import load_tvr_checkpoint
 from tvr.config import compose_config
+from tvr.sweep import hydra_quote
 from tvr.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -254,13 +254,6 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     except Exception:
         return {}
     return {override.key_or_group: override.value() for override in parsed if not override.is_sweep_override()}
-
-
-def hydra_quote(text: str) -> str:
-    """``text`` as one single-quoted Hydra value (a run folder named ``head=x,seed=1`` would otherwise
-    read as a key and a sweep). Hydra reads a backslash as an escape only before a quote."""
-    escaped = re.sub(r"(\\*)('|\Z)", lambda match: match.group(1) * 2 + ("\\'" if match.group(2) else ""), text)
-    return f"'{escaped}'"
 
 
 def newest_run_with_checkpoint(argv: list[str], overrides: dict[str, str]) -> Path | None:

@@ -13,6 +13,7 @@ requeued job finds its folder again.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,13 @@ def job_folder_name(task_overrides, exclude_keys, sweep_dir: str) -> str:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = name.encode()[: MAX_NAME - 12].decode(errors="ignore") + "~" + digest
     return name
+
+
+def hydra_quote(text: str) -> str:
+    """``text`` as a single-quoted Hydra override value. Hydra reads a backslash as an escape only before a
+    quote (or the closing quote), so only those backslashes are doubled."""
+    escaped = re.sub(r"(\\*)('|\Z)", lambda match: match.group(1) * 2 + ("\\'" if match.group(2) else ""), text)
+    return f"'{escaped}'"
 
 
 def register_resolvers() -> None:
