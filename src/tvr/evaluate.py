@@ -4,6 +4,9 @@ The checkpoint's own config (data, backbone, head, loss, optim, train, evaluatio
 and every key of it can be overridden on the command line (see ``conf/eval.yaml``). CLIP weights come from
 the checkpoint itself, so the original weights file is not needed. Evaluation reads only the evaluated
 split's files and never creates data: no synthetic generation, no frame-cache build.
+
+Without ``ckpt_path`` it evaluates a backbone zero-shot, the baseline row of every paper in the field:
+``tvr-eval backbone=vit_b32 backbone.weights=<CLIP file> head=meanpool data=msrvtt data.source.root=...``.
 """
 
 from __future__ import annotations
@@ -21,20 +24,22 @@ from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
-from tvr.lit_module import RetrievalModule
+from tvr.evaluation.lightning import EvaluationModule
 from tvr.validation import validate_eval_config
 
 log = logging.getLogger(__name__)
 
 
-def module_from_config(cfg: DictConfig, checkpoint: dict, source: str) -> RetrievalModule:
-    """The model the (checkpoint's, possibly overridden) config describes, with the checkpoint's weights."""
+def module_from_config(cfg: DictConfig, checkpoint: dict | None, source: str) -> EvaluationModule:
+    """The model the (checkpoint's, possibly overridden) config describes, with the checkpoint's weights;
+    without a checkpoint, the backbone's own weights (``backbone.weights``) and a freshly initialised head."""
     backbone = backbone_kwargs(cfg.backbone)
+    if checkpoint is None:
+        if not backbone.get("weights"):
+            log.warning("zero-shot evaluation with backbone.weights=null: the CLIP weights are random")
+        return EvaluationModule(backbone=backbone, head=to_plain(cfg.head), evaluation=to_plain(cfg.evaluation))
     backbone["weights"] = None  # every CLIP weight is in the checkpoint's state_dict
-    module = RetrievalModule(
-        backbone=backbone, head=to_plain(cfg.head), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
-        evaluation=to_plain(cfg.evaluation), train=to_plain(cfg.train), run_config=to_plain(cfg),
-    )
+    module = EvaluationModule(backbone=backbone, head=to_plain(cfg.head), evaluation=to_plain(cfg.evaluation))
     missing, unexpected = load_state_dict_checked(module, checkpoint["state_dict"], strict=cfg.strict, source=source)
     if missing or unexpected:
         log.warning("%s loaded partially: missing %s, unexpected %s", source, missing, unexpected)
@@ -67,8 +72,10 @@ def evaluation_data_config(data: dict, split_role: str, needs_train_captions: bo
     return {**data, "source": source, "frame_cache": cache, "splits": {"train": train, "val": None, "test": split}}
 
 
-def checkpoint_selection(checkpoint: dict, saved: dict) -> tuple[str | None, str]:
+def checkpoint_selection(checkpoint: dict | None, saved: dict) -> tuple[str | None, str]:
     """Which split chose this checkpoint and by what rule, from ``saved``, the config it was trained with."""
+    if checkpoint is None:
+        return None, "none: zero-shot (backbone weights, untrained head)"
     if "converted_from" in checkpoint:
         return None, f"released checkpoint converted from {checkpoint['converted_from']}"
     val_split = (saved.get("data") or {}).get("splits", {}).get("val")
@@ -97,14 +104,14 @@ def changed_from_checkpoint(section: str, saved: dict, used: dict) -> dict[str, 
 
 def evaluate(cfg: DictConfig) -> dict:
     validate_eval_config(cfg)  # every key, split included, before the checkpoint or any data is read
-    checkpoint = load_tvr_checkpoint(cfg.ckpt_path)
-    if cfg.get("data") is None or cfg.get("head") is None:
+    checkpoint = load_tvr_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    if checkpoint is not None and (cfg.get("data") is None or cfg.get("head") is None):
         raise ConfigError("ckpt_path", f"{cfg.ckpt_path} carries no tvr run config",
                           "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py")
     data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=cfg.evaluation.rerank == "qbnorm")
-    saved = checkpoint["hyper_parameters"].get("run_config") or {}
+    saved = (checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
     changed = {}
-    for section in ("data", "backbone", "head"):
+    for section in ("data", "backbone", "head") if checkpoint is not None else ():
         changed.update(changed_from_checkpoint(section, saved.get(section) or {}, to_plain(cfg[section])))
     if changed:  # said, not silent: a re-evaluation with other settings is another measurement
         log.warning("evaluating with settings that differ from the checkpoint's (trained with -> now): %s",
@@ -114,6 +121,9 @@ def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(data_cfg, cfg.evaluation)
     module = module_from_config(cfg, checkpoint, source=str(cfg.ckpt_path))
+    if module.backbone.image_size != cfg.backbone.image_size:
+        raise ConfigError("backbone.image_size", f"{cfg.backbone.image_size}, but '{module.backbone.model_name}' takes "
+                          f"{module.backbone.image_size}px input", f"set backbone.image_size={module.backbone.image_size}")
     trainer = build_trainer(cfg.trainer, run_dir, logger_cfg=None)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:
@@ -122,8 +132,8 @@ def evaluate(cfg: DictConfig) -> dict:
     split_name = datamodule.split_names["test"]
     selected_on, selection = checkpoint_selection(checkpoint, saved)
     facts = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "head": module.hparams.head["name"],
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()) if checkpoint is not None else f"none (zero-shot, weights {cfg.backbone.weights})",
+        "head": module.head.name,
         "backbone": module.backbone.model_name,
         "dataset": datamodule.dataset.name,
         "frames": datamodule.eval_sampler.max_frames,

@@ -1,10 +1,9 @@
-"""The LightningModule: one backbone, one head, one loss; nothing in here knows which head it runs.
+"""The LightningModule: a Retriever (backbone + head) plus loss and optimisation; nothing in here knows
+which head it runs.
 
 Training: encode the local batch, all-gather the head representations (with the configured gradient
 rule) so every rank scores the global batch, apply CLIP's clamped ``logit_scale``, add the head's extra
-losses. Evaluation: encode every video and every text once, gather them across ranks, drop the
-duplicates a DistributedSampler pads with (by item index), score all pairs in tiles through the head,
-and compute the metrics.
+losses. Validation and testing come from :class:`~tvr.evaluation.lightning.EvaluationModule`.
 """
 
 from __future__ import annotations
@@ -12,21 +11,15 @@ from __future__ import annotations
 import logging
 import math
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
-from tvr.data.datamodule import QUERY_BANK_LOADER, TEXT_LOADER, VIDEO_LOADER
 from tvr.errors import NonFiniteLossError
-from tvr.evaluation.checks import check_finite_representations
-from tvr.evaluation.report import evaluate_scores
-from tvr.evaluation.similarity import tiled_similarity
-from tvr.models.backbone import CLIPBackbone
-from tvr.models.distributed import gather_indexed, gather_no_grad, gather_with_grad, is_distributed
-from tvr.models.heads import create_head
-from tvr.models.heads.base import Repr, repr_length, slice_repr
+from tvr.evaluation.engine import gather_lists
+from tvr.evaluation.lightning import EvaluationModule
+from tvr.models.distributed import gather_with_grad
 from tvr.models.losses import create_loss
 from tvr.optim import SCHEDULES, BertAdam, parameter_groups
 from tvr.resume import gather_objects
@@ -34,7 +27,7 @@ from tvr.resume import gather_objects
 log = logging.getLogger(__name__)
 
 
-class RetrievalModule(pl.LightningModule):
+class RetrievalModule(EvaluationModule):
     def __init__(
         self,
         backbone: dict,
@@ -45,41 +38,22 @@ class RetrievalModule(pl.LightningModule):
         train: dict,
         run_config: dict | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone, head, evaluation)
         self.save_hyperparameters()
-        self.backbone = CLIPBackbone(**backbone)
-        head_options = {key: value for key, value in head.items() if key != "name"}
-        self.head = create_head(head["name"], embed_dim=self.backbone.embed_dim, **head_options)
-        self.head.init_from_backbone(self.backbone)
         if train.get("freeze_layer_num", -1) >= 0:
             self.backbone.freeze_like_clip4clip(train["freeze_layer_num"])
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
         self.optim_cfg = optim
-        self.eval_cfg = evaluation
         self.gather_grad = train.get("gather_grad", "sum")
         self.max_log_logit_scale = math.log(train.get("max_logit_scale", 100.0))
-        self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.train_replaced_samples = 0  # samples whose video was unreadable (once each, however many retries)
-        self.eval_results: dict[str, dict] = {}
-        self._eval_outputs: dict[str, list] = {}
         self.select_window = int(train.get("select_window", 1))
         self._recent_val_r1: list[float] = []
         self._loss_terms: dict[str, torch.Tensor] = {}
         self._losses_finite: torch.Tensor | None = None  # over the micro-batches of the optimiser step so far
         self.nonfinite = train.get("nonfinite", "stop")
         self.skipped_nonfinite_steps = 0
-
-    # ------------------------------------------------------------------ encoders
-    def encode_texts(self, tokens: torch.Tensor) -> Repr:
-        return self.head.encode_text(self.backbone.encode_text(tokens))
-
-    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Repr:
-        features = self.backbone.encode_frames(frames, frame_mask, with_patches=self.head.needs_patches)
-        return self.head.encode_video(features)
-
-    def scaled(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores * self.backbone.logit_scale.exp() if self.head.uses_logit_scale else scores
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -162,115 +136,17 @@ class RetrievalModule(pl.LightningModule):
             self.backbone.logit_scale.clamp_(max=self.max_log_logit_scale)
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
-        # labels (ground truth, unreadable flags) travel beside the representations, never inside them
-        if dataloader_idx == VIDEO_LOADER:
-            rep = self.encode_videos(batch["frames"], batch["frame_mask"])
-            self._eval_outputs["videos"].append((batch["index"], rep))
-            self._eval_outputs["video_labels"].append((batch["index"], {"unreadable": batch["unreadable"]}))
-            self._eval_outputs["failed"].extend(batch["failed_videos"])
-        elif dataloader_idx == TEXT_LOADER:
-            rep = self.encode_texts(batch["tokens"])
-            self._eval_outputs["texts"].append((batch["index"], rep))
-            self._eval_outputs["text_labels"].append((batch["index"], {"video_index": batch["video_index"]}))
-        elif dataloader_idx == QUERY_BANK_LOADER:
-            self._eval_outputs["bank"].append((batch["index"], self.encode_texts(batch["tokens"])))
-
-    def _start_eval(self) -> None:
-        self._eval_outputs = {"videos": [], "video_labels": [], "texts": [], "text_labels": [], "bank": [], "failed": []}
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval()
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval()
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
-
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self._finish_eval("val", log_metrics=False)
-            return
-        self._finish_eval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_eval("test")
-
-    def _shared_similarity(self, texts: Repr, videos: Repr, tiles: dict) -> torch.Tensor:
-        """The full [Nt, Nv] matrix on every rank; under DDP each rank scores a contiguous share of the
-        texts and the shares are gathered, so text-conditioned heads split their cost across ranks."""
-        if not is_distributed():
-            return tiled_similarity(self.head, texts, videos, **tiles)
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-        bounds = torch.linspace(0, repr_length(texts), world + 1).long().tolist()
-        share = slice_repr(texts, bounds[rank], bounds[rank + 1])
-        rows = tiled_similarity(self.head, share, videos, out_device=self.device, **tiles)
-        return gather_no_grad(rows).cpu()
-
-    @staticmethod
-    def _gather_lists(items: list[str]) -> list[str]:
-        return [item for part in gather_objects(list(items)) for item in part]
-
-    def gather_train_failures(self) -> tuple[int, list[str]]:
-        """Training samples replaced on every rank, and the distinct unreadable videos behind them."""
-        replaced = sum(self._gather_lists([self.train_replaced_samples]))
-        return replaced, sorted(set(self._gather_lists(self.decode_failures["train"])))
-
-    def _item_names(self, stage: str) -> tuple[list[str] | None, list[str] | None]:
-        """Readable names of the evaluated texts and videos, for error messages (None without a datamodule)."""
-        records = getattr(getattr(self.trainer, "datamodule", None), "records", {}).get(stage)
-        if records is None:
-            return None, None
-        texts = [f"text {text.text_id} of video {text.video_id}" for text in records.texts]
-        return texts, [video.video_id for video in records.videos]
-
-    def _finish_eval(self, stage: str, log_metrics: bool = True) -> None:
-        outputs = self._eval_outputs
-        if not outputs["videos"] or not outputs["texts"]:
-            return
-        videos = gather_indexed(outputs["videos"])
-        texts = gather_indexed(outputs["texts"])
-        text_to_video = gather_indexed(outputs["text_labels"])["video_index"].cpu().numpy()
-        unreadable = gather_indexed(outputs["video_labels"])["unreadable"].bool().cpu()
-        text_names, video_names = self._item_names(stage)
-        check_finite_representations(texts, videos, unreadable, text_names, video_names, stage=stage)
-        cfg = self.eval_cfg
-        tiles = {"text_chunk": cfg.get("text_chunk", 1024), "video_chunk": cfg.get("video_chunk", 1024),
-                 "memory_budget_bytes": int(cfg.get("memory_budget_gb", 0.5) * 2**30)}
-        cos = self._shared_similarity(texts, videos, tiles)
-        bank = None
-        if outputs["bank"]:
-            bank = self._shared_similarity(gather_indexed(outputs["bank"]), videos, tiles)
-        qbnorm = cfg.get("qbnorm", {})
-        metrics = evaluate_scores(
-            cos, text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
-            dsl_temperature=cfg.get("dsl_temperature", 100.0), qbnorm_bank=bank,
-            qbnorm_k=qbnorm.get("k", 1), qbnorm_beta=qbnorm.get("beta", 20.0),
-            unreadable_videos=torch.nonzero(unreadable).flatten().numpy(),
-        )
-        failures = sorted(set(self._gather_lists(outputs["failed"])))
-        self.decode_failures[stage] = failures
-        metrics["num_texts"], metrics["num_videos"] = int(cos.shape[0]), int(cos.shape[1])
-        metrics["unreadable_videos"] = int(unreadable.sum())
-        self.eval_results[stage] = metrics
-        self._eval_outputs = {}
-        if failures:
-            log.warning("%s: %d videos could not be decoded; they stay in the gallery and count as misses: %s",
-                        stage, len(failures), failures[:10])
-        if not log_metrics:
-            return
-        for direction in ("t2v", "v2t"):
-            for name, value in metrics[direction].items():
-                self.log(f"{stage}/{direction}_{name}", value, sync_dist=False, rank_zero_only=False)
-        if stage == "val" and self.select_window > 1:
+        metrics = self.finish_evaluation("val", log_metrics=not self.trainer.sanity_checking)
+        if metrics is not None and not self.trainer.sanity_checking and self.select_window > 1:
             # X-Pool's selection rule: the mean of the last N text-to-video R@1 evaluations
             self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window:]
             self.log("val/t2v_R1_window", sum(self._recent_val_r1) / len(self._recent_val_r1))
-        self.log(f"{stage}/unreadable_videos", float(len(failures)))
+
+    def gather_train_failures(self) -> tuple[int, list[str]]:
+        """Training samples replaced on every rank, and the distinct unreadable videos behind them."""
+        replaced = sum(gather_lists([self.train_replaced_samples]))
+        return replaced, sorted(set(gather_lists(self.decode_failures["train"])))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

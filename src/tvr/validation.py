@@ -458,8 +458,13 @@ def validate_eval_config(cfg: DictConfig) -> None:
     keys, and the run config merged in from the checkpoint (with its overrides) when there is one."""
     checker = ConfigChecker()
     check_known_keys(checker, Section("", dict.fromkeys(key for key in cfg if key != "hydra")), EVAL_TOP_LEVEL, "tvr-eval's config")
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        checker.fail("ckpt_path", "has no value", "pass ckpt_path=<run dir>/checkpoints/best.ckpt")
+    zero_shot = cfg.get("ckpt_path") is None
+    if zero_shot:
+        absent = [group for group in ("backbone", "head", "data") if cfg.get(group) is None]
+        if absent:
+            checker.fail("ckpt_path", f"has no value and {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not chosen",
+                         "pass ckpt_path=<run dir>/checkpoints/best.ckpt, or evaluate zero-shot with "
+                         "backbone=<name> backbone.weights=<CLIP file> head=meanpool data=<name>")
     top = checker.top_level(cfg, ("seed", "split", "strict"))
     check_seed(checker, top)
     split_ok = checker.choice(top, "split", EVAL_ROLES)
@@ -467,7 +472,9 @@ def validate_eval_config(cfg: DictConfig) -> None:
     # The run config is merged in from the checkpoint (tvr.config.with_checkpoint_config). Without one (a
     # missing or foreign file, which evaluate() reports by name) only eval.yaml's own sections are checked:
     # data=<name> cannot even resolve its image size.
-    has_run_config = cfg.get("head") is not None
-    check_run(checker, cfg, data_roles=(top.get("split"),) if split_ok else (), training=False,
-              groups=RUN_GROUPS if has_run_config else ("trainer", "evaluation"))
+    if zero_shot:  # no loss, optimiser or training section: the model is the backbone and a fresh head
+        groups = ("trainer", "evaluation") if absent else ("backbone", "head", "data", "trainer", "evaluation")
+    else:
+        groups = RUN_GROUPS if cfg.get("head") is not None else ("trainer", "evaluation")
+    check_run(checker, cfg, data_roles=(top.get("split"),) if split_ok else (), training=False, groups=groups)
     checker.raise_problems()

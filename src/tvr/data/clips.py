@@ -25,6 +25,9 @@ from tvr.data.video import VideoBackend, VideoReadError
 
 log = logging.getLogger(__name__)
 
+# What an evaluation batch holds (``batch["role"]``): evaluation tells batches apart by it, not by loader order.
+VIDEOS, TEXTS, QUERY_BANK = "videos", "texts", "query_bank"
+
 # Stride used to pick a substitute pair; a large prime so retries spread over the split.
 _SUBSTITUTE_STRIDE = 7919
 
@@ -145,7 +148,8 @@ class EvalVideos(Dataset):
             log.warning("evaluation video unreadable, scored as empty: %s", error)
             frames, mask = self.reader.empty()
             failed.append(video.video_id)
-        return {"frames": frames, "frame_mask": mask, "index": index, "unreadable": bool(failed), "failed_videos": failed}
+        return {"role": VIDEOS, "frames": frames, "frame_mask": mask, "index": index, "unreadable": bool(failed),
+                "failed_videos": failed}
 
 
 class EvalTexts(Dataset):
@@ -158,7 +162,8 @@ class EvalTexts(Dataset):
         return len(self.split.texts)
 
     def __getitem__(self, index: int) -> dict:
-        return {"tokens": self.tokenizer(self.split.texts[index].caption), "index": index, "video_index": self.text_to_video[index]}
+        return {"role": TEXTS, "tokens": self.tokenizer(self.split.texts[index].caption), "index": index,
+                "video_index": self.text_to_video[index]}
 
 
 class QueryBankTexts(Dataset):
@@ -179,7 +184,7 @@ class QueryBankTexts(Dataset):
         return len(self.captions)
 
     def __getitem__(self, index: int) -> dict:
-        return {"tokens": self.tokenizer(self.captions[index]), "index": index}
+        return {"role": QUERY_BANK, "tokens": self.tokenizer(self.captions[index]), "index": index}
 
 
 def collate(items: list[dict]) -> dict:

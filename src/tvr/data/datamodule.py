@@ -43,7 +43,6 @@ def load_skip_list(path: str | None) -> frozenset[str]:
         return frozenset(json_field(path, "the top level", report, "bad", "object"))
     return frozenset(read_id_list(path))
 
-VIDEO_LOADER, TEXT_LOADER, QUERY_BANK_LOADER = 0, 1, 2
 CACHE_MODES = ("off", "auto", "build")
 
 

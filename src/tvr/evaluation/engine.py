@@ -1,0 +1,161 @@
+"""One evaluation pass, with or without a Trainer: encode every video and text once, gather them across
+ranks, score all pairs in tiles through the retriever, re-rank on request and compute the metrics.
+
+Labels (which video a caption describes, which videos were unreadable) travel beside the representations
+in :class:`EvalCollector`, never inside them. Batches say what they hold (``batch["role"]``, set by the
+evaluation datasets), so nothing here depends on the order of a data module's loaders.
+
+Without a Trainer::
+
+    metrics, failed = evaluate_loaders(retriever, datamodule.test_dataloader(), cfg["evaluation"])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from tvr.data.clips import QUERY_BANK, TEXTS, VIDEOS
+from tvr.data.records import SplitRecords
+from tvr.evaluation.checks import check_finite_representations
+from tvr.evaluation.report import evaluate_scores
+from tvr.evaluation.similarity import tiled_similarity
+from tvr.models.distributed import gather_indexed, gather_no_grad, is_distributed
+from tvr.models.heads.base import Repr, repr_length, slice_repr
+from tvr.resume import gather_objects
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class EncodedSplit:
+    """Every text and video of a split, encoded once, in split order, with their labels beside them."""
+
+    texts: Repr
+    videos: Repr
+    text_to_video: np.ndarray  # [Nt] column of each text's video
+    unreadable: torch.Tensor  # bool [Nv]: videos that could not be decoded (count as misses)
+    failed: list[str] = field(default_factory=list)  # their ids, from every rank
+    query_bank: Repr | None = None  # QB-Norm's bank of other captions, when asked for
+
+
+class EvalCollector:
+    """Accumulates one rank's encoded batches; :meth:`gather` joins every rank's share (under DDP each
+    rank sees part of the split, and a DistributedSampler pads with duplicates, dropped by item index)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list] = {VIDEOS: [], "video_labels": [], TEXTS: [], "text_labels": [], QUERY_BANK: []}
+        self._failed: list[str] = []
+
+    @torch.no_grad()
+    def add(self, retriever, batch: dict) -> None:
+        role = batch["role"][0]
+        if role == VIDEOS:
+            rep = retriever.encode_videos(batch["frames"], batch["frame_mask"])
+            self._parts[VIDEOS].append((batch["index"], rep))
+            self._parts["video_labels"].append((batch["index"], {"unreadable": batch["unreadable"]}))
+            self._failed.extend(batch["failed_videos"])
+        elif role == TEXTS:
+            self._parts[TEXTS].append((batch["index"], retriever.encode_texts(batch["tokens"])))
+            self._parts["text_labels"].append((batch["index"], {"video_index": batch["video_index"]}))
+        elif role == QUERY_BANK:
+            self._parts[QUERY_BANK].append((batch["index"], retriever.encode_texts(batch["tokens"])))
+        else:
+            raise ValueError(f"evaluation batch with unknown role '{role}'")
+
+    def gather(self) -> EncodedSplit | None:
+        """The whole split on every rank (every rank must call it); None when nothing was evaluated."""
+        parts = self._parts
+        if not parts[VIDEOS] or not parts[TEXTS]:
+            return None
+        return EncodedSplit(
+            texts=gather_indexed(parts[TEXTS]),
+            videos=gather_indexed(parts[VIDEOS]),
+            text_to_video=gather_indexed(parts["text_labels"])["video_index"].cpu().numpy(),
+            unreadable=gather_indexed(parts["video_labels"])["unreadable"].bool().cpu(),
+            failed=sorted(set(gather_lists(self._failed))),
+            query_bank=gather_indexed(parts[QUERY_BANK]) if parts[QUERY_BANK] else None,
+        )
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's items, concatenated in rank order (the items themselves without DDP)."""
+    return [item for part in gather_objects(list(items)) for item in part]
+
+
+def tile_options(cfg: dict) -> dict:
+    return {"text_chunk": cfg.get("text_chunk", 1024), "video_chunk": cfg.get("video_chunk", 1024),
+            "memory_budget_bytes": int(cfg.get("memory_budget_gb", 0.5) * 2**30)}
+
+
+def shared_similarity(retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The full ``[Nt, Nv]`` matrix on every rank; under DDP each rank scores a contiguous share of the
+    texts and the shares are gathered, so text-conditioned heads split their cost across ranks."""
+    if not is_distributed():
+        return tiled_similarity(retriever.head, texts, videos, **tiles)
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    bounds = torch.linspace(0, repr_length(texts), world + 1).long().tolist()
+    share = slice_repr(texts, bounds[rank], bounds[rank + 1])
+    rows = tiled_similarity(retriever.head, share, videos, out_device=device, **tiles)
+    return gather_no_grad(rows).cpu()
+
+
+def item_names(records: SplitRecords | None) -> tuple[list[str] | None, list[str] | None]:
+    """Readable names of a split's texts and videos, for error messages."""
+    if records is None:
+        return None, None
+    return [f"text {text.text_id} of video {text.video_id}" for text in records.texts], [video.video_id for video in records.videos]
+
+
+def evaluate_encoded(retriever, encoded: EncodedSplit, cfg: dict, stage: str = "test",
+                     names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+                     device: torch.device | str = "cpu") -> dict:
+    """Metrics of an encoded split (both directions; a labelled re-ranked block when ``cfg.rerank`` asks),
+    with what was measured: texts x videos and how many videos were unreadable."""
+    check_finite_representations(encoded.texts, encoded.videos, encoded.unreadable, *names, stage=stage)
+    tiles = tile_options(cfg)
+    scores = shared_similarity(retriever, encoded.texts, encoded.videos, tiles, device)
+    bank = None
+    if encoded.query_bank is not None:
+        bank = shared_similarity(retriever, encoded.query_bank, encoded.videos, tiles, device)
+    qbnorm = cfg.get("qbnorm", {})
+    metrics = evaluate_scores(
+        scores, encoded.text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
+        dsl_temperature=cfg.get("dsl_temperature", 100.0), qbnorm_bank=bank,
+        qbnorm_k=qbnorm.get("k", 1), qbnorm_beta=qbnorm.get("beta", 20.0),
+        unreadable_videos=torch.nonzero(encoded.unreadable).flatten().numpy(),
+    )
+    metrics["num_texts"], metrics["num_videos"] = int(scores.shape[0]), int(scores.shape[1])
+    metrics["unreadable_videos"] = int(encoded.unreadable.sum())
+    if encoded.failed:
+        log.warning("%s: %d videos could not be decoded; they stay in the gallery and count as misses: %s",
+                    stage, len(encoded.failed), encoded.failed[:10])
+    return metrics
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loaders(retriever, loaders: Iterable, cfg: dict, stage: str = "test", records: SplitRecords | None = None,
+                     device: torch.device | str = "cpu") -> tuple[dict, list[str]]:
+    """Evaluate ``retriever`` on a split's evaluation loaders (videos, texts, optionally a query bank) in
+    one process, without a Trainer. Returns the metrics and the ids of the videos that could not be decoded."""
+    device = torch.device(device)
+    was_training = retriever.training
+    retriever.eval().to(device)
+    collector = EvalCollector()
+    try:
+        for loader in loaders:
+            for batch in loader:
+                collector.add(retriever, _to_device(batch, device))
+    finally:
+        retriever.train(was_training)
+    encoded = collector.gather()
+    if encoded is None:
+        raise ValueError(f"{stage}: the loaders yielded no videos or no texts; nothing to evaluate")
+    return evaluate_encoded(retriever, encoded, cfg, stage, item_names(records), device), encoded.failed

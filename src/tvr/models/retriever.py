@@ -1,0 +1,110 @@
+"""The trained retrieval model on its own: the CLIP backbone and one head, with no loss and no optimiser.
+
+Everything that turns inputs into scores lives here, so the same object serves training (the
+LightningModule is a Retriever plus loss and optimisation), evaluation (with or without a Trainer) and
+search over the user's own videos (``tvr-index``/``tvr-search``)::
+
+    retriever = Retriever.from_checkpoint("outputs/.../checkpoints/best.ckpt")
+    videos = retriever.encode_videos(frames, frame_mask)   # [Nv, ...] per-video representation
+    texts = retriever.encode_texts(tokens)                 # [Nt, ...] per-text representation
+    scores = retriever.score(texts, videos)                # [Nt, Nv], tiled, unscaled (cosine for CLIP heads)
+
+The state_dict keys (``backbone.*``, ``head.*``) are those of every tvr checkpoint, converted paper
+checkpoints included, so a checkpoint loads into a Retriever as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
+from tvr.evaluation.similarity import tiled_similarity
+from tvr.models.backbone import CLIPBackbone, FrameFeatures
+from tvr.models.heads import create_head
+from tvr.models.heads.base import Repr, masked_mean_of_unit_frames
+
+
+class Retriever(nn.Module):
+    """``backbone`` and ``head`` are the config dicts a tvr checkpoint stores under ``hyper_parameters``."""
+
+    def __init__(self, backbone: dict, head: dict) -> None:
+        super().__init__()
+        self.backbone = CLIPBackbone(**backbone)
+        options = {key: value for key, value in head.items() if key != "name"}
+        self.head = create_head(head["name"], embed_dim=self.backbone.embed_dim, **options)
+        self.head.init_from_backbone(self.backbone)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu", strict: bool = True) -> "Retriever":
+        """The model of any tvr checkpoint (``tvr-train``'s, or a paper's converted by
+        ``tools/convert_checkpoint.py``); the file alone suffices: CLIP weights come from it too.
+        ``run_config`` is the config it was trained with (None for older files), ``source`` the file."""
+        checkpoint = load_tvr_checkpoint(path, map_location)
+        hyper_parameters = checkpoint["hyper_parameters"]
+        backbone = {**hyper_parameters["backbone"], "weights": None}  # every CLIP weight is in the state_dict
+        retriever = cls(backbone, hyper_parameters["head"])
+        own = {key: value for key, value in checkpoint["state_dict"].items() if key.startswith(("backbone.", "head."))}
+        load_state_dict_checked(retriever, own, strict=strict, source=str(path))
+        retriever.run_config = hyper_parameters.get("run_config")
+        retriever.source = str(Path(path).resolve())
+        return retriever.eval()
+
+    # ------------------------------------------------------------------ encoding
+    def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
+        return self.backbone.encode_frames(frames, frame_mask, with_patches=self.head.needs_patches)
+
+    def encode_texts(self, tokens: torch.Tensor) -> Repr:
+        return self.head.encode_text(self.backbone.encode_text(tokens))
+
+    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Repr:
+        return self.head.encode_video(self.frame_features(frames, frame_mask))
+
+    def encode_texts_with_summary(self, tokens: torch.Tensor) -> tuple[Repr, torch.Tensor]:
+        """The representation and a ``[N, D]`` unit vector for a first-stage vector search (see
+        :meth:`summary_is_exact`): the head's own text embedding, or CLIP's sentence embedding."""
+        features = self.backbone.encode_text(tokens)
+        rep = self.head.encode_text(features)
+        summary = self.head.text_embedding(rep) if self.summary_is_exact else F.normalize(features.sentence, dim=-1)
+        return rep, summary
+
+    def encode_videos_with_summary(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[Repr, torch.Tensor]:
+        """The representation and a ``[N, D]`` unit vector for a first-stage vector search: the head's own
+        video embedding, or, for a text-conditioned head, CLIP's mean-pooled frames (CLIP4Clip's meanP)."""
+        features = self.frame_features(frames, frame_mask)
+        rep = self.head.encode_video(features)
+        if self.summary_is_exact:
+            return rep, self.head.video_embedding(rep)
+        return rep, masked_mean_of_unit_frames(features.frames, features.mask)
+
+    @property
+    def summary_is_exact(self) -> bool:
+        """True when the summaries' dot products are the head's scores (a query-independent head): a vector
+        index then answers exactly; otherwise it only proposes candidates for the head to re-score."""
+        return self.head.query_independent
+
+    # ------------------------------------------------------------------ scoring
+    def scaled(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores as training logits: times CLIP's ``exp(logit_scale)`` for heads that use it."""
+        return scores * self.backbone.logit_scale.exp() if self.head.uses_logit_scale else scores
+
+    @torch.no_grad()
+    def score(self, text_repr: Repr, video_repr: Repr, text_chunk: int = 1024, video_chunk: int = 1024,
+              memory_budget_bytes: int | None = 512 * 2**20, out_device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[Nt, Nv]`` unscaled scores of every text against every video, tile by tile within the memory budget."""
+        return tiled_similarity(self.head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device)
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict:
+        """What an index built with this model must be searched with: head, backbone and a hash of every
+        weight (two checkpoints of one run differ in it; a re-saved copy of one does not)."""
+        digest = hashlib.sha256()
+        for key, value in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {"head": self.head.name, "backbone": self.backbone.model_name, "weights_sha256": digest.hexdigest()[:16]}
