@@ -1,12 +1,12 @@
-"""Evaluation that scales: tiles bounded by a memory budget, and the embedding index's limits."""
+"""Evaluation that scales: tiles bounded by a memory budget, and which heads a vector index can hold."""
 
 import pytest
 import torch
 
-from tvr.evaluation.index import EmbeddingIndex
 from tvr.evaluation.similarity import tile_shape, tiled_similarity
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
+from tvr.search.vector_index import VectorIndex
 
 D = 32
 
@@ -46,25 +46,25 @@ def test_gemm_heads_are_not_tiled_smaller():
     assert tile_shape(create_head("xpool", embed_dim=512), 1024, 1024, 2**30) == (1024, 1024 ** 3 // (1024 * 512 * 24))
 
 
-def test_embedding_index_finds_the_same_top_videos_as_the_head():
+def test_vector_index_finds_the_same_top_videos_as_the_head():
     head = create_head("seqtransf", embed_dim=D, layers=1, heads=1, init_from_clip=False).eval()
     text, video = inputs(9, 30)
     with torch.no_grad():
         text_repr, video_repr = head.encode_text(text), head.encode_video(video)
         sims = head.similarity(text_repr, video_repr)
-    index = EmbeddingIndex.from_head(head, video_repr, use_faiss=False)
-    scores, indices = index.search(head.text_embedding(text_repr), k=5, chunk=4)
+    index = VectorIndex.build(head.video_embedding(video_repr))
+    scores, indices = index.search(head.text_embedding(text_repr), k=5)
     expected = sims.topk(5, dim=1)
     torch.testing.assert_close(scores, expected.values)
     assert torch.equal(indices, expected.indices)
 
 
 @pytest.mark.parametrize("name", ["xpool", "glscl"])
-def test_text_conditioned_heads_refuse_a_precomputed_index(name):
+def test_text_conditioned_heads_have_no_vectors_to_index(name):
     options = {"glscl": {"temporal_layers": 1, "init_from_clip": False, "decoder_heads": 2, "decoder_ffn": 32}}.get(name, {})
     head = create_head(name, embed_dim=D, **options).eval()
     _, video = inputs(2, 3)
     with torch.no_grad():
         video_repr = head.encode_video(video)
-    with pytest.raises(ValueError, match=f"head '{name}' is text-conditioned.*tiled similarity"):
-        EmbeddingIndex.from_head(head, video_repr)
+    with pytest.raises(ValueError, match=f"head '{name}' is text-conditioned.*two stages .*tiled similarity"):
+        head.video_embedding(video_repr)

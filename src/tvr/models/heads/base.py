@@ -65,7 +65,7 @@ class RetrievalHead(nn.Module):
         return text_repr["text"]
 
     def video_embedding(self, video_repr: Repr) -> torch.Tensor:
-        """``[Nv, D]`` per-video vectors, for a precomputed-embedding index over a large gallery."""
+        """``[Nv, D]`` per-video vectors, for a vector index over a large gallery (``tvr.search``)."""
         self._require_query_independent("video embeddings")
         return video_repr["video"]
 
@@ -73,7 +73,8 @@ class RetrievalHead(nn.Module):
         if not self.query_independent:
             raise ValueError(
                 f"head '{self.name}' is text-conditioned: its video representation depends on the query text, so it "
-                f"has no fixed {what} for a precomputed-embedding index; score it with tiled similarity instead"
+                f"has no fixed {what} for a vector index; search it in two stages (tvr.search.two_stage) or score it with "
+                "tiled similarity instead"
             )
 
     def pair_bytes(self) -> int:

@@ -1,0 +1,121 @@
+"""Top-k retrieval for text-conditioned heads (X-Pool) over galleries too large to score every pair.
+
+A text-conditioned head has no per-video vector to index, so scoring a query means running the head on
+every (query, video) pair. ``two_stage_search`` narrows that down first: a :class:`VectorIndex` over
+query-independent per-video summaries (e.g. mean-pooled unit frame vectors) proposes ``rerank_k``
+candidates per query, and only those pairs go through ``head.similarity``. ``exhaustive_search`` scores
+every pair and is the reference that ``recall_at_k`` measures the first stage against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tvr.models.heads.base import Repr, RetrievalHead, repr_length, slice_repr
+from tvr.search.vector_index import VectorIndex
+
+
+def two_stage_search(
+    head: RetrievalHead,
+    text_repr: Repr,
+    text_summary: torch.Tensor,
+    index: VectorIndex,
+    video_repr: Repr,
+    rerank_k: int,
+    top_k: int,
+    query_chunk: int = 64,
+    video_chunk: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and gallery ids ``[Nq, top_k]``, best first, of the head's best videos among each query's
+    ``rerank_k`` nearest summaries (``text_summary`` ``[Nq, D]`` searched in ``index``).
+
+    Each query is scored only against its own candidates, ``video_chunk`` of them at a time, so memory
+    stays bounded whatever ``rerank_k`` is. ``rerank_k`` and ``top_k`` are clamped to the gallery size.
+    A query for which an approximate index returned fewer than ``top_k`` candidates has its row padded
+    with score ``-inf`` and id -1.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1")
+    if top_k > rerank_k:
+        raise ValueError(
+            f"top_k={top_k} is larger than rerank_k={rerank_k}: the second stage can only return candidates "
+            "the first stage proposed, so raise rerank_k to at least top_k"
+        )
+    gallery = repr_length(video_repr)
+    if index.ntotal != gallery:
+        raise ValueError(
+            f"the index holds {index.ntotal} video summaries but video_repr has {gallery} videos; "
+            "build the index from the same gallery, in the same order"
+        )
+    rerank_k, top_k = min(rerank_k, gallery), min(top_k, gallery)
+    num_queries = text_summary.shape[0]
+    scores = torch.full((num_queries, top_k), float("-inf"))
+    ids = torch.full((num_queries, top_k), -1, dtype=torch.long)
+    for start in range(0, num_queries, query_chunk):
+        _, candidates = index.search(text_summary[start : start + query_chunk], rerank_k)
+        for offset, query_candidates in enumerate(candidates):
+            query = start + offset
+            query_candidates = query_candidates[query_candidates >= 0]  # drop faiss's -1 padding
+            candidate_scores = _score_candidates(
+                head, slice_repr(text_repr, query, query + 1), video_repr, query_candidates, video_chunk
+            )
+            best = torch.topk(candidate_scores, min(top_k, len(query_candidates)))
+            found = len(best.indices)
+            scores[query, :found] = best.values
+            ids[query, :found] = query_candidates[best.indices]
+    return scores, ids
+
+
+def _score_candidates(
+    head: RetrievalHead, one_text: Repr, video_repr: Repr, candidates: torch.Tensor, video_chunk: int
+) -> torch.Tensor:
+    """``head.similarity`` of one text against the listed videos, ``[len(candidates)]``."""
+    parts = []
+    for chunk in candidates.split(video_chunk):
+        videos = {key: value.index_select(0, chunk) for key, value in video_repr.items()}
+        parts.append(head.similarity(one_text, videos)[0])
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def exhaustive_search(
+    head: RetrievalHead, text_repr: Repr, video_repr: Repr, top_k: int, video_chunk: int = 4096, query_chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and ids ``[Nq, min(top_k, gallery)]``, best first, with every video scored by the head.
+
+    Tiles of ``query_chunk x video_chunk`` pairs keep memory bounded; a running top-k per query means
+    the full ``[Nq, gallery]`` score matrix is never held.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1")
+    gallery = repr_length(video_repr)
+    num_queries = repr_length(text_repr)
+    top_k = min(top_k, gallery)
+    best_scores = torch.full((num_queries, top_k), float("-inf"))
+    best_ids = torch.full((num_queries, top_k), -1, dtype=torch.long)
+    for query_start in range(0, num_queries, query_chunk):
+        texts = slice_repr(text_repr, query_start, query_start + query_chunk)
+        rows = slice(query_start, query_start + query_chunk)
+        for video_start in range(0, gallery, video_chunk):
+            tile = head.similarity(texts, slice_repr(video_repr, video_start, video_start + video_chunk))
+            tile_ids = torch.arange(video_start, video_start + tile.shape[1]).expand_as(tile)
+            merged_scores = torch.cat([best_scores[rows], tile], dim=1)
+            merged_ids = torch.cat([best_ids[rows], tile_ids], dim=1)
+            best = torch.topk(merged_scores, top_k, dim=1)
+            best_scores[rows] = best.values
+            best_ids[rows] = merged_ids.gather(1, best.indices)
+    return best_scores, best_ids
+
+
+def recall_at_k(found_ids: torch.Tensor, reference_ids: torch.Tensor) -> float:
+    """Mean over queries of ``|found ∩ reference| / |reference|`` for id lists ``[Nq, k_found]`` and
+    ``[Nq, k_reference]``; faiss's -1 padding in ``found_ids`` never counts as a hit."""
+    if found_ids.shape[0] != reference_ids.shape[0]:
+        raise ValueError(
+            f"found_ids has {found_ids.shape[0]} queries but reference_ids has {reference_ids.shape[0]}; "
+            "pass the two searches' ids for the same queries"
+        )
+    if reference_ids.numel() == 0:
+        raise ValueError("reference_ids is empty: recall needs at least one query with one reference id")
+    valid = found_ids >= 0
+    hits = ((found_ids[:, :, None] == reference_ids[:, None, :]) & valid[:, :, None]).any(dim=1)
+    return hits.float().mean().item()
