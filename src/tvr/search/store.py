@@ -1,0 +1,265 @@
+"""The on-disk video index that ``tvr-index`` writes and ``tvr-search`` reads.
+
+An index is one folder::
+
+    OUT/manifest.json      which model and settings built it, its shards, the videos that could not be read
+    OUT/shard-00000.pt     up to ``shard_size`` videos: paths, durations, representation, summary, thumbnails
+    OUT/shard-00001.pt     ...
+
+The manifest is the single source of truth: a shard counts only once the manifest lists it. A shard is
+written first and the manifest after it, both atomically, so a build killed at any moment leaves either
+the old index or the new one, plus at worst an unlisted shard file that the next build overwrites or
+removes; a video is never listed twice. Every shard loads with ``torch.load(weights_only=True)`` (JPEG
+bytes are uint8 tensors, strings are plain lists), so opening an index cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from tvr.checkpoint import atomic_torch_save
+from tvr.errors import UserInputError
+from tvr.models.heads.base import Repr, cat_reprs
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".pt"
+# Temporary files of the atomic writes (tvr.checkpoint's and ours): ".<target name>.<random>.tmp".
+TMP_PREFIXES = (f".{SHARD_PREFIX}", f".{MANIFEST}.")
+
+
+class IndexMismatchError(UserInputError):
+    """An existing index built with another model or other settings than the ones given."""
+
+
+class IndexNotFoundError(UserInputError):
+    """A folder that is not (yet) a video index."""
+
+
+class IndexCorruptError(UserInputError):
+    """An index whose manifest or shard files cannot be read, or disagree with each other."""
+
+
+@dataclass
+class IndexContents:
+    """Every indexed video, in index order; row ``i`` of each field is video ``paths[i]``.
+
+    An empty index has an empty ``representation`` dict and a ``[0, 0]`` summary."""
+
+    paths: list[str]
+    durations: torch.Tensor  # float32 [N], seconds
+    representation: Repr  # the head's per-video representation, float32 on the CPU
+    summary: torch.Tensor  # float32 [N, D] unit vectors for a first-stage vector search
+    thumbnails: list[bytes]  # JPEG bytes of each video's strip of sampled frames
+
+
+class VideoIndexStore:
+    """Read and append to one index folder; open it with :meth:`create_or_open` (build) or :meth:`open` (search)."""
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        self.folder = folder
+        self._manifest = manifest
+        self._indexed_paths: set[str] | None = None  # read from the shards on first use
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create_or_open(cls, folder: str | Path, identity: dict, model: dict, settings: dict) -> "VideoIndexStore":
+        """A new index in ``folder``, or the existing one when it was built with this ``identity`` and
+        these ``settings`` (anything else is refused: one index must hold comparable vectors only).
+
+        ``model`` (how to rebuild the model, e.g. the checkpoint path) is stored as given; reopening with
+        the same identity replaces it, since the caller has just loaded identical weights from there."""
+        folder = Path(folder).resolve()
+        identity, settings = _as_json(identity), _as_json(settings)
+        if (folder / MANIFEST).is_file():
+            store = cls(folder, _read_manifest(folder))
+            store._refuse_mismatch(identity, settings)
+            store._remove_unlisted_files()
+            if store.model != _as_json(model):
+                store._manifest["model"] = _as_json(model)
+                store._write_manifest()
+            return store
+        if folder.exists() and any(folder.iterdir()):
+            raise IndexNotFoundError(
+                f"{folder} is not empty but holds no {MANIFEST}, so it is not a tvr index; pass a new or empty "
+                "folder as index= (an index writes its own files there)"
+            )
+        now = _now()
+        manifest = {"format": FORMAT, "identity": identity, "model": _as_json(model), "settings": settings,
+                    "shards": [], "unreadable": {}, "created": now, "updated": now}
+        store = cls(folder, manifest)
+        folder.mkdir(parents=True, exist_ok=True)
+        store._write_manifest()
+        return store
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "VideoIndexStore":
+        """An existing index, read-only in spirit: nothing in the folder is changed."""
+        folder = Path(folder).resolve()
+        if not (folder / MANIFEST).is_file():
+            what = "does not exist" if not folder.exists() else f"holds no {MANIFEST}"
+            raise IndexNotFoundError(
+                f"no video index at {folder} (the folder {what}); build it with tvr-index VIDEOS_DIR ... index={folder}"
+            )
+        return cls(folder, _read_manifest(folder))
+
+    def _refuse_mismatch(self, identity: dict, settings: dict) -> None:
+        if identity != self.identity:
+            raise IndexMismatchError(
+                f"the index {self.folder} was built with model {self.identity} (from {self.model}), but the model "
+                f"given now is {identity}; vectors of different models cannot be mixed or compared. Use another "
+                f"index folder (index=...) for this model, or pass the index's own checkpoint"
+            )
+        if settings != self.settings:
+            raise IndexMismatchError(
+                f"the index {self.folder} was built with settings {self.settings}, but the settings given now are "
+                f"{settings}; use another index folder (index=...) for these settings, or build with the index's own settings"
+            )
+
+    def _remove_unlisted_files(self) -> None:
+        """Shard and temporary files a crashed build left behind; the manifest does not list them, so they
+        hold nothing the index counts (they would only be overwritten later, or confuse a reader)."""
+        listed = {shard["file"] for shard in self._manifest["shards"]}
+        for path in self.folder.iterdir():
+            name = path.name
+            orphan_shard = name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX) and name not in listed
+            leftover_tmp = name.startswith(TMP_PREFIXES) and name.endswith(".tmp")
+            if (orphan_shard or leftover_tmp) and path.is_file():
+                path.unlink()
+
+    # ------------------------------------------------------------------ what it holds
+    @property
+    def identity(self) -> dict:
+        return self._manifest["identity"]
+
+    @property
+    def settings(self) -> dict:
+        return self._manifest["settings"]
+
+    @property
+    def model(self) -> dict:
+        return self._manifest["model"]
+
+    @property
+    def unreadable(self) -> dict[str, str]:
+        """Videos that could not be decoded: absolute path -> reason."""
+        return dict(self._manifest["unreadable"])
+
+    def __len__(self) -> int:
+        return sum(shard["videos"] for shard in self._manifest["shards"])
+
+    def known_paths(self) -> set[str]:
+        """Every path the index has seen: indexed, or found unreadable (a build skips both)."""
+        return self._paths_in_shards() | set(self._manifest["unreadable"])
+
+    def _paths_in_shards(self) -> set[str]:
+        if self._indexed_paths is None:
+            # mmap: only the pickled path list is read, not the (possibly gigabytes of) tensors
+            self._indexed_paths = {path for shard in self._manifest["shards"]
+                                   for path in self._read_shard(shard, mmap=True)["paths"]}
+        return self._indexed_paths
+
+    def load(self) -> IndexContents:
+        shards = [self._read_shard(shard) for shard in self._manifest["shards"]]
+        if not shards:
+            return IndexContents([], torch.zeros(0), {}, torch.zeros(0, 0), [])
+        return IndexContents(
+            paths=[path for shard in shards for path in shard["paths"]],
+            durations=torch.cat([shard["durations"] for shard in shards]),
+            representation=cat_reprs([shard["representation"] for shard in shards]),
+            summary=torch.cat([shard["summary"] for shard in shards]),
+            thumbnails=[bytes(thumb.numpy()) for shard in shards for thumb in shard["thumbnails"]],
+        )
+
+    def _read_shard(self, entry: dict, mmap: bool = False) -> dict:
+        path = self.folder / entry["file"]
+        try:
+            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except FileNotFoundError as error:
+            raise IndexCorruptError(f"{path} is listed in {self.folder / MANIFEST} but missing; rebuild the index") from error
+        except Exception as error:  # torch raises many types for a damaged file
+            raise IndexCorruptError(f"cannot read index shard {path} ({type(error).__name__}: {error}); rebuild the index") from error
+        if len(shard["paths"]) != entry["videos"]:
+            raise IndexCorruptError(
+                f"index shard {path} holds {len(shard['paths'])} videos but the manifest says {entry['videos']}; rebuild the index"
+            )
+        return shard
+
+    # ------------------------------------------------------------------ writing
+    def append_shard(self, paths: list[str], durations: torch.Tensor, representation: Repr, summary: torch.Tensor,
+                     thumbnails: list[bytes]) -> None:
+        """Add videos as one new shard; floating tensors are stored as float32 on the CPU."""
+        count = len(paths)
+        sizes = {"durations": len(durations), "summary": len(summary), "thumbnails": len(thumbnails),
+                 **{f"representation[{key!r}]": len(value) for key, value in representation.items()}}
+        wrong = {name: size for name, size in sizes.items() if size != count}
+        if wrong:
+            raise ValueError(f"a shard of {count} paths got other item counts: {wrong}")
+        again = self._paths_in_shards().intersection(paths)
+        if again or len(set(paths)) != count:
+            raise ValueError(f"videos already in the index or repeated in the shard: {sorted(again)[:5]}")
+        name = f"{SHARD_PREFIX}{len(self._manifest['shards']):05d}{SHARD_SUFFIX}"
+        shard = {
+            "paths": [str(path) for path in paths],
+            "durations": _cpu_float32(durations),
+            "representation": {key: _cpu_float32(value) for key, value in representation.items()},
+            "summary": _cpu_float32(summary),
+            "thumbnails": [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in thumbnails],
+        }
+        atomic_torch_save(shard, self.folder / name)
+        self._manifest["shards"].append({"file": name, "videos": count})
+        self._write_manifest()
+        self._indexed_paths.update(shard["paths"])
+
+    def add_unreadable(self, reasons: dict[str, str]) -> None:
+        """Record videos that could not be decoded (path -> reason), so the report lists them and a rebuild skips them."""
+        if reasons:
+            self._manifest["unreadable"].update({str(path): str(reason) for path, reason in reasons.items()})
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        self._manifest["updated"] = _now()
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(self._manifest, handle, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.folder / MANIFEST)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise IndexCorruptError(f"cannot read {path} ({error}); rebuild the index into a new folder") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise IndexCorruptError(f"{path} is not a format-{FORMAT} tvr index manifest (format: {found}); rebuild the index")
+    return manifest
+
+
+def _as_json(value: dict) -> dict:
+    """The value as it reads back from the manifest (tuples become lists), so comparisons are like for like."""
+    return json.loads(json.dumps(value))
+
+
+def _cpu_float32(tensor: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 from a mixed-precision encoder would make searches depend on the build's device
+    tensor = torch.as_tensor(tensor).detach().cpu()
+    return tensor.float().contiguous() if tensor.is_floating_point() else tensor.contiguous()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
