@@ -1,0 +1,150 @@
+"""``tvr-index`` and ``tvr-search``: the command lines over :mod:`tvr.search`.
+
+``tvr-index VIDEOS_DIR ckpt_path=... index=OUT`` takes Hydra overrides (``conf/index.yaml``), so a
+zero-shot model is chosen as everywhere else (``backbone=vit_b32 backbone.weights=... head=meanpool``).
+``tvr-search "a dog runs on the beach" index=OUT [--top-k 10]`` prints ranked videos; ``--queries FILE``
+searches one query per line and prints JSON lines; ``--html FILE`` writes a page with thumbnails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hydra.errors import HydraException
+
+from tvr.config import compose_config, to_plain
+from tvr.errors import UserInputError, exit_on_user_error
+from tvr.search.build import build_index
+from tvr.search.model import data_settings, load_retriever, model_record
+from tvr.search.page import Hit, index_page, results_page, write_page
+from tvr.search.searcher import SearchOptions, Searcher
+from tvr.search.store import VideoIndexStore
+
+log = logging.getLogger(__name__)
+
+
+def split_arguments(argv: list[str], usage: str) -> tuple[list[str], list[str]]:
+    """Positional arguments and ``key=value`` overrides, in order."""
+    positional = [item for item in argv if "=" not in item or item.startswith("-")]
+    overrides = [item for item in argv if item not in positional]
+    if any(item.startswith("-") for item in positional):
+        raise UserInputError(f"unknown option {next(i for i in positional if i.startswith('-'))}; usage: {usage}")
+    return positional, overrides
+
+
+INDEX_USAGE = "tvr-index VIDEOS_DIR ckpt_path=<checkpoint> index=<folder> [key=value ...]"
+
+
+@exit_on_user_error
+def run_index(argv: list[str]) -> dict:
+    positional, overrides = split_arguments(argv, INDEX_USAGE)
+    if len(positional) != 1:
+        raise UserInputError(f"give exactly one folder of videos (got {len(positional)}); usage: {INDEX_USAGE}")
+    try:
+        cfg = compose_config(overrides, config_name="index")
+    except HydraException as error:  # an unknown option or group choice: Hydra's message lists the valid ones
+        raise UserInputError(f"{error}\nusage: {INDEX_USAGE}") from error
+    if cfg.get("index") in (None, "???") or str(cfg.index) == "???":
+        raise UserInputError(f"index: has no value; pass index=<folder to write>; usage: {INDEX_USAGE}")
+    record = model_record(cfg)  # before any video is opened
+    retriever = load_retriever(record)
+    sampler, max_words = data_settings(retriever, record, to_plain(cfg.sampler) if cfg.sampler else None)
+    report = build_index(retriever, Path(positional[0]), Path(cfg.index), sampler=sampler, max_words=max_words, model=record,
+                         backend=cfg.backend, num_workers=cfg.num_workers, batch_size=cfg.batch_size,
+                         shard_size=cfg.shard_size, device=cfg.device, progress=cfg.progress)
+    store = VideoIndexStore.open(cfg.index)
+    if cfg.html:
+        contents = store.load()
+        videos = [Hit(rank=row + 1, score=float("nan"), path=path, duration=float(contents.durations[row]),
+                      thumbnail=contents.thumbnails[row]) for row, path in enumerate(contents.paths)]
+        write_page(Path(cfg.index) / "index.html", index_page(index_summary(store), videos, store.unreadable))
+    print(f"indexed {report.indexed} new videos ({report.skipped_existing} already indexed, {len(report.unreadable)} unreadable) "
+          f"in {report.seconds:.1f} s; {report.total_in_index} videos in {cfg.index}")
+    for path, reason in report.unreadable.items():
+        print(f"  unreadable: {path}: {reason}")
+    return {"indexed": report.indexed, "unreadable": report.unreadable, "total": report.total_in_index}
+
+
+def index_summary(store: VideoIndexStore) -> dict:
+    sampler = store.settings["sampler"]
+    return {**store.identity, "videos": len(store), "unreadable": len(store.unreadable),
+            "sampler": f"{sampler.get('name')}, {sampler.get('max_frames')} frames",
+            "model": store.model.get("ckpt_path") or f"zero-shot {store.model.get('backbone', {}).get('model_name')}"}
+
+
+def search_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvr-search", description="Search an index built by tvr-index with text.",
+                                     epilog="index=OUT and ckpt_path=FILE may also be given as key=value.")
+    parser.add_argument("query", nargs="?", help="the text to search for")
+    parser.add_argument("--index", help="the index folder (tvr-index ... index=OUT)")
+    parser.add_argument("--ckpt-path", help="the index's checkpoint, if it has moved")
+    parser.add_argument("--queries", help="a file of queries, one per line: JSON lines out")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--rerank-k", type=int, default=100, help="text-conditioned heads: candidates re-scored per query")
+    parser.add_argument("--factory", default="Flat", help="faiss index: Flat (exact) or e.g. IVF1024,PQ64")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
+    parser.add_argument("--check-recall", action="store_true",
+                        help="two-stage search: also score every video with the head and report the first stage's recall")
+    parser.add_argument("--html", help="write a page with the results and their thumbnails")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+@exit_on_user_error
+def run_search(argv: list[str]) -> list:
+    parser = search_parser()
+    keyed = {item.split("=", 1)[0]: item.split("=", 1)[1] for item in argv if "=" in item and not item.startswith("-")}
+    unknown = set(keyed) - {"index", "ckpt_path"}
+    if unknown:
+        raise UserInputError(f"unknown key {sorted(unknown)[0]}=; tvr-search takes index=OUT and ckpt_path=FILE (see --help)")
+    args = parser.parse_args([item for item in argv if not ("=" in item and not item.startswith("-"))])
+    index = keyed.get("index") or args.index
+    if not index:
+        raise UserInputError("no index given; pass index=<folder written by tvr-index>")
+    if (args.query is None) == (args.queries is None):
+        raise UserInputError("give either a query or --queries FILE (one query per line)")
+    if args.top_k < 1 or args.rerank_k < 1:
+        raise UserInputError(f"--top-k ({args.top_k}) and --rerank-k ({args.rerank_k}) must be at least 1")
+    queries = [args.query] if args.queries is None else read_queries(Path(args.queries))
+    searcher = Searcher(index, keyed.get("ckpt_path") or args.ckpt_path, factory=args.factory, nprobe=args.nprobe,
+                        device=args.device)
+    options = SearchOptions(top_k=args.top_k, rerank_k=args.rerank_k, check_recall=args.check_recall)
+    results = searcher.search(queries, options)
+    if args.queries is None:
+        print_ranked(results[0])
+    else:
+        for result in results:
+            print(json.dumps(result.as_json()))
+    if args.html:
+        write_page(args.html, results_page(results, searcher.summary()))
+        print(f"wrote {args.html}", file=sys.stderr)
+    return results
+
+
+def read_queries(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserInputError(f"--queries {path}: no such file")
+    queries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not queries:
+        raise UserInputError(f"--queries {path}: the file holds no query (one per line)")
+    return queries
+
+
+def print_ranked(result) -> None:
+    print(f"# {result.query}\n# {result.note}")
+    for hit in result.hits:
+        print(f"{hit.rank:4d}  {hit.score:8.4f}  {hit.duration:7.1f}s  {hit.path}")
+
+
+def index_main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_index(sys.argv[1:])
+
+
+def search_main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_search(sys.argv[1:])

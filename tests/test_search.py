@@ -1,0 +1,164 @@
+"""Searching the user's own videos end to end: tvr-index a folder with a trained checkpoint (or a zero-shot
+backbone), tvr-search it; the search agrees with the evaluation, and bad input gets a clear message."""
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from conftest import SMALL_OVERRIDES, compose_train
+from test_cli import run_cli
+from tvr.search.cli import run_index, run_search
+from tvr.search.searcher import SearchOptions, Searcher
+from tvr.train import train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+INDEX_QUIET = ["num_workers=0", "progress=false"]
+
+
+def train_head(tmp_path_factory, data_dir, head: str, *extra: str):
+    run_dir = tmp_path_factory.mktemp(f"search_{head}")
+    results = train(compose_train([f"head={head}", "trainer.max_epochs=2", *extra] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
+    return run_dir / "checkpoints" / "best.ckpt", results
+
+
+@pytest.fixture(scope="module")
+def test_videos(tmp_path_factory, data_dir):
+    """The synthetic test split's mp4s, as a user's folder (one in a sub-folder), and each caption's video file."""
+    folder = tmp_path_factory.mktemp("my_videos")
+    videos = sorted((data_dir / "synthetic" / "videos").glob("test_*.mp4"))
+    for number, video in enumerate(videos):
+        target = folder / ("more" if number % 3 == 0 else "") / video.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(video, target)
+    captions = [(entry["caption"], entry["video_id"])
+                for entry in json.loads((data_dir / "synthetic" / "annotations.json").read_text())["splits"]["test"]]
+    return folder, captions
+
+
+@pytest.fixture(scope="module")
+def meanpool(tmp_path_factory, data_dir):
+    return train_head(tmp_path_factory, data_dir, "meanpool")
+
+
+@pytest.fixture(scope="module")
+def xpool(tmp_path_factory, data_dir):
+    return train_head(tmp_path_factory, data_dir, "xpool")
+
+
+def search_r1(searcher: Searcher, captions, **options) -> tuple[float, list]:
+    results = searcher.search([caption for caption, _ in captions], SearchOptions(top_k=5, **options))
+    hits = [result.hits[0].path.endswith(f"/{video_id}.mp4") for result, (_, video_id) in zip(results, captions)]
+    return 100.0 * sum(hits) / len(hits), results
+
+
+def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, test_videos, tmp_path):
+    checkpoint, results = meanpool
+    folder, captions = test_videos
+    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
+    r1, found = search_r1(Searcher(tmp_path / "index"), captions)
+    assert r1 == results["t2v"]["R1"]
+    assert "Flat inner-product search over the meanpool embeddings" in found[0].note
+    assert all(a.score >= b.score for result in found for a, b in zip(result.hits, result.hits[1:]))
+    assert (tmp_path / "index" / "index.html").exists()
+
+
+def test_two_stage_search_stays_within_a_point_of_exhaustive_xpool_scoring(xpool, test_videos, tmp_path):
+    checkpoint, results = xpool
+    folder, captions = test_videos
+    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
+    searcher = Searcher(tmp_path / "index")
+    full_r1, full = search_r1(searcher, captions, rerank_k=len(captions), check_recall=True)  # every video re-scored
+    assert full_r1 == results["t2v"]["R1"] and all(result.first_stage_recall == 1.0 for result in full)
+    narrow_r1, narrow = search_r1(searcher, captions, rerank_k=5, check_recall=True)
+    assert "two stages: 5 candidates" in narrow[0].note
+    recalls = [result.first_stage_recall for result in narrow]
+    assert all(0.0 <= recall <= 1.0 for recall in recalls)
+    if min(recalls) == 1.0:  # the first stage kept every exhaustive top-5 video: the same ranking
+        assert narrow_r1 == full_r1
+
+
+def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, data_dir, tmp_path):
+    checkpoint, _ = meanpool
+    folder, captions = test_videos
+    built = run_cli("tvr-index", [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET], data_dir, tmp_path)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "indexed 12 new videos (0 already indexed, 0 unreadable)" in built.stdout
+    again = run_cli("tvr-index", [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET], data_dir, tmp_path)
+    assert "indexed 0 new videos (12 already indexed" in again.stdout
+    one = run_cli("tvr-search", [captions[0][0], f"index={tmp_path / 'index'}", "--top-k", "3", "--html", str(tmp_path / "page.html")],
+                  data_dir, tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ranked = [line for line in one.stdout.splitlines() if not line.startswith("#")]
+    assert len(ranked) == 3 and ranked[0].split()[0] == "1" and ranked[0].endswith(".mp4")
+    page = (tmp_path / "page.html").read_text()
+    assert captions[0][0] in page and page.count("data:image/jpeg;base64,") == 3
+    (tmp_path / "queries.txt").write_text("\n".join(caption for caption, _ in captions[:4]) + "\n\n")
+    many = run_cli("tvr-search", ["--queries", str(tmp_path / "queries.txt"), f"index={tmp_path / 'index'}"], data_dir, tmp_path)
+    lines = [json.loads(line) for line in many.stdout.splitlines()]
+    assert [line["query"] for line in lines] == [caption for caption, _ in captions[:4]]
+    assert all(len(line["results"]) == 10 for line in lines)
+
+
+def test_an_index_refuses_another_model_naming_both(meanpool, test_videos, tmp_path, capsys):
+    checkpoint, _ = meanpool
+    folder, captions = test_videos
+    zero_shot = ["backbone=tiny", "head=meanpool", f"index={tmp_path / 'zero'}", *INDEX_QUIET]
+    run_index([str(folder), *zero_shot])  # a zero-shot (random tiny CLIP) index
+    capsys.readouterr()
+    run_search([captions[0][0], f"index={tmp_path / 'zero'}"])  # reopening rebuilds the same zero-shot model
+    assert captions[0][0] in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'zero'}", *INDEX_QUIET])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("'backbone': 'tvr-tiny'") == 2 and error.count("weights_sha256") == 2
+
+    # The index's checkpoint, moved and changed (one weight): the weights hash tells them apart.
+    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
+    changed = torch.load(checkpoint, weights_only=True)
+    next(value for key, value in changed["state_dict"].items() if key.startswith("backbone.")).add_(1.0)
+    torch.save(changed, tmp_path / "changed.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_search([captions[0][0], f"index={tmp_path / 'index'}", f"ckpt_path={tmp_path / 'changed.ckpt'}"])
+    error = capsys.readouterr().err
+    assert "was built with {'head': 'meanpool'" in error and "but the model is {'head': 'meanpool'" in error
+    hashes = re.findall(r"'weights_sha256': '([0-9a-f]{16})'", error)
+    assert len(hashes) == 2 and hashes[0] != hashes[1]
+
+
+@pytest.mark.parametrize("query, message", [
+    ("   ", "the query is empty"),
+    ("red " * 40, r"has 40 tokens, but this model reads at most 14 \(its data.max_words=16"),
+])
+def test_bad_queries_are_refused_with_the_reason(meanpool, test_videos, tmp_path, capsys, query, message):
+    checkpoint, _ = meanpool
+    folder, _ = test_videos
+    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
+    with pytest.raises(SystemExit):
+        run_search([query, f"index={tmp_path / 'index'}"])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_empty_and_non_video_folders_get_a_clear_message(meanpool, tmp_path, capsys):
+    checkpoint, _ = meanpool
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("no video here")
+    for folder, message in (("empty", "no video files"), ("docs", "it holds 1 files, none with a video extension")):
+        with pytest.raises(SystemExit):
+            run_index([str(tmp_path / folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
+        assert message in capsys.readouterr().err
+
+
+def test_unknown_config_choices_are_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    for overrides, message in ((["head=nope"], "Could not find 'head/nope'"), (["bogus=1"], "Could not override 'bogus'"),
+                               ([], "index: has no value"), ([f"index={tmp_path / 'out'}"], "ckpt_path: has no value")):
+        with pytest.raises(SystemExit) as stop:
+            run_index([str(tmp_path / "videos"), *overrides])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
