@@ -7,7 +7,9 @@ what remains says why it is covered elsewhere.
 """
 
 import importlib
+import json
 import re
+import shlex
 import shutil
 
 import pytest
@@ -52,6 +54,15 @@ HOW = {
         ELSEWHERE, "needs MSR-VTT; test_cli runs the tool on the synthetic set"),
     "python tools/cache_frames.py data=msrvtt backbone=vit_b32 --workers 8": (
         ELSEWHERE, "needs MSR-VTT; test_frame_cache_tool runs it with backbone=vit_b32 on the synthetic set"),
+    "tvr-eval backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt head=meanpool data=msrvtt data.source.root=/datasets/msrvtt": (
+        ELSEWHERE, "needs CLIP weights and MSR-VTT; test_retriever runs tvr-eval zero-shot on a tiny backbone"),
+    "tvr-index my_videos/ ckpt_path=outputs/…/checkpoints/best.ckpt index=my_index": (RUN, None),
+    'tvr-search "a dog runs on the beach" index=my_index --top-k 10': (RUN, None),
+    "tvr-search --queries queries.txt index=my_index --html results.html": (RUN, None),
+    "tvr-index my_videos/ backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt head=meanpool index=clip_index": (
+        ELSEWHERE, "needs CLIP weights; test_search indexes a folder with a zero-shot tiny backbone"),
+    "python tools/bench_search.py --json bench_search.json": (
+        ELSEWHERE, "about 20 minutes; test_bench_search runs it at tiny sizes"),
 }
 
 
@@ -130,3 +141,28 @@ def test_readme_train_lines_run_as_written(command, data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = sorted((tmp_path / ("sweep" if "-m" in args else "run")).rglob("metrics.json"))
     assert len(metrics) == (6 if "-m" in args else 1)  # every job of the sweep finished and wrote its results
+
+
+@pytest.mark.slow
+def test_readme_search_lines_run_as_written(readme_run, data_dir, tmp_path):
+    """The README's tvr-index / tvr-search lines, in order, in one folder: the index the first writes is
+    the one the others search."""
+    _, checkpoint = readme_run
+    (tmp_path / "my_videos").mkdir()
+    for video in sorted((data_dir / "synthetic" / "videos").glob("test_*.mp4"))[:6]:
+        shutil.copy(video, tmp_path / "my_videos" / video.name)
+    (tmp_path / "queries.txt").write_text("a red ball\na blue square moves left\n")
+    lines = [c for c, (how, _) in HOW.items() if how == RUN and c.startswith(("tvr-index", "tvr-search"))]
+    assert len(lines) == 3
+    outputs = []
+    for line in lines:
+        script, *args = shlex.split(line.replace("outputs/…/checkpoints/best.ckpt", str(checkpoint)))
+        result = run_cli(script, args + (["progress=false"] if script == "tvr-index" else []), data_dir, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout)
+    assert "indexed 6 new videos (0 already indexed, 0 unreadable)" in outputs[0]
+    ranked = [line for line in outputs[1].splitlines() if not line.startswith("#")]
+    assert len(ranked) == 6 and all(line.endswith(".mp4") for line in ranked)  # top 10 of a 6-video index
+    answers = [json.loads(line) for line in outputs[2].splitlines()]
+    assert [answer["query"] for answer in answers] == ["a red ball", "a blue square moves left"]
+    assert (tmp_path / "results.html").is_file() and (tmp_path / "my_index" / "index.html").is_file()

@@ -62,7 +62,7 @@ def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, 
     assert r1 == results["t2v"]["R1"]
     assert "Flat inner-product search over the meanpool embeddings" in found[0].note
     assert all(a.score >= b.score for result in found for a, b in zip(result.hits, result.hits[1:]))
-    assert (tmp_path / "index" / "index.html").exists()
+    assert "clip4clip, 8 frames" in (tmp_path / "index" / "index.html").read_text()
 
 
 def test_two_stage_search_stays_within_a_point_of_exhaustive_xpool_scoring(xpool, test_videos, tmp_path):
@@ -95,6 +95,7 @@ def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, d
     assert len(ranked) == 3 and ranked[0].split()[0] == "1" and ranked[0].endswith(".mp4")
     page = (tmp_path / "page.html").read_text()
     assert captions[0][0] in page and page.count("data:image/jpeg;base64,") == 3
+    assert "clip4clip" in page  # the index summary names the checkpoint's sampler
     (tmp_path / "queries.txt").write_text("\n".join(caption for caption, _ in captions[:4]) + "\n\n")
     many = run_cli("tvr-search", ["--queries", str(tmp_path / "queries.txt"), f"index={tmp_path / 'index'}"], data_dir, tmp_path)
     lines = [json.loads(line) for line in many.stdout.splitlines()]

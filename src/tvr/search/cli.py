@@ -72,7 +72,7 @@ def run_index(argv: list[str]) -> dict:
 def index_summary(store: VideoIndexStore) -> dict:
     sampler = store.settings["sampler"]
     return {**store.identity, "videos": len(store), "unreadable": len(store.unreadable),
-            "sampler": f"{sampler.get('name')}, {sampler.get('max_frames')} frames",
+            "sampler": f"{sampler.get('sampler')}, {sampler.get('max_frames')} frames",
             "model": store.model.get("ckpt_path") or f"zero-shot {store.model.get('backbone', {}).get('model_name')}"}
 
 

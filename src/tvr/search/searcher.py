@@ -128,5 +128,5 @@ class Searcher:
 
     def summary(self) -> dict:
         return {**self.store.identity, "videos": len(self.contents.paths), "unreadable": len(self.store.unreadable),
-                "sampler": self.store.settings["sampler"].get("name"), "frames": self.store.settings["sampler"].get("max_frames"),
+                "sampler": self.store.settings["sampler"].get("sampler"), "frames": self.store.settings["sampler"].get("max_frames"),
                 "vector index": self.vectors.factory}
