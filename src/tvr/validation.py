@@ -27,7 +27,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from tvr.builders import backbone_kwargs
 from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
 from tvr.data.datasets import DATASETS
-from tvr.data.sampling import SAMPLERS
+from tvr.data.sampling import FILLS, SAMPLERS
 from tvr.data.transforms import AUGMENTATIONS
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.errors import ConfigError, UserInputError
@@ -325,14 +325,17 @@ def check_optim(checker: ConfigChecker, optim: Section) -> None:
 
 def check_sampler(checker: ConfigChecker, sampler: Section) -> None:
     factory = checker.registered(sampler, "name", SAMPLERS)
-    for name in ("max_frames", "feature_framerate"):  # counts: 0 frames makes empty clips (and caches)
-        checker.number(sampler, name, integer=True, minimum=1, optional=True)
+    # counts: 0 frames makes empty clips (and caches)
+    counts_ok = all([checker.number(sampler, name, integer=True, minimum=1, optional=True)
+                     for name in ("max_frames", "feature_framerate", "video_framerate")])
+    # checked here so that the problem names its key (the sampler's own refusal would name the section)
+    fill_ok = sampler.get("fill") is None or checker.choice(sampler, "fill", FILLS)
     if factory is None:
         return
     what = f"frame sampler '{sampler.get('name')}'"
     # create_sampler drops options set to None, so a config can switch samplers and null the old options
     options = {name: value for name, value in sampler.values.items() if name != "name" and value is not None}
-    if checker.options(sampler, options, factory, what):
+    if checker.options(sampler, options, factory, what) and counts_ok and fill_ok:  # a value refused above: once
         checker.builds(sampler.path, what, factory, **options)
 
 

@@ -273,7 +273,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             "train_sampler": self.train_sampler.describe(),
             "eval_sampler": self.eval_sampler.describe(),
             "max_words": self.tokenizer.max_words,
-            "train_augment": self.train_transform.augment,
+            "train_augment": self.train_transform.describe(),
             "video_backend": self.backend.name,
             "skip_list": len(self.skip_videos),
             "frame_cache": {"mode": self.cache_mode, "used": dict(self.caches_used)},

@@ -8,7 +8,14 @@ The whole clip is processed at once so every frame gets the same crop.
 
 ``augment="xpool"`` replaces the centre crop, for training only, by X-Pool's augmentation: one
 ``RandomResizedCrop(scale=(0.5, 1.0), ratio=(3/4, 4/3))`` (bilinear) and a horizontal flip with
-probability 0.5, shared by all frames of the clip. Augmented clips cannot come from a frame cache.
+probability 0.5, shared by all frames of the clip.
+
+``augment="drl_randaugment"`` is the DRL family's (TempMe, GLSCL, HBI; methods spec §0.3) training
+augmentation: timm's RandAugment ``rand-m7-n4-mstd0.5-inc1`` with bicubic resampling, one draw of ops and
+magnitudes for the whole clip, applied to the decoded frames at their own resolution before the usual
+resize and centre crop (the reference augments the decoded PIL frames, then applies the CLIP transform).
+
+Augmented clips cannot come from a frame cache.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-AUGMENTATIONS = ("none", "xpool")
+AUGMENTATIONS = ("none", "xpool", "drl_randaugment")
+DRL_RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # 4 ops of magnitude 7 +- 0.5 from timm's increasing-severity set
 
 
 class ClipFrameTransform:
@@ -34,13 +42,23 @@ class ClipFrameTransform:
         self.image_size = image_size
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+        if augment == "drl_randaugment":
+            self._rand_augment = _drl_rand_augment()
 
     @property
     def deterministic(self) -> bool:
         return self.augment == "none"
 
+    def describe(self) -> dict:
+        """What the augmentation does, recorded in metrics.json."""
+        if self.augment == "drl_randaugment":
+            return {"augment": self.augment, "timm": DRL_RAND_AUGMENT, "interpolation": "bicubic", "draw": "per clip"}
+        return {"augment": self.augment}
+
     def resize_crop(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``[T, H, W, 3]`` -> uint8 ``[T, 3, S, S]``."""
+        if self.augment == "drl_randaugment":
+            frames = self._rand_augment_clip(frames)
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         if self.augment == "xpool":
             return self._random_resized_crop_flip(x)
@@ -62,9 +80,33 @@ class ClipFrameTransform:
         out = resized_crop(x, top, left, height, width, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
         return out.flip(-1) if random.random() < 0.5 else out
 
+    def _rand_augment_clip(self, frames: np.ndarray) -> np.ndarray:
+        """timm draws the ops and magnitudes from Python's and NumPy's global RNGs (seeded per sample by
+        :func:`tvr.data.order.item_randomness`): replaying the same RNG states for every frame applies one
+        draw to the whole clip. On return the RNGs stand where a single draw leaves them."""
+        from PIL import Image
+
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        augmented = []
+        for frame in frames:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            augmented.append(np.asarray(self._rand_augment(Image.fromarray(frame))))
+        return np.stack(augmented)
+
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``[T, 3, S, S]`` -> float ``[T, 3, S, S]``."""
         return (frames.float().div_(255.0) - self.mean) / self.std
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         return self.normalize(self.resize_crop(frames))
+
+
+def _drl_rand_augment():
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    # Bicubic, as the reference; timm's default picks bilinear or bicubic at random on every call, which
+    # would differ between frames. The reference's translate_const is left out: only the absolute
+    # Translate ops read it, and the increasing-severity set has the relative ones.
+    return rand_augment_transform(DRL_RAND_AUGMENT, {"interpolation": Image.Resampling.BICUBIC})
