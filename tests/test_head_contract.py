@@ -45,7 +45,7 @@ def head(request):
 
 
 def test_registry_lists_builtin_heads():
-    assert {"meanpool", "seqtransf", "xpool", "glscl"} <= set(list_heads())
+    assert {"meanpool", "seqtransf", "xpool", "glscl", "tempme"} <= set(list_heads())
 
 
 def test_shapes_and_gradients(head):

@@ -46,7 +46,7 @@ def test_full_reference_state_dict_maps_onto_the_module_layout():
 
 
 def test_unknown_head_name_lists_the_choices():
-    with pytest.raises(KeyError, match="valid choices: glscl, meanpool, seqtransf, xpool"):
+    with pytest.raises(KeyError, match="valid choices: glscl, meanpool, seqtransf, tempme, xpool"):
         map_reference_head_keys("tightTransf", {})
 
 

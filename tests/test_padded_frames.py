@@ -99,6 +99,9 @@ PADDED_FEATURE_DEPENDENCE = [
     ("xpool", {}, {3}),
     ("xpool", {"mask_padded_frames": False}, {1, 2, 3}),
     ("glscl", {}, {1, 2, 3}),
+    # the head pools the tower's per-frame CLS vectors like meanP; its tower merges every slot, which is why
+    # TempMe's sampler never pads (the tower declares needs_full_clips; start-up validation enforces it)
+    ("tempme", {}, set()),
 ]
 
 

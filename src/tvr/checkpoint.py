@@ -121,8 +121,12 @@ def load_state_dict_checked(module, state_dict: dict, strict: bool = True, sourc
     by default); otherwise the matching keys are loaded and the mismatch is returned (and logged by the
     caller), e.g. for a checkpoint of a different head.
     """
-    expected = module.state_dict()
-    missing, unexpected, wrong_shape = state_dict_mismatch(expected, state_dict)
+    check = getattr(module, "check_state_dict", None)
+    if check is not None:  # e.g. another video tower or merge schedule: say so, not just which keys differ
+        check(state_dict)
+    # weights only: a tower's saved identity (a non-tensor ``_extra_state``) was compared just above
+    expected = {key: value for key, value in module.state_dict().items() if torch.is_tensor(value)}
+    missing, unexpected, wrong_shape = state_dict_mismatch(expected, {k: v for k, v in state_dict.items() if torch.is_tensor(v)})
     if wrong_shape:
         details = ", ".join(f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:10])
         raise CheckpointMismatchError(f"{source}: tensors of the wrong shape: {details}")

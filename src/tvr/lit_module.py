@@ -40,8 +40,7 @@ class RetrievalModule(EvaluationModule):
     ) -> None:
         super().__init__(backbone, head, evaluation)
         self.save_hyperparameters()
-        if train.get("freeze_layer_num", -1) >= 0:
-            self.backbone.freeze_like_clip4clip(train["freeze_layer_num"])
+        self.freeze_for_training(train.get("freeze_layer_num", -1))
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
         self.optim_cfg = optim
@@ -184,6 +183,8 @@ class RetrievalModule(EvaluationModule):
             {id(param) for _, param in self.head.new_parameters()},
             backbone_lr=cfg["backbone_lr"],
             head_lr=cfg["head_lr"],
+            tower_parameter_ids={id(param) for _, param in self.head.tower_parameters()},
+            tower_lr=cfg.get("tower_lr"),
             weight_decay=cfg["weight_decay"],
             no_decay_1d=cfg.get("no_decay_1d", True),
             no_decay_names=cfg.get("no_decay_names", ()),

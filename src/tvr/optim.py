@@ -105,21 +105,25 @@ def parameter_groups(
     weight_decay: float,
     no_decay_1d: bool = True,
     no_decay_names: list[str] | tuple[str, ...] = (),
+    tower_parameter_ids: set[int] = frozenset(),
+    tower_lr: float | None = None,
 ) -> list[dict]:
-    """Split trainable parameters into backbone/head x decay/no-decay groups (empty groups dropped)."""
+    """Split trainable parameters into backbone/head/tower x decay/no-decay groups (empty groups dropped).
+    Tower parameters (adapters a tower adds inside CLIP) take ``tower_lr``, the head's rate when None."""
     patterns = list(no_decay_names)
+    rates = {"backbone": backbone_lr, "head": head_lr, "tower": head_lr if tower_lr is None else tower_lr}
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        owner = "head" if id(param) in new_parameter_ids else "backbone"
+        owner = "tower" if id(param) in tower_parameter_ids else "head" if id(param) in new_parameter_ids else "backbone"
         buckets.setdefault((owner, is_no_decay(name, param, no_decay_1d, patterns)), []).append(param)
     groups = []
     for (owner, no_decay), params in sorted(buckets.items()):
         groups.append({
             "name": owner + ("_no_decay" if no_decay else ""),
             "params": params,
-            "lr": head_lr if owner == "head" else backbone_lr,
+            "lr": rates[owner],
             "weight_decay": 0.0 if no_decay else weight_decay,
         })
     return groups

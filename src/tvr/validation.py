@@ -27,7 +27,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from tvr.builders import backbone_kwargs
 from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
 from tvr.data.datasets import DATASETS
-from tvr.data.sampling import FILLS, SAMPLERS
+from tvr.data.sampling import FILLS, SAMPLERS, create_sampler
 from tvr.data.transforms import AUGMENTATIONS
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.errors import ConfigError, UserInputError
@@ -35,8 +35,9 @@ from tvr.evaluation.metrics import DEFAULT_KS, Median
 from tvr.evaluation.rerank import RERANKERS
 from tvr.models.backbone import CLIPBackbone, resolve_architecture
 from tvr.models.distributed import GATHER_GRAD_MODES
-from tvr.models.heads import HEADS
+from tvr.models.heads import HEADS, RetrievalHead
 from tvr.models.losses import LOSSES
+from tvr.models.towers import TOWERS, VisionGeometry
 from tvr.optim import SCHEDULES
 from tvr.registry import Registry
 
@@ -110,6 +111,7 @@ class ModelShape:
     embed_dim: int
     image_size: int
     context_length: int
+    vision: VisionGeometry
 
 
 def _is_integer(value: Any) -> bool:
@@ -244,12 +246,14 @@ class ConfigChecker:
                 fine = False
         return fine
 
-    def builds(self, key: str, what: str, factory: Callable, **kwargs) -> None:
-        """Call a constructor that validates its own arguments; what it refuses becomes a problem at ``key``."""
+    def builds(self, key: str, what: str, factory: Callable, **kwargs) -> Any:
+        """Call a constructor that validates its own arguments and return what it built; what it refuses
+        becomes a problem at ``key`` (and None is returned)."""
         try:
-            factory(**kwargs)
+            return factory(**kwargs)
         except (TypeError, ValueError, KeyError, AssertionError) as error:  # torch asserts some shapes
             self.fail(key, f"{what} refuses these options: {error}", f"fix the options under {key}")
+            return None
 
 
 # ---------------------------------------------------------------------- per group
@@ -272,6 +276,7 @@ def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | No
             embed_dim=int(architecture["embed_dim"]),
             image_size=int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size),
             context_length=int(text.get("context_length", CLIPTextCfg.context_length)),
+            vision=VisionGeometry.of_architecture(architecture),
         )
     except (ValueError, KeyError, TypeError) as error:
         key = backbone.key("architecture" if backbone.get("architecture") else "model_name")
@@ -282,16 +287,53 @@ def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | No
     return shape
 
 
-def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) -> None:
+def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) -> RetrievalHead | None:
+    """The head's options; returns the head (built on the meta device) when they are fine."""
     factory = checker.registered(head, "name", HEADS)
     if factory is None:
-        return
+        return None
     what = f"head '{head.get('name')}'"
     options = {name: value for name, value in head.values.items() if name != "name"}
     if checker.options(head, options, factory, what, set_by_tvr=("embed_dim",)) and shape is not None:
         with torch.device("meta"):  # builds the layers (shape checks included) without allocating weights
-            checker.builds(head.path, f"{what} at embedding width {shape.embed_dim}", factory,
-                           embed_dim=shape.embed_dim, **options)
+            return checker.builds(head.path, f"{what} at embedding width {shape.embed_dim}", factory,
+                                  embed_dim=shape.embed_dim, **options)
+    return None
+
+
+def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, shape: ModelShape, data: Section | None) -> None:
+    """The towers the head names must fit the backbone (e.g. TempMe's merge schedule: depth, tokens per
+    frame, frames per clip) and the clips the data yields (their frame count; full clips for a tower that
+    merges every slot), before any data work."""
+    spec = dict(built.tower_specs()["video"])
+    name = spec.pop("name")
+    tower = TOWERS.get(name)
+    try:
+        tower.check_fits(shape.vision, **spec)
+    except ValueError as error:
+        vit = f"{shape.vision.depth} blocks, {shape.vision.tokens_per_frame} tokens per frame"
+        checker.fail(head.path, f"the '{name}' video tower of head '{head.get('name')}' does not fit the backbone's ViT ({vit}): "
+                     f"{error}", f"change the settings under {head.path}, or choose another backbone")
+    frames = tower.clip_frames(**spec)
+    video = data.child("video") if data is not None else None
+    for role in ("train_sampler", "eval_sampler") if video is not None else ():
+        sampler = video.child(role)
+        if frames is not None and sampler.get("max_frames") != frames:
+            checker.fail(sampler.key("max_frames"), f"is {sampler.get('max_frames')}, but the '{name}' video tower is built for "
+                         f"clips of {frames} frames", f"sample {frames} frames or build the tower for {sampler.get('max_frames')}")
+        if tower.needs_full_clips and not sampler_fills_clips(sampler):
+            checker.fail(sampler.key("name"), f"sampler '{sampler.get('name')}' may pad short videos, but the '{name}' video "
+                         "tower merges every frame slot and must get full clips",
+                         f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler)")
+
+
+def sampler_fills_clips(sampler: Section) -> bool:
+    """Whether the configured sampler always yields exactly max_frames frames (never pads)."""
+    options = {name: value for name, value in sampler.values.items() if value is not None}
+    try:
+        return bool(create_sampler(**options).always_full)
+    except (TypeError, ValueError, KeyError):
+        return True  # its options are wrong: check_sampler reports that
 
 
 def check_loss(checker: ConfigChecker, loss: Section) -> None:
@@ -306,6 +348,7 @@ def check_optim(checker: ConfigChecker, optim: Section) -> None:
     checker.choice(optim, "schedule", tuple(SCHEDULES))
     for name in ("backbone_lr", "head_lr", "weight_decay", "max_grad_norm"):
         checker.number(optim, name, minimum=0)
+    checker.number(optim, "tower_lr", minimum=0, optional=True)
     checker.number(optim, "eps", above=0)
     checker.number(optim, "warmup_proportion", minimum=0, maximum=1)
     checker.number(optim, "t_total_epochs", integer=True, minimum=1, optional=True)
@@ -431,8 +474,9 @@ def check_run(checker: ConfigChecker, cfg: DictConfig, data_roles: tuple[str, ..
         checker.section(cfg, group) if group in groups else None for group in RUN_GROUPS
     )
     shape = check_backbone(checker, backbone) if backbone else None
-    if head:
-        check_head(checker, head, shape)
+    built_head = check_head(checker, head, shape) if head else None
+    if built_head is not None:
+        check_towers(checker, head, built_head, shape, data)
     if loss:
         check_loss(checker, loss)
     if optim:

@@ -32,6 +32,14 @@ INLINE_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     },
+    # tvr-tiny with a 6-block ViT: deep enough for a token-merging schedule (TempMe's image-merging blocks,
+    # then clip-merging blocks), still trained from scratch on CPU in minutes.
+    "tvr-tiny-deep": {
+        "embed_dim": 64,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 6, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    },
 }
 
 # What padded frame slots hold: "zeros", or "encoded_blank", the CLIP features of the all-zero input image
@@ -64,12 +72,16 @@ class FrameFeatures:
     frames:  ``[B, T, D]`` projected CLS feature per frame; at padded frames zeros or the blank image's
              feature (``CLIPBackbone.padded_frames``).
     mask:    ``[B, T]`` bool, True on real frames.
-    patches: ``[B, T, P, D]`` projected patch tokens when requested, else None.
+    patches: ``[B, T, P, D]`` projected patch tokens of each frame, when requested from the per-frame tower.
+    tokens:  ``[B, N, D]`` projected token set of a tower that does not keep frames apart (TempMe's merged
+             tokens), with ``token_mask`` ``[B, N]``, when requested.
     """
 
     frames: torch.Tensor
     mask: torch.Tensor
     patches: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
 
 
 def list_architectures() -> list[str]:
@@ -171,6 +183,12 @@ class CLIPBackbone(nn.Module):
                 frozen.append(name)
         return frozen
 
+    def freeze(self) -> list[str]:
+        """Freeze every CLIP weight, ``logit_scale`` included (parameter-efficient towers). Returns the names."""
+        for param in self.clip.parameters():
+            param.requires_grad_(False)
+        return [name for name, _ in self.clip.named_parameters()]
+
     @property
     def embed_dim(self) -> int:
         return int(self.clip.visual.output_dim)
@@ -200,29 +218,41 @@ class CLIPBackbone(nn.Module):
         does: a padding position then attends to every real token and to no other padding, which only
         changes the features *at* padding positions — what token-level heads (GLSCL) read.
         """
+        x = self.embed_text(token_ids)
+        bias = self.text_attention_bias(token_ids, x.dtype)  # [B or 1, 1, L, L]
+        heads = self.clip.transformer.resblocks[0].attn.num_heads
+        mask = bias.expand(token_ids.shape[0], heads, -1, -1).flatten(0, 1) if self.text_padding_mask else bias[0, 0]
+        return self.project_text(self.clip.transformer(x, attn_mask=mask), token_ids)
+
+    def embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token + positional embeddings ``[B, L, W]``, the input of the first text block."""
         length = token_ids.shape[1]
         if length > self.context_length:
             raise ValueError(f"captions of {length} tokens exceed the backbone context of {self.context_length}")
         clip = self.clip
         cast_dtype = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(token_ids).to(cast_dtype)
-        x = x + clip.positional_embedding[:length].to(cast_dtype)
-        x = clip.transformer(x, attn_mask=self._text_attention_mask(token_ids, x.dtype))
-        x = clip.ln_final(x)
-        tokens = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-        eot = token_ids.argmax(dim=-1)
-        sentence = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot]
-        return TextFeatures(sentence=sentence, tokens=tokens, mask=token_ids != 0)
+        return x + clip.positional_embedding[:length].to(cast_dtype)
 
-    def _text_attention_mask(self, token_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def text_attention_bias(self, token_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Additive attention bias ``[B, 1, L, L]`` (``[1, 1, L, L]`` without ``text_padding_mask``): causal,
+        plus padding tokens masked as keys."""
         length = token_ids.shape[1]
-        causal = self.clip.attn_mask[:length, :length].to(dtype)
+        causal = self.clip.attn_mask[:length, :length].to(dtype=dtype, device=token_ids.device)[None, None]
         if not self.text_padding_mask:
             return causal
         key_padding = torch.zeros(token_ids.shape, dtype=dtype, device=token_ids.device)
         key_padding.masked_fill_(token_ids == 0, float("-inf"))
-        heads = self.clip.transformer.resblocks[0].attn.num_heads
-        return (causal[None] + key_padding[:, None, :]).repeat_interleave(heads, dim=0)  # [B * heads, L, L]
+        return causal + key_padding[:, None, None, :]
+
+    def project_text(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> TextFeatures:
+        """The last text block's output -> ``ln_final``, projection, and the EOT row as the sentence feature."""
+        clip = self.clip
+        x = clip.ln_final(hidden)
+        tokens = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+        eot = token_ids.argmax(dim=-1)
+        sentence = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot]
+        return TextFeatures(sentence=sentence, tokens=tokens, mask=token_ids != 0)
 
     def encode_images(self, images: torch.Tensor, with_patches: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[N, 3, H, W]`` -> projected CLS ``[N, D]`` and, optionally, projected patch tokens ``[N, P, D]``."""

@@ -4,7 +4,9 @@ Users load CLIP4Clip-style checkpoints through these functions; the golden-fixtu
 reference implementations' weights through them too, so the mapping is exercised against real layouts.
 
 * :func:`map_reference_head_keys` renames a head's own keys (e.g. CLIP4Clip's
-  ``frame_position_embeddings.*`` / ``transformerClip.resblocks.*``) to the tvr head's keys.
+  ``frame_position_embeddings.*`` / ``transformerClip.resblocks.*``) to the tvr head's keys; a method
+  whose weights sit inside CLIP (TempMe's ``TVPt_*`` adapters) maps them to its towers' keys, which the
+  head owns (``video_tower.*``, ``text_tower.*``).
 * :func:`convert_reference_state_dict` maps a whole reference model (``clip.*`` for the CLIP towers plus
   the head's keys) to a :class:`~tvr.lit_module.RetrievalModule` state_dict (``backbone.clip.*``,
   ``head.*``).
@@ -17,7 +19,6 @@ from pathlib import Path
 import torch
 
 from tvr.models.heads import HEADS
-from tvr.models.heads.base import rename_reference_keys
 from tvr.models.weights import (
     is_transformers_layout,
     read_state_dict_file,
@@ -32,15 +33,19 @@ REFERENCE_HINT = "pass a released pytorch_model.bin (CLIP4Clip, GLSCL) or model_
 
 def map_reference_head_keys(head_name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a reference implementation's head-only state_dict to the keys of tvr's ``head_name`` head."""
-    head_cls = HEADS.get(head_name)
-    return rename_reference_keys(state_dict, head_cls.reference_key_renames, head_cls.reference_ignored_keys)
+    return HEADS.get(head_name).map_reference_keys(state_dict)
 
 
 def convert_reference_state_dict(head_name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a full reference model state_dict (CLIP under ``clip.``) to tvr's RetrievalModule keys."""
     state_dict = strip_module_prefix(state_dict)
-    clip = {key[len(CLIP_PREFIX):]: value for key, value in state_dict.items() if key.startswith(CLIP_PREFIX)}
-    head = {key: value for key, value in state_dict.items() if not key.startswith(CLIP_PREFIX)}
+    owned = HEADS.get(head_name).reference_clip_keys
+
+    def is_clip(key: str) -> bool:
+        return key.startswith(CLIP_PREFIX) and not any(fragment in key for fragment in owned)
+
+    clip = {key[len(CLIP_PREFIX):]: value for key, value in state_dict.items() if is_clip(key)}
+    head = {key: value for key, value in state_dict.items() if not is_clip(key)}
     # X-Pool's checkpoints hold the transformers (Hugging Face) CLIPModel; CLIP4Clip's may be fp16
     clip = transformers_to_open_clip(clip) if is_transformers_layout(clip) else to_float32(clip)
     converted = {f"backbone.clip.{key}": value for key, value in clip.items()}

@@ -24,7 +24,7 @@ from torch import nn
 
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.evaluation.similarity import tiled_similarity
-from tvr.models.backbone import CLIPBackbone, FrameFeatures
+from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
 from tvr.models.heads.base import Repr, masked_mean_of_unit_frames
 
@@ -37,7 +37,25 @@ class Retriever(nn.Module):
         self.backbone = CLIPBackbone(**backbone)
         options = {key: value for key, value in head.items() if key != "name"}
         self.head = create_head(head["name"], embed_dim=self.backbone.embed_dim, **options)
+        self.head.attach_towers(self.backbone)
         self.head.init_from_backbone(self.backbone)
+
+    def freeze_for_training(self, freeze_layer_num: int = -1) -> list[str]:
+        """Freeze what the method keeps fixed: all of CLIP (``logit_scale`` included) when a tower says so
+        (parameter-efficient methods), else CLIP4Clip's ``freeze_layer_num`` rule when it is >= 0."""
+        if any(tower.freezes_clip for tower in self.head.towers().values()):
+            return self.backbone.freeze()
+        if freeze_layer_num >= 0:
+            return self.backbone.freeze_like_clip4clip(freeze_layer_num)
+        return []
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Refuse weights saved with other towers or tower settings, naming both (before any key is compared)."""
+        self.head.check_towers(state_dict, prefix="head.")
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.check_state_dict(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -57,10 +75,13 @@ class Retriever(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
-        return self.backbone.encode_frames(frames, frame_mask, with_patches=self.head.needs_patches)
+        return self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.needs_patches)
+
+    def text_features(self, tokens: torch.Tensor) -> TextFeatures:
+        return self.head.text_tower(self.backbone, tokens)
 
     def encode_texts(self, tokens: torch.Tensor) -> Repr:
-        return self.head.encode_text(self.backbone.encode_text(tokens))
+        return self.head.encode_text(self.text_features(tokens))
 
     def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Repr:
         return self.head.encode_video(self.frame_features(frames, frame_mask))
@@ -68,7 +89,7 @@ class Retriever(nn.Module):
     def encode_texts_with_summary(self, tokens: torch.Tensor) -> tuple[Repr, torch.Tensor]:
         """The representation and a ``[N, D]`` unit vector for a first-stage vector search (see
         :meth:`summary_is_exact`): the head's own text embedding, or CLIP's sentence embedding."""
-        features = self.backbone.encode_text(tokens)
+        features = self.text_features(tokens)
         rep = self.head.encode_text(features)
         summary = self.head.text_embedding(rep) if self.summary_is_exact else F.normalize(features.sentence, dim=-1)
         return rep, summary

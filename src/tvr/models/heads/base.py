@@ -10,7 +10,11 @@ A head splits its work into a cacheable part, run once per item, and a pairwise 
   by CLIP's ``exp(logit_scale)`` when ``uses_logit_scale`` is set. Evaluation calls it on tiles, so a
   text-conditioned head never materialises ``Nt x Nv x D``.
 * ``extra_losses(...)`` returns head-specific terms by name; ``new_parameters()`` lists parameters that
-  take the head learning rate (everything the head owns, by default).
+  take the head learning rate (everything the head owns but its towers, by default).
+* ``tower_specs()`` names the video and text towers the head reads from (:mod:`tvr.models.towers`): CLIP
+  frame by frame and CLIP's text tower unless a method changes the transformers themselves (TempMe).
+  :meth:`attach_towers` builds them over the backbone; the head then owns them, so their weights are
+  saved under ``head.video_tower.*`` / ``head.text_tower.*`` and train in the tower learning-rate group.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
+from tvr.models.towers import TextTower, VideoTower, check_state_dict_towers, create_tower
 
 Repr = dict[str, torch.Tensor]
 
@@ -36,6 +41,9 @@ class RetrievalHead(nn.Module):
     reference_key_renames: tuple[tuple[str, str], ...] = ()
     #: Key prefixes present in the reference's checkpoints but unused by its forward pass (dropped).
     reference_ignored_keys: tuple[str, ...] = ()
+    #: Name fragments of weights the reference keeps inside its CLIP modules (``clip.*``) that are the
+    #: method's own (TempMe's adapters), so conversion routes them to the head rather than to CLIP.
+    reference_clip_keys: tuple[str, ...] = ()
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
@@ -43,6 +51,23 @@ class RetrievalHead(nn.Module):
 
     def init_from_backbone(self, backbone: CLIPBackbone) -> None:
         """Hook for heads initialised from CLIP weights (e.g. seqTransf copies text-transformer blocks)."""
+
+    def tower_specs(self) -> dict[str, dict]:
+        """``{"video": {"name": ..., **options}, "text": {...}}``: the towers this head reads from."""
+        return {"video": {"name": "per_frame"}, "text": {"name": "clip_text"}}
+
+    def attach_towers(self, backbone: CLIPBackbone) -> None:
+        specs = self.tower_specs()
+        self.video_tower: VideoTower = create_tower(backbone=backbone, **specs["video"])
+        self.text_tower: TextTower = create_tower(backbone=backbone, **specs["text"])
+
+    def towers(self) -> dict[str, nn.Module]:
+        """The attached towers by kind (none before :meth:`attach_towers`)."""
+        return {kind: getattr(self, f"{kind}_tower") for kind in ("video", "text") if hasattr(self, f"{kind}_tower")}
+
+    def check_towers(self, state_dict: dict, prefix: str = "") -> None:
+        """Refuse a state_dict saved with other towers (or tower settings), naming both, before loading it."""
+        check_state_dict_towers(self.towers(), state_dict, prefix)
 
     def encode_text(self, text: TextFeatures) -> Repr:
         raise NotImplementedError
@@ -56,8 +81,20 @@ class RetrievalHead(nn.Module):
     def extra_losses(self, text_repr: Repr, video_repr: Repr, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
+    @classmethod
+    def map_reference_keys(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference implementation's names for this head's weights -> this head's state_dict keys."""
+        return rename_reference_keys(state_dict, cls.reference_key_renames, cls.reference_ignored_keys)
+
     def new_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return self.named_parameters()
+        tower_ids = {id(param) for _, param in self.tower_parameters()}
+        return ((name, param) for name, param in self.named_parameters() if id(param) not in tower_ids)
+
+    def tower_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """What the towers add (adapters, temporal embeddings): the tower learning-rate group."""
+        for kind, tower in self.towers().items():
+            for name, param in tower.named_parameters():
+                yield f"{kind}_tower.{name}", param
 
     def text_embedding(self, text_repr: Repr) -> torch.Tensor:
         """``[Nt, D]`` vectors whose dot products with :meth:`video_embedding` are the similarity."""

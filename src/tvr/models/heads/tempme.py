@@ -1,0 +1,70 @@
+"""TempMe (Shen et al., ICLR 2025): temporal token merging inside CLIP's ViT, LoRA in both towers (methods spec §1).
+
+The method lives in its towers: the ``tempme`` video tower (ImgMe/ClipMe merging, temporal embeddings,
+LoRA) and the ``lora_text`` text tower. What reaches the head are the 12 protected CLS tokens, one per
+frame, so the head itself is CLIP4Clip's mean pooling: the masked mean of unit frame vectors against the
+unit EOT feature (the reference does not re-normalise the mean before its cosine; the cosine is the same).
+With ``clip_weights: frozen`` (the reference, parameter-efficient) only the LoRA adapters and temporal
+embeddings train, in the tower learning-rate group; ``trainable`` fine-tunes CLIP as well.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from tvr.models.heads.meanpool import MeanPoolHead
+from tvr.models.heads.registry import register_head
+
+# The reference's own weights live inside its CLIP modules, under these names (spec §1.2).
+_REFERENCE_LORA = re.compile(r"^(clip\.)?(?P<tower>visual\.)?transformer\.resblocks\.(?P<block>\d+)\.attn\.TVPt_LoRA_(?P<part>[ab])$")
+_REFERENCE_PE = re.compile(r"^(clip\.)?visual\.transformer\.resblocks\.(?P<block>\d+)\.TVPt_Video_Positional_embedding$")
+
+
+@register_head("tempme")
+class TempMeHead(MeanPoolHead):
+    reference_clip_keys = ("TVPt_",)
+
+    def __init__(
+        self,
+        embed_dim: int,
+        frames: int = 12,
+        lora_rank: int = 8,
+        tome_r: int = 2,
+        clip_layers: list[int] = (8, 9, 10),
+        clip_groups: list[int] = (2, 2, 3),
+        cross_clip_ratio: float = 0.30,
+        intra_clip_ratio: float = 0.10,
+        temporal_pe: bool = True,
+        prop_attn: bool = True,
+        clip_weights: str = "frozen",
+    ) -> None:
+        super().__init__(embed_dim)
+        if lora_rank < 0:
+            raise ValueError(f"tempme lora_rank must be >= 0 (0: no adapters), got {lora_rank}")
+        self.video_options = {
+            "frames": frames, "lora_rank": lora_rank, "tome_r": tome_r, "clip_layers": list(clip_layers),
+            "clip_groups": list(clip_groups), "cross_clip_ratio": cross_clip_ratio, "intra_clip_ratio": intra_clip_ratio,
+            "temporal_pe": temporal_pe, "prop_attn": prop_attn, "clip_weights": clip_weights,
+        }
+        self.text_options = {"lora_rank": lora_rank, "clip_weights": clip_weights}
+
+    def tower_specs(self) -> dict[str, dict]:
+        text = {"name": "lora_text", **self.text_options} if self.text_options["lora_rank"] else {"name": "clip_text",
+                                                                                                  "clip_weights": self.text_options["clip_weights"]}
+        return {"video": {"name": "tempme", **self.video_options}, "text": text}
+
+    @classmethod
+    def map_reference_keys(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """TempMe's ``TVPt_*`` weights (with or without the ``clip.`` prefix) -> this head's tower keys."""
+        out = {}
+        for key, value in state_dict.items():
+            if lora := _REFERENCE_LORA.match(key):
+                tower = "video_tower" if lora["tower"] else "text_tower"
+                out[f"{tower}.lora.{lora['block']}.{'down' if lora['part'] == 'a' else 'up'}"] = value
+            elif pe := _REFERENCE_PE.match(key):
+                out[f"video_tower.temporal_embeddings.{pe['block']}"] = value.reshape(value.shape[1], value.shape[-1])
+            else:
+                raise KeyError(f"'{key}' is not one of TempMe's reference weights (TVPt_LoRA_a/b, TVPt_Video_Positional_embedding)")
+        return out

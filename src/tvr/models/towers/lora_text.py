@@ -1,0 +1,31 @@
+"""CLIP's text tower with a LoRA adapter on the fused QKV projection of every block (TempMe's text side)."""
+
+from __future__ import annotations
+
+import torch
+
+from tvr.models.towers.base import SavesIdentity, TextTower, register_tower
+from tvr.models.towers.blocks import block_forward, check_standard_blocks, qkv_lora_adapters
+
+
+@register_tower("lora_text")
+class LoRATextTower(SavesIdentity, TextTower):
+    """Same masks and outputs as :meth:`CLIPBackbone.encode_text`, each block run by tvr (no patching of
+    open_clip) with ``q, k, v += (u A^T) B^T``."""
+
+    def __init__(self, backbone, lora_rank: int = 8, clip_weights: str = "frozen") -> None:
+        super().__init__(clip_weights)
+        blocks = backbone.clip.transformer.resblocks
+        check_standard_blocks(blocks, "text")
+        self.lora_rank = int(lora_rank)
+        self.lora = qkv_lora_adapters(blocks, self.lora_rank)
+
+    def settings(self) -> dict:
+        return {"lora_rank": self.lora_rank}
+
+    def forward(self, backbone, token_ids: torch.Tensor):
+        x = backbone.embed_text(token_ids)
+        bias = backbone.text_attention_bias(token_ids, x.dtype)
+        for block, lora in zip(backbone.clip.transformer.resblocks, self.lora):
+            x = block_forward(block, x, lora, bias)
+        return backbone.project_text(x, token_ids)
