@@ -215,3 +215,11 @@ def test_a_checkpoint_refuses_another_tower_or_schedule(retriever):
         load_state_dict_checked(per_frame, state)
     with pytest.raises(TowerMismatchError, match="trained with video tower 'per_frame'.*video tower is 'tempme'"):
         other.load_state_dict(per_frame.state_dict())
+
+
+def test_the_tower_can_return_its_merged_token_set(retriever):
+    """Beside the per-frame vectors, the tower offers the video's 97 tokens (12 CLS + 85 merged) with a mask."""
+    with torch.no_grad():
+        video = retriever.head.video_tower(retriever.backbone, GOLDEN["video"], GOLDEN["video_mask"].bool(), with_tokens=True)
+    assert video.tokens.shape == (2, 97, 32) and video.token_mask.all() and video.patches is None
+    torch.testing.assert_close(video.tokens[:, :12], video.frames)  # the CLS tokens lead, in frame order
