@@ -73,7 +73,7 @@ def test_wrong_group_option_lists_valid_choices(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override, error, message", [
-    ("head.name=xpoo", ConfigError, "head.name: got 'xpoo', expected a head: glscl, meanpool, seqtransf, tempme, xpool"),
+    ("head.name=xpoo", ConfigError, "head.name: got 'xpoo', expected a head: glscl, hbi, hbi_estimator, meanpool, seqtransf, tempme, xpool"),
     ("data.name=msrvt", ConfigError, "data.name: got 'msrvt', expected a dataset: activitynet, didemo, lsmdc, msrvtt, msvd, synthetic"),
     ("backbone.model_name=ViT-B-99", ValueError, "unknown backbone model_name 'ViT-B-99'"),
     ("backbone.weights=/nonexistent/ViT-B-32.pt", WeightsError, "not found at '/nonexistent/ViT-B-32.pt'"),

@@ -1,11 +1,15 @@
 """Contract every registered head must honour, parametrised over the registry."""
 
+import re
+
 import pytest
 import torch
 
 from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads import create_head, list_heads
+from tvr.models.heads.base import LossContext, ScoreLevels
+from tvr.models.losses import create_loss
 
 D, T, L = 64, 6, 10
 HEAD_OPTIONS = {
@@ -13,7 +17,20 @@ HEAD_OPTIONS = {
     "xpool": {"num_heads": 2},
     "glscl": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "num_queries": 3, "decoder_layers": 2,
               "decoder_heads": 2, "decoder_ffn": 32},
+    "hbi": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "merge_heads": 2, "banzhaf_planes": 8},
+    "hbi_estimator": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "merge_heads": 2, "banzhaf_planes": 8,
+                      "num_samples": 2},
 }
+# Parameters whose gradient is zero by construction: HBI's token weights and cluster merge weights are
+# softmaxes, which ignore a shift of all their logits (so the output biases get none), and a softmax over a
+# single token is constant (these 6 frames leave one event-level video token).
+ZERO_BY_CONSTRUCTION = (
+    r"blocks\.(text|video)_weights\.\d\.2\.bias",
+    r"blocks\.(text|video)_merges\.\d\.ctm\.score\.bias",
+    r"blocks\.video_weights\.2\..*",
+)
+# HBI's estimator stage learns from detached similarity maps of frozen features: no gradient reaches them.
+FROZEN_FEATURES = {"hbi_estimator"}
 # GLSCL reproduces its reference, whose decoder attends to padded frames (its GIM softmax sees them too,
 # but only rescales the pooled vector, which the cosine undoes).
 PADDING_SENSITIVE = {"glscl"}
@@ -49,17 +66,28 @@ def test_registry_lists_builtin_heads():
 
 
 def test_shapes_and_gradients(head):
+    """Scores ``[Nt, Nv]``; in training, what the module optimises (the contrastive loss on the final scores,
+    or on each trained level of a multi-level head, plus the head's extra losses on a paired batch) reaches
+    the text features, the frames and every trainable parameter of the head."""
     head.train()
-    text, video = make_inputs()
-    text.sentence.requires_grad_(True)
-    video.frames.requires_grad_(True)
-    sims = score(head, text, video)
-    assert sims.shape == (5, 4) and torch.isfinite(sims).all()
-    (sims * torch.randn_like(sims)).sum().backward()
-    assert text.sentence.grad is not None and text.sentence.grad.abs().sum() > 0
-    assert video.frames.grad.abs().sum() > 0
+    text, video = make_inputs(num_texts=4, num_videos=4)
+    for tensor in (text.sentence, text.tokens, video.frames):
+        tensor.requires_grad_(True)
+    out = head.similarity(head_text := head.encode_text(text), head_video := head.encode_video(video))
+    levels = {name: out.levels[name] for name in head.trained_levels} if isinstance(out, ScoreLevels) else {"final": out}
+    final = out.final if isinstance(out, ScoreLevels) else out
+    assert final.shape == (4, 4) and torch.isfinite(final).all()
+    loss = create_loss("infonce")
+    context = LossContext(torch.tensor(2.0), loss, out.levels if isinstance(out, ScoreLevels) else {})
+    objective = sum(loss(10 * level) for level in levels.values()) + sum(head.extra_losses(head_text, head_video, context).values())
+    objective.backward()
+    if head.name not in FROZEN_FEATURES:
+        assert text.sentence.grad is not None or text.tokens.grad is not None
+        assert video.frames.grad.abs().sum() > 0
     for name, param in head.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+        if param.requires_grad:
+            assert param.grad is not None, name
+            assert param.grad.abs().sum() > 0 or any(re.fullmatch(pattern, name) for pattern in ZERO_BY_CONSTRUCTION), name
 
 
 def test_padded_frames_are_ignored(head):

@@ -8,6 +8,7 @@ from conftest import FIXTURES
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.convert import convert_reference_state_dict, map_reference_head_keys
 from tvr.models.heads import create_head
+from tvr.models.heads.base import LossContext
 from tvr.models.losses import create_loss
 
 GOLDEN = torch.load(FIXTURES / "golden" / "clip4clip_golden.pt", weights_only=True)
@@ -46,7 +47,7 @@ def test_full_reference_state_dict_maps_onto_the_module_layout():
 
 
 def test_unknown_head_name_lists_the_choices():
-    with pytest.raises(KeyError, match="valid choices: glscl, meanpool, seqtransf, tempme, xpool"):
+    with pytest.raises(KeyError, match="valid choices: glscl, hbi, hbi_estimator, meanpool, seqtransf, tempme, xpool"):
         map_reference_head_keys("tightTransf", {})
 
 
@@ -114,11 +115,11 @@ def test_glscl_reproduces_the_reference_training_losses():
     sims = head.similarity(text, video)
     torch.testing.assert_close(sims, GLSCL["train_sim"].float(), atol=1e-5, rtol=0)
     contrastive = create_loss("infonce")(sims * GLSCL["logit_scale_log"].exp())
-    extras = head.extra_losses(text, video, GLSCL["logit_scale_log"])
+    extras = head.extra_losses(text, video, LossContext(GLSCL["logit_scale_log"], create_loss("infonce")))
     torch.testing.assert_close(contrastive, GLSCL["train_loss_contrastive"].float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(extras["idl"], GLSCL["train_loss_Inter_Diversity"].float(), atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(extras["icl"], GLSCL["train_loss_Intra_Consistency"].float(), atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(contrastive + extras["idl"] + extras["icl"], GLSCL["train_loss_total"].float(), atol=1e-5, rtol=0)
     # the ICL batch-normalised variant differs (B=5 vs K=4), and so does masking the decoder memory
     head.icl_diag_norm = "batch"
-    assert not torch.allclose(head.extra_losses(text, video, GLSCL["logit_scale_log"])["icl"], extras["icl"])
+    assert not torch.allclose(head.extra_losses(text, video, LossContext(GLSCL["logit_scale_log"], create_loss("infonce")))["icl"], extras["icl"])

@@ -102,6 +102,9 @@ PADDED_FEATURE_DEPENDENCE = [
     # the head pools the tower's per-frame CLS vectors like meanP; its tower merges every slot, which is why
     # TempMe's sampler never pads (the tower declares needs_full_clips; start-up validation enforces it)
     ("tempme", {}, set()),
+    # HBI ranks on the entity level, which masks padded frames out of the WTI weights and the word x frame map
+    ("hbi", {}, set()),
+    ("hbi_estimator", {}, set()),
 ]
 
 
@@ -178,9 +181,11 @@ def recipes() -> list[str]:
 
 
 @pytest.mark.parametrize("recipe", recipes())
-def test_glscl_recipes_encode_padded_frames_like_the_reference_and_others_keep_zeros(recipe, tmp_path):
+def test_drl_recipes_encode_padded_frames_like_their_references_and_others_keep_zeros(recipe, tmp_path):
+    """GLSCL and HBI encode their zero-filled padded frames with CLIP (their readers pad; TempMe's never does)."""
     cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
-    assert cfg.backbone.padded_frames == ("encoded_blank" if cfg.head.name == "glscl" else "zeros")
+    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator")
+    assert cfg.backbone.padded_frames == ("encoded_blank" if encodes_padding else "zeros")
 
 
 def test_default_run_keeps_zeros(tmp_path):

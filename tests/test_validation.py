@@ -8,9 +8,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SMALL_OVERRIDES, compose_train
+from tvr.checkpoint import atomic_torch_save
 from tvr.config import config_dir
 from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
+from tvr.models.heads.hbi import BanzhafModule
 from tvr.train import train
 from tvr.validation import InvalidConfigError, validate_eval_config, validate_train_config
 
@@ -84,6 +86,9 @@ def test_every_problem_is_reported_at_once_one_line_per_key(tmp_path):
 @pytest.mark.parametrize("recipe", [None, *RECIPES])
 def test_the_default_config_and_every_recipe_pass(recipe, tmp_path):
     overrides = [] if recipe is None else [f"experiment={recipe}", "data.source.root=/datasets/somewhere"]
+    if recipe and recipe.startswith("hbi_") and not recipe.startswith("hbi_estimator"):  # HBI needs its estimator stage's file
+        atomic_torch_save({"format": "tvr-hbi-estimator", "state_dict": BanzhafModule().state_dict()}, tmp_path / "estimator.pt")
+        overrides.append(f"head.estimator_ckpt={tmp_path / 'estimator.pt'}")
     validate_train_config(compose_train(overrides, tmp_path, tmp_path / "run"))
 
 

@@ -45,6 +45,7 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
         train=to_plain(cfg.train),
         run_config=to_plain(cfg),
     )
+    module.head.load_pretrained()  # files the head takes weights from (HBI's estimator); checkpoints carry them after
     expected = cfg.backbone.image_size
     if module.backbone.image_size != expected:
         raise ValueError(

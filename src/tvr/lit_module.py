@@ -19,7 +19,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from tvr.errors import NonFiniteLossError
 from tvr.evaluation.engine import gather_lists
 from tvr.evaluation.lightning import EvaluationModule
-from tvr.models.distributed import gather_with_grad
+from tvr.models.distributed import gather_no_grad, gather_with_grad
+from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
 from tvr.optim import SCHEDULES, BertAdam, parameter_groups
 from tvr.resume import gather_objects
@@ -60,10 +61,18 @@ class RetrievalModule(EvaluationModule):
         video_repr = self.encode_videos(batch["frames"], batch["frame_mask"])
         text_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in text_repr.items()}
         video_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in video_repr.items()}
-        logits = self.scaled(self.head.similarity(text_repr, video_repr))
-        loss = self.loss(logits)
-        extras = self.head.extra_losses(text_repr, video_repr, self.backbone.logit_scale)
-        total = loss + sum(extras.values()) if extras else loss
+        scores = self.head.similarity(text_repr, video_repr)
+        levels = scores.levels if isinstance(scores, ScoreLevels) else {}
+        if levels:  # a multi-level head: the configured loss on each level it trains
+            contrastive = {f"contrastive_{name}": self.loss(self.scaled(levels[name])) for name in self.head.trained_levels}
+            loss = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
+        else:
+            contrastive, loss = {}, self.loss(self.scaled(scores))
+        video_ids = batch.get("video_index")
+        context = LossContext(self.backbone.logit_scale, self.loss, levels, None if video_ids is None else gather_no_grad(video_ids))
+        head_terms = self.head.extra_losses(text_repr, video_repr, context)
+        total = loss + sum(head_terms.values()) if head_terms else loss
+        extras = {**contrastive, **head_terms}  # logged by name
         self._record_decode_failures(batch)
         # checked with the gradient norm in configure_gradient_clipping: one device sync per step, not two;
         # under gradient accumulation over every micro-batch of the step (the message shows the last one's terms)

@@ -99,6 +99,10 @@ def train(cfg: DictConfig) -> dict:
         results["expected"] = to_plain(cfg.expected)  # the paper's numbers this recipe reproduces
     if "val" in module.eval_results:
         results["val_last_epoch"] = {k: module.eval_results["val"][k] for k in ("t2v", "v2t")}
+    artifacts = module.head.write_artifacts(run_dir)  # the selected weights' (trainer.test restored them)
+    if artifacts:
+        results["artifacts"] = [str(path) for path in artifacts]
+        log.info("wrote %s", ", ".join(results["artifacts"]))
     write_json(run_dir / "metrics.json", results)
     table = markdown_table(
         {test_split: test_metrics},

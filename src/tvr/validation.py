@@ -459,6 +459,7 @@ def check_evaluation(checker: ConfigChecker, evaluation: Section) -> None:
     for name in ("text_chunk", "video_chunk"):
         checker.number(evaluation, name, integer=True, minimum=1)
     checker.number(evaluation, "memory_budget_gb", above=0)
+    checker.flag(evaluation, "report_levels", optional=True)
     qbnorm = evaluation.child("qbnorm")
     checker.number(qbnorm, "k", integer=True, minimum=1)
     checker.number(qbnorm, "beta", above=0)
@@ -467,9 +468,10 @@ def check_evaluation(checker: ConfigChecker, evaluation: Section) -> None:
 
 # ---------------------------------------------------------------------- entry points
 def check_run(checker: ConfigChecker, cfg: DictConfig, data_roles: tuple[str, ...], training: bool,
-              groups: tuple[str, ...] = RUN_GROUPS) -> None:
+              groups: tuple[str, ...] = RUN_GROUPS) -> RetrievalHead | None:
     """The sections a run is built from (those of ``groups``). ``data_roles``: the splits that must be
-    named; ``training``: tvr-train (epochs and checkpoint selection matter) rather than tvr-eval."""
+    named; ``training``: tvr-train (epochs and checkpoint selection matter) rather than tvr-eval.
+    Returns the head, built on the meta device, when its options are fine."""
     backbone, head, loss, optim, data, train, trainer, evaluation = (
         checker.section(cfg, group) if group in groups else None for group in RUN_GROUPS
     )
@@ -489,6 +491,16 @@ def check_run(checker: ConfigChecker, cfg: DictConfig, data_roles: tuple[str, ..
         check_trainer(checker, trainer, training)
     if evaluation:
         check_evaluation(checker, evaluation)
+    return built_head
+
+
+def check_pretrained_files(checker: ConfigChecker, head: Section, built: RetrievalHead) -> None:
+    """Files a head reads its own weights from when training starts (HBI's estimator), before any data work."""
+    try:
+        built.check_pretrained()
+    except UserInputError as error:
+        key = getattr(error, "key", head.path)
+        checker.fail(key, str(error).removeprefix(f"{key}: "))
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -496,7 +508,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     checker = ConfigChecker()
     check_known_keys(checker, Section("", dict.fromkeys(key for key in cfg if key != "hydra")), TRAIN_TOP_LEVEL, "tvr-train's config")
     check_seed(checker, checker.top_level(cfg, ("seed",)))
-    check_run(checker, cfg, data_roles=("train", "test"), training=True)
+    built_head = check_run(checker, cfg, data_roles=("train", "test"), training=True)
+    if built_head is not None:
+        check_pretrained_files(checker, checker.section(cfg, "head"), built_head)
     checker.raise_problems()
 
 

@@ -124,7 +124,7 @@ class TrainPairs(Dataset):
             # ``replaced`` counts this sample once however many substitutes it took; ``failed_videos``
             # names every unreadable video met on the way
             return {"tokens": self.tokenizer(caption), "frames": frames, "frame_mask": mask, "index": candidate,
-                    "replaced": bool(failed), "failed_videos": failed}
+                    "video_index": video_index, "replaced": bool(failed), "failed_videos": failed}
         raise RuntimeError(
             f"{len(failed)} consecutive unreadable training videos ({', '.join(failed[:5])}, ...); "
             "check data.source.root and run tools/check_videos.py"

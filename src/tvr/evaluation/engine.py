@@ -23,7 +23,7 @@ from tvr.data.clips import QUERY_BANK, TEXTS, VIDEOS
 from tvr.data.records import SplitRecords
 from tvr.evaluation.checks import check_finite_representations
 from tvr.evaluation.report import evaluate_scores
-from tvr.evaluation.similarity import tiled_similarity
+from tvr.evaluation.similarity import tiled_level_similarity, tiled_similarity
 from tvr.models.distributed import gather_indexed, gather_no_grad, is_distributed
 from tvr.models.heads.base import Repr, repr_length, slice_repr
 from tvr.resume import gather_objects
@@ -91,15 +91,20 @@ def tile_options(cfg: dict) -> dict:
             "memory_budget_bytes": int(cfg.get("memory_budget_gb", 0.5) * 2**30)}
 
 
-def shared_similarity(retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The full ``[Nt, Nv]`` matrix on every rank; under DDP each rank scores a contiguous share of the
-    texts and the shares are gathered, so text-conditioned heads split their cost across ranks."""
+def shared_similarity(retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu",
+                      levels: bool = False):
+    """The full ``[Nt, Nv]`` matrix on every rank (with ``levels``, ``{level: [Nt, Nv]}`` of a multi-level
+    head); under DDP each rank scores a contiguous share of the texts and the shares are gathered, so
+    text-conditioned heads split their cost across ranks."""
+    score = tiled_level_similarity if levels else tiled_similarity
     if not is_distributed():
-        return tiled_similarity(retriever.head, texts, videos, **tiles)
+        return score(retriever.head, texts, videos, **tiles)
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     bounds = torch.linspace(0, repr_length(texts), world + 1).long().tolist()
     share = slice_repr(texts, bounds[rank], bounds[rank + 1])
-    rows = tiled_similarity(retriever.head, share, videos, out_device=device, **tiles)
+    rows = score(retriever.head, share, videos, out_device=device, **tiles)
+    if levels:
+        return {name: gather_no_grad(part).cpu() for name, part in rows.items()}
     return gather_no_grad(rows).cpu()
 
 
@@ -128,6 +133,12 @@ def evaluate_encoded(retriever, encoded: EncodedSplit, cfg: dict, stage: str = "
         qbnorm_k=qbnorm.get("k", 1), qbnorm_beta=qbnorm.get("beta", 20.0),
         unreadable_videos=torch.nonzero(encoded.unreadable).flatten().numpy(),
     )
+    if cfg.get("report_levels"):  # labelled extra rows; the ranking above is the head's final level
+        level_scores = shared_similarity(retriever, encoded.texts, encoded.videos, tiles, device, levels=True)
+        unreadable = torch.nonzero(encoded.unreadable).flatten().numpy()
+        metrics["levels"] = {name: evaluate_scores(level, encoded.text_to_video, median=cfg.get("median", "mean"),
+                                                   unreadable_videos=unreadable)
+                             for name, level in level_scores.items()}
     metrics["num_texts"], metrics["num_videos"] = int(scores.shape[0]), int(scores.shape[1])
     metrics["unreadable_videos"] = int(encoded.unreadable.sum())
     if encoded.failed:
@@ -146,8 +157,9 @@ def evaluate_loaders(retriever, loaders: Iterable, cfg: dict, stage: str = "test
     """Evaluate ``retriever`` on a split's evaluation loaders (videos, texts, optionally a query bank) in
     one process, without a Trainer. Returns the metrics and the ids of the videos that could not be decoded."""
     device = torch.device(device)
-    was_training = retriever.training
+    was_training, was_reporting = retriever.training, retriever.head.report_levels
     retriever.eval().to(device)
+    retriever.head.report_levels = bool(cfg.get("report_levels"))  # encode every level a head scores at
     collector = EvalCollector()
     try:
         for loader in loaders:
@@ -155,6 +167,7 @@ def evaluate_loaders(retriever, loaders: Iterable, cfg: dict, stage: str = "test
                 collector.add(retriever, _to_device(batch, device))
     finally:
         retriever.train(was_training)
+        retriever.head.report_levels = was_reporting
     encoded = collector.gather()
     if encoded is None:
         raise ValueError(f"{stage}: the loaders yielded no videos or no texts; nothing to evaluate")

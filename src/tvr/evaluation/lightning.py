@@ -17,6 +17,7 @@ class EvaluationModule(Retriever, pl.LightningModule):
     def __init__(self, backbone: dict, head: dict, evaluation: dict) -> None:
         super().__init__(backbone, head)
         self.eval_cfg = evaluation
+        self.head.report_levels = bool(evaluation.get("report_levels"))  # encode every level a head scores at
         self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.eval_results: dict[str, dict] = {}
         self._collector: EvalCollector | None = None

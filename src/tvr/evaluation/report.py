@@ -124,6 +124,9 @@ def markdown_table(results: dict[str, dict], facts: dict | None = None, measured
     for split, metrics in results.items():
         for direction in ("t2v", "v2t"):
             lines.append(_row(split, direction, metrics[direction]))
+        for level, level_metrics in metrics.get("levels", {}).items():
+            for direction in ("t2v", "v2t"):
+                lines.append(_row(f"{split} (level: {level})", direction, level_metrics[direction]))
         reranked = metrics.get("reranked")
         if reranked:
             label = f"{split} ({reranked['method'].upper()} re-ranked)"

@@ -31,12 +31,36 @@ def tiled_similarity(
     memory_budget_bytes: int | None = 512 * 2**20,
     out_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
+    """The ``[Nt, Nv]`` ranking scores (``head.similarity``)."""
+    scores = _tiled(lambda texts, videos: {"final": head.similarity(texts, videos)}, head, text_repr, video_repr,
+                    text_chunk, video_chunk, memory_budget_bytes, out_device)
+    return scores["final"]
+
+
+@torch.no_grad()
+def tiled_level_similarity(
+    head: RetrievalHead,
+    text_repr: Repr,
+    video_repr: Repr,
+    text_chunk: int = 1024,
+    video_chunk: int = 1024,
+    memory_budget_bytes: int | None = 512 * 2**20,
+    out_device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """``{level: [Nt, Nv]}`` for every score level of a multi-level head (``head.level_similarity``; empty otherwise)."""
+    return _tiled(head.level_similarity, head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device)
+
+
+def _tiled(score_tile, head: RetrievalHead, text_repr: Repr, video_repr: Repr, text_chunk: int, video_chunk: int,
+           memory_budget_bytes: int | None, out_device) -> dict[str, torch.Tensor]:
     num_texts, num_videos = repr_length(text_repr), repr_length(video_repr)
     text_chunk, video_chunk = tile_shape(head, text_chunk, video_chunk, memory_budget_bytes)
-    out = torch.empty(num_texts, num_videos, dtype=torch.float32, device=out_device)
+    out: dict[str, torch.Tensor] = {}
     for t0 in range(0, num_texts, text_chunk):
         texts = slice_repr(text_repr, t0, t0 + text_chunk)
         for v0 in range(0, num_videos, video_chunk):
-            tile = head.similarity(texts, slice_repr(video_repr, v0, v0 + video_chunk))
-            out[t0 : t0 + text_chunk, v0 : v0 + video_chunk] = tile.float().to(out_device)
+            for name, tile in score_tile(texts, slice_repr(video_repr, v0, v0 + video_chunk)).items():
+                if name not in out:
+                    out[name] = torch.empty(num_texts, num_videos, dtype=torch.float32, device=out_device)
+                out[name][t0 : t0 + text_chunk, v0 : v0 + video_chunk] = tile.float().to(out_device)
     return out

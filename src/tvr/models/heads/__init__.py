@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from tvr.models.heads import glscl, meanpool, seqtransf, tempme, xpool  # noqa: F401  (registration side effect)
+from tvr.models.heads.hbi import estimator, head  # noqa: F401  (registration side effect)
 from tvr.models.heads.base import Repr, RetrievalHead
 from tvr.models.heads.registry import HEADS
 

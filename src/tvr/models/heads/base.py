@@ -8,9 +8,17 @@ A head splits its work into a cacheable part, run once per item, and a pairwise 
 * ``similarity(text_repr, video_repr) -> [Nt, Nv]`` scores chunks of texts against chunks of videos. It
   returns the method's *unscaled* score (a cosine for CLIP-style heads); the training module multiplies
   by CLIP's ``exp(logit_scale)`` when ``uses_logit_scale`` is set. Evaluation calls it on tiles, so a
-  text-conditioned head never materialises ``Nt x Nv x D``.
-* ``extra_losses(...)`` returns head-specific terms by name; ``new_parameters()`` lists parameters that
-  take the head learning rate (everything the head owns but its towers, by default).
+  text-conditioned head never materialises ``Nt x Nv x D``. A head that scores at several semantic
+  levels (HBI) returns :class:`ScoreLevels` in training: named levels plus the ranking scores; the module
+  applies the configured contrastive loss to each level in ``trained_levels``. At evaluation it returns
+  the ranking scores, and ``level_similarity`` gives every level for the labelled extra rows
+  ``evaluation.report_levels`` asks for.
+* ``extra_losses(text_repr, video_repr, context)`` returns head-specific terms by name; the
+  :class:`LossContext` carries ``logit_scale``, the configured contrastive loss, the batch's score levels
+  and its videos' ids. ``new_parameters()`` lists parameters that take the head learning rate
+  (everything the head owns but its towers, by default).
+* ``load_pretrained()`` reads weights a head takes from files of its own (HBI's Banzhaf estimator) when a
+  run starts training; a checkpoint carries them afterwards, so evaluation never reads those files.
 * ``tower_specs()`` names the video and text towers the head reads from (:mod:`tvr.models.towers`): CLIP
   frame by frame and CLIP's text tower unless a method changes the transformers themselves (TempMe).
   :meth:`attach_towers` builds them over the backbone; the head then owns them, so their weights are
@@ -19,7 +27,8 @@ A head splits its work into a cacheable part, run once per item, and a pairwise 
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +38,26 @@ from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.towers import TextTower, VideoTower, check_state_dict_towers, create_tower
 
 Repr = dict[str, torch.Tensor]
+
+
+@dataclass
+class ScoreLevels:
+    """Scores of one batch at several semantic levels: ``levels`` by name, ``final`` the ranking scores."""
+
+    final: torch.Tensor
+    levels: dict[str, torch.Tensor]
+
+
+@dataclass
+class LossContext:
+    """What a head's extra losses may need beyond the representations: CLIP's ``logit_scale`` (log), the
+    configured contrastive loss (on logits), the batch's unscaled score levels (empty for one-level
+    heads) and the ids of its videos (``[B]``, equal for texts of the same video)."""
+
+    logit_scale: torch.Tensor
+    contrastive: Callable[[torch.Tensor], torch.Tensor]
+    levels: dict[str, torch.Tensor] = field(default_factory=dict)
+    video_ids: torch.Tensor | None = None
 
 
 class RetrievalHead(nn.Module):
@@ -41,6 +70,10 @@ class RetrievalHead(nn.Module):
     reference_key_renames: tuple[tuple[str, str], ...] = ()
     #: Key prefixes present in the reference's checkpoints but unused by its forward pass (dropped).
     reference_ignored_keys: tuple[str, ...] = ()
+    #: Score levels the contrastive loss applies to when ``similarity`` returns :class:`ScoreLevels`.
+    trained_levels: tuple[str, ...] = ()
+    #: Set by evaluation (``evaluation.report_levels``): encode every level, not only the ranking ones.
+    report_levels: bool = False
     #: Name fragments of weights the reference keeps inside its CLIP modules (``clip.*``) that are the
     #: method's own (TempMe's adapters), so conversion routes them to the head rather than to CLIP.
     reference_clip_keys: tuple[str, ...] = ()
@@ -78,8 +111,28 @@ class RetrievalHead(nn.Module):
     def similarity(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
         raise NotImplementedError
 
-    def extra_losses(self, text_repr: Repr, video_repr: Repr, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_losses(self, text_repr: Repr, video_repr: Repr, context: LossContext) -> dict[str, torch.Tensor]:
         return {}
+
+    def level_similarity(self, text_repr: Repr, video_repr: Repr) -> dict[str, torch.Tensor]:
+        """Every score level by name (none for one-level heads), for evaluation's labelled extra rows."""
+        return {}
+
+    def check_pretrained(self) -> None:
+        """Raise (naming the option and how to make the file) if a file :meth:`load_pretrained` reads is
+        missing or does not fit; called at start-up, before any data work."""
+
+    def load_pretrained(self) -> None:
+        """Read weights this head takes from its own files (called when training starts, never at evaluation)."""
+
+    def explain(self, text_repr: Repr, video_repr: Repr) -> dict[str, torch.Tensor]:
+        """Word x frame maps ``{title: [L, F]}`` of one (text, video) pair for ``tools/explain.py``; heads that
+        score token against frame offer them (HBI), others have none."""
+        return {}
+
+    def write_artifacts(self, run_dir) -> list:
+        """Files a head writes into the run folder after training (HBI's estimator stage); their paths."""
+        return []
 
     @classmethod
     def map_reference_keys(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

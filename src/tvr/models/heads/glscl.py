@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
-from tvr.models.heads.base import Repr, RetrievalHead
+from tvr.models.heads.base import LossContext, Repr, RetrievalHead
 from tvr.models.heads.registry import register_head
 from tvr.models.heads.temporal import TemporalTransformer, prefixed_renames
 
@@ -128,7 +128,7 @@ class GLSCLHead(RetrievalHead):
     def similarity(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
         return self.global_similarity(text_repr, video_repr) + self.local_weight * self.local_similarity(text_repr, video_repr)
 
-    def extra_losses(self, text_repr: Repr, video_repr: Repr, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_losses(self, text_repr: Repr, video_repr: Repr, context: LossContext) -> dict[str, torch.Tensor]:
         video, text = video_repr["concepts"], text_repr["concepts"]
         if video.shape[0] != text.shape[0]:
             raise ValueError("glscl's regularisers need a paired batch (text i with video i)")
