@@ -23,7 +23,7 @@ from tvr.data.clips import QUERY_BANK, TEXTS, VIDEOS
 from tvr.data.records import SplitRecords
 from tvr.evaluation.checks import check_finite_representations
 from tvr.evaluation.report import evaluate_scores
-from tvr.evaluation.similarity import tiled_level_similarity, tiled_similarity
+from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.distributed import gather_indexed, gather_no_grad, is_distributed
 from tvr.models.heads.base import Repr, repr_length, slice_repr
 from tvr.resume import gather_objects
@@ -96,13 +96,12 @@ def shared_similarity(retriever, texts: Repr, videos: Repr, tiles: dict, device:
     """The full ``[Nt, Nv]`` matrix on every rank (with ``levels``, ``{level: [Nt, Nv]}`` of a multi-level
     head); under DDP each rank scores a contiguous share of the texts and the shares are gathered, so
     text-conditioned heads split their cost across ranks."""
-    score = tiled_level_similarity if levels else tiled_similarity
     if not is_distributed():
-        return score(retriever.head, texts, videos, **tiles)
+        return tiled_similarity(retriever.head, texts, videos, levels=levels, **tiles)
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     bounds = torch.linspace(0, repr_length(texts), world + 1).long().tolist()
     share = slice_repr(texts, bounds[rank], bounds[rank + 1])
-    rows = score(retriever.head, share, videos, out_device=device, **tiles)
+    rows = tiled_similarity(retriever.head, share, videos, out_device=device, levels=levels, **tiles)
     if levels:
         return {name: gather_no_grad(part).cpu() for name, part in rows.items()}
     return gather_no_grad(rows).cpu()

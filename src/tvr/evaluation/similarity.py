@@ -30,25 +30,15 @@ def tiled_similarity(
     video_chunk: int = 1024,
     memory_budget_bytes: int | None = 512 * 2**20,
     out_device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """The ``[Nt, Nv]`` ranking scores (``head.similarity``)."""
+    levels: bool = False,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The ``[Nt, Nv]`` ranking scores (``head.similarity``); with ``levels``, ``{level: [Nt, Nv]}`` of every
+    score level of a multi-level head (``head.level_similarity``; empty for others)."""
+    if levels:
+        return _tiled(head.level_similarity, head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device)
     scores = _tiled(lambda texts, videos: {"final": head.similarity(texts, videos)}, head, text_repr, video_repr,
                     text_chunk, video_chunk, memory_budget_bytes, out_device)
     return scores["final"]
-
-
-@torch.no_grad()
-def tiled_level_similarity(
-    head: RetrievalHead,
-    text_repr: Repr,
-    video_repr: Repr,
-    text_chunk: int = 1024,
-    video_chunk: int = 1024,
-    memory_budget_bytes: int | None = 512 * 2**20,
-    out_device: torch.device | str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """``{level: [Nt, Nv]}`` for every score level of a multi-level head (``head.level_similarity``; empty otherwise)."""
-    return _tiled(head.level_similarity, head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device)
 
 
 def _tiled(score_tile, head: RetrievalHead, text_repr: Repr, video_repr: Repr, text_chunk: int, video_chunk: int,

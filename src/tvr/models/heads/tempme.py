@@ -10,12 +10,14 @@ embeddings train, in the tower learning-rate group; ``trainable`` fine-tunes CLI
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import torch
 
 from tvr.models.heads.meanpool import MeanPoolHead
 from tvr.models.heads.registry import register_head
+from tvr.models.towers.tempme import TempMeTower
 
 # The reference's own weights live inside its CLIP modules, under these names (spec §1.2).
 _REFERENCE_LORA = re.compile(r"^(clip\.)?(?P<tower>visual\.)?transformer\.resblocks\.(?P<block>\d+)\.attn\.TVPt_LoRA_(?P<part>[ab])$")
@@ -26,28 +28,15 @@ _REFERENCE_PE = re.compile(r"^(clip\.)?visual\.transformer\.resblocks\.(?P<block
 class TempMeHead(MeanPoolHead):
     reference_clip_keys = ("TVPt_",)
 
-    def __init__(
-        self,
-        embed_dim: int,
-        frames: int = 12,
-        lora_rank: int = 8,
-        tome_r: int = 2,
-        clip_layers: list[int] = (8, 9, 10),
-        clip_groups: list[int] = (2, 2, 3),
-        cross_clip_ratio: float = 0.30,
-        intra_clip_ratio: float = 0.10,
-        temporal_pe: bool = True,
-        prop_attn: bool = True,
-        clip_weights: str = "frozen",
-    ) -> None:
+    def __init__(self, embed_dim: int, lora_rank: int = 8, clip_weights: str = "frozen", **video_tower) -> None:
+        """``lora_rank`` and ``clip_weights`` apply to both towers; the other options (``frames``, ``tome_r``,
+        ``clip_layers``, ``clip_groups``, ratios, ``temporal_pe``, ``prop_attn``) are the tempme tower's, whose
+        signature holds their defaults (the reference's)."""
         super().__init__(embed_dim)
         if lora_rank < 0:
             raise ValueError(f"tempme lora_rank must be >= 0 (0: no adapters), got {lora_rank}")
-        self.video_options = {
-            "frames": frames, "lora_rank": lora_rank, "tome_r": tome_r, "clip_layers": list(clip_layers),
-            "clip_groups": list(clip_groups), "cross_clip_ratio": cross_clip_ratio, "intra_clip_ratio": intra_clip_ratio,
-            "temporal_pe": temporal_pe, "prop_attn": prop_attn, "clip_weights": clip_weights,
-        }
+        inspect.signature(TempMeTower).bind_partial(**video_tower)  # an unknown option fails here, naming it
+        self.video_options = {**video_tower, "lora_rank": lora_rank, "clip_weights": clip_weights}
         self.text_options = {"lora_rank": lora_rank, "clip_weights": clip_weights}
 
     def tower_specs(self) -> dict[str, dict]:
