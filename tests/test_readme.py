@@ -63,6 +63,15 @@ HOW = {
         ELSEWHERE, "needs CLIP weights; test_search indexes a folder with a zero-shot tiny backbone"),
     "python tools/bench_search.py --json bench_search.json": (
         ELSEWHERE, "about 20 minutes; test_bench_search runs it at tiny sizes"),
+    "tvr-train head=tempme": (RUN, None),
+    "python tools/bench_towers.py --json bench_towers.json": (ELSEWHERE, "minutes; test_bench_towers runs it with --quick"),
+    "tvr-train experiment=hbi_estimator_synthetic hydra.run.dir=outputs/hbi_estimator": (
+        ELSEWHERE, "test_hbi runs the estimator stage on the small synthetic set and checks estimator.pt"),
+    "tvr-train head=hbi head.estimator_ckpt=outputs/hbi_estimator/estimator.pt": (
+        ELSEWHERE, "test_hbi trains HBI with the estimator stage's file, then evaluates it without that file"),
+    "tvr-eval ckpt_path=… evaluation.report_levels=true": (RUN, None),
+    'python tools/explain.py ckpt_path=… --text "a red square moves left" --video clip.mp4 --out explain.png': (
+        ELSEWHERE, "test_hbi runs tools/explain.py on a trained HBI checkpoint and a synthetic video"),
 }
 
 

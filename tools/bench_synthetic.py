@@ -3,6 +3,7 @@
     python tools/bench_synthetic.py                      # default run (meanpool) + seqtransf, fresh data
     python tools/bench_synthetic.py --reuse-data data    # skip generation: reuse an existing data folder
     python tools/bench_synthetic.py --json bench.json
+    python tools/bench_synthetic.py --configs "hbi estimator stage" hbi --runs-dir runs   # HBI's two commands, kept
 
 Each configuration runs ``tvr-train`` in a subprocess, exactly as a user would. The first run on a fresh
 data folder includes generating the videos and building the frame cache; the table says which did.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,11 +26,17 @@ CONFIGS = {
     "seqtransf": ["experiment=synthetic_seqtransf"],
     "xpool": ["experiment=synthetic_xpool"],
     "glscl": ["experiment=synthetic_glscl"],
+    "tempme": ["head=tempme"],
+    "tempme (PEFT, frozen random CLIP)": ["head=tempme", "head.clip_weights=frozen"],
+    # HBI's two commands: the estimator stage, then HBI with that estimator as its teacher ({runs}: this run's folders)
+    "hbi estimator stage": ["experiment=hbi_estimator_synthetic"],
+    "hbi": ["head=hbi", "head.estimator_ckpt={runs}/hbi_estimator_stage/estimator.pt"],
 }
 
 
 def run(name: str, overrides: list[str], data_dir: Path, out_dir: Path) -> dict:
-    run_dir = out_dir / name.split()[0]
+    run_dir = out_dir / re.sub(r"\W+", "_", name).strip("_")  # one folder per row (two rows may share a head)
+    overrides = [override.replace("{runs}", str(out_dir)) for override in overrides]
     command = [str(Path(sys.executable).with_name("tvr-train")), *overrides, f"hydra.run.dir={run_dir}",
                "trainer.enable_progress_bar=false"]
     env = {**os.environ, "TVR_DATA_DIR": str(data_dir)}
@@ -45,13 +53,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse-data", type=Path, help="existing data folder (skips generation and caching)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
+                        help="rows to run, in order (the hbi row needs the hbi estimator stage row before it)")
+    parser.add_argument("--runs-dir", type=Path, help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = args.reuse_data.resolve() if args.reuse_data else Path(scratch) / "data"
         results = {}
         for index, name in enumerate(args.configs):
-            results[name] = run(name, CONFIGS[name], data_dir, Path(scratch) / "runs")
+            results[name] = run(name, CONFIGS[name], data_dir, (args.runs_dir or Path(scratch) / "runs").resolve())
             results[name]["includes_data_generation"] = index == 0 and not args.reuse_data
     chance = 100.0 / next(iter(results.values()))["num_videos"]
     header = "| config | wall (s) | t2v R@1 | R@5 | R@10 | MdR | MnR | v2t R@1 | R@5 | R@10 | MdR | MnR |"
