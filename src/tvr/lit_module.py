@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tvr.errors import NonFiniteLossError
 from tvr.evaluation.engine import gather_lists
 from tvr.evaluation.lightning import EvaluationModule
-from tvr.models.distributed import gather_no_grad, gather_with_grad
+from tvr.models.distributed import gather_with_grad
 from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
 from tvr.optim import SCHEDULES, BertAdam, parameter_groups
@@ -68,8 +68,7 @@ class RetrievalModule(EvaluationModule):
             loss = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
         else:
             contrastive, loss = {}, self.loss(self.scaled(scores))
-        video_ids = batch.get("video_index")
-        context = LossContext(self.backbone.logit_scale, self.loss, levels, None if video_ids is None else gather_no_grad(video_ids))
+        context = LossContext(self.backbone.logit_scale, self.loss, levels, batch.get("video_index"))
         head_terms = self.head.extra_losses(text_repr, video_repr, context)
         total = loss + sum(head_terms.values()) if head_terms else loss
         extras = {**contrastive, **head_terms}  # logged by name

@@ -329,9 +329,8 @@ def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, sh
 
 def sampler_fills_clips(sampler: Section) -> bool:
     """Whether the configured sampler always yields exactly max_frames frames (never pads)."""
-    options = {name: value for name, value in sampler.values.items() if value is not None}
     try:
-        return bool(create_sampler(**options).always_full)
+        return bool(create_sampler(**sampler.values).always_full)  # options set to None are dropped there
     except (TypeError, ValueError, KeyError):
         return True  # its options are wrong: check_sampler reports that
 

@@ -28,6 +28,7 @@ A head splits its work into a cacheable part, run once per item, and a pairwise 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterator
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
+from tvr.models.distributed import gather_no_grad
 from tvr.models.towers import TextTower, VideoTower, check_state_dict_towers, create_tower
 
 Repr = dict[str, torch.Tensor]
@@ -52,12 +54,18 @@ class ScoreLevels:
 class LossContext:
     """What a head's extra losses may need beyond the representations: CLIP's ``logit_scale`` (log), the
     configured contrastive loss (on logits), the batch's unscaled score levels (empty for one-level
-    heads) and the ids of its videos (``[B]``, equal for texts of the same video)."""
+    heads) and the ids of its videos (:attr:`video_ids`)."""
 
     logit_scale: torch.Tensor
     contrastive: Callable[[torch.Tensor], torch.Tensor]
     levels: dict[str, torch.Tensor] = field(default_factory=dict)
-    video_ids: torch.Tensor | None = None
+    local_video_ids: torch.Tensor | None = None  # this rank's part of the batch
+
+    @cached_property
+    def video_ids(self) -> torch.Tensor | None:
+        """``[B]`` ids of the global batch's videos (equal for texts of the same video), gathered across ranks
+        on first use: only a head that reads them pays for the collective."""
+        return None if self.local_video_ids is None else gather_no_grad(self.local_video_ids)
 
 
 class RetrievalHead(nn.Module):

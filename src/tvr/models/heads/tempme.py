@@ -10,7 +10,6 @@ embeddings train, in the tower learning-rate group; ``trainable`` fine-tunes CLI
 
 from __future__ import annotations
 
-import inspect
 import re
 
 import torch
@@ -35,7 +34,7 @@ class TempMeHead(MeanPoolHead):
         super().__init__(embed_dim)
         if lora_rank < 0:
             raise ValueError(f"tempme lora_rank must be >= 0 (0: no adapters), got {lora_rank}")
-        inspect.signature(TempMeTower).bind_partial(**video_tower)  # an unknown option fails here, naming it
+        TempMeTower.with_defaults(**video_tower)  # an unknown option fails here, naming it
         self.video_options = {**video_tower, "lora_rank": lora_rank, "clip_weights": clip_weights}
         self.text_options = {"lora_rank": lora_rank, "clip_weights": clip_weights}
 

@@ -16,6 +16,8 @@ own weights are frozen by default (``clip_weights: frozen``, the reference) or f
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -62,8 +64,7 @@ class TempMeTower(SavesIdentity, VideoTower):
         self.clip_layers, self.clip_groups = [int(v) for v in clip_layers], [int(v) for v in clip_groups]
         self.cross_clip_ratio, self.intra_clip_ratio = float(cross_clip_ratio), float(intra_clip_ratio)
         self.use_temporal_pe, self.prop_attn = bool(temporal_pe), bool(prop_attn)
-        self.plan: list[BlockPlan] = plan_schedule(self.geometry.depth, self.geometry.tokens_per_frame, self.frames, self.tome_r,
-                                                   self.clip_layers, self.clip_groups, self.cross_clip_ratio, self.intra_clip_ratio)
+        self.plan: list[BlockPlan] = self.plan_for(self.geometry, **self.settings())
         self.lora = qkv_lora_adapters(visual.transformer.resblocks, self.lora_rank) if self.lora_rank > 0 else None
         # one embedding per clip entering each clip layer; zero at start (the reference), so it begins as a no-op
         self.temporal_embeddings = nn.ParameterDict({
@@ -72,14 +73,27 @@ class TempMeTower(SavesIdentity, VideoTower):
         })
 
     @classmethod
-    def check_fits(cls, geometry: VisionGeometry, frames: int = 12, tome_r: int = 2, clip_layers=(8, 9, 10), clip_groups=(2, 2, 3),
-                   cross_clip_ratio: float = 0.30, intra_clip_ratio: float = 0.10, **_) -> None:
-        plan_schedule(geometry.depth, geometry.tokens_per_frame, int(frames), int(tome_r), list(clip_layers), list(clip_groups),
-                      float(cross_clip_ratio), float(intra_clip_ratio))
+    def with_defaults(cls, **options) -> dict:
+        """``options`` completed with the constructor's defaults (the reference's), so they are written once."""
+        bound = inspect.signature(cls).bind_partial(None, **options)  # None: the backbone
+        bound.apply_defaults()
+        return {name: value for name, value in bound.arguments.items() if name != "backbone"}
 
     @classmethod
-    def clip_frames(cls, frames: int = 12, **_) -> int:
-        return int(frames)
+    def plan_for(cls, geometry: VisionGeometry, **options) -> list[BlockPlan]:
+        """The token schedule these options give on this ViT; raises :class:`ScheduleError` if it does not fit."""
+        o = cls.with_defaults(**options)
+        return plan_schedule(geometry.depth, geometry.tokens_per_frame, int(o["frames"]), int(o["tome_r"]),
+                             [int(v) for v in o["clip_layers"]], [int(v) for v in o["clip_groups"]],
+                             float(o["cross_clip_ratio"]), float(o["intra_clip_ratio"]))
+
+    @classmethod
+    def check_fits(cls, geometry: VisionGeometry, **options) -> None:
+        cls.plan_for(geometry, **options)
+
+    @classmethod
+    def clip_frames(cls, **options) -> int:
+        return int(cls.with_defaults(**options)["frames"])
 
     def settings(self) -> dict:
         return {"frames": self.frames, "lora_rank": self.lora_rank, "tome_r": self.tome_r, "clip_layers": self.clip_layers,
