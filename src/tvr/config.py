@@ -61,6 +61,13 @@ def relink_to_data_root(data: dict) -> dict:
     return relink(data)
 
 
+def upgrade_saved_config(run_config: dict) -> dict:
+    """A run config saved in a checkpoint by an older tvr, in today's keys: each step below names the
+    change it undoes, so a checkpoint of any earlier main evaluates as it did
+    (``tests/fixtures/legacy/`` holds one written before the first step)."""
+    return run_config
+
+
 def with_checkpoint_config(overrides: list[str]) -> list[str]:
     """tvr-eval's command line plus a config search path holding the checkpoint's own config
     (``checkpoint/saved.yaml``, which ``eval.yaml`` merges in), so that every key the checkpoint was
@@ -76,6 +83,7 @@ def with_checkpoint_config(overrides: list[str]) -> list[str]:
         return overrides
     if saved is None:
         return overrides
+    saved = upgrade_saved_config(saved)
     sections = {key: saved[key] for key in CHECKPOINT_CONFIG_SECTIONS if key in saved}
     if any(item.lstrip("+").startswith("data=") for item in overrides):
         sections.pop("data", None)
