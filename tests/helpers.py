@@ -31,7 +31,7 @@ class HangingBackend:
     def read(self, path, sampler, start=None, end=None, rng=None):
         import time
 
-        from tvr.data.video import DecordBackend
+        from tvr.data.video.decord_backend import DecordBackend
 
         if "hang" in path.name:
             while True:

@@ -16,7 +16,9 @@ from tvr.data.order import item_randomness
 from tvr.data.records import VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.transforms import ClipFrameTransform
-from tvr.data.video import DecordBackend, PyAVBackend, VideoReadError
+from tvr.data.video import VideoReadError
+from tvr.data.video.decord_backend import DecordBackend
+from tvr.data.video.pyav_backend import PyAVBackend
 from tvr.errors import ConfigError
 from tvr.validation import validate_train_config
 

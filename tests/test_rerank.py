@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from tvr.evaluation.report import evaluate_scores, markdown_table
-from tvr.evaluation.rerank import dual_softmax, qb_norm
+from tvr.evaluation.rerank import create_reranker
+from tvr.evaluation.rerank.dsl import dual_softmax
+from tvr.evaluation.rerank.qbnorm import qb_norm
 
 
 def test_dual_softmax_by_hand():
@@ -28,7 +30,7 @@ def test_dual_softmax_can_fix_a_hub_video():
     cos = torch.tensor([[0.70, 0.60, 0.10], [0.72, 0.68, 0.10], [0.71, 0.10, 0.69]])
     plain = evaluate_scores(cos, None)
     assert plain["t2v"]["R1"] == pytest.approx(100 / 3)
-    reranked = evaluate_scores(cos, None, rerank="dsl", dsl_temperature=100.0)
+    reranked = evaluate_scores(cos, None, create_reranker("dsl", temperature=100.0))
     assert reranked["t2v"]["R1"] == pytest.approx(100 / 3)  # plain numbers stay as they were
     assert reranked["reranked"]["t2v"]["R1"] == 100.0
     assert reranked["reranked"]["method"] == "dsl"
@@ -55,13 +57,13 @@ def test_qb_norm_does_not_overflow_on_large_scores():
 
 def test_rerank_is_labelled_and_never_replaces_plain_results():
     cos = torch.tensor([[0.60, 0.55], [0.62, 0.50]])
-    result = evaluate_scores(cos, None, rerank="qbnorm", qbnorm_bank=torch.tensor([[0.9, 0.1]]))
+    result = evaluate_scores(cos, None, create_reranker("qbnorm"), query_bank=torch.tensor([[0.9, 0.1]]))
     assert set(result) >= {"t2v", "v2t", "reranked"}
     assert result["reranked"]["method"] == "qbnorm"
     assert "not re-ranked" in result["reranked"]["v2t"]
     table = markdown_table({"test": result})
     assert "test (QBNORM re-ranked) | t2v" in table and "(QBNORM re-ranked) | v2t" not in table
     with pytest.raises(ValueError, match="query bank"):
-        evaluate_scores(cos, None, rerank="qbnorm")
-    with pytest.raises(ValueError, match="valid choices"):
-        evaluate_scores(cos, None, rerank="magic")
+        evaluate_scores(cos, None, create_reranker("qbnorm"))
+    with pytest.raises(KeyError, match="valid choices: dsl, qbnorm"):
+        create_reranker("magic")

@@ -16,7 +16,8 @@ from tvr.data.sampling import create_sampler
 from tvr.data.synthetic import Event, SyntheticConfig, ensure_synthetic_dataset, plan_split, write_mp4
 from tvr.data.tokenizer import CaptionTokenizer
 from tvr.data.transforms import ClipFrameTransform
-from tvr.data.video import DecordBackend, VideoReadError
+from tvr.data.video import VideoReadError
+from tvr.data.video.decord_backend import DecordBackend
 
 
 def numbered_video(path, num_frames: int, fps: int = 3, size=(48, 64)):

@@ -18,7 +18,9 @@ from tvr.data.frame_cache import build_frame_cache
 from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.transforms import ClipFrameTransform
-from tvr.data.video import DecordBackend, PyAVBackend, VideoReadError, deadline
+from tvr.data.video import VideoReadError, deadline
+from tvr.data.video.decord_backend import DecordBackend
+from tvr.data.video.pyav_backend import PyAVBackend
 from tvr.data.video_check import ALL_SPLITS, VideoCheck, VideoInventory, check_videos, report_table
 
 

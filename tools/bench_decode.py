@@ -29,7 +29,8 @@ from tvr.data.frame_cache import build_frame_cache, cache_dir_for
 from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.transforms import ClipFrameTransform
-from tvr.data.video import DecordBackend, PyAVBackend
+from tvr.data.video.decord_backend import DecordBackend
+from tvr.data.video.pyav_backend import PyAVBackend
 
 FRAMES, SIZE = 12, 224
 

@@ -16,16 +16,17 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from tvr.checkpoint import AtomicCheckpointIO
 from tvr.config import to_plain
 from tvr.data.datamodule import RetrievalDataModule
+from tvr.evaluation.options import configured_reranker
 from tvr.lit_module import RetrievalModule
 from tvr.resume import LastCheckpoint, SlurmRequeue
 
 
 def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None) -> RetrievalDataModule:
     data = to_plain(data_cfg)
-    evaluation = to_plain(evaluation_cfg)
-    if evaluation.get("rerank") == "qbnorm":
-        qbnorm = evaluation.get("qbnorm", {})
-        data["query_bank"] = {"split": qbnorm.get("bank_split"), "size": qbnorm.get("bank_size")}
+    reranker = configured_reranker(to_plain(evaluation_cfg))
+    bank = reranker.query_bank() if reranker is not None else None
+    if bank is not None:  # the other captions a re-ranker reads (QB-Norm's query bank)
+        data["query_bank"] = {"split": bank.split, "size": bank.size}
     return RetrievalDataModule(**data)
 
 

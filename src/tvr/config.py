@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import shutil
 import tempfile
@@ -14,6 +15,26 @@ from omegaconf import DictConfig, OmegaConf
 from tvr.sweep import register_resolvers
 
 register_resolvers()  # before any config of tvr's is composed or resolved
+
+
+def store_declared_defaults() -> None:
+    """The defaults of the sections declared as typed options, as configs Hydra composes: ``optim/options``
+    (which conf/optim/*.yaml extend), ``train/default`` and ``evaluation/default`` (one block per registered
+    re-ranker). The declarations stay the one place each default is written."""
+    from hydra.core.config_store import ConfigStore
+
+    from tvr.evaluation.options import evaluation_defaults
+    from tvr.optim import OptimOptions
+    from tvr.options import defaults_of
+    from tvr.train_options import TrainOptions
+
+    store = ConfigStore.instance()
+    store.store(group="optim", name="options", node=defaults_of(OptimOptions))
+    store.store(group="train", name="default", node=defaults_of(TrainOptions))
+    store.store(group="evaluation", name="default", node=evaluation_defaults())
+
+
+store_declared_defaults()  # likewise
 
 # The parts of a run's config a checkpoint carries into tvr-eval, where each key stays overridable.
 CHECKPOINT_CONFIG_SECTIONS = ("data", "backbone", "head", "loss", "optim", "train", "evaluation")
@@ -65,6 +86,10 @@ def upgrade_saved_config(run_config: dict) -> dict:
     """A run config saved in a checkpoint by an older tvr, in today's keys: each step below names the
     change it undoes, so a checkpoint of any earlier main evaluates as it did
     (``tests/fixtures/legacy/`` holds one written before the first step)."""
+    run_config = copy.deepcopy(run_config)
+    evaluation = run_config.get("evaluation") or {}
+    if "dsl_temperature" in evaluation:  # re-rankers declare their options in a block of their own
+        evaluation.setdefault("dsl", {})["temperature"] = evaluation.pop("dsl_temperature")
     return run_config
 
 

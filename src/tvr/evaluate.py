@@ -19,6 +19,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from tvr.evaluation.options import configured_reranker
 from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, with_checkpoint_config
@@ -51,7 +52,7 @@ def module_from_config(cfg: DictConfig, checkpoint: dict | None, source: str) ->
 
 def evaluation_data_config(data: dict, split_role: str, needs_train_captions: bool = False) -> dict:
     """The data config restricted to what evaluating one split needs: that split alone (its files only;
-    plus the training split when QB-Norm's query bank needs its captions), no synthetic generation and no
+    plus the training split when a re-ranker's query bank needs its captions), no synthetic generation and no
     frame-cache build; a data root that does not exist is an error."""
     split = data["splits"].get(split_role)
     if not split:
@@ -108,7 +109,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if checkpoint is not None and (cfg.get("data") is None or cfg.get("head") is None):
         raise ConfigError("ckpt_path", f"{cfg.ckpt_path} carries no tvr run config",
                           "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py")
-    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=cfg.evaluation.rerank == "qbnorm")
+    reranker = configured_reranker(to_plain(cfg.evaluation))
+    needs_bank = reranker is not None and reranker.query_bank() is not None
+    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
     saved = (checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
     changed = {}
     for section in ("data", "backbone", "head") if checkpoint is not None else ():

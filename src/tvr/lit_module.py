@@ -13,7 +13,6 @@ import math
 
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
-from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from tvr.errors import NonFiniteLossError
@@ -22,7 +21,9 @@ from tvr.evaluation.lightning import EvaluationModule
 from tvr.models.distributed import gather_with_grad
 from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
-from tvr.optim import SCHEDULES, BertAdam, parameter_groups
+from tvr.optim import OPTIMISERS, SCHEDULES, OptimOptions, parameter_groups
+from tvr.options import from_config
+from tvr.train_options import WINDOW_METRIC, TrainOptions
 from tvr.resume import gather_objects
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,19 @@ class RetrievalModule(EvaluationModule):
     ) -> None:
         super().__init__(backbone, head, evaluation)
         self.save_hyperparameters()
-        self.freeze_for_training(train.get("freeze_layer_num", -1))
+        options = from_config(TrainOptions, train)
+        self.freeze_for_training(options.freeze_layer_num)
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
-        self.optim_cfg = optim
-        self.gather_grad = train.get("gather_grad", "sum")
-        self.max_log_logit_scale = math.log(train.get("max_logit_scale", 100.0))
+        self.optim_options = from_config(OptimOptions, optim)
+        self.gather_grad = options.gather_grad
+        self.max_log_logit_scale = math.log(options.max_logit_scale)
         self.train_replaced_samples = 0  # samples whose video was unreadable (once each, however many retries)
-        self.select_window = int(train.get("select_window", 1))
+        self.select_window = options.select_window
         self._recent_val_r1: list[float] = []
         self._loss_terms: dict[str, torch.Tensor] = {}
         self._losses_finite: torch.Tensor | None = None  # over the micro-batches of the optimiser step so far
-        self.nonfinite = train.get("nonfinite", "stop")
+        self.nonfinite = options.nonfinite
         self.skipped_nonfinite_steps = 0
 
     # ------------------------------------------------------------------ training
@@ -148,7 +150,7 @@ class RetrievalModule(EvaluationModule):
         if metrics is not None and not self.trainer.sanity_checking and self.select_window > 1:
             # X-Pool's selection rule: the mean of the last N text-to-video R@1 evaluations
             self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window:]
-            self.log("val/t2v_R1_window", sum(self._recent_val_r1) / len(self._recent_val_r1))
+            self.log(WINDOW_METRIC, sum(self._recent_val_r1) / len(self._recent_val_r1))
 
     def gather_train_failures(self) -> tuple[int, list[str]]:
         """Training samples replaced on every rank, and the distinct unreadable videos behind them."""
@@ -185,33 +187,21 @@ class RetrievalModule(EvaluationModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        cfg = self.optim_cfg
+        options = self.optim_options
         groups = parameter_groups(
             list(self.named_parameters()),
             {id(param) for _, param in self.head.new_parameters()},
-            backbone_lr=cfg["backbone_lr"],
-            head_lr=cfg["head_lr"],
+            backbone_lr=options.backbone_lr,
+            head_lr=options.head_lr,
             tower_parameter_ids={id(param) for _, param in self.head.tower_parameters()},
-            tower_lr=cfg.get("tower_lr"),
-            weight_decay=cfg["weight_decay"],
-            no_decay_1d=cfg.get("no_decay_1d", True),
-            no_decay_names=cfg.get("no_decay_names", ()),
+            tower_lr=options.tower_lr,
+            weight_decay=options.weight_decay,
+            no_decay_1d=options.no_decay_1d,
+            no_decay_names=options.no_decay_names,
         )
-        betas, eps = tuple(cfg.get("betas", (0.9, 0.98))), cfg.get("eps", 1e-6)
-        name = cfg.get("name", "adamw")
-        if name == "adamw":
-            # Lightning's AMP plugin clips gradients itself and refuses fused optimisers: fuse only in fp32.
-            fused = bool(cfg.get("fused")) and "mixed" not in str(self.trainer.precision)
-            optimizer = AdamW(groups, betas=betas, eps=eps, fused=fused or None)
-        elif name == "bertadam":
-            optimizer = BertAdam(groups, betas=betas, eps=eps, max_grad_norm=cfg.get("max_grad_norm", 1.0))
-        else:
-            raise ValueError(f"unknown optimiser '{name}'; valid choices: adamw, bertadam")
+        optimizer = OPTIMISERS[options.name](groups, options, str(self.trainer.precision))
         total = int(self.trainer.estimated_stepping_batches)
-        if cfg.get("t_total_epochs"):  # GLSCL's reference sizes its schedule for 5 epochs whatever the run length
-            total = int(total / max(1, self.trainer.max_epochs) * cfg["t_total_epochs"])
-        schedule = cfg.get("schedule", "warmup_cosine")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule '{schedule}'; valid choices: {', '.join(SCHEDULES)}")
-        scheduler = LambdaLR(optimizer, SCHEDULES[schedule](cfg.get("warmup_proportion", 0.1), total))
+        if options.t_total_epochs:  # GLSCL's reference sizes its schedule for 5 epochs whatever the run length
+            total = int(total / max(1, self.trainer.max_epochs) * options.t_total_epochs)
+        scheduler = LambdaLR(optimizer, SCHEDULES[options.schedule](options.warmup_proportion, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tvr.options import option
+
 
 @dataclass
 class WarmupCosine:
@@ -91,6 +93,56 @@ class BertAdam(torch.optim.Optimizer):
                     update.add_(param, alpha=group["weight_decay"])
                 param.add_(update, alpha=-group["lr"])
         return loss
+
+
+def _two_betas(betas) -> str | None:
+    fine = isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
+        isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta < 1 for beta in betas)
+    return None if fine else "expected two numbers in [0, 1)"
+
+
+def _name_fragments(names) -> str | None:
+    fine = isinstance(names, (list, tuple)) and all(isinstance(name, str) for name in names)
+    return None if fine else "expected a list of parameter-name fragments"
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    """The ``optim`` section. The defaults train the tiny synthetic run from scratch with AdamW
+    (conf/optim/adamw.yaml); conf/optim/bertadam.yaml and paper recipes change what they need."""
+
+    name: str = option("adamw", choices=lambda: tuple(OPTIMISERS),
+                       help="adamw | bertadam (CLIP4Clip/DRL parity: no bias correction, per-parameter clipping)")
+    schedule: str = option("warmup_cosine", choices=lambda: tuple(SCHEDULES),
+                           help="warmup_cosine | clip4clip_warmup_cosine (cosine over the whole run, jump at warm-up end)")
+    t_total_epochs: int | None = option(None, minimum=1, help="schedule length in epochs; null = the run (GLSCL hard-codes 5)")
+    backbone_lr: float = option(3.0e-3, minimum=0)
+    head_lr: float = option(3.0e-3, minimum=0)
+    tower_lr: float | None = option(None, minimum=0, help="what a tower adds inside CLIP (TempMe's LoRA); null = head_lr")
+    weight_decay: float = option(0.01, minimum=0)
+    betas: list[float] = option([0.9, 0.98], check=_two_betas, expected="two numbers in [0, 1)")
+    eps: float = option(1.0e-6, above=0)
+    warmup_proportion: float = option(0.1, minimum=0, maximum=1)
+    no_decay_1d: bool = option(True, help="1-D tensors (biases, LayerNorm affine, logit_scale) get no weight decay")
+    no_decay_names: list[str] = option(["positional_embedding", "position_embedding", "token_embedding", "class_embedding"],
+                                       check=_name_fragments, expected="a list of parameter-name fragments",
+                                       help="parameters whose names contain one of these get no weight decay")
+    fused: bool = option(True, help="adamw: single-kernel step in fp32 runs (mixed precision uses the foreach kernel)")
+    max_grad_norm: float = option(1.0, minimum=0, help="bertadam: each parameter's gradient is clipped to this norm")
+
+
+def build_adamw(groups: list[dict], options: OptimOptions, precision: str) -> torch.optim.Optimizer:
+    # Lightning's AMP plugin clips gradients itself and refuses fused optimisers: fuse only in fp32.
+    fused = options.fused and "mixed" not in precision
+    return torch.optim.AdamW(groups, betas=tuple(options.betas), eps=options.eps, fused=fused or None)
+
+
+def build_bertadam(groups: list[dict], options: OptimOptions, precision: str) -> torch.optim.Optimizer:
+    return BertAdam(groups, betas=tuple(options.betas), eps=options.eps, max_grad_norm=options.max_grad_norm)
+
+
+# name -> factory(parameter groups, options, trainer precision)
+OPTIMISERS = {"adamw": build_adamw, "bertadam": build_bertadam}
 
 
 def is_no_decay(name: str, param: nn.Parameter, no_decay_1d: bool, no_decay_names: list[str]) -> bool:

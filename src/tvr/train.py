@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     monitor = cfg.train.select_metric if datamodule.has_val else None
     trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"),
-                            checkpoint_every_n_steps=cfg.train.get("checkpoint_every_n_steps", 0))
+                            checkpoint_every_n_steps=cfg.train.checkpoint_every_n_steps)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_failures = module.gather_train_failures()
     best = trainer.checkpoint_callback.best_model_path if monitor else ""

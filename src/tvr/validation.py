@@ -27,30 +27,23 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from tvr.builders import backbone_kwargs
 from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
 from tvr.data.datasets import DATASETS
-from tvr.data.sampling import FILLS, SAMPLERS, create_sampler
+from tvr.data.sampling import SAMPLERS, create_sampler
 from tvr.data.transforms import AUGMENTATIONS
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.errors import ConfigError, UserInputError
-from tvr.evaluation.metrics import DEFAULT_KS, Median
+from tvr.evaluation.options import EvaluationOptions
 from tvr.evaluation.rerank import RERANKERS
 from tvr.models.backbone import CLIPBackbone, resolve_architecture
-from tvr.models.distributed import GATHER_GRAD_MODES
 from tvr.models.heads import HEADS, RetrievalHead
 from tvr.models.losses import LOSSES
 from tvr.models.towers import TOWERS, VisionGeometry
-from tvr.optim import SCHEDULES
+from tvr.optim import OptimOptions
+from tvr.options import option_specs
 from tvr.registry import Registry
+from tvr.train_options import WINDOW_METRIC, TrainOptions, selectable_metrics
 
-# The optimisers RetrievalModule.configure_optimizers builds (it has no registry to ask).
-OPTIMISERS = ("adamw", "bertadam")
 # Every value Lightning's Trainer accepts for ``precision`` (its own check flattens the same literals).
 PRECISIONS = tuple(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal))
-# build_trainer's ModelCheckpoint keeps the checkpoint with the highest value, so only metrics where
-# higher is better can select one: a rank (MdR, MnR) would select the worst epoch.
-SELECTABLE_METRICS = tuple(
-    f"val/{direction}_{name}" for direction in ("t2v", "v2t") for name in (*(f"R{k}" for k in DEFAULT_KS), "RSum")
-)
-WINDOW_METRIC = "val/t2v_R1_window"  # logged by RetrievalModule only when train.select_window > 1
 # Arguments tvr passes itself; the same name in the config would be a second value for one argument.
 TRAINER_ARGUMENTS_SET_BY_TVR = ("logger", "callbacks", "plugins", "default_root_dir")
 # The config sections a run is built from, in the order they are checked (the backbone gives the shape
@@ -64,10 +57,6 @@ MIN_MAX_WORDS = 3
 TRAIN_TOP_LEVEL = ("data", "backbone", "head", "loss", "optim", "trainer", "logger", "evaluation", "seed", "run_name",
                    "paths", "train", "callbacks", "ckpt_path", "expected")
 EVAL_TOP_LEVEL = (*RUN_GROUPS, "ckpt_path", "split", "strict", "seed", "run_name", "paths")
-# What RetrievalModule and tvr-train read from the train section.
-TRAIN_OPTIONS = ("gather_grad", "max_logit_scale", "select_metric", "select_window", "freeze_layer_num",
-                 "checkpoint_every_n_steps", "nonfinite")
-NONFINITE_ACTIONS = ("stop", "skip")
 
 
 class InvalidConfigError(ConfigError):
@@ -246,6 +235,51 @@ class ConfigChecker:
                 fine = False
         return fine
 
+    def known_keys(self, section: Section, known: tuple[str, ...], what: str, unknown: str = "is not a key of") -> bool:
+        """Whether every key of ``section`` is ``known``: an unknown one (``+foo=1``, a typo) would otherwise be
+        ignored silently."""
+        fine = True
+        for name in section.values:
+            if name not in known:
+                key = section.key(name)
+                self.fail(key, f"{unknown} {what}", f"valid keys: {', '.join(known)}; remove {key} or fix its spelling")
+                fine = False
+        return fine
+
+    def typed(self, section: Section, options_class: type, what: str, *, unknown: str = "is not a key of",
+              also_known: tuple[str, ...] = ()) -> bool:
+        """Whether every value of ``section`` fits the options ``options_class`` declares (type, range,
+        choices, custom check; see :mod:`tvr.options`); keys it does not declare (nor ``also_known``) are
+        problems."""
+        specs = option_specs(options_class)
+        fine = self.known_keys(section, (*(spec.name for spec in specs), *also_known), what, unknown)
+        for spec in specs:
+            if spec.name not in section or (section.get(spec.name) is None and spec.nullable):
+                continue
+            fine &= self._typed_value(section, spec)
+        return fine
+
+    def _typed_value(self, section: Section, spec) -> bool:
+        value, key = section.get(spec.name), section.key(spec.name)
+        choices = spec.choices()
+        if choices is not None:
+            return self.choice(section, spec.name, choices)
+        if spec.kind is bool:
+            return self.choice(section, spec.name, (True, False))
+        if spec.kind in (int, float):
+            facts = spec.facts
+            return self.number(section, spec.name, integer=spec.kind is int, minimum=facts.minimum, above=facts.above,
+                               maximum=facts.maximum)
+        if spec.facts.check is not None:
+            problem = spec.facts.check(value)
+            if problem:
+                self.fail(key, f"got {value!r}, {problem}", f"pass {key}=<{spec.facts.expected}>")
+            return problem is None
+        if not isinstance(value, spec.kind):
+            self.fail(key, f"got {value!r}, expected a {spec.kind.__name__}", f"pass {key}=<{spec.kind.__name__}>")
+            return False
+        return True
+
     def builds(self, key: str, what: str, factory: Callable, **kwargs) -> Any:
         """Call a constructor that validates its own arguments and return what it built; what it refuses
         becomes a problem at ``key`` (and None is returned)."""
@@ -343,42 +377,18 @@ def check_loss(checker: ConfigChecker, loss: Section) -> None:
 
 
 def check_optim(checker: ConfigChecker, optim: Section) -> None:
-    checker.choice(optim, "name", OPTIMISERS)
-    checker.choice(optim, "schedule", tuple(SCHEDULES))
-    for name in ("backbone_lr", "head_lr", "weight_decay", "max_grad_norm"):
-        checker.number(optim, name, minimum=0)
-    checker.number(optim, "tower_lr", minimum=0, optional=True)
-    checker.number(optim, "eps", above=0)
-    checker.number(optim, "warmup_proportion", minimum=0, maximum=1)
-    checker.number(optim, "t_total_epochs", integer=True, minimum=1, optional=True)
-    for name in ("no_decay_1d", "fused"):
-        checker.flag(optim, name)
-    betas = optim.get("betas")
-    if "betas" in optim and not (
-        isinstance(betas, list) and len(betas) == 2 and all(_is_number(beta) and 0 <= beta < 1 for beta in betas)
-    ):
-        key = optim.key("betas")
-        checker.fail(key, f"got {betas!r}, expected two numbers in [0, 1)", f"pass {key}=[0.9,0.98]")
-    names = optim.get("no_decay_names")
-    if "no_decay_names" in optim and not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
-        checker.fail(optim.key("no_decay_names"), f"got {names!r}, expected a list of parameter-name fragments",
-                     f"pass {optim.key('no_decay_names')}=[bias]")
+    checker.typed(optim, OptimOptions, "the optim section")
 
 
 def check_sampler(checker: ConfigChecker, sampler: Section) -> None:
     factory = checker.registered(sampler, "name", SAMPLERS)
-    # counts: 0 frames makes empty clips (and caches)
-    counts_ok = all([checker.number(sampler, name, integer=True, minimum=1, optional=True)
-                     for name in ("max_frames", "feature_framerate", "video_framerate")])
-    # checked here so that the problem names its key (the sampler's own refusal would name the section)
-    fill_ok = sampler.get("fill") is None or checker.choice(sampler, "fill", FILLS)
     if factory is None:
         return
     what = f"frame sampler '{sampler.get('name')}'"
     # create_sampler drops options set to None, so a config can switch samplers and null the old options
-    options = {name: value for name, value in sampler.values.items() if name != "name" and value is not None}
-    if checker.options(sampler, options, factory, what) and counts_ok and fill_ok:  # a value refused above: once
-        checker.builds(sampler.path, what, factory, **options)
+    options = Section(sampler.path, {name: value for name, value in sampler.values.items() if name != "name" and value is not None})
+    if checker.typed(options, factory, what, unknown="is not an option of"):  # a value refused there: once
+        checker.builds(sampler.path, what, create_sampler, **sampler.values)
 
 
 def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], shape: ModelShape | None) -> None:
@@ -420,25 +430,10 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     checker.number(cache, "workers", integer=True, minimum=0)
 
 
-def check_known_keys(checker: ConfigChecker, section: Section, known: tuple[str, ...], what: str) -> None:
-    """An unknown key (``+foo=1``, a typo) would otherwise be ignored silently."""
-    for name in section.values:
-        if name not in known:
-            key = section.key(name)
-            checker.fail(key, f"is not a key of {what}", f"valid keys: {', '.join(known)}; remove {key} or fix its spelling")
-
-
 def check_train(checker: ConfigChecker, train: Section, has_val: bool) -> None:
-    check_known_keys(checker, train, TRAIN_OPTIONS, "the train section")
-    checker.choice(train, "gather_grad", GATHER_GRAD_MODES)
-    checker.choice(train, "nonfinite", NONFINITE_ACTIONS)
-    checker.number(train, "checkpoint_every_n_steps", integer=True, minimum=0)
-    checker.number(train, "max_logit_scale", above=0)
-    window_ok = checker.number(train, "select_window", integer=True, minimum=1)
-    checker.number(train, "freeze_layer_num", integer=True, minimum=-1)
+    window_ok = checker.typed(train, TrainOptions, "the train section")
     if has_val and window_ok:  # without a val split the last epoch is kept and select_metric is unused
-        windowed = (WINDOW_METRIC,) if (train.get("select_window") or 1) > 1 else ()
-        checker.choice(train, "select_metric", SELECTABLE_METRICS + windowed, why=(
+        checker.choice(train, "select_metric", selectable_metrics(train.get("select_window") or 1), why=(
             f" (the best checkpoint is the one with the highest value; {WINDOW_METRIC} needs train.select_window > 1)"))
 
 
@@ -452,17 +447,13 @@ def check_trainer(checker: ConfigChecker, trainer: Section, training: bool) -> N
 
 
 def check_evaluation(checker: ConfigChecker, evaluation: Section) -> None:
-    checker.choice(evaluation, "rerank", RERANKERS)
-    checker.choice(evaluation, "median", get_args(Median))
-    checker.number(evaluation, "dsl_temperature", above=0)
-    for name in ("text_chunk", "video_chunk"):
-        checker.number(evaluation, name, integer=True, minimum=1)
-    checker.number(evaluation, "memory_budget_gb", above=0)
-    checker.flag(evaluation, "report_levels", optional=True)
-    qbnorm = evaluation.child("qbnorm")
-    checker.number(qbnorm, "k", integer=True, minimum=1)
-    checker.number(qbnorm, "beta", above=0)
-    checker.number(qbnorm, "bank_size", integer=True, minimum=1, optional=True)
+    """The section's own options and the block of every registered re-ranker (``evaluation.<name>``)."""
+    rerankers = tuple(RERANKERS.names())
+    own = Section(evaluation.path, {name: value for name, value in evaluation.values.items() if name not in rerankers})
+    checker.typed(own, EvaluationOptions, "the evaluation section", also_known=rerankers)
+    for name in rerankers:
+        if name in evaluation:
+            checker.typed(evaluation.child(name), RERANKERS.get(name), f"re-ranker '{name}'", unknown="is not an option of")
 
 
 # ---------------------------------------------------------------------- entry points
@@ -505,7 +496,7 @@ def check_pretrained_files(checker: ConfigChecker, head: Section, built: Retriev
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming every value of a ``tvr-train`` config that cannot work."""
     checker = ConfigChecker()
-    check_known_keys(checker, Section("", dict.fromkeys(key for key in cfg if key != "hydra")), TRAIN_TOP_LEVEL, "tvr-train's config")
+    checker.known_keys(Section("", dict.fromkeys(key for key in cfg if key != "hydra")), TRAIN_TOP_LEVEL, "tvr-train's config")
     check_seed(checker, checker.top_level(cfg, ("seed",)))
     built_head = check_run(checker, cfg, data_roles=("train", "test"), training=True)
     if built_head is not None:
@@ -517,7 +508,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming every value of a ``tvr-eval`` config that cannot work: its own
     keys, and the run config merged in from the checkpoint (with its overrides) when there is one."""
     checker = ConfigChecker()
-    check_known_keys(checker, Section("", dict.fromkeys(key for key in cfg if key != "hydra")), EVAL_TOP_LEVEL, "tvr-eval's config")
+    checker.known_keys(Section("", dict.fromkeys(key for key in cfg if key != "hydra")), EVAL_TOP_LEVEL, "tvr-eval's config")
     zero_shot = cfg.get("ckpt_path") is None
     if zero_shot:
         absent = [group for group in ("backbone", "head", "data") if cfg.get(group) is None]

@@ -6,7 +6,8 @@ The public API the README documents, importable as ``from tvr.evaluation import 
 from tvr.errors import NonFiniteScoresError
 from tvr.evaluation.metrics import check_finite_scores, ground_truth_ranks, retrieval_metrics, summarize_ranks
 from tvr.evaluation.report import evaluate_scores, markdown_table
-from tvr.evaluation.rerank import dual_softmax, qb_norm
+from tvr.evaluation.rerank.dsl import dual_softmax
+from tvr.evaluation.rerank.qbnorm import qb_norm
 from tvr.evaluation.similarity import tiled_similarity
 
 __all__ = [

@@ -22,6 +22,7 @@ import torch
 from tvr.data.clips import QUERY_BANK, TEXTS, VIDEOS
 from tvr.data.records import SplitRecords
 from tvr.evaluation.checks import check_finite_representations
+from tvr.evaluation.options import configured_reranker, evaluation_options
 from tvr.evaluation.report import evaluate_scores
 from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.distributed import gather_indexed, gather_no_grad, is_distributed
@@ -86,11 +87,6 @@ def gather_lists(items: list) -> list:
     return [item for part in gather_objects(list(items)) for item in part]
 
 
-def tile_options(cfg: dict) -> dict:
-    return {"text_chunk": cfg.get("text_chunk", 1024), "video_chunk": cfg.get("video_chunk", 1024),
-            "memory_budget_bytes": int(cfg.get("memory_budget_gb", 0.5) * 2**30)}
-
-
 def shared_similarity(retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu",
                       levels: bool = False):
     """The full ``[Nt, Nv]`` matrix on every rank (with ``levels``, ``{level: [Nt, Nv]}`` of a multi-level
@@ -117,25 +113,20 @@ def item_names(records: SplitRecords | None) -> tuple[list[str] | None, list[str
 def evaluate_encoded(retriever, encoded: EncodedSplit, cfg: dict, stage: str = "test",
                      names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
                      device: torch.device | str = "cpu") -> dict:
-    """Metrics of an encoded split (both directions; a labelled re-ranked block when ``cfg.rerank`` asks),
+    """Metrics of an encoded split (both directions; a labelled re-ranked block when ``cfg["rerank"]`` names a re-ranker),
     with what was measured: texts x videos and how many videos were unreadable."""
     check_finite_representations(encoded.texts, encoded.videos, encoded.unreadable, *names, stage=stage)
-    tiles = tile_options(cfg)
-    scores = shared_similarity(retriever, encoded.texts, encoded.videos, tiles, device)
+    options, reranker = evaluation_options(cfg), configured_reranker(cfg)
+    scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device)
     bank = None
     if encoded.query_bank is not None:
-        bank = shared_similarity(retriever, encoded.query_bank, encoded.videos, tiles, device)
-    qbnorm = cfg.get("qbnorm", {})
-    metrics = evaluate_scores(
-        scores, encoded.text_to_video, rerank=cfg.get("rerank", "none"), median=cfg.get("median", "mean"),
-        dsl_temperature=cfg.get("dsl_temperature", 100.0), qbnorm_bank=bank,
-        qbnorm_k=qbnorm.get("k", 1), qbnorm_beta=qbnorm.get("beta", 20.0),
-        unreadable_videos=torch.nonzero(encoded.unreadable).flatten().numpy(),
-    )
-    if cfg.get("report_levels"):  # labelled extra rows; the ranking above is the head's final level
-        level_scores = shared_similarity(retriever, encoded.texts, encoded.videos, tiles, device, levels=True)
-        unreadable = torch.nonzero(encoded.unreadable).flatten().numpy()
-        metrics["levels"] = {name: evaluate_scores(level, encoded.text_to_video, median=cfg.get("median", "mean"),
+        bank = shared_similarity(retriever, encoded.query_bank, encoded.videos, options.tiles, device)
+    unreadable = torch.nonzero(encoded.unreadable).flatten().numpy()
+    metrics = evaluate_scores(scores, encoded.text_to_video, reranker, median=options.median, query_bank=bank,
+                              unreadable_videos=unreadable)
+    if options.report_levels:  # labelled extra rows; the ranking above is the head's final level
+        level_scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device, levels=True)
+        metrics["levels"] = {name: evaluate_scores(level, encoded.text_to_video, median=options.median,
                                                    unreadable_videos=unreadable)
                              for name, level in level_scores.items()}
     metrics["num_texts"], metrics["num_videos"] = int(scores.shape[0]), int(scores.shape[1])
@@ -158,7 +149,7 @@ def evaluate_loaders(retriever, loaders: Iterable, cfg: dict, stage: str = "test
     device = torch.device(device)
     was_training, was_reporting = retriever.training, retriever.head.report_levels
     retriever.eval().to(device)
-    retriever.head.report_levels = bool(cfg.get("report_levels"))  # encode every level a head scores at
+    retriever.head.report_levels = bool(evaluation_options(cfg).report_levels)  # encode every level a head scores at
     collector = EvalCollector()
     try:
         for loader in loaders:

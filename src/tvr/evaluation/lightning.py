@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from tvr.evaluation.engine import EvalCollector, evaluate_encoded, item_names
+from tvr.evaluation.options import evaluation_options
 from tvr.models.retriever import Retriever
 
 
@@ -17,7 +18,7 @@ class EvaluationModule(Retriever, pl.LightningModule):
     def __init__(self, backbone: dict, head: dict, evaluation: dict) -> None:
         super().__init__(backbone, head)
         self.eval_cfg = evaluation
-        self.head.report_levels = bool(evaluation.get("report_levels"))  # encode every level a head scores at
+        self.head.report_levels = bool(evaluation_options(evaluation).report_levels)  # encode every level a head scores at
         self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.eval_results: dict[str, dict] = {}
         self._collector: EvalCollector | None = None

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from tvr.evaluation.metrics import check_finite_scores, retrieval_metrics
-from tvr.evaluation.rerank import RERANKERS, dual_softmax, qb_norm
+from tvr.evaluation.rerank import DIRECTIONS, Reranker
 
 METRIC_COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"), ("MnR", "MnR"), ("RSum", "RSum"))
 
@@ -20,22 +19,18 @@ METRIC_COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"),
 def evaluate_scores(
     cos: torch.Tensor,
     text_to_video,
-    rerank: str = "none",
+    reranker: Reranker | None = None,
     median: str = "mean",
-    dsl_temperature: float = 100.0,
-    qbnorm_bank: torch.Tensor | None = None,
-    qbnorm_k: int = 1,
-    qbnorm_beta: float = 20.0,
+    query_bank: torch.Tensor | None = None,
     unreadable_videos: Sequence[int] = (),
 ) -> dict:
-    """Metrics of a ``[Nt, Nv]`` cosine matrix; with ``rerank`` != none, a labelled ``reranked`` block too.
+    """Metrics of a ``[Nt, Nv]`` cosine matrix; with a ``reranker``, a labelled ``reranked`` block too.
 
+    ``query_bank`` ``[Nb, Nv]`` scores the bank the re-ranker asked for against the same gallery.
     ``unreadable_videos`` (columns) keep their place in the gallery but count as misses (see
     :func:`~tvr.evaluation.metrics.retrieval_metrics`); re-ranking normalises over the readable videos only,
     so an empty clip's score cannot shift anyone else's.
     """
-    if rerank not in RERANKERS:
-        raise ValueError(f"unknown rerank '{rerank}'; valid choices: {', '.join(RERANKERS)}")
     cos = torch.as_tensor(cos)
     readable = torch.ones(cos.shape[1], dtype=torch.bool)
     readable[torch.as_tensor(np.asarray(unreadable_videos, dtype=np.int64))] = False
@@ -47,21 +42,19 @@ def evaluate_scores(
 
     # first: it refuses non-finite scores before any re-ranking normalises over them
     result = retrieval_metrics(cos, text_to_video, median=median, unreadable_videos=unreadable_videos)
-    gallery = cos[:, readable]
-    if rerank == "dsl":
-        t2v = metrics_of(dual_softmax(gallery, dsl_temperature, over="texts"))["t2v"]
-        v2t = metrics_of(dual_softmax(gallery, dsl_temperature, over="videos"))["v2t"]
-        result["reranked"] = {"method": "dsl", "temperature": dsl_temperature, "t2v": t2v, "v2t": v2t}
-    elif rerank == "qbnorm":
-        if qbnorm_bank is None:
-            raise ValueError("QB-Norm needs a query bank (training captions scored against the gallery)")
-        bank = torch.as_tensor(qbnorm_bank)[:, readable]
+    if reranker is None:
+        return result
+    bank = None
+    if query_bank is not None:
+        bank = torch.as_tensor(query_bank)[:, readable]
         check_finite_scores(bank.double().numpy())
-        t2v = metrics_of(qb_norm(gallery, bank, k=qbnorm_k, beta=qbnorm_beta))["t2v"]
-        result["reranked"] = {
-            "method": "qbnorm", "k": qbnorm_k, "beta": qbnorm_beta, "bank_size": int(qbnorm_bank.shape[0]),
-            "t2v": t2v, "v2t": "not re-ranked (QB-Norm is a text-to-video method)",
-        }
+    gallery = cos[:, readable]
+    result["reranked"] = reranker.describe(query_bank)
+    for direction in DIRECTIONS:
+        if direction in reranker.directions:
+            result["reranked"][direction] = metrics_of(reranker.rerank(gallery, direction, bank))[direction]
+        else:
+            result["reranked"][direction] = f"not re-ranked ({reranker.why_not})"
     return result
 
 

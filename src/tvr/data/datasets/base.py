@@ -10,7 +10,7 @@ from tvr.data.records import SplitRecords
 from tvr.errors import ConfigError
 from tvr.registry import Registry
 
-DATASETS: Registry["DatasetSource"] = Registry("dataset")
+DATASETS: Registry["DatasetSource"] = Registry("dataset", package="tvr.data.datasets")
 
 
 class DatasetSource:

@@ -1,4 +1,4 @@
-"""Retrieval heads, one file per method, registered by name.
+"""Retrieval heads, one file per method, registered by name (the registry imports this package's modules).
 
 >>> from tvr.models.heads import create_head, list_heads
 >>> head = create_head("seqtransf", embed_dim=512, layers=4)
@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from tvr.models.heads import glscl, meanpool, seqtransf, tempme, xpool  # noqa: F401  (registration side effect)
-from tvr.models.heads.hbi import estimator, head  # noqa: F401  (registration side effect)
 from tvr.models.heads.base import Repr, RetrievalHead
 from tvr.models.heads.registry import HEADS
 

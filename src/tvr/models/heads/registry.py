@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvr.registry import Registry
 
-HEADS: Registry = Registry("head")
+HEADS: Registry = Registry("head", package="tvr.models.heads")
 
 
 def register_head(name: str):

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from tvr.models.towers import lora_text, per_frame, tempme  # noqa: F401  (registration side effect)
 from tvr.models.towers.base import (
     TOWERS,
     TextTower,

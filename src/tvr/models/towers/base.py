@@ -26,7 +26,7 @@ from torch import nn
 
 from tvr.registry import Registry
 
-TOWERS: Registry["Tower"] = Registry("tower")
+TOWERS: Registry["Tower"] = Registry("tower", package="tvr.models.towers")
 CLIP_WEIGHTS = ("trainable", "frozen")
 
 

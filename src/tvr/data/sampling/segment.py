@@ -1,0 +1,69 @@
+"""X-Pool's segment samplers: ``max_frames`` equal segments, one frame of each."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from tvr.data.sampling.base import SAMPLERS, FrameSampler
+
+
+def _segment_edges(num_frames: int, fps: float, start: float | None, end: float | None, count: int):
+    first, stop = 0, num_frames
+    if start is not None:
+        first = min(int(start * fps), num_frames - 1)
+    if end is not None:
+        stop = max(min(int(end * fps), num_frames), first + 1)
+    length = stop - first
+    k = min(count, length)
+    edges = np.linspace(first, stop, k + 1).astype(int)
+    return edges, k
+
+
+def _repeat_last(indices: list[int], count: int) -> list[int]:
+    return indices + [indices[-1]] * (count - len(indices))
+
+
+@SAMPLERS.register("segment_uniform")
+@dataclass
+class SegmentUniformSampler(FrameSampler):
+    """X-Pool ``uniform``: split into ``num_frames`` equal segments and take each segment's middle frame."""
+
+    always_full: ClassVar[bool] = True
+
+    def __call__(self, num_frames, fps, start=None, end=None, rng=None) -> list[int]:
+        edges, k = _segment_edges(num_frames, fps, start, end, self.max_frames)
+        indices = [int((edges[i] + edges[i + 1] - 1) // 2) for i in range(k)]
+        return _repeat_last(indices, self.max_frames)
+
+    def describe(self) -> dict:
+        return {"sampler": "segment_uniform", "max_frames": self.max_frames}
+
+
+@SAMPLERS.register("segment_random")
+@dataclass
+class SegmentRandomSampler(FrameSampler):
+    """X-Pool ``rand``: a random frame of each segment, drawn from ``[edge_i, edge_{i+1} - 1)``.
+
+    The reference crashes on one-frame segments (empty range); those fall back to the segment's frame.
+    """
+
+    deterministic: ClassVar[bool] = False
+    always_full: ClassVar[bool] = True
+
+    def __call__(self, num_frames, fps, start=None, end=None, rng=None) -> list[int]:
+        rng = rng or random
+        edges, k = _segment_edges(num_frames, fps, start, end, self.max_frames)
+        indices = []
+        for i in range(k):
+            low, high = int(edges[i]), int(edges[i + 1]) - 1
+            indices.append(rng.randrange(low, high) if high > low else low)
+        return _repeat_last(indices, self.max_frames)
+
+    def describe(self) -> dict:
+        return {"sampler": "segment_random", "max_frames": self.max_frames}
+
+
