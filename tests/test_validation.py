@@ -50,6 +50,11 @@ def assert_nothing_written(data_dir: Path, run_dir: Path) -> None:
     ("+train.ckpt_every=5", "train.ckpt_every", "is not a key of the train section"),
     ("train.nonfinite=ignore", "train.nonfinite", "expected one of stop, skip"),
     ("train.checkpoint_every_n_steps=-1", "train.checkpoint_every_n_steps", "got -1, expected an integer >= 0"),
+    # from the constructors' annotations (no hand-written check)
+    ("backbone.text_padding_mask=maybe", "backbone.text_padding_mask", "got 'maybe', expected one of True, False"),
+    ("head=xpool head.dropout=high", "head.dropout", "got 'high', expected a number"),
+    ("+optim.coef_lr=0.001", "optim.coef_lr", "is not a key of the optim section"),
+    ("evaluation.dsl.temperature=0", "evaluation.dsl.temperature", "got 0, expected a number > 0"),
 ])
 def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key, shown, tmp_path):
     cfg, data_dir, run_dir = compose_with_empty_data_folder(override.split(), tmp_path)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
 
 _METADATA = "tvr_option"
 
@@ -42,6 +43,11 @@ class OptionFacts:
 
     def allowed(self) -> tuple | None:
         return self.choices() if callable(self.choices) else self.choices
+
+
+def limits(*, minimum=None, above=None, maximum=None) -> OptionFacts:
+    """A range for a constructor argument: ``batch_size: Annotated[int, limits(minimum=1)]``."""
+    return OptionFacts(minimum=minimum, above=above, maximum=maximum)
 
 
 def option(default: Any, *, minimum=None, above=None, maximum=None, choices=None, check=None, expected: str = "",
@@ -74,11 +80,15 @@ def _kind_of(annotation) -> tuple[type, bool, tuple | None]:
     if get_origin(annotation) in (Union, types.UnionType):
         members = [member for member in get_args(annotation) if member is not type(None)]
         nullable = len(members) < len(get_args(annotation))
-        annotation = members[0] if len(members) == 1 else annotation
+        if len(members) > 1:  # bool | str, and the like: the constructor itself sorts the value out
+            return object, nullable, None
+        annotation = members[0]
     if get_origin(annotation) is Literal:
         values = get_args(annotation)
         return type(values[0]), nullable, values
     origin = get_origin(annotation) or annotation
+    if origin is tuple:  # a config gives lists where a signature says tuple
+        origin = list
     return (origin if isinstance(origin, type) else object), nullable, None
 
 
@@ -96,6 +106,31 @@ def option_specs(options_class: type) -> tuple[OptionSpec, ...]:
             facts = dataclasses.replace(facts, choices=literal)
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         specs.append(OptionSpec(field.name, default, kind, nullable, facts))
+    return tuple(specs)
+
+
+@cache
+def signature_specs(factory: Callable) -> tuple[OptionSpec, ...]:
+    """The options a constructor's (or function's) annotations declare: types, ``Literal`` choices and
+    ``Annotated[..., limits(...)]`` ranges; arguments without an annotation it can read are left out."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except (NameError, TypeError):  # an annotation naming what only a type checker imports: nothing to derive
+        return ()
+    specs = []
+    for name, parameter in inspect.signature(factory).parameters.items():
+        if name not in hints or parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            continue
+        annotation, facts = hints[name], OptionFacts()
+        if get_origin(annotation) is Annotated:
+            annotation, *extras = get_args(annotation)
+            facts = next((extra for extra in extras if isinstance(extra, OptionFacts)), facts)
+        kind, nullable, literal = _kind_of(annotation)
+        if literal is not None:
+            facts = dataclasses.replace(facts, choices=literal)
+        default = None if parameter.default is parameter.empty else parameter.default
+        specs.append(OptionSpec(name, default, kind, nullable, facts))
     return tuple(specs)
 
 

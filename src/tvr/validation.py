@@ -38,7 +38,7 @@ from tvr.models.heads import HEADS, RetrievalHead
 from tvr.models.losses import LOSSES
 from tvr.models.towers import TOWERS, VisionGeometry
 from tvr.optim import OptimOptions
-from tvr.options import option_specs
+from tvr.options import option_specs, signature_specs
 from tvr.registry import Registry
 from tvr.train_options import WINDOW_METRIC, TrainOptions, selectable_metrics
 
@@ -233,6 +233,10 @@ class ConfigChecker:
                 key = section.key(name)
                 self.fail(key, f"is missing; {what} needs it", f"pass {key}=<value>")
                 fine = False
+        if factory.__module__.startswith("tvr."):  # tvr's own annotations are written to be checked
+            for spec in signature_specs(factory):
+                if spec.name in options and not (options[spec.name] is None and spec.nullable):
+                    fine &= self._typed_value(section, spec)
         return fine
 
     def known_keys(self, section: Section, known: tuple[str, ...], what: str, unknown: str = "is not a key of") -> bool:
@@ -299,9 +303,6 @@ def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | No
     """Backbone options, and the shape its architecture gives the model (None if it has none)."""
     options = backbone_kwargs(backbone.values)
     checker.options(backbone, options, CLIPBackbone, "the CLIP backbone")
-    for name in ("grad_checkpointing", "text_padding_mask"):
-        checker.flag(backbone, name)
-    checker.flag(backbone, "quick_gelu", optional=True)
     try:
         architecture = resolve_architecture(backbone.get("model_name"), backbone.get("architecture"))
         vision, text = architecture.get("vision_cfg", {}), architecture.get("text_cfg", {})
