@@ -132,11 +132,6 @@ def test_every_python_name_the_documentation_names_imports():
             module = getattr(module, part)  # AttributeError names what the documentation promises and tvr lacks
 
 
-# Example modules of docs/extending.md whose API another part of issue 26 is still building: their tvr imports
-# must not resolve yet, so the entry fails (and is removed, and the example run) as soon as they do.
-PENDING_EXAMPLES = {
-    "src/tvr/evaluation/rerank/csls.py": "re-rankers become registered classes (issue 26, deliverable 2)",
-}
 # The registry each registration decorator of the extension guide fills, as "module:name".
 REGISTRY_OF_DECORATOR = {
     "register_head": "tvr.models.heads:HEADS",
@@ -145,6 +140,7 @@ REGISTRY_OF_DECORATOR = {
     "SAMPLERS.register": "tvr.data.sampling:SAMPLERS",
     "LOSSES.register": "tvr.models.losses:LOSSES",
     "VIDEO_BACKENDS.register": "tvr.data.video:VIDEO_BACKENDS",
+    "register_reranker": "tvr.evaluation.rerank:RERANKERS",
 }
 
 
@@ -182,11 +178,7 @@ def unresolved_tvr_imports(block: str) -> list[str]:
 def test_documented_python_compiles_and_its_tvr_imports_resolve(page, block):
     compile(block, page, "exec")
     missing = unresolved_tvr_imports(block)
-    pending = PENDING_EXAMPLES.get(example_file(block))
-    if pending:
-        assert missing, f"{example_file(block)} now imports ({pending} landed): remove it from PENDING_EXAMPLES"
-    else:
-        assert not missing, f"{page} imports names tvr lacks: {missing}"
+    assert not missing, f"{page} imports names tvr lacks: {missing}"
 
 
 def test_extension_guide_examples_register_their_components(tmp_path):
@@ -195,12 +187,12 @@ def test_extension_guide_examples_register_their_components(tmp_path):
     examples = {}
     for page, block in code_blocks("python"):
         target = example_file(block)
-        if page == "docs/extending.md" and target and target not in PENDING_EXAMPLES:
+        if page == "docs/extending.md" and target:
             decorator, name = re.search(r'^@(register_\w+|\w+\.register)\("(\w+)"\)', block, flags=re.M).groups()
             path = tmp_path / f"{name}.py"
             path.write_text(block)
             examples[str(path)] = (REGISTRY_OF_DECORATOR[decorator], name)
-    assert len(examples) == 6  # head, tower, dataset, frame sampler, loss, decode backend
+    assert len(examples) == 7  # head, tower, dataset, frame sampler, loss, re-ranker, decode backend
     check = """
 import importlib, importlib.util, json, sys
 for path, (registry, name) in json.loads(sys.argv[1]).items():
