@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tvr.models.distributed import gather_indexed, gather_with_grad
+from tvr.distributed import gather_indexed, gather_with_grad
 from tvr.models.losses import create_loss
 
 WORLD = 2

@@ -16,14 +16,13 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
+from tvr.distributed import gather_objects, gather_with_grad
 from tvr.errors import NonFiniteLossError
 from tvr.evaluation.engine import gather_lists
 from tvr.evaluation.lightning import EvaluationModule
-from tvr.models.distributed import gather_with_grad
 from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
 from tvr.optim import SCHEDULES, BertAdam, parameter_groups
-from tvr.resume import gather_objects
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from tvr.errors import ConfigError, UserInputError
 from tvr.evaluation.metrics import DEFAULT_KS, Median
 from tvr.evaluation.rerank import RERANKERS
 from tvr.models.backbone import CLIPBackbone, resolve_architecture
-from tvr.models.distributed import GATHER_GRAD_MODES
+from tvr.distributed import GATHER_GRAD_MODES
 from tvr.models.heads import HEADS, RetrievalHead
 from tvr.models.losses import LOSSES
 from tvr.models.towers import TOWERS, VisionGeometry

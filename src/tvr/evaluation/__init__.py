@@ -7,7 +7,7 @@ from tvr.errors import NonFiniteScoresError
 from tvr.evaluation.metrics import check_finite_scores, ground_truth_ranks, retrieval_metrics, summarize_ranks
 from tvr.evaluation.report import evaluate_scores, markdown_table
 from tvr.evaluation.rerank import dual_softmax, qb_norm
-from tvr.evaluation.similarity import tiled_similarity
+from tvr.models.similarity import tiled_similarity
 
 __all__ = [
     "NonFiniteScoresError",
