@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tvr.evaluation.similarity import tile_shape, tiled_similarity
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
+from tvr.models.similarity import tile_shape, tiled_similarity
 from tvr.search.vector_index import VectorIndex
 
 D = 32

@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads import create_head, list_heads
 from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
+from tvr.models.similarity import tiled_similarity
 
 D, T, L = 64, 6, 10
 HEAD_OPTIONS = {

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tvr.errors import UserInputError
-from tvr.results import collect_runs, configurations, differing_keys, main, parse_overrides
+from tvr.results import collect_runs, configurations, differing_keys, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -61,11 +61,6 @@ def table_rows(markdown: str) -> list[list[str]]:
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def test_parse_overrides_strips_plus_and_marks_removals():
-    assert parse_overrides(["head=seqtransf", "+foo=bar", "++baz=1", "~x", "lr=a=b"]) == {
-        "head": "seqtransf", "foo": "bar", "baz": "1", "x": "(removed)", "lr": "a=b"}
 
 
 def test_two_heads_three_seeds_mean_and_sample_std(sweep, capsys):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from tvr.search import page
 from tvr.search.page import (
-    Hit, QueryResult, headless_chromium, index_page, results_page, screenshot, write_page,
+    Hit, QueryResult, headless_chromium, index_page, results_page, screenshot,
 )
 
 SUMMARY = {"head": "xpool", "backbone": "ViT-B/32", "videos": 3, "unreadable": 1}
@@ -140,27 +140,6 @@ def test_page_is_self_contained(which: str) -> None:
     assert sources and all(src.startswith("data:image/jpeg;base64,") for src in sources)
 
 
-def test_write_page_is_atomic_and_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "results.html"
-    write_page(target, "old")
-    write_page(str(target), "<p>café 🎬</p>")
-    assert target.read_text(encoding="utf-8") == "<p>café 🎬</p>"
-    assert os.listdir(tmp_path) == ["results.html"]
-    plain = tmp_path / "plain.html"
-    plain.write_text("")
-    assert target.stat().st_mode == plain.stat().st_mode  # the umask's permissions, not a temp file's 0600
-    plain.unlink()
-
-    def failing_replace(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(page.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        write_page(target, "new")
-    assert os.listdir(tmp_path) == ["results.html"]
-    assert target.read_text(encoding="utf-8") == "<p>café 🎬</p>"
-
-
 def test_screenshot_without_chromium_raises_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(page.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="chromium.*not on PATH"):
@@ -220,7 +199,7 @@ def test_thumbnails_render_in_headless_chromium(tmp_path: Path, corrupt: bool) -
         thumbnails[-1] = CORRUPT_JPEG
     hits = [hit(rank, 1.0 - rank / 10, f"clip{rank}.mp4", jpeg) for rank, jpeg in enumerate(thumbnails, 1)]
     html_path = tmp_path / "results.html"
-    write_page(html_path, results_page([QueryResult("a red car", hits)], {"head": "meanpool"}))
+    html_path.write_text(results_page([QueryResult("a red car", hits)], {"head": "meanpool"}), encoding="utf-8")
 
     # Check 1: the page's own load-time script counts the strips the browser decoded.
     dom = headless_chromium(html_path, "--dump-dom", profile_dir=tmp_path / "profile")

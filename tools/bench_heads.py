@@ -69,7 +69,7 @@ def current_rss_bytes() -> int:
 
 
 def run_case(name: str, shape: str, queue) -> None:
-    from tvr.evaluation.similarity import tiled_similarity
+    from tvr.models.similarity import tiled_similarity
 
     head = build(name)
     text, video = features(*SHAPES[shape])

@@ -1,24 +1,27 @@
-"""Checkpoint files: written atomically, read with ``weights_only=True``.
+"""Checkpoint files: written atomically (:mod:`tvr.atomic`), read with ``weights_only=True``.
 
-A crash or pre-emption while saving must never leave a truncated ``last.ckpt`` behind: the bytes go to
-a temporary file in the same folder, are flushed to disk, then renamed over the target in one step.
-Reading names the file when it is missing, empty or damaged, and :func:`load_tvr_checkpoint` says what a
-file that is not a tvr checkpoint is instead (a released paper checkpoint, CLIP weights, a bare state_dict).
+A crash or pre-emption while saving must never leave a truncated ``last.ckpt`` behind. Reading names the
+file when it is missing, empty or damaged, and :func:`load_tvr_checkpoint` says what a file that is not a
+tvr checkpoint is instead (a released paper checkpoint, CLIP weights, a bare state_dict).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
+from tvr.atomic import atomic_torch_save
 from tvr.errors import CheckpointError
-from tvr.models.convert import CLIP_PREFIX
-from tvr.models.weights import is_torchscript_archive, is_transformers_layout, load_tensor_file, state_dict_mismatch, strip_module_prefix
+from tvr.models.weights import (
+    CLIP_PREFIX,
+    is_torchscript_archive,
+    is_transformers_layout,
+    load_tensor_file,
+    state_dict_mismatch,
+    strip_module_prefix,
+)
 
 # What RetrievalModule.save_hyperparameters stores and tvr.evaluate.module_from_checkpoint rebuilds the model from.
 TVR_HYPER_PARAMETERS = ("backbone", "head", "loss", "optim", "train")
@@ -27,22 +30,6 @@ CONVERT_HINT = ("a checkpoint released with a paper (CLIP under 'clip.', like CL
                 "X-Pool's model_best.pth): convert it with `python tools/convert_checkpoint.py <file> out.ckpt experiment=<recipe>` "
                 "and evaluate out.ckpt")
 CLIP_WEIGHTS_HINT = "CLIP weights, not a trained retrieval model: pass them to tvr-train as backbone.weights=<file>"
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

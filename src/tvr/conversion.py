@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tvr.atomic import atomic_torch_save
 from tvr.builders import build_module
-from tvr.checkpoint import atomic_torch_save, load_state_dict_checked
+from tvr.checkpoint import load_state_dict_checked
 from tvr.config import compose_config
 from tvr.models.convert import convert_reference_state_dict, read_reference_checkpoint
 

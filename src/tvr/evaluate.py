@@ -20,11 +20,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from tvr.evaluation.options import configured_reranker
+from tvr.atomic import write_json
 from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
-from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
+from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.evaluation.lightning import EvaluationModule
 from tvr.validation import validate_eval_config
 

@@ -15,16 +15,15 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import LambdaLR
 
+from tvr.distributed import gather_objects, gather_with_grad
 from tvr.errors import NonFiniteLossError
 from tvr.evaluation.engine import gather_lists
 from tvr.evaluation.lightning import EvaluationModule
-from tvr.models.distributed import gather_with_grad
 from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
 from tvr.optim import OPTIMISERS, SCHEDULES, OptimOptions, parameter_groups
 from tvr.options import from_config
 from tvr.train_options import WINDOW_METRIC, TrainOptions
-from tvr.resume import gather_objects
 
 log = logging.getLogger(__name__)
 

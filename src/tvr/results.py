@@ -27,11 +27,10 @@ from pathlib import Path
 import yaml
 
 from tvr.errors import UserInputError, exit_on_user_error
-from tvr.sweep import hydra_quote
+from tvr.overrides import hydra_quote, parse_overrides
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 DEFAULT = "(default)"
-REMOVED = "(removed)"
 SEED = "seed"
 RESUME = "ckpt_path"
 MESSAGE_CHARS = 200
@@ -94,19 +93,6 @@ class Configuration:
 
 
 # ---------------------------------------------------------------------------------------------- collect
-
-
-def parse_overrides(items: list) -> dict[str, str]:
-    """``["head=seqtransf", "+foo=bar", "~x"]`` -> ``{"head": "seqtransf", "foo": "bar", "x": "(removed)"}``."""
-    settings = {}
-    for item in items:
-        text = str(item)
-        if text.startswith("~"):
-            settings[text[1:].split("=", 1)[0]] = REMOVED
-            continue
-        key, _, value = text.partition("=")
-        settings[key.lstrip("+")] = value
-    return settings
 
 
 def find_run_folders(folder: Path) -> list[Path]:

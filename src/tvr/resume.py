@@ -25,13 +25,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
+from tvr.atomic import temp_files
 from tvr.checkpoint import load_tvr_checkpoint
 from tvr.config import compose_config
-from tvr.sweep import hydra_quote
+from tvr.distributed import gather_objects
 from tvr.errors import CheckpointError, ConfigError
+from tvr.overrides import hydra_quote, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,6 @@ def restore_rng(state: dict) -> None:
                          numpy_state["has_gauss"], numpy_state["gauss"]))
     python_state = state["python"]
     random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss"]))
-
-
-def gather_objects(item) -> list:
-    """``item`` from every rank, in rank order (a one-element list without a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [item]
-    everyone: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(everyone, item)
-    return everyone
 
 
 # ------------------------------------------------------------------------------------------ the callback
@@ -167,9 +159,9 @@ class SlurmRequeue(Callback):
 
 # ------------------------------------------------------------------------------------------ start-up
 def remove_orphan_temp_files(folder: Path) -> list[Path]:
-    """Temporary files of checkpoint writes killed half-way (``.<name>.<random>.tmp``); called at start-up,
-    before this run writes anything, so none of them can be a write in progress."""
-    orphans = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    """Temporary files of checkpoint writes killed half-way; called at start-up, before this run writes
+    anything, so none of them can be a write in progress."""
+    orphans = temp_files(folder)
     for orphan in orphans:
         log.warning("removing %s (%.1f MB), left by a checkpoint write that was killed", orphan, orphan.stat().st_size / 2**20)
         orphan.unlink()
@@ -244,16 +236,6 @@ def with_resume_run_dir(argv: list[str]) -> list[str]:
         folder = Path(ckpt_path).resolve().parent
         run_dir = folder.parent if folder.name == CHECKPOINT_DIR and (folder.parent / ".hydra").is_dir() else None
     return [*argv, f"hydra.run.dir={hydra_quote(str(run_dir))}"] if run_dir is not None else argv
-
-
-def parse_overrides(argv: list[str]) -> dict[str, str]:
-    """``key: value`` of the command line's plain overrides (``+``/``++`` dropped, quotes removed); {} for
-    a command line Hydra cannot parse, which tvr-train then reports itself."""
-    try:
-        parsed = OverridesParser.create().parse_overrides([item for item in argv if "=" in item and not item.startswith("-")])
-    except Exception:
-        return {}
-    return {override.key_or_group: override.value() for override in parsed if not override.is_sweep_override()}
 
 
 def newest_run_with_checkpoint(argv: list[str], overrides: dict[str, str]) -> Path | None:

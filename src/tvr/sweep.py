@@ -13,20 +13,19 @@ requeued job finds its folder again.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
+from tvr.overrides import read_overrides
 
 MAX_NAME = 200  # bytes; file systems allow 255 per folder name
 
 
 def swept_keys(overrides: list[str]) -> set[str]:
     """The keys a sweep's command-line overrides vary (``head=a,b``, ``seed=range(3)``, ``lr=choice(...)``)."""
-    parsed = OverridesParser.create().parse_overrides([item for item in overrides if "=" in item])
-    return {override.key_or_group for override in parsed if override.is_sweep_override()}
+    return {override.key_or_group for _, override in read_overrides(overrides) if override is not None and override.is_sweep_override()}
 
 
 def sweep_overrides(sweep_dir: str) -> list[str]:
@@ -48,13 +47,6 @@ def job_folder_name(task_overrides, exclude_keys, sweep_dir: str) -> str:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = name.encode()[: MAX_NAME - 12].decode(errors="ignore") + "~" + digest
     return name
-
-
-def hydra_quote(text: str) -> str:
-    """``text`` as a single-quoted Hydra override value. Hydra reads a backslash as an escape only before a
-    quote (or the closing quote), so only those backslashes are doubled."""
-    escaped = re.sub(r"(\\*)('|\Z)", lambda match: match.group(1) * 2 + ("\\'" if match.group(2) else ""), text)
-    return f"'{escaped}'"
 
 
 def register_resolvers() -> None:

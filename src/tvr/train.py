@@ -19,10 +19,11 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from tvr import __version__
+from tvr.atomic import write_json
 from tvr.builders import build_datamodule, build_module, build_trainer
 from tvr.config import config_dir, to_plain
 from tvr.errors import exit_on_user_error
-from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, write_json
+from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.resume import CHECKPOINT_DIR, LAST, check_same_run, remove_orphan_temp_files, resolve_resume, with_resume_run_dir
 from tvr.validation import validate_train_config
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tvr.evaluation.metrics import DEFAULT_KS
-from tvr.models.distributed import GATHER_GRAD_MODES
+from tvr.distributed import GATHER_GRAD_MODES
 from tvr.options import option
 
 # Logged by RetrievalModule when select_window > 1: the mean of the last N val/t2v_R1 evaluations (X-Pool).

@@ -7,10 +7,11 @@ needed. The output keeps the input's file name (and container, hence FFmpeg's de
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+
+from tvr.atomic import replacing
 
 
 def output_size(width: int, height: int, short_side: int = 224, portrait_quirk: bool = False) -> tuple[int, int]:
@@ -43,9 +44,8 @@ def compress_video(source: Path, target: Path, fps: int = 3, short_side: int = 2
     if target.is_file() and target.stat().st_size > 0:
         return CompressResult(source, target, "skipped")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
     try:
-        with av.open(str(source)) as reader:
+        with av.open(str(source)) as reader, replacing(target) as tmp:
             if not reader.streams.video:
                 raise ValueError("no video stream")
             in_stream = reader.streams.video[0]
@@ -62,12 +62,10 @@ def compress_video(source: Path, target: Path, fps: int = 3, short_side: int = 2
                 _drain(graph, out_stream, writer)
                 for packet in out_stream.encode():
                     writer.mux(packet)
-        if tmp.stat().st_size == 0:
-            raise ValueError("encoder produced an empty file")
-        os.replace(tmp, target)
+            if tmp.stat().st_size == 0:
+                raise ValueError("encoder produced an empty file")
         return CompressResult(source, target, "done")
     except Exception as error:  # any FFmpeg/format problem: report, never copy the raw file silently
-        tmp.unlink(missing_ok=True)
         return CompressResult(source, target, "failed", f"{type(error).__name__}: {error}")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 
+from tvr.atomic import write_text
 from tvr.data.parallel import process_pool
 from tvr.data.records import SplitRecords
 from tvr.data.video import VideoReadError
@@ -237,7 +237,5 @@ def _map(jobs: list, workers: int):
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    tmp = path / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path / META_FILE)
+    write_text(path / META_FILE, json.dumps(meta))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tvr.atomic import replacing, write_text
 from tvr.data.parallel import process_pool
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,7 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
     """H.264 (libx264, yuv420p) with a keyframe every second, written to a temp file then renamed."""
     import av
 
-    tmp = path.with_name(path.name + ".tmp")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with replacing(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
@@ -176,7 +176,6 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -290,9 +289,7 @@ def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers:
             for name, specs in splits.items()
         },
     }
-    tmp = annotation_path.with_name(ANNOTATION_FILE + ".tmp")
-    tmp.write_text(json.dumps(annotations, indent=1))
-    os.replace(tmp, annotation_path)
+    write_text(annotation_path, json.dumps(annotations, indent=1))
     return annotation_path
 
 

@@ -8,7 +8,7 @@ from tvr.evaluation.metrics import check_finite_scores, ground_truth_ranks, retr
 from tvr.evaluation.report import evaluate_scores, markdown_table
 from tvr.evaluation.rerank.dsl import dual_softmax
 from tvr.evaluation.rerank.qbnorm import qb_norm
-from tvr.evaluation.similarity import tiled_similarity
+from tvr.models.similarity import tiled_similarity
 
 __all__ = [
     "NonFiniteScoresError",

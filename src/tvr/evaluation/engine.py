@@ -21,13 +21,12 @@ import torch
 
 from tvr.data.clips import QUERY_BANK, TEXTS, VIDEOS
 from tvr.data.records import SplitRecords
+from tvr.distributed import gather_indexed, gather_no_grad, gather_objects, is_distributed
 from tvr.evaluation.checks import check_finite_representations
 from tvr.evaluation.options import configured_reranker, evaluation_options
 from tvr.evaluation.report import evaluate_scores
-from tvr.evaluation.similarity import tiled_similarity
-from tvr.models.distributed import gather_indexed, gather_no_grad, is_distributed
 from tvr.models.heads.base import Repr, repr_length, slice_repr
-from tvr.resume import gather_objects
+from tvr.models.similarity import tiled_similarity
 
 log = logging.getLogger(__name__)
 

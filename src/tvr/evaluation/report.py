@@ -3,8 +3,6 @@ alongside, never instead; plus the Markdown table and ``metrics.json`` every run
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -137,10 +135,3 @@ def decode_failure_summary(train: tuple[int, list[str]] | None, evaluation: dict
         "train_unreadable_videos": None if train is None else train[1],
         "eval_unreadable_videos": evaluation,
     }
-
-
-def write_json(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    tmp.replace(path)

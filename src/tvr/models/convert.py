@@ -20,6 +20,7 @@ import torch
 
 from tvr.models.heads import HEADS
 from tvr.models.weights import (
+    CLIP_PREFIX,
     is_transformers_layout,
     read_state_dict_file,
     strip_module_prefix,
@@ -27,7 +28,6 @@ from tvr.models.weights import (
     transformers_to_open_clip,
 )
 
-CLIP_PREFIX = "clip."
 REFERENCE_HINT = "pass a released pytorch_model.bin (CLIP4Clip, GLSCL) or model_best.pth (X-Pool)"
 
 

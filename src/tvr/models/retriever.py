@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
-from tvr.evaluation.similarity import tiled_similarity
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
 from tvr.models.heads.base import Repr, masked_mean_of_unit_frames
+from tvr.models.similarity import tiled_similarity
 
 
 class Retriever(nn.Module):

@@ -40,6 +40,9 @@ SUPPORTED_HINT = (
     "model.safetensors), or OpenAI's TorchScript ViT-B-32.pt; or backbone.weights=null for random init"
 )
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Where the papers' released checkpoints (CLIP4Clip, GLSCL, X-Pool) keep CLIP's weights; the key mapping
+# (tvr.models.convert) and the checkpoint reader, which recognises such a file, both read it here.
+CLIP_PREFIX = "clip."
 
 
 class WeightsError(CheckpointError):

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from hydra.errors import HydraException
 
+from tvr.atomic import write_text
 from tvr.config import compose_config, to_plain
 from tvr.errors import UserInputError, exit_on_user_error
 from tvr.search.build import build_index
 from tvr.search.model import data_settings, load_retriever, model_record
-from tvr.search.page import Hit, index_page, results_page, write_page
+from tvr.search.page import Hit, index_page, results_page
 from tvr.search.searcher import SearchOptions, Searcher
 from tvr.search.store import VideoIndexStore
 
@@ -61,7 +62,7 @@ def run_index(argv: list[str]) -> dict:
         contents = store.load()
         videos = [Hit(rank=row + 1, score=float("nan"), path=path, duration=float(contents.durations[row]),
                       thumbnail=contents.thumbnails[row]) for row, path in enumerate(contents.paths)]
-        write_page(Path(cfg.index) / "index.html", index_page(index_summary(store), videos, store.unreadable))
+        write_text(Path(cfg.index) / "index.html", index_page(index_summary(store), videos, store.unreadable))
     print(f"indexed {report.indexed} new videos ({report.skipped_existing} already indexed, {len(report.unreadable)} unreadable) "
           f"in {report.seconds:.1f} s; {report.total_in_index} videos in {cfg.index}")
     for path, reason in report.unreadable.items():
@@ -120,7 +121,7 @@ def run_search(argv: list[str]) -> list:
         for result in results:
             print(json.dumps(result.as_json()))
     if args.html:
-        write_page(args.html, results_page(results, searcher.summary()))
+        write_text(args.html, results_page(results, searcher.summary()))
         print(f"wrote {args.html}", file=sys.stderr)
     return results
 

@@ -100,20 +100,6 @@ def index_page(
     return _document(title, [_summary_table(index_summary), indexed, not_indexed], strips)
 
 
-def write_page(path: str | os.PathLike[str], html_text: str) -> None:
-    """Write the page atomically: a reader never sees half a page, and a failed write leaves no temp file."""
-    target = Path(path)
-    # The temp file sits in the target's folder so that os.replace is a rename on the same filesystem.
-    # A plain open (not mkstemp, which makes 0600 files) so the page gets the usual umask permissions.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(html_text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def headless_chromium(page: str | os.PathLike[str], *flags: str, profile_dir: str | os.PathLike[str],
                       timeout: float = CHROMIUM_TIMEOUT_S) -> str:
     """Load a local page in headless Chromium with extra ``flags`` (e.g. ``--dump-dom``); return its stdout.

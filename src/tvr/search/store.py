@@ -16,22 +16,20 @@ bytes are uint8 tensors, strings are plain lists), so opening an index cannot ru
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from tvr.checkpoint import atomic_torch_save
+from tvr.atomic import atomic_torch_save, write_json
 from tvr.errors import UserInputError
 from tvr.models.heads.base import Repr, cat_reprs
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".pt"
-# Temporary files of the atomic writes (tvr.checkpoint's and ours): ".<target name>.<random>.tmp".
+# Temporary files of the atomic writes (tvr.atomic): ".<target name>.<random>.tmp".
 TMP_PREFIXES = (f".{SHARD_PREFIX}", f".{MANIFEST}.")
 
 
@@ -226,16 +224,7 @@ class VideoIndexStore:
 
     def _write_manifest(self) -> None:
         self._manifest["updated"] = _now()
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{MANIFEST}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self._manifest, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.folder / MANIFEST)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(self.folder / MANIFEST, self._manifest, indent=1)
 
 
 def _read_manifest(folder: Path) -> dict:

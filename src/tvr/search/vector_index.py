@@ -18,6 +18,8 @@ import faiss
 import numpy as np
 import torch
 
+from tvr.atomic import replacing, write_json
+
 log = logging.getLogger(__name__)
 
 # faiss's k-means warns below this many training vectors per centroid (Clustering's default
@@ -138,19 +140,16 @@ class VectorIndex:
         return int(faiss.serialize_index(self._index).nbytes)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the faiss index to ``path`` and its settings to ``path.json``, each through a temporary file
-        and ``os.replace`` so that a crash never leaves a half-written file under either name."""
+        """Write the faiss index to ``path`` and its settings to ``path.json``, each atomically, so that a
+        crash never leaves a half-written file under either name."""
         path = Path(path)
         settings = {
             "factory": self.factory, "nprobe": self.nprobe, "refine_factor": self.refine_factor,
             "ntotal": self.ntotal, "dim": self.dim,
         }
-        index_tmp = path.with_name(path.name + ".tmp")
-        settings_tmp = _settings_path(path).with_name(_settings_path(path).name + ".tmp")
-        faiss.write_index(self._index, str(index_tmp))
-        settings_tmp.write_text(json.dumps(settings))
-        os.replace(index_tmp, path)
-        os.replace(settings_tmp, _settings_path(path))
+        with replacing(path) as index_tmp:
+            faiss.write_index(self._index, str(index_tmp))
+        write_json(_settings_path(path), settings, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "VectorIndex":

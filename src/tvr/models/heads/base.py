@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tvr.distributed import gather_no_grad
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
-from tvr.models.distributed import gather_no_grad
 from tvr.models.towers import TextTower, VideoTower, check_state_dict_towers, create_tower
 
 Repr = dict[str, torch.Tensor]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tvr.atomic import atomic_torch_save
 from tvr.models.heads.base import LossContext, Repr
 from tvr.models.heads.hbi.banzhaf import banzhaf_interaction
 from tvr.models.heads.hbi.head import ESTIMATOR_FORMAT, HBIHead, repr_rows
@@ -58,8 +59,6 @@ class HBIEstimatorHead(HBIHead):
         """Nothing to read: the estimator is what this run trains."""
 
     def write_artifacts(self, run_dir: Path) -> list[Path]:
-        from tvr.checkpoint import atomic_torch_save  # tvr.checkpoint imports the head registry
-
         path = Path(run_dir) / ESTIMATOR_FILE
         atomic_torch_save({"format": ESTIMATOR_FORMAT, "state_dict": self.blocks.teacher.state_dict()}, path)
         return [path]

@@ -1,4 +1,5 @@
-"""All-gather with a chosen gradient rule, for contrastive losses over the global batch.
+"""Gathers across DDP ranks: tensors with a chosen gradient rule (contrastive losses over the global batch),
+evaluation outputs without duplicates, and plain Python objects (RNG states, decode-failure counts).
 
 Every rank computes the same global ``B x B`` loss from gathered embeddings. What flows back to the
 local embeddings decides the parameter gradients after DDP averages them (methods spec §2.5):
@@ -10,6 +11,7 @@ local embeddings decides the parameter gradients after DDP averages them (method
   gets the full gradient. Use it for bit-parity with CLIP4Clip training.
 
 Batches may differ in size across ranks (e.g. a short last batch); they are padded for the collective.
+Without a process group every gather returns this process's own data.
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _gather_padded(tensor)[0]
+
+
+def gather_objects(item) -> list:
+    """``item`` from every rank, in rank order (a one-element list without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [item]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, item)
+    return everyone
 
 
 def gather_indexed(parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,55 @@
+"""Files written whole or not at all (tvr.atomic): checkpoints, metrics, manifests, pages, videos."""
+
+import os
+
+import pytest
+import torch
+
+from tvr import atomic
+from tvr.atomic import atomic_torch_save, replacing, temp_files, write_text
+from tvr.checkpoint import load_checkpoint_file
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"step": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint_file(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_text_is_utf8_with_the_umask_permissions_and_a_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "results.html"
+    write_text(target, "old")
+    write_text(str(target), "<p>café 🎬</p>")
+    assert target.read_text(encoding="utf-8") == "<p>café 🎬</p>"
+    assert os.listdir(tmp_path) == ["results.html"]
+    plain = tmp_path / "plain.html"
+    plain.write_text("")
+    assert target.stat().st_mode == plain.stat().st_mode  # the umask's permissions, not a temp file's 0600
+    plain.unlink()
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_text(target, "new")
+    assert os.listdir(tmp_path) == ["results.html"]
+    assert target.read_text(encoding="utf-8") == "<p>café 🎬</p>"
+
+
+def test_a_write_in_progress_is_a_temporary_file_beside_the_target(tmp_path):
+    """What a killed write leaves is what temp_files finds (and tvr-train's start-up removes)."""
+    target = tmp_path / "sub" / "index.faiss"
+    with replacing(target) as tmp:
+        tmp.write_bytes(b"partial")
+        assert tmp.parent == target.parent and temp_files(target.parent) == [tmp]
+        assert not target.exists()
+    assert target.read_bytes() == b"partial" and temp_files(target.parent) == []
