@@ -39,6 +39,7 @@ def join_clips(t: torch.Tensor | None, group: int, protected: int) -> torch.Tens
 @register_tower("tempme")
 class TempMeTower(SavesIdentity, VideoTower):
     needs_full_clips = True  # every frame slot is merged; padding would be merged into real tokens
+    outputs = VideoTower.outputs | {"tokens", "token_mask"}  # one CLS per frame; the merged token set on request
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class TempMeTower(SavesIdentity, VideoTower):
         clip_weights: str = "frozen",
     ) -> None:
         super().__init__(clip_weights)
+        self.check_options(lora_rank=lora_rank)
         visual = backbone.clip.visual
         check_standard_blocks(visual.transformer.resblocks, "vision")
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
@@ -86,6 +88,12 @@ class TempMeTower(SavesIdentity, VideoTower):
         return plan_schedule(geometry.depth, geometry.tokens_per_frame, int(o["frames"]), int(o["tome_r"]),
                              [int(v) for v in o["clip_layers"]], [int(v) for v in o["clip_groups"]],
                              float(o["cross_clip_ratio"]), float(o["intra_clip_ratio"]))
+
+    @classmethod
+    def check_options(cls, **options) -> None:
+        super().check_options(**options)
+        if "lora_rank" in options and not (isinstance(options["lora_rank"], int) and options["lora_rank"] >= 0):
+            raise ValueError(f"tempme lora_rank must be an integer >= 0 (0: no adapters), got {options['lora_rank']!r}")
 
     @classmethod
     def check_fits(cls, geometry: VisionGeometry, **options) -> None:
