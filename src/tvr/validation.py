@@ -36,10 +36,10 @@ from tvr.evaluation.rerank import RERANKERS
 from tvr.models.backbone import CLIPBackbone, resolve_architecture
 from tvr.models.distributed import GATHER_GRAD_MODES
 from tvr.models.heads import HEADS, RetrievalHead
-from tvr.models.heads.base import TOWER_KINDS, split_tower_choice, tower_keys
+from tvr.models.heads.base import TOWER_CONFIG_KEYS, TOWER_KINDS, split_tower_choice, tower_keys
 from tvr.models.losses import LOSSES
-from tvr.models.towers import TOWERS, VisionGeometry
-from tvr.models.towers.base import tower_class
+from tvr.models.towers import VisionGeometry
+from tvr.models.towers.base import tower_class, tower_names
 from tvr.optim import SCHEDULES
 from tvr.registry import Registry
 
@@ -296,8 +296,7 @@ def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) 
     if factory is None:
         return None
     what = f"head '{head.get('name')}'"
-    chooses_towers = {key for kind in TOWER_KINDS for key in tower_keys(kind)}
-    options = {name: value for name, value in head.values.items() if name != "name" and name not in chooses_towers}
+    options = {name: value for name, value in head.values.items() if name != "name" and name not in TOWER_CONFIG_KEYS}
     for kind in TOWER_KINDS:
         check_tower_keys(checker, head, kind)
     if checker.options(head, options, factory, what, set_by_tvr=("embed_dim",)) and shape is not None:
@@ -315,8 +314,7 @@ def check_tower_keys(checker: ConfigChecker, head: Section, kind: str) -> None:
         if name is not None:
             tower_class(str(name), kind)
     except (KeyError, ValueError) as error:
-        valid = "|".join(other for other in TOWERS.names() if TOWERS.get(other).kind == kind)
-        checker.fail(head.key(name_key), error.args[0], f"pass {head.key(name_key)}=<{valid}>")  # args[0]: KeyError's unquoted
+        checker.fail(head.key(name_key), error.args[0], f"pass {head.key(name_key)}=<{'|'.join(tower_names(kind))}>")  # args[0]: unquoted
     if not isinstance(head.get(options_key), (dict, type(None))):
         checker.fail(head.key(options_key), f"got {head.get(options_key)!r}, expected a mapping of the tower's options",
                      f"pass {head.key(options_key)}={{<option>:<value>,...}}")
@@ -357,6 +355,7 @@ def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, sh
 
 def check_video_tower_fits(checker: ConfigChecker, head: Section, key: str, name: str, tower, options: dict, shape: ModelShape,
                            data: Section | None) -> None:
+    """A video tower's ``options`` fit the backbone's ViT, and the samplers give the clips it is built for."""
     try:
         tower.check_fits(shape.vision, **options)
     except ValueError as error:

@@ -42,7 +42,7 @@ from torch import nn
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.distributed import gather_no_grad
 from tvr.models.towers import TOWERS, TextTower, VideoTower, check_state_dict_towers, create_tower
-from tvr.models.towers.base import ON_REQUEST, tower_class, tower_option_names
+from tvr.models.towers.base import ON_REQUEST, tower_class, tower_names, tower_option_names
 
 Repr = dict[str, torch.Tensor]
 TOWER_KINDS = ("video", "text")
@@ -59,6 +59,9 @@ class TowerChoice:
 def tower_keys(kind: str) -> tuple[str, str]:
     """The head config keys choosing a ``kind`` tower: its name and its options."""
     return f"{kind}_tower", f"{kind}_tower_options"
+
+
+TOWER_CONFIG_KEYS = tuple(key for kind in TOWER_KINDS for key in tower_keys(kind))
 
 
 def split_tower_choice(head_config: dict) -> tuple[dict, dict[str, TowerChoice]]:
@@ -150,7 +153,7 @@ class RetrievalHead(nn.Module):
 
     def readable_towers(self, kind: str) -> list[str]:
         """The registered ``kind`` towers that give everything this head reads."""
-        return [name for name in TOWERS.names() if TOWERS.get(name).kind == kind and not self.unread_features(kind, TOWERS.get(name))]
+        return [name for name in tower_names(kind) if not self.unread_features(kind, TOWERS.get(name))]
 
     def check_tower_outputs(self, specs: dict[str, dict]) -> None:
         """Raise ``ValueError`` naming the key if a chosen tower does not give what this head reads."""

@@ -187,10 +187,15 @@ def create_tower(name: str, **options) -> Tower:
     return TOWERS.create(name, **options)
 
 
+def tower_names(kind: str) -> list[str]:
+    """The registered towers of one kind ("video" or "text")."""
+    return [name for name in TOWERS.names() if TOWERS.get(name).kind == kind]
+
+
 def tower_class(name: str, kind: str) -> type[Tower]:
     """The registered ``kind`` tower ``name``; raises ``KeyError`` for an unknown name, ``ValueError`` for a
     tower of the other kind, each listing the valid ``kind`` towers."""
-    valid = ", ".join(other for other in TOWERS.names() if TOWERS.get(other).kind == kind)
+    valid = ", ".join(tower_names(kind))
     if name not in TOWERS:
         raise KeyError(f"unknown {kind} tower '{name}'; valid {kind} towers: {valid}")
     cls = TOWERS.get(name)
