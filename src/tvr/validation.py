@@ -35,8 +35,10 @@ from tvr.evaluation.options import EvaluationOptions
 from tvr.evaluation.rerank import RERANKERS
 from tvr.models.backbone import CLIPBackbone, resolve_architecture
 from tvr.models.heads import HEADS, RetrievalHead
+from tvr.models.heads.base import TOWER_CONFIG_KEYS, TOWER_KINDS, split_tower_choice, tower_keys
 from tvr.models.losses import LOSSES
-from tvr.models.towers import TOWERS, VisionGeometry
+from tvr.models.towers import VisionGeometry
+from tvr.models.towers.base import tower_class, tower_names
 from tvr.optim import OptimOptions
 from tvr.options import option_specs, signature_specs
 from tvr.registry import Registry
@@ -323,12 +325,15 @@ def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | No
 
 
 def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) -> RetrievalHead | None:
-    """The head's options; returns the head (built on the meta device) when they are fine."""
+    """The head's options and the towers it chooses by name; returns the head (built on the meta device)
+    when its options are fine."""
     factory = checker.registered(head, "name", HEADS)
     if factory is None:
         return None
     what = f"head '{head.get('name')}'"
-    options = {name: value for name, value in head.values.items() if name != "name"}
+    options = {name: value for name, value in head.values.items() if name != "name" and name not in TOWER_CONFIG_KEYS}
+    for kind in TOWER_KINDS:
+        check_tower_keys(checker, head, kind)
     if checker.options(head, options, factory, what, set_by_tvr=("embed_dim",)) and shape is not None:
         with torch.device("meta"):  # builds the layers (shape checks included) without allocating weights
             return checker.builds(head.path, f"{what} at embedding width {shape.embed_dim}", factory,
@@ -336,20 +341,63 @@ def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) 
     return None
 
 
-def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, shape: ModelShape, data: Section | None) -> None:
-    """The towers the head names must fit the backbone (e.g. TempMe's merge schedule: depth, tokens per
-    frame, frames per clip) and the clips the data yields (their frame count; full clips for a tower that
-    merges every slot), before any data work."""
-    spec = dict(built.tower_specs()["video"])
-    name = spec.pop("name")
-    tower = TOWERS.get(name)
+def check_tower_keys(checker: ConfigChecker, head: Section, kind: str) -> None:
+    """``head.<kind>_tower`` names a registered tower of that kind; its options are a mapping."""
+    name_key, options_key = tower_keys(kind)
+    name = head.get(name_key)
     try:
-        tower.check_fits(shape.vision, **spec)
+        if name is not None:
+            tower_class(str(name), kind)
+    except (KeyError, ValueError) as error:
+        checker.fail(head.key(name_key), error.args[0], f"pass {head.key(name_key)}=<{'|'.join(tower_names(kind))}>")  # args[0]: unquoted
+    if not isinstance(head.get(options_key), (dict, type(None))):
+        checker.fail(head.key(options_key), f"got {head.get(options_key)!r}, expected a mapping of the tower's options",
+                     f"pass {head.key(options_key)}={{<option>:<value>,...}}")
+
+
+def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, shape: ModelShape, data: Section | None) -> None:
+    """The towers the head reads from (its own, or those the config chooses) must give what the head reads,
+    take the options given, fit the backbone (e.g. TempMe's merge schedule: depth, tokens per frame,
+    frames per clip) and the clips the data yields (their frame count; full clips for a tower that merges
+    every slot), before any data work."""
+    try:
+        _, choice = split_tower_choice({name: value for name, value in head.values.items() if name != "name"})
+        specs = built.tower_specs(choice)
+    except (KeyError, ValueError, TypeError):
+        return  # an unknown tower or options that are not a mapping: check_head names the key
+    for kind, spec in specs.items():
+        options = dict(spec)
+        name = options.pop("name")
+        tower = tower_class(name, kind)
+        name_key, options_key = tower_keys(kind)
+        chosen = choice[kind]
+        # the key a problem is reported at: the options given, the tower chosen, or the head's own settings
+        key = head.key(options_key) if chosen.options else head.key(name_key) if chosen.name else head.path
+        missing = built.unread_features(kind, tower)
+        if missing:
+            checker.fail(head.key(name_key), f"is '{name}', whose {kind} features lack {', '.join(missing)}, which head "
+                         f"'{head.get('name')}' reads", f"choose a {kind} tower that gives them: {', '.join(built.readable_towers(kind))}")
+        if not checker.options(head.child(options_key), chosen.options, tower, f"the '{name}' {kind} tower", set_by_tvr=("backbone",)):
+            continue
+        try:
+            tower.check_options(**options)
+        except ValueError as error:
+            checker.fail(key, str(error), f"fix the '{name}' {kind} tower's options under {key}")
+            continue
+        if kind == "video":
+            check_video_tower_fits(checker, head, key, name, tower, options, shape, data)
+
+
+def check_video_tower_fits(checker: ConfigChecker, head: Section, key: str, name: str, tower, options: dict, shape: ModelShape,
+                           data: Section | None) -> None:
+    """A video tower's ``options`` fit the backbone's ViT, and the samplers give the clips it is built for."""
+    try:
+        tower.check_fits(shape.vision, **options)
     except ValueError as error:
         vit = f"{shape.vision.depth} blocks, {shape.vision.tokens_per_frame} tokens per frame"
-        checker.fail(head.path, f"the '{name}' video tower of head '{head.get('name')}' does not fit the backbone's ViT ({vit}): "
-                     f"{error}", f"change the settings under {head.path}, or choose another backbone")
-    frames = tower.clip_frames(**spec)
+        checker.fail(key, f"the '{name}' video tower of head '{head.get('name')}' does not fit the backbone's ViT ({vit}): "
+                     f"{error}", f"change the settings under {key}, or choose another backbone")
+    frames = tower.clip_frames(**options)
     video = data.child("video") if data is not None else None
     for role in ("train_sampler", "eval_sampler") if video is not None else ():
         sampler = video.child(role)

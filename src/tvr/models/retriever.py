@@ -25,19 +25,20 @@ from torch import nn
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
-from tvr.models.heads.base import Repr, masked_mean_of_unit_frames
+from tvr.models.heads.base import Repr, masked_mean_of_unit_frames, split_tower_choice
 from tvr.models.similarity import tiled_similarity
 
 
 class Retriever(nn.Module):
-    """``backbone`` and ``head`` are the config dicts a tvr checkpoint stores under ``hyper_parameters``."""
+    """``backbone`` and ``head`` are the config dicts a tvr checkpoint stores under ``hyper_parameters``; the
+    head's ``video_tower``/``text_tower`` keys (and their options) choose its towers, the others are its own."""
 
     def __init__(self, backbone: dict, head: dict) -> None:
         super().__init__()
         self.backbone = CLIPBackbone(**backbone)
-        options = {key: value for key, value in head.items() if key != "name"}
+        options, towers = split_tower_choice({key: value for key, value in head.items() if key != "name"})
         self.head = create_head(head["name"], embed_dim=self.backbone.embed_dim, **options)
-        self.head.attach_towers(self.backbone)
+        self.head.attach_towers(self.backbone, towers)
         self.head.init_from_backbone(self.backbone)
 
     def freeze_for_training(self, freeze_layer_num: int = -1) -> list[str]:
@@ -75,7 +76,7 @@ class Retriever(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
-        return self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.needs_patches)
+        return self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
 
     def text_features(self, tokens: torch.Tensor) -> TextFeatures:
         return self.head.text_tower(self.backbone, tokens)

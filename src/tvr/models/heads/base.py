@@ -19,10 +19,14 @@ A head splits its work into a cacheable part, run once per item, and a pairwise 
   (everything the head owns but its towers, by default).
 * ``load_pretrained()`` reads weights a head takes from files of its own (HBI's Banzhaf estimator) when a
   run starts training; a checkpoint carries them afterwards, so evaluation never reads those files.
-* ``tower_specs()`` names the video and text towers the head reads from (:mod:`tvr.models.towers`): CLIP
-  frame by frame and CLIP's text tower unless a method changes the transformers themselves (TempMe).
-  :meth:`attach_towers` builds them over the backbone; the head then owns them, so their weights are
-  saved under ``head.video_tower.*`` / ``head.text_tower.*`` and train in the tower learning-rate group.
+* Towers (:mod:`tvr.models.towers`): the config chooses the video and text tower a head reads from
+  (``head.video_tower``, ``head.text_tower`` and their ``*_tower_options``, split off the head's own
+  options by :func:`split_tower_choice`); ``default_towers()`` names the head's own when the config names
+  none (CLIP frame by frame and CLIP's text tower; a preset such as TempMe names its towers and sets their
+  options). A head declares the features it reads (:attr:`RetrievalHead.reads`) and any tower that gives
+  them will do. :meth:`attach_towers` builds them over the backbone; the head then owns them, so their
+  weights are saved under ``head.video_tower.*`` / ``head.text_tower.*`` and train in the tower
+  learning-rate group.
 """
 
 from __future__ import annotations
@@ -37,9 +41,37 @@ from torch import nn
 
 from tvr.distributed import gather_no_grad
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
-from tvr.models.towers import TextTower, VideoTower, check_state_dict_towers, create_tower
+from tvr.models.towers import TOWERS, TextTower, VideoTower, check_state_dict_towers, create_tower
+from tvr.models.towers.base import ON_REQUEST, tower_class, tower_names, tower_option_names
 
 Repr = dict[str, torch.Tensor]
+TOWER_KINDS = ("video", "text")
+
+
+@dataclass(frozen=True)
+class TowerChoice:
+    """One tower as the config chooses it: ``name`` (None: the head's own) and its constructor ``options``."""
+
+    name: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+def tower_keys(kind: str) -> tuple[str, str]:
+    """The head config keys choosing a ``kind`` tower: its name and its options."""
+    return f"{kind}_tower", f"{kind}_tower_options"
+
+
+TOWER_CONFIG_KEYS = tuple(key for kind in TOWER_KINDS for key in tower_keys(kind))
+
+
+def split_tower_choice(head_config: dict) -> tuple[dict, dict[str, TowerChoice]]:
+    """A head's config (without ``name``) -> the head constructor's options and the towers it chooses."""
+    options = dict(head_config)
+    choice = {}
+    for kind in TOWER_KINDS:
+        name_key, options_key = tower_keys(kind)
+        choice[kind] = TowerChoice(options.pop(name_key, None), dict(options.pop(options_key, None) or {}))
+    return options, choice
 
 
 @dataclass
@@ -73,7 +105,9 @@ class RetrievalHead(nn.Module):
     #: (e.g. with faiss) without the head; text-conditioned heads set it False.
     query_independent: bool = True
     uses_logit_scale: bool = True
-    needs_patches: bool = False
+    #: The feature fields this head reads (of :class:`FrameFeatures` and :class:`TextFeatures`): its towers
+    #: must give them (:attr:`Tower.outputs`), which start-up validation and :meth:`attach_towers` check.
+    reads: dict[str, frozenset[str]] = {"video": frozenset({"frames", "mask"}), "text": frozenset({"sentence"})}
     #: Prefix renames from the reference implementation's state_dict keys to this head's keys.
     reference_key_renames: tuple[tuple[str, str], ...] = ()
     #: Key prefixes present in the reference's checkpoints but unused by its forward pass (dropped).
@@ -93,12 +127,53 @@ class RetrievalHead(nn.Module):
     def init_from_backbone(self, backbone: CLIPBackbone) -> None:
         """Hook for heads initialised from CLIP weights (e.g. seqTransf copies text-transformer blocks)."""
 
-    def tower_specs(self) -> dict[str, dict]:
-        """``{"video": {"name": ..., **options}, "text": {...}}``: the towers this head reads from."""
+    def default_towers(self) -> dict[str, dict]:
+        """``{"video": {"name": ..., **options}, "text": {...}}``: the towers this head reads from when the
+        config chooses none, with the options the head sets for them."""
         return {"video": {"name": "per_frame"}, "text": {"name": "clip_text"}}
 
-    def attach_towers(self, backbone: CLIPBackbone) -> None:
-        specs = self.tower_specs()
+    def tower_specs(self, choice: dict[str, TowerChoice] | None = None) -> dict[str, dict]:
+        """The towers to build: the config's ``choice`` over :meth:`default_towers`. The options the head
+        sets for its own tower carry over to a chosen other tower where that tower takes them (HBI's
+        estimator keeps any tower's CLIP frozen); the rest belong to the tower not built (a preset's)."""
+        specs = {}
+        for kind, default in self.default_towers().items():
+            chosen = (choice or {}).get(kind, TowerChoice())
+            name = chosen.name or default["name"]
+            own = {key: value for key, value in default.items() if key != "name"}
+            if name != default["name"]:
+                takes = tower_option_names(tower_class(name, kind))
+                own = {key: value for key, value in own.items() if key in takes}
+            specs[kind] = {"name": name, **own, **chosen.options}
+        return specs
+
+    def unread_features(self, kind: str, tower: type) -> list[str]:
+        """What this head reads from its ``kind`` tower that ``tower`` (a class) does not give."""
+        return sorted(self.reads[kind] - tower.outputs)
+
+    def readable_towers(self, kind: str) -> list[str]:
+        """The registered ``kind`` towers that give everything this head reads."""
+        return [name for name in tower_names(kind) if not self.unread_features(kind, TOWERS.get(name))]
+
+    def check_tower_outputs(self, specs: dict[str, dict]) -> None:
+        """Raise ``ValueError`` naming the key if a chosen tower does not give what this head reads."""
+        for kind, spec in specs.items():
+            missing = self.unread_features(kind, tower_class(spec["name"], kind))
+            if missing:
+                raise ValueError(
+                    f"head '{self.name}' reads {', '.join(missing)} from its {kind} features, which the '{spec['name']}' "
+                    f"{kind} tower (head.{tower_keys(kind)[0]}) does not give; choose a {kind} tower that does"
+                )
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether the video tower must also compute its token outputs (patches or token set)."""
+        return bool(self.reads["video"] & ON_REQUEST)
+
+    def attach_towers(self, backbone: CLIPBackbone, choice: dict[str, TowerChoice] | None = None) -> None:
+        """Build the chosen towers (:meth:`tower_specs`) over ``backbone``; the head owns them from then on."""
+        specs = self.tower_specs(choice)
+        self.check_tower_outputs(specs)
         self.video_tower: VideoTower = create_tower(backbone=backbone, **specs["video"])
         self.text_tower: TextTower = create_tower(backbone=backbone, **specs["text"])
 

@@ -58,6 +58,7 @@ def margin_ranking_loss(gram: torch.Tensor, margin: float) -> torch.Tensor:
 @register_head("glscl")
 class GLSCLHead(RetrievalHead):
     query_independent = False
+    reads = {**RetrievalHead.reads, "text": frozenset({"sentence", "tokens", "mask"})}  # the concepts come from the words
     reference_key_renames = (
         ("spatial_queries", "queries"),
         *prefixed_renames("temporal."),

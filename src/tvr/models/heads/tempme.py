@@ -1,7 +1,9 @@
 """TempMe (Shen et al., ICLR 2025): temporal token merging inside CLIP's ViT, LoRA in both towers (methods spec §1).
 
 The method lives in its towers: the ``tempme`` video tower (ImgMe/ClipMe merging, temporal embeddings,
-LoRA) and the ``lora_text`` text tower. What reaches the head are the 12 protected CLS tokens, one per
+LoRA) and the ``lora_text`` text tower, so this head is a preset: meanP over those towers, its options
+theirs (``head=meanpool head.video_tower=tempme head.text_tower=lora_text`` with the same options is
+the same model, under another head name; any other head can read these towers too). What reaches the head are the 12 protected CLS tokens, one per
 frame, so the head itself is CLIP4Clip's mean pooling: the masked mean of unit frame vectors against the
 unit EOT feature (the reference does not re-normalise the mean before its cosine; the cosine is the same).
 With ``clip_weights: frozen`` (the reference, parameter-efficient) only the LoRA adapters and temporal
@@ -14,6 +16,7 @@ import re
 
 import torch
 
+from tvr.models.heads.base import TowerChoice
 from tvr.models.heads.meanpool import MeanPoolHead
 from tvr.models.heads.registry import register_head
 from tvr.models.towers.tempme import TempMeTower
@@ -32,16 +35,21 @@ class TempMeHead(MeanPoolHead):
         ``clip_layers``, ``clip_groups``, ratios, ``temporal_pe``, ``prop_attn``) are the tempme tower's, whose
         signature holds their defaults (the reference's)."""
         super().__init__(embed_dim)
-        if lora_rank < 0:
-            raise ValueError(f"tempme lora_rank must be >= 0 (0: no adapters), got {lora_rank}")
+        TempMeTower.check_options(lora_rank=lora_rank, clip_weights=clip_weights)
         TempMeTower.with_defaults(**video_tower)  # an unknown option fails here, naming it
         self.video_options = {**video_tower, "lora_rank": lora_rank, "clip_weights": clip_weights}
         self.text_options = {"lora_rank": lora_rank, "clip_weights": clip_weights}
 
-    def tower_specs(self) -> dict[str, dict]:
-        text = {"name": "lora_text", **self.text_options} if self.text_options["lora_rank"] else {"name": "clip_text",
-                                                                                                  "clip_weights": self.text_options["clip_weights"]}
-        return {"video": {"name": "tempme", **self.video_options}, "text": text}
+    def default_towers(self) -> dict[str, dict]:
+        return {"video": {"name": "tempme", **self.video_options}, "text": {"name": "lora_text", **self.text_options}}
+
+    def tower_specs(self, choice: dict[str, TowerChoice] | None = None) -> dict[str, dict]:
+        """As any head's, except that LoRA of rank 0 on the text side is CLIP's own text tower (no adapters), as
+        TempMe has always built it, so its checkpoints load as saved."""
+        specs = super().tower_specs(choice)
+        if specs["text"]["name"] == "lora_text" and not specs["text"]["lora_rank"]:
+            specs["text"] = {"name": "clip_text", "clip_weights": specs["text"]["clip_weights"]}
+        return specs
 
     @classmethod
     def map_reference_keys(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

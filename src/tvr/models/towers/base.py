@@ -7,10 +7,13 @@ CLIP backbone's weights, which they receive at every call and never own, so open
 state_dict keys stay untouched. What a tower adds (LoRA adapters, temporal embeddings) are its own
 parameters: they train in their own learning-rate group (``optim.tower_lr``).
 
-A head names the towers it needs (:meth:`RetrievalHead.tower_specs`); the Retriever builds them from the
-registry and the head owns them (``head.video_tower``, ``head.text_tower``), so a checkpoint of a head
-carries its method's weights. Today's behaviour is the default pair ``per_frame`` + ``clip_text``, which
-have no parameters. A tower also states what it does to CLIP's own weights (``clip_weights``):
+The config chooses the towers (``head.video_tower``/``head.text_tower`` and their ``*_options``; a head
+without them reads the ones it names itself, :meth:`RetrievalHead.default_towers`); the Retriever builds
+them from the registry and the head owns them (``head.video_tower``, ``head.text_tower``), so a checkpoint
+of a head carries its method's weights. Any head reads any tower that gives the features it reads: a
+tower declares them (:attr:`Tower.outputs`, fields of the features it returns), a head declares what it
+reads, and start-up validation compares the two. The default pair is ``per_frame`` + ``clip_text``,
+which have no parameters. A tower also states what it does to CLIP's own weights (``clip_weights``):
 ``trainable`` (full fine-tuning) or ``frozen`` (parameter-efficient: every CLIP weight, ``logit_scale``
 included, stays as loaded). Its structural settings are saved inside the checkpoint and compared when it
 is loaded, so a model trained with one tower or schedule refuses to load into another.
@@ -18,6 +21,7 @@ is loaded, so a model trained with one tower or schedule refuses to load into an
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +49,21 @@ class TowerMismatchError(ValueError):
 class Tower(nn.Module):
     name: str
     kind: str  # "video" or "text"
+    #: The fields of the features this tower fills (:class:`~tvr.models.backbone.FrameFeatures` for a video
+    #: tower, :class:`~tvr.models.backbone.TextFeatures` for a text tower); optional ones on request.
+    outputs: frozenset[str]
 
     def __init__(self, clip_weights: str = "trainable") -> None:
         super().__init__()
-        if clip_weights not in CLIP_WEIGHTS:
-            raise ValueError(f"tower clip_weights must be one of {', '.join(CLIP_WEIGHTS)}, got '{clip_weights}'")
+        self.check_options(clip_weights=clip_weights)
         self.clip_weights = clip_weights
+
+    @classmethod
+    def check_options(cls, **options) -> None:
+        """Raise ``ValueError`` naming the option if a given value cannot work. Needs no backbone, so start-up
+        validation calls it on the configured options; constructors call it too."""
+        if "clip_weights" in options and options["clip_weights"] not in CLIP_WEIGHTS:
+            raise ValueError(f"tower clip_weights must be one of {', '.join(CLIP_WEIGHTS)}, got '{options['clip_weights']}'")
 
     @property
     def freezes_clip(self) -> bool:
@@ -136,6 +149,9 @@ class VisionGeometry:
 
 class VideoTower(Tower):
     kind = "video"
+    #: Per-frame vectors and their mask always; a tower may add ``patches`` (per-frame patch tokens) or
+    #: ``tokens`` with ``token_mask`` (a token set), computed only when asked ``with_tokens`` (:data:`ON_REQUEST`).
+    outputs = frozenset({"frames", "mask"})
     #: True for towers that cannot take padded frame slots: their sampler must always yield full clips.
     needs_full_clips: bool = False
 
@@ -156,11 +172,38 @@ class VideoTower(Tower):
 
 class TextTower(Tower):
     kind = "text"
+    outputs = frozenset({"sentence", "tokens", "mask"})
 
     def forward(self, backbone, token_ids: torch.Tensor):
         """``[B, L]`` token ids -> ``TextFeatures``."""
         raise NotImplementedError
 
 
+#: Video features a tower computes only when a head reads them (``forward(..., with_tokens=True)``).
+ON_REQUEST = frozenset({"patches", "tokens", "token_mask"})
+
+
 def create_tower(name: str, **options) -> Tower:
     return TOWERS.create(name, **options)
+
+
+def tower_names(kind: str) -> list[str]:
+    """The registered towers of one kind ("video" or "text")."""
+    return [name for name in TOWERS.names() if TOWERS.get(name).kind == kind]
+
+
+def tower_class(name: str, kind: str) -> type[Tower]:
+    """The registered ``kind`` tower ``name``; raises ``KeyError`` for an unknown name, ``ValueError`` for a
+    tower of the other kind, each listing the valid ``kind`` towers."""
+    valid = ", ".join(tower_names(kind))
+    if name not in TOWERS:
+        raise KeyError(f"unknown {kind} tower '{name}'; valid {kind} towers: {valid}")
+    cls = TOWERS.get(name)
+    if cls.kind != kind:
+        raise ValueError(f"'{name}' is a {cls.kind} tower, not a {kind} tower; valid {kind} towers: {valid}")
+    return cls
+
+
+def tower_option_names(cls: type[Tower]) -> set[str]:
+    """The options a tower's constructor takes (the backbone, which tvr passes, aside)."""
+    return set(inspect.signature(cls).parameters) - {"backbone"}

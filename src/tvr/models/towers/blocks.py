@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
@@ -78,14 +79,12 @@ def attention(block: ResidualAttentionBlock, u: torch.Tensor, lora: LoRA | None 
     ``[N, heads, L, L]``: a causal/padding mask or ToMe's ``log size`` of each key).
     """
     attn = block.attn
-    batch, length, width = u.shape
-    heads = attn.num_heads
     qkv = F.linear(u, attn.in_proj_weight, attn.in_proj_bias)
     if lora is not None:
         qkv = qkv + lora(u)
-    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # each [N, heads, L, hd]
+    q, k, v = rearrange(qkv, "n l (qkv h d) -> qkv n h l d", qkv=3, h=attn.num_heads)
     mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
-    out = F.linear(mixed.transpose(1, 2).reshape(batch, length, width), attn.out_proj.weight, attn.out_proj.bias)
+    out = F.linear(rearrange(mixed, "n h l d -> n l (h d)"), attn.out_proj.weight, attn.out_proj.bias)
     return AttentionOutput(out=out, key_mean=k.mean(dim=1))
 
 

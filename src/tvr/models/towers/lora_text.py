@@ -15,10 +15,18 @@ class LoRATextTower(SavesIdentity, TextTower):
 
     def __init__(self, backbone, lora_rank: int = 8, clip_weights: str = "frozen") -> None:
         super().__init__(clip_weights)
+        self.check_options(lora_rank=lora_rank)
         blocks = backbone.clip.transformer.resblocks
         check_standard_blocks(blocks, "text")
         self.lora_rank = int(lora_rank)
         self.lora = qkv_lora_adapters(blocks, self.lora_rank)
+
+    @classmethod
+    def check_options(cls, **options) -> None:
+        super().check_options(**options)
+        if "lora_rank" in options and not (isinstance(options["lora_rank"], int) and options["lora_rank"] >= 1):
+            raise ValueError(f"lora_text lora_rank must be an integer >= 1 (clip_text is the text tower without adapters), "
+                             f"got {options['lora_rank']!r}")
 
     def settings(self) -> dict:
         return {"lora_rank": self.lora_rank}

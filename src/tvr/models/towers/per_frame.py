@@ -12,6 +12,8 @@ class PerFrameTower(VideoTower):
     """Every real frame through CLIP's image encoder (:meth:`CLIPBackbone.encode_frames`); with
     ``with_tokens``, the per-frame patch tokens too (``FrameFeatures.patches``)."""
 
+    outputs = VideoTower.outputs | {"patches"}
+
     def __init__(self, backbone=None, clip_weights: str = "trainable") -> None:
         super().__init__(clip_weights)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from tvr.models.backbone import FrameFeatures
@@ -32,13 +33,15 @@ def join_clips(t: torch.Tensor | None, group: int, protected: int) -> torch.Tens
     ``[CLS of clip 1 .. clip g, patches of clip 1 .. clip g]``: clip-major, so frame order is kept."""
     if t is None:
         return None
-    grouped = t.reshape(t.shape[0] // group, group, *t.shape[1:])
-    return torch.cat([grouped[:, :, :protected].flatten(1, 2), grouped[:, :, protected:].flatten(1, 2)], dim=1)
+    grouped = rearrange(t, "(s g) n ... -> s g n ...", g=group)
+    cls, patches = grouped[:, :, :protected], grouped[:, :, protected:]
+    return torch.cat([rearrange(cls, "s g n ... -> s (g n) ..."), rearrange(patches, "s g n ... -> s (g n) ...")], dim=1)
 
 
 @register_tower("tempme")
 class TempMeTower(SavesIdentity, VideoTower):
     needs_full_clips = True  # every frame slot is merged; padding would be merged into real tokens
+    outputs = VideoTower.outputs | {"tokens", "token_mask"}  # one CLS per frame; the merged token set on request
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class TempMeTower(SavesIdentity, VideoTower):
         clip_weights: str = "frozen",
     ) -> None:
         super().__init__(clip_weights)
+        self.check_options(lora_rank=lora_rank)
         visual = backbone.clip.visual
         check_standard_blocks(visual.transformer.resblocks, "vision")
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
@@ -88,6 +92,12 @@ class TempMeTower(SavesIdentity, VideoTower):
                              float(o["cross_clip_ratio"]), float(o["intra_clip_ratio"]))
 
     @classmethod
+    def check_options(cls, **options) -> None:
+        super().check_options(**options)
+        if "lora_rank" in options and not (isinstance(options["lora_rank"], int) and options["lora_rank"] >= 0):
+            raise ValueError(f"tempme lora_rank must be an integer >= 0 (0: no adapters), got {options['lora_rank']!r}")
+
+    @classmethod
     def check_fits(cls, geometry: VisionGeometry, **options) -> None:
         cls.plan_for(geometry, **options)
 
@@ -112,17 +122,17 @@ class TempMeTower(SavesIdentity, VideoTower):
         if mask is None:
             mask = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
         visual = backbone.clip.visual
-        x = visual._embeds(frames.flatten(0, 1).to(visual.conv1.weight.dtype))  # [B*T, N, W], video-major
+        x = visual._embeds(rearrange(frames, "b t c h w -> (b t) c h w").to(visual.conv1.weight.dtype))  # [B*T, N, W]
         size = None  # patches each token stands for; None until the first merge (all ones)
         for step, block in zip(self.plan, visual.transformer.resblocks):
             x, size = self._block(step, block, x, size, batch)
         last = self.plan[-1]
-        tokens = visual.ln_post(x.reshape(batch, last.clips_out, x.shape[1], x.shape[2]))
-        cls = tokens[:, :, : last.protected_out].flatten(1, 2)  # [B, T, W]: one CLS per frame, in order
+        tokens = visual.ln_post(rearrange(x, "(b s) n w -> b s n w", b=batch))  # s: the clips left
+        cls = rearrange(tokens[:, :, : last.protected_out], "b s n w -> b (s n) w")  # [B, T, W]: one CLS per frame, in order
         projected = cls @ visual.proj if visual.proj is not None else cls
         features = FrameFeatures(frames=projected, mask=mask.bool())
         if with_tokens:
-            flat = tokens.flatten(1, 2)
+            flat = rearrange(tokens, "b s n w -> b (s n) w")
             features.tokens = flat @ visual.proj if visual.proj is not None else flat
             features.token_mask = torch.ones(features.tokens.shape[:2], dtype=torch.bool, device=frames.device)
         return features
@@ -133,8 +143,8 @@ class TempMeTower(SavesIdentity, VideoTower):
             metric = join_clips(x, step.group, protected_in).detach()  # matching sees the clips before the temporal embedding
             key = str(step.index)
             if key in self.temporal_embeddings and step.cross > 0:
-                embedded = x.reshape(batch, step.clips_in, *x.shape[1:]) + self.temporal_embeddings[key][None, :, None, :]
-                x = embedded.reshape(x.shape)
+                clips = rearrange(x, "(b s) n w -> b s n w", b=batch)
+                x = rearrange(clips + self.temporal_embeddings[key][:, None, :], "b s n w -> (b s) n w")
             x, size = join_clips(x, step.group, protected_in), join_clips(size, step.group, protected_in)
             if step.cross > 0:
                 x, size = merge(match(metric, step.protected_out, step.cross), x, size)

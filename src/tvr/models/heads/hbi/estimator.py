@@ -37,7 +37,7 @@ class HBIEstimatorHead(HBIHead):
         self.blocks.teacher.requires_grad_(True)
         self.blocks.teacher.bn.requires_grad_(False)
 
-    def tower_specs(self) -> dict[str, dict]:
+    def default_towers(self) -> dict[str, dict]:
         return {"video": {"name": "per_frame", "clip_weights": "frozen"}, "text": {"name": "clip_text", "clip_weights": "frozen"}}
 
     def _levels_needed(self) -> int:

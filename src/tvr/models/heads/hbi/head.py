@@ -39,6 +39,7 @@ MAKE_ESTIMATOR = ("pre-train one with `tvr-train experiment=hbi_estimator_<datas
 @register_head("hbi")
 class HBIHead(RetrievalHead):
     query_independent = False
+    reads = {**RetrievalHead.reads, "text": frozenset({"tokens", "mask"})}  # word tokens, not the sentence vector
     trained_levels = LEVELS
     reference_key_renames = (*prefixed_renames("temporal."), *reference_key_renames("blocks."))
 
