@@ -20,6 +20,7 @@ from tvr.errors import ConfigError
 from tvr.evaluation.rerank import RERANKERS, create_reranker
 from tvr.models.heads import HEADS, create_head
 from tvr.models.losses import LOSSES, create_loss
+from tvr.models.towers import TOWERS
 from tvr.validation import InvalidConfigError, validate_train_config
 
 # kind -> (package, registry, module source); each module registers one component named "throwaway_<kind>"
@@ -47,6 +48,32 @@ COMPONENTS = {
 
             def similarity(self, text_repr, video_repr):
                 return self.sharpness * text_repr["text"] @ video_repr["video"].t()
+    '''),
+    "tower": ("tvr.models.towers", TOWERS, '''
+        from tvr.models.towers.base import VideoTower, register_tower
+
+        @register_tower("throwaway_tower")
+        class EveryOtherFrame(VideoTower):
+            """CLIP on every other frame slot only (the others masked out)."""
+
+            def __init__(self, backbone=None, offset: int = 0, clip_weights: str = "trainable") -> None:
+                super().__init__(clip_weights)
+                self.check_options(offset=offset)
+                self.offset = offset
+
+            @classmethod
+            def check_options(cls, **options):
+                super().check_options(**options)
+                if options.get("offset", 0) not in (0, 1):
+                    raise ValueError(f"offset must be 0 or 1, got {options['offset']}")
+
+            def settings(self):
+                return {"offset": self.offset}
+
+            def forward(self, backbone, frames, mask=None, with_tokens=False):
+                kept = mask.clone()
+                kept[:, 1 - self.offset :: 2] = 0
+                return backbone.encode_frames(frames, kept)
     '''),
     "dataset": ("tvr.data.datasets", DATASETS, '''
         from tvr.data.datasets.base import register_dataset
@@ -120,11 +147,12 @@ COMPONENTS = {
     '''),
 }
 # The conf/ file a component with options adds (here in a folder on Hydra's search path).
-CONFIG_FILES = {"head/throwaway_head.yaml": "name: throwaway_head\nsharpness: 2.0\n",
+HEAD_TOWERS = "video_tower: per_frame\nvideo_tower_options: null\ntext_tower: clip_text\ntext_tower_options: null\n"
+CONFIG_FILES = {"head/throwaway_head.yaml": "name: throwaway_head\nsharpness: 2.0\n" + HEAD_TOWERS,
                 "loss/throwaway_loss.yaml": "name: throwaway_loss\nweight: 0.5\n"}
 # Selecting every throwaway component at once in tvr-train's config.
 SELECT_ALL = [
-    "head=throwaway_head", "loss=throwaway_loss", "data.name=throwaway_dataset", "+data.source.lowercase=false",
+    "head=throwaway_head", "head.video_tower=throwaway_tower", "head.video_tower_options={offset:1}", "loss=throwaway_loss", "data.name=throwaway_dataset", "+data.source.lowercase=false",
     "data.video.train_sampler.name=throwaway_sampler", "+data.video.train_sampler.stride=3",
     "data.video.backend=throwaway_backend", "+data.video.backend_options.retries=1",
     "evaluation.rerank=throwaway_reranker", "evaluation.throwaway_reranker.exponent=2.0",
@@ -168,6 +196,7 @@ def test_each_registry_finds_a_new_module_without_an_import_line(plugins):
     assert create_reranker("throwaway_reranker").exponent == 3.0
     assert create_backend("throwaway_backend", retries=2).retries == 2
     assert DATASETS.get("throwaway_dataset").__name__ == "CaptionlessSynthetic"
+    assert TOWERS.get("throwaway_tower").__name__ == "EveryOtherFrame"
 
 
 def test_new_components_pass_start_up_validation_with_their_options(plugins, tmp_path):
@@ -190,6 +219,10 @@ def test_a_new_components_bad_options_are_reported_by_key_before_any_work(plugin
     message = str(error.value)
     assert "sharpness must be > 0" in message and "got 0, expected an integer >= 1" in message
     assert "evaluation.throwaway_reranker.base: is not an option of re-ranker 'throwaway_reranker'" in message
+    # a tower's options are checked over the head that reads it, so once the head's own options are fine
+    cfg = compose_with_plugins(plugins, SELECT_ALL + ["head.video_tower_options={offset:2}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^head.video_tower_options: .*offset must be 0 or 1, got 2"):
+        validate_train_config(cfg)
 
 
 def test_without_the_module_the_name_is_refused_listing_the_real_ones(tmp_path):

@@ -42,6 +42,10 @@ HOW = {
     "tvr-eval ckpt_path=… data.source.root=/other": (RUN, None),
     "tvr-eval ckpt_path=… data=synthetic data.source.root=/other": (RUN, None),
     "tvr-train head=seqtransf head.layers=2 head.heads=2 head.init_from_clip=false": (RUN, None),
+    "tvr-train head=xpool backbone_head=tiny_tempme_tower": (
+        ELSEWHERE, "test_tower_composition.py trains X-Pool over the tempme tower on the small synthetic set"),
+    "tvr-train head=glscl head.text_tower=lora_text": (
+        ELSEWHERE, "test_tower_composition.py trains GLSCL with the lora_text tower on the small synthetic set"),
     "tvr-train experiment=synthetic_seqtransf logger=wandb": (RUN, None),
     "tvr-train trainer=gpu": (COMPOSE, "needs a GPU"),
     "tvr-train trainer=ddp trainer.devices=4": (COMPOSE, "needs 4 GPUs; 2-process CPU DDP runs in test_cli"),

@@ -134,3 +134,4 @@ def test_a_head_trains_over_a_tower_of_another_method(overrides, towers, trained
     retriever = Retriever.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert {kind: tower.name for kind, tower in retriever.head.towers().items()} == towers
     assert retriever.head.name == cfg.head.name
+    assert {kind: identity["name"] for kind, identity in results["run"]["towers"].items()} == towers  # metrics.json says which

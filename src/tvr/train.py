@@ -37,6 +37,7 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
     return {
         "tvr_version": __version__,
         "head": cfg.head.name,
+        "towers": {kind: tower.identity() for kind, tower in module.head.towers().items()},  # which, and their settings
         "backbone": module.backbone.model_name,
         "backbone_weights": module.backbone.weights_source,
         "dataset": data.pop("dataset"),
