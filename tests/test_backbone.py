@@ -4,10 +4,12 @@ import copy
 
 import pytest
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.pretrained import get_pretrained_cfg
 from safetensors.torch import save_file
 from torch import nn
 
-from tvr.models.backbone import INLINE_ARCHITECTURES, PADDED_FRAME_MODES, CLIPBackbone
+from tvr.models.backbone import INLINE_ARCHITECTURES, PADDED_FRAME_MODES, CLIPBackbone, PretrainedTagError, resolve_preprocessing
 from tvr.models.weights import WeightsError, read_clip_weights
 
 SOT, EOT = 49406, 49407
@@ -233,7 +235,7 @@ def test_folder_without_weights_lists_its_content(tmp_path):
 @pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"])
 def test_published_architectures_build_offline_with_random_weights(name):
     model = CLIPBackbone(name)
-    assert (model.embed_dim, model.image_size, model.context_length, model.quick_gelu) == (512, 224, 77, True)
+    assert (model.embed_dim, model.preprocessing.image_size, model.context_length, model.quick_gelu) == (512, 224, 77, True)
     with torch.no_grad():
         assert model.encode_text(tokens(length=32)).sentence.shape == (3, 512)
 
@@ -256,3 +258,41 @@ def test_padding_tokens_attend_to_real_tokens_only(backbone):
     torch.testing.assert_close(padding, padding[:, :1].expand_as(padding), atol=1e-5, rtol=0)
     assert not torch.allclose(causal.tokens[:, 10], causal.tokens[:, 15], atol=1e-3)
     torch.testing.assert_close(drl.tokens[:, :10], causal.tokens[:, :10], atol=1e-5, rtol=0)  # real tokens and EOT unchanged
+
+
+def pretrained_rule(model_name: str, tag: str) -> tuple:
+    config = get_pretrained_cfg(model_name, tag)
+    return tuple(config[name] for name in ("mean", "std", "interpolation", "resize_mode"))
+
+
+def rule(preprocessing) -> tuple:
+    return preprocessing.mean, preprocessing.std, preprocessing.interpolation, preprocessing.resize_mode
+
+
+def test_the_backbone_owns_its_preprocessing_from_its_architecture_and_open_clips_pretrained_configs():
+    tiny = CLIPBackbone("tvr-tiny").preprocessing
+    assert tiny == resolve_preprocessing("tvr-tiny")  # what validation resolves from the config alone
+    # an inline architecture has no pretrained config: open_clip's defaults, OpenAI CLIP's
+    assert tiny.image_size == 32 and rule(tiny) == (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "bicubic", "shortest")
+    wide = copy.deepcopy(INLINE_ARCHITECTURES["tvr-tiny"])
+    wide["vision_cfg"]["image_size"] = 48
+    assert resolve_preprocessing("mine", wide).image_size == 48 == CLIPBackbone("mine", wide).preprocessing.image_size
+    wide["vision_cfg"]["image_size"] = [48, 64]
+    with pytest.raises(ValueError, match="48x64 px input; tvr feeds square frames"):
+        resolve_preprocessing("mine", wide)
+    # open_clip models: the rule their pretrained weights were trained with (SigLIP squashes, mean/std 0.5)
+    assert rule(resolve_preprocessing("ViT-B-32-quickgelu")) == pretrained_rule("ViT-B-32-quickgelu", "openai")
+    assert rule(resolve_preprocessing("ViT-B-16-SigLIP")) == pretrained_rule("ViT-B-16-SigLIP", "webli")
+    assert resolve_preprocessing("ViT-B-16-SigLIP").resize_mode == "squash"
+
+
+def test_a_model_whose_pretrained_weights_differ_needs_their_tag():
+    with pytest.raises(PretrainedTagError, match="'ViT-L-14' are preprocessed differently .*backbone.pretrained=<tag>"):
+        resolve_preprocessing("ViT-L-14")
+    for tag in ("openai", "laion2b_s32b_b82k"):
+        assert rule(resolve_preprocessing("ViT-L-14", pretrained=tag)) == pretrained_rule("ViT-L-14", tag)
+    assert resolve_preprocessing("ViT-L-14", pretrained="openai") != resolve_preprocessing("ViT-L-14", pretrained="laion2b_s32b_b82k")
+    with pytest.raises(PretrainedTagError, match="'laion' is not a pretrained tag of open_clip's 'ViT-B-32'; its tags: openai"):
+        resolve_preprocessing("ViT-B-32", pretrained="laion")
+    with pytest.raises(PretrainedTagError, match="it has none"):
+        resolve_preprocessing("tvr-tiny", pretrained="openai")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train
-from tvr.builders import build_datamodule, build_module
+from tvr.builders import backbone_preprocessing, build_datamodule, build_module
 
 
 def load_bench():
@@ -30,7 +30,7 @@ def test_plain_loss_is_the_training_step_loss(head, data_dir, tmp_path):
     losses (glscl) and dropout (xpool, glscl: same RNG state) included."""
     bench = load_bench()
     cfg = compose_train([*SMALL_OVERRIDES, f"head={head}", "data.batch_size=4"], data_dir, tmp_path)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.prepare_data()
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))

@@ -8,7 +8,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from conftest import SMALL_OVERRIDES, compose_train
-from tvr.builders import build_datamodule, build_module
+from tvr.builders import backbone_preprocessing, build_datamodule, build_module
 from tvr.config import config_dir
 from tvr.errors import ConfigError
 from tvr.models.towers.token_merging import plan_schedule
@@ -46,13 +46,14 @@ def test_eval_config_composes_over_the_checkpoints_own_config(data_dir, tmp_path
     assert cfg.data.source.root == "/new/place" and cfg.data.frame_cache.dir == "/new/place/frame_cache"  # follows the root
     chosen = compose_train([f"ckpt_path={tmp_path / 'run.ckpt'}", "data=msrvtt", "data.source.root=/msrvtt"], data_dir, tmp_path,
                            config_name="eval")
-    assert chosen.data.name == "msrvtt" and chosen.data.image_size == 32  # another dataset, the checkpoint's backbone
+    assert chosen.data.name == "msrvtt" and backbone_preprocessing(chosen.backbone).image_size == 32  # the checkpoint's backbone
 
 
 def test_default_run_is_synthetic_tiny_cpu(data_dir, tmp_path):
     cfg = compose_train([], data_dir, tmp_path)
     assert (cfg.data.name, cfg.backbone.model_name, cfg.head.name, cfg.trainer.accelerator) == ("synthetic", "tvr-tiny", "meanpool", "cpu")
-    assert cfg.data.image_size == cfg.backbone.image_size == 32
+    assert backbone_preprocessing(cfg.backbone).image_size == 32  # the backbone's own, no config key
+    assert "image_size" not in cfg.backbone and "image_size" not in cfg.data
 
 
 @pytest.mark.parametrize("head", ["meanpool", "seqtransf"])
@@ -61,7 +62,7 @@ def test_composed_configs_build_a_module_and_datamodule(head, data_dir, tmp_path
     cfg = compose_train(overrides + SMALL_OVERRIDES, data_dir, tmp_path)
     module = build_module(cfg)
     assert module.head.name == head
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     assert datamodule.describe()["train_sampler"]["max_frames"] == 8
 
 
@@ -110,7 +111,7 @@ def test_paper_recipes_build_the_papers_models(recipe, head_parameters, tmp_path
         assert "clip.visual.conv1.weight" in frozen and "clip.transformer.resblocks.0.attn.in_proj_weight" not in frozen
     if recipe == "xpool_msrvtt":
         assert cfg.optim.head_lr == 3e-5 and cfg.data.train_augment == "xpool" and cfg.train.select_window == 5
-        assert build_datamodule(cfg.data).eval_sampler.describe() == {"sampler": "segment_uniform", "max_frames": 12}
+        assert build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone)).eval_sampler.describe() == {"sampler": "segment_uniform", "max_frames": 12}
 
 
 def test_tempme_recipe_builds_the_reference_model(tmp_path):
@@ -122,7 +123,7 @@ def test_tempme_recipe_builds_the_reference_model(tmp_path):
     assert sum(p.numel() for _, p in module.head.tower_parameters()) == 507_648
     assert module.head.video_tower.tokens_per_video()[-1] == 97
     assert (cfg.optim.tower_lr, cfg.optim.betas, cfg.data.train_augment) == (6e-4, [0.9, 0.999], "drl_randaugment")
-    assert build_datamodule(cfg.data).train_sampler.describe() == {"sampler": "fps_uniform_decord", "max_frames": 12,
+    assert build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone)).train_sampler.describe() == {"sampler": "fps_uniform_decord", "max_frames": 12,
                                                                      "video_framerate": 1, "fill": "repeat"}
     assert "expected" not in cfg  # the paper's table could not be checked (spec §1.9)
     for dataset, frames in (("activitynet", 64), ("didemo", 64), ("lsmdc", 12)):
@@ -133,7 +134,7 @@ def test_tempme_recipe_builds_the_reference_model(tmp_path):
 
 def test_a_split_used_for_val_and_test_is_cached_once_and_augmented_training_not_at_all(data_dir, tmp_path):
     cfg = compose_train(SMALL_OVERRIDES + ["data.splits.val=test", "data.train_augment=xpool"], data_dir, tmp_path)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     targets = list(datamodule.cache_targets())
     assert [(role, split.name) for role, split, _, _ in targets] == [("val", "test")]
     assert not datamodule.frames_are_fixed("train") and datamodule.frames_are_fixed("test")

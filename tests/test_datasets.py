@@ -275,11 +275,11 @@ def test_videos_resolve_by_name_or_stem_and_missing_ones_are_counted(tmp_path):
 ])
 def test_dataset_configs_need_only_the_root(data, root_folder, test_texts, test_videos, max_frames, tmp_path):
     from conftest import compose_train
-    from tvr.builders import build_datamodule
+    from tvr.builders import backbone_preprocessing, build_datamodule
 
     root = dataset_dir(tmp_path, root_folder)
     cfg = compose_train([f"data={data}", f"data.source.root={root}", "data.source.check_videos=false"], tmp_path, tmp_path / "run")
-    datamodule = build_datamodule(cfg.data)
+    datamodule = build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.setup("test")
     test = datamodule.records["test"]
     assert (len(test.texts), len(test.videos)) == (test_texts, test_videos)
@@ -290,9 +290,9 @@ def test_dataset_configs_need_only_the_root(data, root_folder, test_texts, test_
 
 def test_a_dataset_config_without_its_files_fails_at_start_up(tmp_path):
     from conftest import compose_train
-    from tvr.builders import build_datamodule
+    from tvr.builders import backbone_preprocessing, build_datamodule
 
     cfg = compose_train(["data=msvd", f"data.source.root={tmp_path / 'msvd'}"], tmp_path, tmp_path / "run")
     with pytest.raises(DatasetFileError, match="msvd: dataset folder not found") as error:
-        build_datamodule(cfg.data).prepare_data()
+        build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone)).prepare_data()
     assert "train_list.txt" in str(error.value)

@@ -10,12 +10,12 @@ import torch
 
 from conftest import SMALL_OVERRIDES, compose_train
 from test_video_data import frame_numbers, numbered_video
-from tvr.builders import build_datamodule
+from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.data.clips import ClipReader
 from tvr.data.order import item_randomness
 from tvr.data.records import VideoRef
 from tvr.data.sampling import create_sampler
-from tvr.data.transforms import ClipFrameTransform
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import VideoReadError
 from tvr.data.video.decord_backend import DecordBackend
 from tvr.data.video.pyav_backend import PyAVBackend
@@ -81,7 +81,7 @@ def decoded_numbers(resized: torch.Tensor) -> list[int]:
 def test_real_mp4_is_decoded_at_the_sampled_frames_padded_or_repeated(backend, tmp_path):
     path = numbered_video(tmp_path / "clip.mp4", num_frames=40, fps=4)  # 10 s; frame i has grey level 4 * i
     whole, span = VideoRef("v", path), VideoRef("v", path, start=2.5, end=4.9)  # span: seconds 2-4, frames 8-16
-    pad, repeat = (ClipReader(backend(), sampler(fill, max_frames=6), ClipFrameTransform(16)) for fill in ("pad", "repeat"))
+    pad, repeat = (ClipReader(backend(), sampler(fill, max_frames=6), ClipFrameTransform(Preprocessing(16))) for fill in ("pad", "repeat"))
 
     resized, count = pad.decode(whole)
     assert count == 6 and decoded_numbers(resized) == [0, 4, 12, 20, 28, 36]
@@ -109,9 +109,9 @@ def augmented(transform: ClipFrameTransform, clip: np.ndarray, seed: int) -> tor
 
 
 def test_randaugment_applies_one_draw_to_every_frame_of_a_clip():
-    transform = ClipFrameTransform(16, augment="drl_randaugment")
+    transform = ClipFrameTransform(Preprocessing(16), augment="drl_randaugment")
     a, b = noise(0), noise(1)
-    plain = ClipFrameTransform(16).resize_crop(np.stack([a]))[0]
+    plain = ClipFrameTransform(Preprocessing(16)).resize_crop(np.stack([a]))[0]
     outputs = []
     for seed in range(30):
         same = augmented(transform, np.stack([a, a, a, a]), seed)
@@ -124,7 +124,7 @@ def test_randaugment_applies_one_draw_to_every_frame_of_a_clip():
 
 
 def test_randaugment_draws_once_per_clip_from_the_per_sample_seeded_rngs():
-    transform = ClipFrameTransform(16, augment="drl_randaugment")
+    transform = ClipFrameTransform(Preprocessing(16), augment="drl_randaugment")
     clip = np.stack([noise(0), noise(1), noise(2)])
     augmented(transform, clip, seed=3)
     after_clip = (random.random(), np.random.random())
@@ -140,7 +140,7 @@ def test_randaugment_draws_once_per_clip_from_the_per_sample_seeded_rngs():
 
 
 def test_randaugment_sees_the_decoded_frames_before_resize_and_crop():
-    transform = ClipFrameTransform(16, augment="drl_randaugment")
+    transform = ClipFrameTransform(Preprocessing(16), augment="drl_randaugment")
     sizes = []
     draw = transform._rand_augment
     transform._rand_augment = lambda image: sizes.append(image.size) or draw(image)
@@ -158,7 +158,7 @@ def drl_overrides(fill: str) -> list[str]:
 def test_datamodule_records_both_rules_and_never_caches_augmented_training_clips(data_dir, tmp_path):
     cfg = compose_train(drl_overrides("repeat"), data_dir, tmp_path)
     validate_train_config(cfg)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     facts = datamodule.describe()  # what tvr-train writes into metrics.json under "data"
     assert facts["train_sampler"] == {"sampler": "fps_uniform_decord", "max_frames": 8, "video_framerate": 1, "fill": "repeat"}
     assert facts["eval_sampler"] == {"sampler": "fps_uniform_decord", "max_frames": 8, "video_framerate": 1, "fill": "pad"}
@@ -193,7 +193,7 @@ def test_a_bad_drl_option_fails_naming_its_key(override, key, shown, data_dir, t
 def test_glscl_recipes_use_the_drl_rules(recipe, tmp_path):
     cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
     validate_train_config(cfg)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     frames = 64 if recipe in ("glscl_didemo", "glscl_activitynet") else 12  # spec §2.7 words/frames
     expected = {"sampler": "fps_uniform_decord", "max_frames": frames, "video_framerate": 1, "fill": "pad"}
     assert datamodule.train_sampler.describe() == datamodule.eval_sampler.describe() == expected

@@ -6,9 +6,12 @@ import json
 import logging
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train
-from tvr.builders import build_datamodule
+from tvr.builders import backbone_preprocessing, build_datamodule
+from tvr.data.clips import ClipReader
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 
 spec = importlib.util.spec_from_file_location("cache_frames", REPO_ROOT / "tools" / "cache_frames.py")
 cache_frames = importlib.util.module_from_spec(spec)
@@ -24,7 +27,8 @@ def run_tool(overrides: list[str], data_dir, capsys) -> str:
 
 
 def datamodule_for(overrides: list[str], data_dir, tmp_path):
-    return build_datamodule(compose_train(overrides, data_dir, tmp_path).data)
+    cfg = compose_train(overrides, data_dir, tmp_path)
+    return build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone))
 
 
 def test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_backbone_on_real_data(data_dir, tmp_path, capsys):
@@ -43,8 +47,10 @@ def test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_ba
     # (there is no MSR-VTT under data_dir at all)
     with pytest.raises(SystemExit, match=r"data=msrvtt without a backbone.*32 px.*backbone=vit_b32"):
         cache_frames.main(["data=msrvtt", f"paths.data_dir={tmp_path / 'empty'}"])
-    with pytest.raises(SystemExit, match="data.image_size=64 but backbone=tiny takes 32 px"):
-        cache_frames.main(SMALL_OVERRIDES + ["data.image_size=64", f"paths.data_dir={data_dir}"])
+    # the input size is the backbone's: a config that still sets one is refused, naming the backbone's
+    for key in ("data.image_size", "backbone.image_size"):
+        with pytest.raises(SystemExit, match=f"{key} is no longer a setting: backbone=tiny takes 32 px input.*remove {key}"):
+            cache_frames.main(SMALL_OVERRIDES + [f"+{key}=64", f"paths.data_dir={data_dir}"])
 
 
 def test_tool_prints_what_it_built_and_what_it_found(data_dir, tmp_path, capsys):
@@ -62,8 +68,8 @@ def test_tool_prints_what_it_built_and_what_it_found(data_dir, tmp_path, capsys)
 
     meta = json.loads((paths["test"] / "meta.json").read_text())
     (paths["test"] / "meta.json").write_text(json.dumps(meta | {"complete": False}))
-    other_size = run_tool(overrides + ["backbone.image_size=16"], data_dir, capsys)
-    assert "at 16 px, the input size of backbone=tiny" in other_size
+    other_size = run_tool(overrides + ["backbone=vit_b32"], data_dir, capsys)
+    assert "at 224 px, the input size of backbone=vit_b32" in other_size
     assert other_size.count("| built |") == 2
     assert "Other caches in the same folder" in other_size
     assert f"- {paths['test']}: split test, {CLIP4CLIP_8}, 32 px, unfinished" in other_size
@@ -77,32 +83,43 @@ def test_run_over_a_cache_built_for_another_image_size_names_both_settings(data_
     datamodule_for(common + ["data.frame_cache.mode=build"], data_dir, tmp_path).prepare_data()  # 32 px
     [cache_32] = tmp_path.iterdir()
 
-    run = datamodule_for(common + ["data.frame_cache.mode=auto", "backbone.image_size=16"], data_dir, tmp_path)
+    run = datamodule_for(common + ["data.frame_cache.mode=auto", "backbone=vit_b32"], data_dir, tmp_path)
     with caplog.at_level(logging.INFO, logger="tvr.data"):
         run.prepare_data()
         run.prepare_data()  # as Lightning does again for the test stage: said once
     [warning] = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert f"no frame cache for split 'test' matches this run's settings ({CLIP4CLIP_8}, 16 px)" in warning
+    assert f"no frame cache for split 'test' matches this run's settings ({CLIP4CLIP_8}, 224 px)" in warning
     assert f"{cache_32} was built for {CLIP4CLIP_8}, 32 px" in warning
     assert "decoding from the video files instead" in warning
-    assert "`python tools/cache_frames.py " in warning and "backbone.image_size=16" in warning
+    assert "`python tools/cache_frames.py " in warning and "backbone=vit_b32" in warning
     run.setup("test")
     assert run._cache_for("test") is None
 
     # build mode builds the run's cache beside the other one, says so, and reads it
     caplog.clear()
-    build = datamodule_for(common + ["data.frame_cache.mode=build", "backbone.image_size=16"], data_dir, tmp_path)
+    build = datamodule_for(common + ["data.frame_cache.mode=build", "backbone=vit_b32"], data_dir, tmp_path)
     with caplog.at_level(logging.INFO, logger="tvr.data"):
         build.prepare_data()
-    [cache_16] = set(tmp_path.iterdir()) - {cache_32}
-    assert f"building the cache for this run's settings at {cache_16}" in caplog.text
+    [cache_224] = set(tmp_path.iterdir()) - {cache_32}
+    assert f"building the cache for this run's settings at {cache_224}" in caplog.text
     build.setup("test")
     assert build._cache_for("test") is not None
 
     # an unfinished cache at the run's own path is named with its reason
-    meta = json.loads((cache_16 / "meta.json").read_text())
-    (cache_16 / "meta.json").write_text(json.dumps(meta | {"complete": False}))
+    meta = json.loads((cache_224 / "meta.json").read_text())
+    (cache_224 / "meta.json").write_text(json.dumps(meta | {"complete": False}))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tvr.data"):
-        datamodule_for(common + ["data.frame_cache.mode=auto", "backbone.image_size=16"], data_dir, tmp_path).prepare_data()
-    assert f"frame cache {cache_16} not used for split 'test': the cache is incomplete" in caplog.text
+        datamodule_for(common + ["data.frame_cache.mode=auto", "backbone=vit_b32"], data_dir, tmp_path).prepare_data()
+    assert f"frame cache {cache_224} not used for split 'test': the cache is incomplete" in caplog.text
+
+
+def test_the_data_module_feeds_the_preprocessing_tvr_gives_it(data_dir, tmp_path):
+    cfg = compose_train(SMALL_OVERRIDES + TEST_SPLIT_ONLY + ["data.frame_cache.mode=off"], data_dir, tmp_path)
+    other = Preprocessing(24, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize_mode="squash")
+    datamodule = build_datamodule(cfg.data, preprocessing=other)
+    datamodule.setup("test")
+    videos = datamodule.test_dataloader()[0].dataset
+    video = datamodule.records["test"].videos[0]
+    expected, _ = ClipReader(datamodule.backend, datamodule.eval_sampler, ClipFrameTransform(other)).read(video)
+    assert torch.equal(videos[0]["frames"], expected) and expected.shape[-1] == 24

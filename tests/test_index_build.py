@@ -20,7 +20,7 @@ from tvr.data.clips import ClipReader
 from tvr.data.records import VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.synthetic import write_mp4
-from tvr.data.transforms import ClipFrameTransform
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import create_backend
 from tvr.errors import UserInputError
 from tvr.models.retriever import Retriever
@@ -104,8 +104,8 @@ def shard_files(out: Path) -> list[Path]:
     return sorted(out.glob("shard-*.pt"))
 
 
-def read_directly(paths: list[str], sampler, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    reader = ClipReader(create_backend("decord"), sampler, ClipFrameTransform(image_size))
+def read_directly(paths: list[str], sampler, preprocessing: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    reader = ClipReader(create_backend("decord"), sampler, ClipFrameTransform(preprocessing))
     clips = [reader.read(VideoRef(path, Path(path))) for path in paths]
     return torch.stack([frames for frames, _ in clips]), torch.stack([mask for _, mask in clips])
 
@@ -128,7 +128,8 @@ def test_every_video_is_indexed_once_and_the_corrupt_one_is_listed_unreadable(vi
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["unreadable"]) == [broken]
     assert manifest["identity"] == retriever.identity() and manifest["model"] == MODEL
-    assert manifest["settings"] == {"sampler": sampler.describe(), "image_size": 32, "max_words": 32, "summary": "exact"}
+    assert manifest["settings"] == {"sampler": sampler.describe(), "preprocessing": retriever.backbone.preprocessing.describe(),
+                                    "max_words": 32, "summary": "exact"}
     assert sum(shard["videos"] for shard in manifest["shards"]) == 3
     for shard in shard_files(out):
         loaded = torch.load(shard, weights_only=True)
@@ -145,7 +146,7 @@ def test_stored_representation_is_the_models_encoding_of_the_sampled_frames(vide
     build(model, videos_dir, out, sampler)
 
     contents = VideoIndexStore.open(out).load()
-    frames, mask = read_directly(contents.paths, sampler, model.backbone.image_size)
+    frames, mask = read_directly(contents.paths, sampler, model.backbone.preprocessing)
     with torch.no_grad():
         expected = model.encode_videos(frames, mask)
         _, expected_summary = model.encode_videos_with_summary(frames, mask)
@@ -248,6 +249,26 @@ def test_other_frame_sampling_is_refused(videos_dir, tmp_path, retriever, sample
     build(retriever, videos_dir, out, sampler)
     with pytest.raises(IndexMismatchError, match="settings"):
         build(retriever, videos_dir, out, create_sampler("clip4clip", max_frames=3))
+
+
+def test_other_preprocessing_is_refused_and_an_index_from_before_it_was_recorded_grows(videos_dir, tmp_path, retriever, sampler,
+                                                                                      monkeypatch):
+    out = tmp_path / "index"
+    build(retriever, videos_dir, out, sampler)
+    manifest = json.loads((out / "manifest.json").read_text())
+    # the same weights fed with another mean/std would give vectors not comparable with the stored ones
+    other = Preprocessing(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    monkeypatch.setattr(retriever.backbone, "preprocessing", other)
+    with pytest.raises(IndexMismatchError, match="settings"):
+        build(retriever, videos_dir, out, sampler)
+    monkeypatch.undo()
+    # an index's settings once recorded the image size alone; tvr then always used open_clip's default rule
+    settings = {key: value for key, value in manifest["settings"].items() if key != "preprocessing"}
+    (out / "manifest.json").write_text(json.dumps(manifest | {"settings": settings | {"image_size": 32}}))
+    write_video(videos_dir / "later.mp4", (0, 200, 200), 1)
+    grown = build(retriever, videos_dir, out, sampler)
+    assert (grown.indexed, grown.total_in_index) == (1, 4)
+    assert VideoIndexStore.open(out).settings == manifest["settings"]
 
 
 def test_the_store_refuses_a_video_twice_and_shards_of_uneven_parts(tmp_path, retriever, sampler):

@@ -29,11 +29,11 @@ def test_an_old_checkpoint_passes_tvr_eval_validation(tmp_path):
     assert cfg.head.name == "xpool" and cfg.backbone.model_name == "legacy-micro"
 
 
-def test_the_clip_transform_preprocesses_recorded_frames_as_it_did():
+def test_the_models_own_preprocessing_gives_the_recorded_frames():
     from tvr.data.transforms import ClipFrameTransform
 
     inputs = recorded()
-    transform = ClipFrameTransform(32)
+    transform = ClipFrameTransform(Retriever.from_checkpoint(CHECKPOINT).backbone.preprocessing)
     for clip, frames, mask in zip(inputs["raw_frames"].numpy(), inputs["frames"], inputs["frame_mask"]):
         real = mask.bool()
         torch.testing.assert_close(transform(clip)[real], frames[real], rtol=0, atol=0)

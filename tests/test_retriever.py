@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SMALL_OVERRIDES, compose_train
-from tvr.builders import build_datamodule
+from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.checkpoint import load_checkpoint_file
 from tvr.config import to_plain
 from tvr.errors import ConfigError
@@ -31,7 +31,7 @@ def test_evaluation_without_a_trainer_gives_the_numbers_tvr_train_printed(traine
     assert type(retriever) is Retriever and not retriever.training
     assert retriever.run_config["head"]["name"] == "meanpool" and retriever.source == str(checkpoint.resolve())
     cfg = compose_train(SMALL_OVERRIDES, data_dir, tmp_path)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.prepare_data()
     datamodule.setup("test")
     metrics, failed = evaluate_loaders(retriever, datamodule.test_dataloader(), to_plain(cfg.evaluation),
@@ -90,7 +90,7 @@ def test_tvr_eval_evaluates_a_backbone_zero_shot(data_dir, tmp_path):
     result = evaluate(compose_train(overrides, data_dir, tmp_path / "eval", config_name="eval"))
     assert result["run"]["checkpoint"].startswith("none (zero-shot") and "zero-shot" in result["measured"]["checkpoint_selection"]
     cfg = compose_train(SMALL_OVERRIDES, data_dir, tmp_path)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.prepare_data()
     datamodule.setup("test")
     expected, _ = evaluate_loaders(retriever, datamodule.test_dataloader(), to_plain(cfg.evaluation))

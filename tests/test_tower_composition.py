@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train
-from tvr.builders import build_datamodule, build_module
+from tvr.builders import backbone_preprocessing, build_datamodule, build_module
 from tvr.checkpoint import load_checkpoint_file
 from tvr.errors import ConfigError
 from tvr.models.heads import create_head
@@ -120,7 +120,7 @@ def test_a_head_trains_over_a_tower_of_another_method(overrides, towers, trained
     run_dir = tmp_path / "run"
     cfg = compose_train([*overrides, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", *SMALL_OVERRIDES, *QUIET], data_dir, run_dir)
     pl.seed_everything(cfg.seed, workers=True)  # as tvr-train does before building the data and the model
-    build_datamodule(cfg.data, cfg.evaluation)
+    build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     initial = build_module(cfg).state_dict()
     results = train(cfg)
 

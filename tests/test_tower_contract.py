@@ -43,7 +43,7 @@ def randomise(tower) -> None:
 
 def clips(backbone, mask=None):
     generator = torch.Generator().manual_seed(3)
-    size = backbone.image_size
+    size = backbone.preprocessing.image_size
     frames = torch.randn(B, T, 3, size, size, generator=generator)
     return frames, torch.ones(B, T, dtype=torch.bool) if mask is None else mask
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import SMALL_OVERRIDES, compose_train
-from tvr.builders import build_datamodule, build_module
+from tvr.builders import backbone_preprocessing, build_datamodule, build_module
 from tvr.checkpoint import load_checkpoint_file
 from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
@@ -106,7 +106,7 @@ def test_tvr_train_head_tempme_trains_evaluates_and_reloads(data_dir, tmp_path):
     cfg = compose_train(["head=tempme", "head.clip_weights=frozen", "trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET,
                         data_dir, run_dir)
     pl.seed_everything(cfg.seed, workers=True)  # as tvr-train does before building the data and the model
-    build_datamodule(cfg.data, cfg.evaluation)
+    build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     initial = build_module(cfg).state_dict()
     results = train(cfg)
     written = json.loads((run_dir / "metrics.json").read_text())

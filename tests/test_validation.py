@@ -66,6 +66,23 @@ def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key,
     assert_nothing_written(data_dir, run_dir)
 
 
+@pytest.mark.parametrize("override, key, shown", [
+    ("+backbone.image_size=224", "backbone.image_size", "is no longer a setting: backbone 'tvr-tiny' takes 32 px input"),
+    ("+data.image_size=32", "data.image_size", "is no longer a setting: backbone 'tvr-tiny' takes 32 px input"),
+    ("backbone=vit_b32 +data.image_size=32", "data.image_size", "backbone 'ViT-B-32-quickgelu' takes 224 px input"),
+    ("backbone.model_name=ViT-L-14", "backbone.pretrained", "open_clip's pretrained weights of 'ViT-L-14' are preprocessed differently"),
+    ("backbone.pretrained=openai", "backbone.pretrained", "'openai' is not a pretrained tag of open_clip's 'tvr-tiny'"),
+])
+def test_the_input_geometry_is_the_backbones_and_setting_it_fails_before_any_data_is_made(override, key, shown, tmp_path):
+    cfg, data_dir, run_dir = compose_with_empty_data_folder(override.split(), tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    message = str(error.value)
+    assert error.value.key == key and message.startswith(f"{key}: ") and shown in message
+    assert key in message.rsplit("; ", 1)[1]  # the hint: remove the key, or name the weights' tag
+    assert_nothing_written(data_dir, run_dir)
+
+
 def test_a_head_option_its_constructor_refuses_fails_before_any_data_is_made(tmp_path):
     cfg, data_dir, run_dir = compose_with_empty_data_folder(["head=xpool", "head.num_heads=3"], tmp_path)
     with pytest.raises(ConfigError, match=r"^head: head 'xpool' at embedding width 64 refuses these options: .*must divide"):

@@ -15,7 +15,7 @@ from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
 from tvr.data.synthetic import Event, SyntheticConfig, ensure_synthetic_dataset, plan_split, write_mp4
 from tvr.data.tokenizer import CaptionTokenizer
-from tvr.data.transforms import ClipFrameTransform
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import VideoReadError
 from tvr.data.video.decord_backend import DecordBackend
 
@@ -66,10 +66,25 @@ def test_bad_files_raise_video_read_error(tmp_path, content, message):
 def test_transform_resizes_short_side_and_centre_crops():
     frames = np.zeros((2, 40, 80, 3), dtype=np.uint8)
     frames[:, :, 30:50] = 255  # a white band in the middle survives the centre crop
-    out = ClipFrameTransform(20)(frames)
+    out = ClipFrameTransform(Preprocessing(20))(frames)
     assert out.shape == (2, 3, 20, 20)
     centre, corner = out[0, :, 10, 10], out[0, :, 10, 0]
     assert (centre > corner).all()
+
+
+def test_transform_follows_the_backbones_resize_rule_and_normalisation():
+    frames = np.zeros((1, 20, 40, 3), dtype=np.uint8)
+    frames[:, :, :8] = 255  # a white band at the left edge: outside the centre crop, inside a squashed frame
+    shortest = ClipFrameTransform(Preprocessing(10)).resize_crop(frames)
+    squashed = ClipFrameTransform(Preprocessing(10, resize_mode="squash")).resize_crop(frames)
+    assert shortest.shape == squashed.shape == (1, 3, 10, 10)
+    assert shortest.max() == 0 and squashed[..., 0].min() == 255 and squashed[..., 3:].max() == 0
+    bilinear = ClipFrameTransform(Preprocessing(10, resize_mode="squash", interpolation="bilinear")).resize_crop(frames)
+    assert bilinear[..., 0].min() == 255 and not torch.equal(bilinear, squashed)  # the band's edge is interpolated otherwise
+    half = ClipFrameTransform(Preprocessing(10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))(frames)
+    assert torch.equal(half.unique(), torch.tensor([-1.0]))  # (0 - 0.5) / 0.5 everywhere in the centre crop
+    with pytest.raises(ValueError, match="resize mode 'longest' is not implemented"):
+        Preprocessing(10, resize_mode="longest")
 
 
 def small_config(**overrides) -> SyntheticConfig:
@@ -144,7 +159,7 @@ def make_split(tmp_path, broken: dict[str, bytes | None]) -> SplitRecords:
 
 
 def reader(cache=None) -> ClipReader:
-    return ClipReader(DecordBackend(), create_sampler("clip4clip", max_frames=4), ClipFrameTransform(16), cache)
+    return ClipReader(DecordBackend(), create_sampler("clip4clip", max_frames=4), ClipFrameTransform(Preprocessing(16)), cache)
 
 
 def test_training_replaces_unreadable_videos_and_reports_them(tmp_path):
@@ -173,7 +188,7 @@ def test_evaluation_keeps_unreadable_videos_as_empty_and_flags_them(tmp_path):
 def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path):
     split = make_split(tmp_path, {"v3": b""})
     sampler = create_sampler("clip4clip", max_frames=4)
-    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), 16)
+    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), Preprocessing(16))
     cache = build_frame_cache(path, split, reader(), workers=1, progress=False)
     assert cache.failed == {"v3"}
     cached_reader = reader(cache)
@@ -185,27 +200,53 @@ def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path):
     with pytest.raises(VideoReadError, match="frame cache"):
         cached_reader.read(split.videos[3])
     # a different sampler setting does not match this cache
-    assert FrameCache.open(path, split, create_sampler("clip4clip", max_frames=5).describe(), 16) is None
+    assert FrameCache.open(path, split, create_sampler("clip4clip", max_frames=5).describe(), Preprocessing(16)) is None
     # a video file that changed after the build makes the cache stale
     numbered_video(split.videos[0].path, num_frames=12)
     os.utime(split.videos[0].path, ns=(1, 1))
-    assert FrameCache.open(path, split, sampler.describe(), 16) is None
-    assert "1 video files changed since the cache was built (e.g. v0)" in unusable_cache_report(path, split, sampler.describe(), 16)
+    assert FrameCache.open(path, split, sampler.describe(), Preprocessing(16)) is None
+    assert "1 video files changed since the cache was built (e.g. v0)" in unusable_cache_report(path, split, sampler.describe(), Preprocessing(16))
+
+
+def test_a_frame_cache_serves_its_own_resize_rule_whatever_the_mean_and_std(tmp_path):
+    split = make_split(tmp_path, {})
+    sampler = create_sampler("clip4clip", max_frames=4).describe()
+    clip_rule = Preprocessing(16)
+    path = cache_dir_for(tmp_path / "cache", split, sampler, clip_rule)
+    build_frame_cache(path, split, reader(), workers=1, progress=False)
+    # the cache holds resized frames before normalisation: another mean/std reads the same cache
+    other_normalisation = Preprocessing(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert cache_dir_for(tmp_path / "cache", split, sampler, other_normalisation) == path
+    assert FrameCache.open(path, split, sampler, other_normalisation) is not None
+    for other in (Preprocessing(16, resize_mode="squash"), Preprocessing(16, interpolation="bilinear"), Preprocessing(20)):
+        assert cache_dir_for(tmp_path / "cache", split, sampler, other) != path
+        assert FrameCache.open(path, split, sampler, other) is None
+    assert "16 px (bicubic, squash resize)" in unusable_cache_report(cache_dir_for(tmp_path / "cache", split, sampler,
+                                                                                   Preprocessing(16, resize_mode="squash")),
+                                                                     split, sampler, Preprocessing(16, resize_mode="squash"))
+
+    # a cache written before meta.json recorded the resize rule (tvr's only rule then) keeps its folder and serves
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({key: value for key, value in meta.items() if key not in ("interpolation", "resize_mode")}))
+    folder_then = hashlib.sha1(json.dumps({"sampler": sampler, "image_size": 16}, sort_keys=True).encode()).hexdigest()[:10]
+    assert path.name == f"{split.name}-{folder_then}"
+    assert FrameCache.open(path, split, sampler, clip_rule) is not None
+    assert FrameCache.open(path, split, sampler, Preprocessing(16, resize_mode="squash")) is None
 
 
 def test_frame_cache_rejects_incomplete_builds_and_random_samplers(tmp_path):
     split = make_split(tmp_path, {})
     sampler = create_sampler("clip4clip", max_frames=4)
-    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), 16)
+    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), Preprocessing(16))
     build_frame_cache(path, split, reader(), workers=1, progress=False)
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps(meta | {"complete": False}))
-    assert FrameCache.open(path, split, sampler.describe(), 16) is None
+    assert FrameCache.open(path, split, sampler.describe(), Preprocessing(16)) is None
     (path / "meta.json").write_text(json.dumps(meta))
     with open(path / "frames.u8", "r+b") as handle:
         handle.truncate(100)
-    assert FrameCache.open(path, split, sampler.describe(), 16) is None
-    random_reader = ClipReader(DecordBackend(), create_sampler("segment_random", max_frames=4), ClipFrameTransform(16))
+    assert FrameCache.open(path, split, sampler.describe(), Preprocessing(16)) is None
+    random_reader = ClipReader(DecordBackend(), create_sampler("segment_random", max_frames=4), ClipFrameTransform(Preprocessing(16)))
     with pytest.raises(ValueError, match="random"):
         build_frame_cache(tmp_path / "rand", split, random_reader, workers=1, progress=False)
 
@@ -215,13 +256,13 @@ def test_xpool_augmentation_crops_every_frame_alike():
 
     frames = np.zeros((3, 40, 60, 3), dtype=np.uint8)
     frames[:, :, :30] = 200  # left half bright
-    transform = ClipFrameTransform(16, augment="xpool")
+    transform = ClipFrameTransform(Preprocessing(16), augment="xpool")
     assert not transform.deterministic
     python_random.seed(0)
     torch.manual_seed(0)
     outputs = [transform.resize_crop(frames) for _ in range(12)]
     assert all(out.shape == (3, 3, 16, 16) and torch.equal(out[0], out[2]) for out in outputs)  # one crop per clip
     assert len({out.float().mean().round().item() for out in outputs}) > 1  # crops and flips vary
-    assert ClipFrameTransform(16).deterministic
+    assert ClipFrameTransform(Preprocessing(16)).deterministic
     with pytest.raises(ValueError, match="none, xpool"):
-        ClipFrameTransform(16, augment="randaugment")
+        ClipFrameTransform(Preprocessing(16), augment="randaugment")

@@ -17,7 +17,7 @@ from tvr.data.datasets import create_dataset
 from tvr.data.frame_cache import build_frame_cache
 from tvr.data.records import SplitRecords, TextRef, VideoRef
 from tvr.data.sampling import create_sampler
-from tvr.data.transforms import ClipFrameTransform
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import VideoReadError, deadline
 from tvr.data.video.decord_backend import DecordBackend
 from tvr.data.video.pyav_backend import PyAVBackend
@@ -80,11 +80,11 @@ def test_skip_list_videos_are_never_opened(tmp_path):
     report = tmp_path / "bad_videos.json"
     report.write_text(json.dumps({"bad": {"v1": {"status": "timeout"}}}))
     skip = load_skip_list(str(report))
-    reader = ClipReader(HangingBackend(), create_sampler("clip4clip"), ClipFrameTransform(16), skip=skip)
+    reader = ClipReader(HangingBackend(), create_sampler("clip4clip"), ClipFrameTransform(Preprocessing(16)), skip=skip)
     with pytest.raises(VideoReadError, match="skip list"):
         reader.read(VideoRef("v1", tmp_path / "hang.mp4"))  # would hang forever if it were opened
     split = SplitRecords("test", [VideoRef("v1", tmp_path / "hang.mp4")], [TextRef(0, "v1", "a clip")])
-    opening_fails = ClipReader(MustNotOpen(), create_sampler("clip4clip"), ClipFrameTransform(16), skip=skip)
+    opening_fails = ClipReader(MustNotOpen(), create_sampler("clip4clip"), ClipFrameTransform(Preprocessing(16)), skip=skip)
     cache = build_frame_cache(tmp_path / "cache", split, opening_fails, workers=1, progress=False)  # nor when caching
     assert cache.failed == {"v1"}
     (tmp_path / "ids.txt").write_text("a\n\nb\n")

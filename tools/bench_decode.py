@@ -31,8 +31,11 @@ from tvr.data.sampling import create_sampler
 from tvr.data.transforms import ClipFrameTransform
 from tvr.data.video.decord_backend import DecordBackend
 from tvr.data.video.pyav_backend import PyAVBackend
+from tvr.models.backbone import resolve_preprocessing
 
-FRAMES, SIZE = 12, 224
+FRAMES = 12
+PREPROCESSING = resolve_preprocessing("ViT-B-32-quickgelu")  # the frames of a ViT-B/32 run
+SIZE = PREPROCESSING.image_size
 
 
 def generate_videos(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -102,12 +105,12 @@ def timed(videos: list[Path], load, min_seconds: float) -> float:
 
 def bench(videos: list[Path], cache_root: Path, min_seconds: float) -> dict:
     sampler = create_sampler("clip4clip", max_frames=FRAMES)
-    transform = ClipFrameTransform(SIZE)
+    transform = ClipFrameTransform(PREPROCESSING)
     decord, pyav = DecordBackend(timeout_s=None), PyAVBackend(timeout_s=None)
     split = SplitRecords("bench", [VideoRef(p.stem, p) for p in videos], [TextRef(i, p.stem, "") for i, p in enumerate(videos)])
     from tvr.data.clips import ClipReader
 
-    cache = build_frame_cache(cache_dir_for(cache_root, split, sampler.describe(), SIZE), split,
+    cache = build_frame_cache(cache_dir_for(cache_root, split, sampler.describe(), PREPROCESSING), split,
                               ClipReader(decord, sampler, transform), workers=1, progress=False)
     by_path = {p: p.stem for p in videos}
 

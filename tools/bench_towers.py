@@ -135,7 +135,7 @@ def build_retriever(geometry: Geometry, head: dict):
 
 
 def random_videos(retriever, videos: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    size = retriever.backbone.image_size
+    size = retriever.backbone.preprocessing.image_size
     generator = torch.Generator().manual_seed(0)
     return torch.randn(videos, frames, 3, size, size, generator=generator), torch.ones(videos, frames, dtype=torch.bool)
 

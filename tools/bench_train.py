@@ -199,13 +199,13 @@ def step_times(step_ends: list[float], warmup: int) -> list[float]:
 
 
 def run(args, scratch: Path) -> dict:
-    from tvr.builders import build_datamodule, build_module, build_trainer
+    from tvr.builders import backbone_preprocessing, build_datamodule, build_module, build_trainer
     from tvr.validation import validate_train_config
 
     cfg = compose(args, scratch / "data", scratch / "run")
     validate_train_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     module = build_module(cfg)
     plain = copy.deepcopy(module)  # same initial weights, before Lightning touches the module
     device = torch.device(args.device)

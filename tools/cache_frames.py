@@ -3,8 +3,8 @@
     python tools/cache_frames.py data=msrvtt backbone=vit_b32 data.source.root=/datasets/msrvtt [--workers 8] [--force]
 
 Pass the overrides of the training run that will read the caches: the tool composes the same config as
-``tvr-train``, and a cache serves only runs with its split, sampler settings and image size (the input
-size of the backbone). A run whose settings differ warns and decodes from the videos.
+``tvr-train``, and a cache serves only runs with its split, sampler settings and image size and resize
+rule (the backbone's preprocessing). A run whose settings differ warns and decodes from the videos.
 
 Caches are written to ``data.frame_cache.dir`` (default ``<root>/frame_cache``), one per split and
 setting. A run uses them when ``data.frame_cache.mode`` is ``auto`` or ``build``; random samplers
@@ -18,9 +18,11 @@ import shutil
 
 from omegaconf import DictConfig
 
-from tvr.builders import build_datamodule
+from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.config import compose_config
-from tvr.data.frame_cache import NO_CACHE, FrameCache, build_frame_caches, cache_mismatch, caches_in, describe_settings
+from tvr.data.frame_cache import (NO_CACHE, FrameCache, build_frame_caches, cache_mismatch, cached_geometry, caches_in,
+                                  describe_settings, recorded_geometry)
+from tvr.data.transforms import Preprocessing
 
 # tvr-train's default backbone: 32 px, made for the tests and the built-in synthetic data. Its caches are
 # read by no run on a real dataset, which names a CLIP backbone (or an experiment that does).
@@ -28,28 +30,28 @@ TEST_BACKBONE = "tiny"
 BUILT_IN_DATA = "synthetic"
 
 
-def image_size_source(cfg: DictConfig) -> str:
+def image_size_source(cfg: DictConfig, preprocessing: Preprocessing) -> str:
     """The backbone the caches' image size comes from, e.g. ``backbone=vit_b32 (ViT-B-32-quickgelu)``.
 
     Refuses, before any file is read, the two ways to build caches that the intended run ignores: a real
-    dataset with the test backbone picked by default (naming ``backbone=tiny`` builds them anyway), and a
-    ``data.image_size`` other than the backbone's input size.
+    dataset with the test backbone picked by default (naming ``backbone=tiny`` builds them anyway), and an
+    ``image_size`` key, which the run refuses (the backbone fixes its input size).
     """
     backbone = cfg.hydra.runtime.choices.backbone
     named = any(override.split("=", 1)[0].lstrip("+~") == "backbone" for override in cfg.hydra.overrides.task)
+    size = preprocessing.image_size
     if backbone == TEST_BACKBONE and cfg.data.name != BUILT_IN_DATA and not named:
         raise SystemExit(
-            f"data={cfg.data.name} without a backbone: the caches would be {cfg.backbone.image_size} px for the "
+            f"data={cfg.data.name} without a backbone: the caches would be {size} px for the "
             f"'{TEST_BACKBONE}' test backbone, and a run with a CLIP backbone (224 px) would ignore them and decode "
             f"every video again. Pass the backbone or experiment of the training run, e.g. "
             f"`python tools/cache_frames.py data={cfg.data.name} backbone=vit_b32`, or backbone={TEST_BACKBONE} "
             "to cache for the test backbone anyway."
         )
-    if cfg.data.image_size != cfg.backbone.image_size:
-        raise SystemExit(
-            f"data.image_size={cfg.data.image_size} but backbone={backbone} takes {cfg.backbone.image_size} px: "
-            "no training run reads such caches; drop the data.image_size override"
-        )
+    for section in ("backbone", "data"):
+        if "image_size" in cfg[section]:
+            raise SystemExit(f"{section}.image_size is no longer a setting: backbone={backbone} takes {size} px input, "
+                             f"fixed by its architecture; remove {section}.image_size")
     return f"backbone={backbone} ({cfg.backbone.model_name})"
 
 
@@ -61,28 +63,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = compose_config(args.overrides)
-    size_source = image_size_source(cfg)
-    datamodule = build_datamodule(cfg.data)
+    try:
+        preprocessing = backbone_preprocessing(cfg.backbone)
+    except ValueError as error:  # an unknown model name or pretrained tag
+        raise SystemExit(f"backbone={cfg.hydra.runtime.choices.backbone}: {error}") from error
+    size_source = image_size_source(cfg, preprocessing)
+    datamodule = build_datamodule(cfg.data, preprocessing=preprocessing)
     datamodule.dataset.prepare(tuple(name for name in datamodule.split_names.values() if name))
     if datamodule.cache_root is None:
         raise SystemExit("data.frame_cache.dir is not set")
-    size = datamodule.image_size
+    size, geometry = preprocessing.image_size, cached_geometry(preprocessing)
 
     plans, targets = [], []  # plans: (role, split, path, settings, state, cache or None until built)
     for role, split, sampler, path in datamodule.cache_targets():
         description = sampler.describe()
-        cache = None if args.force else FrameCache.open(path, split, description, size)
+        cache = None if args.force else FrameCache.open(path, split, description, preprocessing)
         state = "valid, kept"
         if cache is None:
-            reason = cache_mismatch(path, split, description, size) or "--force"
+            reason = cache_mismatch(path, split, description, preprocessing) or "--force"
             state = "built" if reason == NO_CACHE else f"rebuilt ({reason})"
             shutil.rmtree(path, ignore_errors=True)
             targets.append((path, split, datamodule._reader(sampler)))
-        plans.append((role, split, path, describe_settings(description, size), state, cache))
+        plans.append((role, split, path, describe_settings(description, geometry), state, cache))
     built = iter(build_frame_caches(targets, workers=args.workers) if targets else [])
 
     print(f"Frame caches at {size} px, the input size of {size_source}; a run reads them when its samplers "
-          "and image size match.\n")
+          "and image size (and resize rule) match.\n")
     print("| role | split | state | videos | unreadable | settings | cache |\n|---|---|---|---|---|---|---|")
     unreadable = 0
     for role, split, path, settings, state, cache in plans:
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {role} | {split.name} | {state} | {len(split.videos)} | {len(cache.failed)} | {settings} | {path} |")
     for role, name in datamodule.split_names.items():
         if name and not datamodule.frames_are_fixed(role):
-            settings = describe_settings(datamodule._sampler_for(role).describe(), size)
+            settings = describe_settings(datamodule._sampler_for(role).describe(), geometry)
             print(f"| {role} | {name} | not cached: random frames (sampler or augmentation) | - | - | {settings} | - |")
     if unreadable:
         print(f"\n{unreadable} videos could not be decoded; runs count them as decode failures")
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     if others:
         print("\nOther caches in the same folder, not read by a run with these settings (delete them to free disk space):")
         for path, meta in others:
-            print(f"- {path}: split {meta.get('split')}, {describe_settings(meta.get('sampler'), meta.get('image_size'))}"
+            print(f"- {path}: split {meta.get('split')}, {describe_settings(meta.get('sampler'), recorded_geometry(meta))}"
                   + ("" if meta.get("complete") else ", unfinished"))
 
 

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tvr.builders import build_datamodule
+from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.config import compose_config
 from tvr.data.video_check import VideoInventory, check_videos, report_table, status_counts
 from tvr.errors import exit_on_user_error
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = compose_config(args.overrides)
-    datamodule = build_datamodule(cfg.data)
+    datamodule = build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone))
     inventory = VideoInventory.of(datamodule.dataset, datamodule.split_names.values())
     sampler = datamodule.eval_sampler
     results = check_videos(list(inventory.with_file.values()), datamodule.backend, sampler, workers=args.workers, timeout_s=args.timeout)

@@ -16,29 +16,34 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from tvr.checkpoint import AtomicCheckpointIO
 from tvr.config import to_plain
 from tvr.data.datamodule import RetrievalDataModule
+from tvr.data.transforms import Preprocessing
 from tvr.evaluation.options import configured_reranker
 from tvr.lit_module import RetrievalModule
+from tvr.models.backbone import resolve_preprocessing
 from tvr.resume import LastCheckpoint, SlurmRequeue
 
 
-def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None) -> RetrievalDataModule:
+def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None, *,
+                     preprocessing: Preprocessing) -> RetrievalDataModule:
+    """``preprocessing``: the model's (``module.backbone.preprocessing``, or :func:`backbone_preprocessing`
+    of the run's backbone config before the model is built)."""
     data = to_plain(data_cfg)
     reranker = configured_reranker(to_plain(evaluation_cfg))
     bank = reranker.query_bank() if reranker is not None else None
     if bank is not None:  # the other captions a re-ranker reads (QB-Norm's query bank)
         data["query_bank"] = {"split": bank.split, "size": bank.size}
-    return RetrievalDataModule(**data)
+    return RetrievalDataModule(**data, preprocessing=preprocessing)
 
 
-def backbone_kwargs(backbone_cfg: DictConfig | dict) -> dict:
+def backbone_preprocessing(backbone_cfg: DictConfig | dict) -> Preprocessing:
+    """The input the configured backbone takes, from its config alone (the one it has once built)."""
     backbone = to_plain(backbone_cfg)
-    backbone.pop("image_size", None)  # consumed by the data transforms; the architecture fixes it
-    return backbone
+    return resolve_preprocessing(backbone.get("model_name"), backbone.get("architecture"), backbone.get("pretrained"))
 
 
 def build_module(cfg: DictConfig) -> RetrievalModule:
     module = RetrievalModule(
-        backbone=backbone_kwargs(cfg.backbone),
+        backbone=to_plain(cfg.backbone),
         head=to_plain(cfg.head),
         loss=to_plain(cfg.loss),
         optim=to_plain(cfg.optim),
@@ -47,11 +52,6 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
         run_config=to_plain(cfg),
     )
     module.head.load_pretrained()  # files the head takes weights from (HBI's estimator); checkpoints carry them after
-    expected = cfg.backbone.image_size
-    if module.backbone.image_size != expected:
-        raise ValueError(
-            f"backbone.image_size={expected} but '{module.backbone.model_name}' takes {module.backbone.image_size}px input"
-        )
     return module
 
 

@@ -90,6 +90,11 @@ def upgrade_saved_config(run_config: dict) -> dict:
     evaluation = run_config.get("evaluation") or {}
     if "dsl_temperature" in evaluation:  # re-rankers declare their options in a block of their own
         evaluation.setdefault("dsl", {})["temperature"] = evaluation.pop("dsl_temperature")
+    # backbone.image_size and data.image_size: the input size is the backbone's own (its Preprocessing), no
+    # longer a config key; a saved value was always the architecture's (the run checked it at start-up)
+    for section in ("backbone", "data"):
+        if isinstance(run_config.get(section), dict):
+            run_config[section].pop("image_size", None)
     return run_config
 
 

@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tvr.evaluation.options import configured_reranker
 from tvr.atomic import write_json
-from tvr.builders import backbone_kwargs, build_datamodule, build_trainer
+from tvr.builders import build_datamodule, build_trainer
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
-from tvr.config import config_dir, to_plain, with_checkpoint_config
+from tvr.config import config_dir, to_plain, upgrade_saved_config, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.evaluation.lightning import EvaluationModule
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def module_from_config(cfg: DictConfig, checkpoint: dict | None, source: str) -> EvaluationModule:
     """The model the (checkpoint's, possibly overridden) config describes, with the checkpoint's weights;
     without a checkpoint, the backbone's own weights (``backbone.weights``) and a freshly initialised head."""
-    backbone = backbone_kwargs(cfg.backbone)
+    backbone = to_plain(cfg.backbone)
     if checkpoint is None:
         if not backbone.get("weights"):
             log.warning("zero-shot evaluation with backbone.weights=null: the CLIP weights are random")
@@ -113,7 +113,7 @@ def evaluate(cfg: DictConfig) -> dict:
     reranker = configured_reranker(to_plain(cfg.evaluation))
     needs_bank = reranker is not None and reranker.query_bank() is not None
     data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
-    saved = (checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
+    saved = upgrade_saved_config(checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
     changed = {}
     for section in ("data", "backbone", "head") if checkpoint is not None else ():
         changed.update(changed_from_checkpoint(section, saved.get(section) or {}, to_plain(cfg[section])))
@@ -123,11 +123,8 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(data_cfg, cfg.evaluation)
     module = module_from_config(cfg, checkpoint, source=str(cfg.ckpt_path))
-    if module.backbone.image_size != cfg.backbone.image_size:
-        raise ConfigError("backbone.image_size", f"{cfg.backbone.image_size}, but '{module.backbone.model_name}' takes "
-                          f"{module.backbone.image_size}px input", f"set backbone.image_size={module.backbone.image_size}")
+    datamodule = build_datamodule(data_cfg, cfg.evaluation, preprocessing=module.backbone.preprocessing)
     trainer = build_trainer(cfg.trainer, run_dir, logger_cfg=None)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:

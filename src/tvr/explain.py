@@ -37,7 +37,7 @@ def explain_pair(retriever: Retriever, text: str, video: str | Path, backend: st
         raise UserInputError("--text: the caption is empty")
     sampler, max_words = data_settings(retriever, {"kind": "checkpoint"})
     tokenizer = CaptionTokenizer(max_words)
-    reader = ClipReader(create_backend(backend), sampler, ClipFrameTransform(retriever.backbone.image_size))
+    reader = ClipReader(create_backend(backend), sampler, ClipFrameTransform(retriever.backbone.preprocessing))
     ref = VideoRef(video_id=Path(video).stem, path=Path(video))
     resized, count = reader.decode(ref)
     frames, mask = reader.empty()

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from tvr import __version__
 from tvr.atomic import write_json
-from tvr.builders import build_datamodule, build_module, build_trainer
+from tvr.builders import backbone_preprocessing, build_datamodule, build_module, build_trainer
 from tvr.config import config_dir, to_plain
 from tvr.errors import exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> dict:
         check_same_run(resume_from, to_plain(cfg))
         log.info("continuing from %s", resume_from)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     module = build_module(cfg)
     monitor = cfg.train.select_metric if datamodule.has_val else None
     trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"),

@@ -22,18 +22,18 @@ from lightning_fabric.connector import _PRECISION_INPUT
 from lightning_fabric.utilities.seed import max_seed_value, min_seed_value
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from open_clip.model import CLIPTextCfg
 
-from tvr.builders import backbone_kwargs
+from tvr.builders import backbone_preprocessing
 from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
 from tvr.data.datasets import DATASETS
 from tvr.data.sampling import SAMPLERS, create_sampler
-from tvr.data.transforms import AUGMENTATIONS
+from tvr.data.transforms import AUGMENTATIONS, Preprocessing
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.errors import ConfigError, UserInputError
 from tvr.evaluation.options import EvaluationOptions
 from tvr.evaluation.rerank import RERANKERS
-from tvr.models.backbone import CLIPBackbone, resolve_architecture
+from tvr.models.backbone import CLIPBackbone, PretrainedTagError, resolve_architecture
 from tvr.models.heads import HEADS, RetrievalHead
 from tvr.models.heads.base import TOWER_CONFIG_KEYS, TOWER_KINDS, split_tower_choice, tower_keys
 from tvr.models.losses import LOSSES
@@ -99,8 +99,9 @@ class Section:
 class ModelShape:
     """What the data and head checks need from the backbone, read from its architecture config."""
 
+    model_name: str
     embed_dim: int
-    image_size: int
+    preprocessing: Preprocessing
     context_length: int
     vision: VisionGeometry
 
@@ -303,25 +304,38 @@ def check_seed(checker: ConfigChecker, top: Section) -> None:
 
 def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | None:
     """Backbone options, and the shape its architecture gives the model (None if it has none)."""
-    options = backbone_kwargs(backbone.values)
-    checker.options(backbone, options, CLIPBackbone, "the CLIP backbone")
+    shape = None
     try:
         architecture = resolve_architecture(backbone.get("model_name"), backbone.get("architecture"))
-        vision, text = architecture.get("vision_cfg", {}), architecture.get("text_cfg", {})
-        image_size = vision.get("image_size", CLIPVisionCfg.image_size)
+        text = architecture.get("text_cfg", {})
         shape = ModelShape(
+            model_name=str(backbone.get("model_name") or "inline"),
             embed_dim=int(architecture["embed_dim"]),
-            image_size=int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size),
+            preprocessing=backbone_preprocessing(backbone.values),
             context_length=int(text.get("context_length", CLIPTextCfg.context_length)),
             vision=VisionGeometry.of_architecture(architecture),
         )
+    except PretrainedTagError as error:
+        checker.fail(backbone.key("pretrained"), str(error), f"pass {backbone.key('pretrained')}=<tag>")
     except (ValueError, KeyError, TypeError) as error:
         key = backbone.key("architecture" if backbone.get("architecture") else "model_name")
         checker.fail(key, str(error).strip("'\""), "choose one of conf/backbone/ with backbone=<name>")
-        return None
-    checker.choice(backbone, "image_size", (shape.image_size,),
-                   why=f" ('{backbone.get('model_name')}' takes {shape.image_size}px input)")
+    if shape:
+        refuse_image_size(checker, backbone, shape)  # before the options check, whose generic line it replaces
+    checker.options(backbone, backbone.values, CLIPBackbone, "the CLIP backbone")
+    for name in ("grad_checkpointing", "text_padding_mask"):
+        checker.flag(backbone, name)
+    checker.flag(backbone, "quick_gelu", optional=True)
     return shape
+
+
+def refuse_image_size(checker: ConfigChecker, section: Section, shape: ModelShape) -> None:
+    """``image_size`` was a config key before the backbone owned its input geometry: a config that still sets
+    it (an experiment file, a ``+`` override) is told the size the backbone takes, whatever value it gives."""
+    if "image_size" in section:
+        key = section.key("image_size")
+        checker.fail(key, f"is no longer a setting: backbone '{shape.model_name}' takes {shape.preprocessing.image_size} px "
+                          "input, fixed by its architecture", f"remove {key}")
 
 
 def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) -> RetrievalHead | None:
@@ -443,7 +457,9 @@ def check_sampler(checker: ConfigChecker, sampler: Section) -> None:
 def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], shape: ModelShape | None) -> None:
     """``roles``: the splits the run trains or evaluates on, which must be named; ``shape``: the model the
     clips and captions must fit (None if the backbone config gives none)."""
-    checker.options(data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank",))
+    if shape:
+        refuse_image_size(checker, data, shape)  # before the options check, whose generic line it replaces
+    checker.options(data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank", "preprocessing"))
     dataset = checker.registered(data, "name", DATASETS)
     if dataset is not None:
         checker.builds(data.key("source"), f"dataset '{data.get('name')}'", dataset, **data.child("source").values)
@@ -456,8 +472,6 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     context = shape.context_length if shape else None
     checker.number(data, "max_words", integer=True, minimum=MIN_MAX_WORDS, maximum=context,
                    why=f" (SOT + caption + EOT, within the backbone's {context}-token context)" if shape else "")
-    if shape:
-        checker.choice(data, "image_size", (shape.image_size,), why=" (the backbone's input size)")
     splits = data.child("splits")
     for role in roles:
         checker.split_name(splits, role)

@@ -25,7 +25,7 @@ from tvr.data.order import TrainOrderSampler
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
-from tvr.data.transforms import ClipFrameTransform
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import create_backend
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,14 @@ CACHE_MODES = ("off", "auto", "build")
 
 
 class RetrievalDataModule(pl.LightningDataModule):
+    """``preprocessing`` is set by tvr from the backbone the clips are for (the model owns its input
+    geometry; the data config has no say in it), as ``query_bank`` is from the evaluation's re-ranker."""
+
     def __init__(
         self,
         name: str,
         source: dict,
-        image_size: int,
+        preprocessing: Preprocessing,
         max_words: int,
         video: dict,
         splits: dict,
@@ -67,7 +70,7 @@ class RetrievalDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.dataset = create_dataset(name, **source)
-        self.image_size = image_size
+        self.preprocessing = preprocessing
         self.tokenizer = CaptionTokenizer(max_words)
         self.backend = create_backend(video["backend"], **(video.get("backend_options") or {}))
         self.skip_videos = load_skip_list(video.get("skip_list"))
@@ -90,7 +93,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.caches_used: dict[str, bool] = {}
         self._reported_missing_caches: set[Path] = set()  # Lightning prepares data again for the test stage
         self.shuffle_train = shuffle_train
-        self.train_transform = ClipFrameTransform(image_size, augment=train_augment)
+        self.train_transform = ClipFrameTransform(preprocessing, augment=train_augment)
         self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by tvr-train's seed_everything
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
@@ -105,7 +108,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         # checked here, once per node, rather than in _cache_for, which every rank calls for every loader
         missing = []
         for _, split, sampler, path in self.cache_targets():
-            if FrameCache.open(path, split, sampler.describe(), self.image_size) is None:
+            if FrameCache.open(path, split, sampler.describe(), self.preprocessing) is None:
                 self._report_missing_cache(path, split, sampler)
                 missing.append((path, split, self._reader(sampler)))
         if missing and self.cache_mode == "build":
@@ -123,7 +126,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         else:
             consequence = (f"decoding from the video files instead; `{cache_frames_command()}` builds the cache "
                            "for this run's settings (or set data.frame_cache.mode=build)")
-        unusable = unusable_cache_report(path, split, sampler.describe(), self.image_size)
+        unusable = unusable_cache_report(path, split, sampler.describe(), self.preprocessing)
         if unusable:
             log.warning("%s; %s", unusable, consequence)
         else:
@@ -147,7 +150,7 @@ class RetrievalDataModule(pl.LightningDataModule):
                 continue
             sampler = self._sampler_for(role)
             split = self._split(name)
-            path = cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size)
+            path = cache_dir_for(self.cache_root, split, sampler.describe(), self.preprocessing)
             if path not in seen:
                 seen.add(path)
                 yield role, split, sampler, path
@@ -160,7 +163,8 @@ class RetrievalDataModule(pl.LightningDataModule):
             return None
         sampler = self._sampler_for(role)
         split = self.records[role]
-        cache = FrameCache.open(cache_dir_for(self.cache_root, split, sampler.describe(), self.image_size), split, sampler.describe(), self.image_size)
+        path = cache_dir_for(self.cache_root, split, sampler.describe(), self.preprocessing)
+        cache = FrameCache.open(path, split, sampler.describe(), self.preprocessing)
         self.caches_used[role] = cache is not None
         return cache
 
@@ -183,7 +187,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         return bool(self.split_names.get("val"))
 
     def _reader(self, sampler, cache: FrameCache | None = None, transform: ClipFrameTransform | None = None) -> ClipReader:
-        return ClipReader(self.backend, sampler, transform or ClipFrameTransform(self.image_size), cache, self.skip_videos)
+        return ClipReader(self.backend, sampler, transform or ClipFrameTransform(self.preprocessing), cache, self.skip_videos)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False) -> DataLoader:
         return DataLoader(

@@ -3,7 +3,8 @@
 One cache holds one split under one frame-sampling setting: a memory-mapped uint8 array
 ``[num_videos, max_frames, 3, S, S]`` (the output of :meth:`ClipFrameTransform.resize_crop`), the number
 of real frames per video, and ``meta.json`` recording everything the content depends on: the sampler
-settings, the resolution, the ordered video ids and each source file's size and mtime.
+settings, the backbone's resolution and resize rule (its :class:`Preprocessing` but mean/std, which are
+applied when a clip is read), the ordered video ids and each source file's size and mtime.
 
 A cache is used only when all of that matches the current run; a stale or unfinished cache, or one
 built for other settings, is detected, reported with the reason and the command that builds the right
@@ -27,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from tvr.atomic import write_text
 from tvr.data.parallel import process_pool
 from tvr.data.records import SplitRecords
+from tvr.data.transforms import Preprocessing
 from tvr.data.video import VideoReadError
 
 log = logging.getLogger(__name__)
@@ -45,22 +47,43 @@ def _fingerprint(path: Path) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def cache_key(sampler_description: dict, image_size: int) -> str:
-    text = json.dumps({"sampler": sampler_description, "image_size": image_size}, sort_keys=True)
+# The resize rule of every cache written before meta.json recorded one (tvr had no other): such a cache
+# reads as one of this rule, and a cache of this rule keeps the folder name those caches have.
+UNRECORDED_RESIZE = {"interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def cached_geometry(preprocessing: Preprocessing) -> dict:
+    """What of the backbone's preprocessing a cache's content depends on: the stored frames are resized and
+    cropped, not yet normalised, so mean/std are not part of it."""
+    return {"image_size": preprocessing.image_size, "interpolation": preprocessing.interpolation,
+            "resize_mode": preprocessing.resize_mode}
+
+
+def recorded_geometry(meta: dict) -> dict:
+    """The geometry a cache's meta.json records (a cache from before the resize rule was recorded: the rule then)."""
+    return {"image_size": meta.get("image_size"), **{name: meta.get(name, value) for name, value in UNRECORDED_RESIZE.items()}}
+
+
+def cache_key(sampler_description: dict, geometry: dict) -> str:
+    named = {name: value for name, value in geometry.items() if UNRECORDED_RESIZE.get(name) != value}
+    text = json.dumps({"sampler": sampler_description, **named}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def cache_dir_for(root: str | Path, split: SplitRecords, sampler_description: dict, image_size: int) -> Path:
-    return Path(root) / f"{split.name}-{cache_key(sampler_description, image_size)}"
+def cache_dir_for(root: str | Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> Path:
+    return Path(root) / f"{split.name}-{cache_key(sampler_description, cached_geometry(preprocessing))}"
 
 
-def describe_settings(sampler_description: dict | None, image_size: int | None) -> str:
+def describe_settings(sampler_description: dict | None, geometry: dict) -> str:
     """A cache's settings as run logs and ``tools/cache_frames.py`` print them, e.g.
-    ``clip4clip sampler (feature_framerate=1, slice_framepos=2, frame_order=0), up to 12 frames, 224 px``."""
+    ``clip4clip sampler (feature_framerate=1, slice_framepos=2, frame_order=0), up to 12 frames, 224 px``
+    (with the resize rule when it is not CLIP's bicubic short side and centre crop)."""
     options = dict(sampler_description or {})
     name, frames = options.pop("sampler", "unknown"), options.pop("max_frames", "?")
     listed = f" ({', '.join(f'{key}={value}' for key, value in options.items())})" if options else ""
-    return f"{name} sampler{listed}, up to {frames} frames, {image_size} px"
+    resize = {key: geometry.get(key) for key in UNRECORDED_RESIZE}
+    rule = "" if resize == UNRECORDED_RESIZE else f" ({resize['interpolation']}, {resize['resize_mode']} resize)"
+    return f"{name} sampler{listed}, up to {frames} frames, {geometry.get('image_size')} px{rule}"
 
 
 def caches_in(root: str | Path) -> list[tuple[Path, dict]]:
@@ -77,20 +100,20 @@ def cache_frames_command() -> str:
     return "python tools/cache_frames.py <the overrides of the training run>"
 
 
-def unusable_cache_report(path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> str | None:
+def unusable_cache_report(path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> str | None:
     """Why the caches of ``split`` cannot serve a run whose cache belongs at ``path`` (where none is
     valid): the one at ``path`` is stale or unfinished, or the split's caches were built for other
     settings. None when the split has no cache at all."""
-    reason = cache_mismatch(path, split, sampler_description, image_size)
+    reason = cache_mismatch(path, split, sampler_description, preprocessing)
     if reason != NO_CACHE:
         return f"frame cache {path} not used for split '{split.name}': {reason}"
-    others = [f"{other} was built for {describe_settings(meta.get('sampler'), meta.get('image_size'))}"
+    others = [f"{other} was built for {describe_settings(meta.get('sampler'), recorded_geometry(meta))}"
               + ("" if meta.get("complete") else " (unfinished)")
               for other, meta in caches_in(path.parent) if meta.get("split") == split.name]
     if not others:
         return None
     return (f"no frame cache for split '{split.name}' matches this run's settings "
-            f"({describe_settings(sampler_description, image_size)}): {'; '.join(others)}")
+            f"({describe_settings(sampler_description, cached_geometry(preprocessing))}): {'; '.join(others)}")
 
 
 @dataclass
@@ -125,10 +148,10 @@ class FrameCache:
         return torch.from_numpy(np.array(self.frames[row])), int(self.num_valid[row])
 
     @classmethod
-    def open(cls, path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> "FrameCache | None":
+    def open(cls, path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> "FrameCache | None":
         """The cache at ``path`` if it is complete and matches; otherwise None (:func:`cache_mismatch` and
         :func:`unusable_cache_report` say why; the caller knows what happens instead)."""
-        if cache_mismatch(path, split, sampler_description, image_size):
+        if cache_mismatch(path, split, sampler_description, preprocessing):
             return None
         meta = json.loads((path / META_FILE).read_text())
         return cls(
@@ -140,7 +163,7 @@ class FrameCache:
         )
 
 
-def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, image_size: int) -> str | None:
+def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> str | None:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         return NO_CACHE
@@ -149,9 +172,10 @@ def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, i
         return f"cache format {meta.get('version')} != {CACHE_VERSION}"
     if not meta.get("complete"):
         return "the cache is incomplete (its build was interrupted)"
-    if meta.get("sampler") != sampler_description or meta.get("image_size") != image_size:
-        return (f"built for {describe_settings(meta.get('sampler'), meta.get('image_size'))}, "
-                f"this run uses {describe_settings(sampler_description, image_size)}")
+    wanted = cached_geometry(preprocessing)
+    if meta.get("sampler") != sampler_description or recorded_geometry(meta) != wanted:
+        return (f"built for {describe_settings(meta.get('sampler'), recorded_geometry(meta))}, "
+                f"this run uses {describe_settings(sampler_description, wanted)}")
     if meta.get("video_ids") != [video.video_id for video in split.videos]:
         return "the split's video list changed since the cache was built"
     current = [_fingerprint(video.path) for video in split.videos]
@@ -181,12 +205,13 @@ def build_frame_caches(targets: list[tuple[Path, SplitRecords, object]], workers
     for path, split, reader in targets:
         if not reader.sampler.deterministic:
             raise ValueError(f"sampler {reader.sampler.describe()} is random; a frame cache would freeze its frames")
-        size = reader.transform.image_size
+        geometry = cached_geometry(reader.transform.preprocessing)
+        size = geometry["image_size"]
         shape = (len(split.videos), reader.max_frames, 3, size, size)
         path.mkdir(parents=True, exist_ok=True)
         meta = {
             "version": CACHE_VERSION, "complete": False, "split": split.name, "sampler": reader.sampler.describe(),
-            "image_size": size, "shape": list(shape), "video_ids": [v.video_id for v in split.videos],
+            **geometry, "shape": list(shape), "video_ids": [v.video_id for v in split.videos],
             "fingerprints": [_fingerprint(v.path) for v in split.videos], "num_valid": [0] * len(split.videos), "failed": [],
         }
         _write_meta(path, meta)
@@ -209,7 +234,7 @@ def build_frame_caches(targets: list[tuple[Path, SplitRecords, object]], workers
         array.flush()
         meta["complete"] = True
         _write_meta(path, meta)
-        cache = FrameCache.open(path, split, reader.sampler.describe(), reader.transform.image_size)
+        cache = FrameCache.open(path, split, reader.sampler.describe(), reader.transform.preprocessing)
         assert cache is not None, "a freshly built cache must validate"
         caches.append(cache)
     return caches

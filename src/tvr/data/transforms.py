@@ -1,9 +1,12 @@
 """CLIP image preprocessing for decoded frames (datasets spec §1.2 step 5).
 
-Two steps, so the frame cache can store the output of the first one:
-  * :meth:`ClipFrameTransform.resize_crop`: short side to the model resolution (bicubic, antialiased),
-    centre crop, rounded back to uint8 — the same rounding PIL's uint8 resize in CLIP4Clip does;
-  * :meth:`ClipFrameTransform.normalize`: scale to [0, 1] and normalise with CLIP's mean/std.
+The model owns its input geometry: a :class:`Preprocessing` (image size, mean/std, resize rule) comes from
+the backbone (:func:`tvr.models.backbone.resolve_preprocessing`), never from the data config. Two steps, so
+the frame cache can store the output of the first one:
+  * :meth:`ClipFrameTransform.resize_crop`: to the model resolution by the backbone's resize rule
+    (``shortest``: short side to the resolution, then centre crop, as CLIP; ``squash``: both sides to the
+    resolution), antialiased, rounded back to uint8 — the same rounding PIL's uint8 resize in CLIP4Clip does;
+  * :meth:`ClipFrameTransform.normalize`: scale to [0, 1] and normalise with the backbone's mean/std.
 The whole clip is processed at once so every frame gets the same crop.
 
 ``augment="xpool"`` replaces the centre crop, for training only, by X-Pool's augmentation: one
@@ -21,13 +24,45 @@ Augmented clips cannot come from a frame cache.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The interpolations and resize modes of open_clip's preprocessing configs that resize_crop implements
+# (every pretrained config open_clip ships uses one of each).
+INTERPOLATIONS = ("bicubic", "bilinear")
+RESIZE_MODES = ("shortest", "squash")
+# open_clip's defaults, which its models without a pretrained config (and tvr's inline ones) take:
+# OpenAI CLIP's mean/std, bicubic, short side then centre crop.
+_OPEN_CLIP_DEFAULTS = PreprocessCfg()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How frames become a backbone's input: ``image_size`` px square, the resize rule, mean/std per channel."""
+
+    image_size: int
+    mean: tuple[float, ...] = tuple(_OPEN_CLIP_DEFAULTS.mean)
+    std: tuple[float, ...] = tuple(_OPEN_CLIP_DEFAULTS.std)
+    interpolation: str = _OPEN_CLIP_DEFAULTS.interpolation
+    resize_mode: str = _OPEN_CLIP_DEFAULTS.resize_mode
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"image size must be a positive integer, got {self.image_size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need one value per RGB channel, got {self.mean} and {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation '{self.interpolation}' is not implemented; tvr resizes with {', '.join(INTERPOLATIONS)}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode '{self.resize_mode}' is not implemented; tvr resizes with {', '.join(RESIZE_MODES)}")
+
+    def describe(self) -> dict:
+        """JSON-ready, as an index manifest records it."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
 
 AUGMENTATIONS = ("none", "xpool", "drl_randaugment")
@@ -35,15 +70,19 @@ DRL_RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # 4 ops of magnitude 7 +- 0.5 from
 
 
 class ClipFrameTransform:
-    def __init__(self, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, augment: str = "none") -> None:
+    def __init__(self, preprocessing: Preprocessing, augment: str = "none") -> None:
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation '{augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         self.augment = augment
-        self.image_size = image_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.preprocessing = preprocessing
+        self.mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
         if augment == "drl_randaugment":
             self._rand_augment = _drl_rand_augment()
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
 
     @property
     def deterministic(self) -> bool:
@@ -63,10 +102,14 @@ class ClipFrameTransform:
         if self.augment == "xpool":
             return self._random_resized_crop_flip(x)
         height, width = x.shape[-2:]
-        scale = self.image_size / min(height, width)
-        new_h, new_w = max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale))
+        if self.preprocessing.resize_mode == "squash":
+            new_h = new_w = self.image_size
+        else:
+            scale = self.image_size / min(height, width)
+            new_h, new_w = max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale))
         if (new_h, new_w) != (height, width):
-            x = F.interpolate(x.float(), size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+            x = F.interpolate(x.float(), size=(new_h, new_w), mode=self.preprocessing.interpolation, align_corners=False,
+                              antialias=True)
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         top, left = (new_h - self.image_size) // 2, (new_w - self.image_size) // 2
         return x[:, :, top : top + self.image_size, left : left + self.image_size].contiguous()

@@ -17,8 +17,12 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.model import CLIPVisionCfg
+from open_clip.pretrained import get_pretrained_cfg
+from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from torch import nn
 
+from tvr.data.transforms import Preprocessing
 from tvr.models.weights import LoadedWeights, WeightsError, read_clip_weights, state_dict_mismatch
 
 log = logging.getLogger(__name__)
@@ -102,8 +106,53 @@ def resolve_architecture(model_name: str | None, architecture: dict | None) -> d
     return config
 
 
+class PretrainedTagError(ValueError):
+    """``backbone.pretrained`` is needed, or names no open_clip weights of the model."""
+
+
+def resolve_preprocessing(model_name: str | None, architecture: dict | None = None, pretrained: str | None = None) -> Preprocessing:
+    """How frames become the input of this backbone, from its config alone (start-up validation asks before
+    anything is built; :class:`CLIPBackbone` asks the same): the image size its architecture fixes, and
+    mean/std and resize rule from open_clip's preprocessing config of the pretrained weights: those tagged
+    ``pretrained``, or without a tag the one every pretrained config of the model shares. An architecture
+    open_clip ships no weights for (tvr's inline ones) takes open_clip's defaults, OpenAI CLIP's."""
+    vision = resolve_architecture(model_name, architecture).get("vision_cfg", {})
+    size = vision.get("image_size", CLIPVisionCfg.image_size)
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"backbone '{model_name}' takes {size[0]}x{size[1]} px input; tvr feeds square frames")
+        size = size[0]
+    tags = [] if architecture else open_clip.list_pretrained_tags_by_model(model_name or "")
+    if pretrained is not None:
+        if not isinstance(pretrained, str) or architecture or not get_pretrained_cfg(model_name or "", pretrained):
+            known = f"its tags: {', '.join(tags)}" if tags else "it has none (an inline architecture or no open_clip weights)"
+            raise PretrainedTagError(f"'{pretrained}' is not a pretrained tag of open_clip's '{model_name}'; {known}")
+        tags = [pretrained]
+    rules: dict[tuple, list[str]] = {}
+    for tag in tags:
+        rules.setdefault(_resize_and_normalise(get_pretrained_cfg(model_name, tag)), []).append(tag)
+    if len(rules) > 1:
+        listing = "; ".join(f"{', '.join(named[:3])}{f' and {len(named) - 3} more' if len(named) > 3 else ''}: {dict(rule)}"
+                            for rule, named in rules.items())
+        raise PretrainedTagError(f"open_clip's pretrained weights of '{model_name}' are preprocessed differently "
+                                 f"({listing}); say which ones backbone.weights holds with backbone.pretrained=<tag>")
+    return Preprocessing(int(size), **dict(next(iter(rules), ())))
+
+
+def _resize_and_normalise(pretrained_cfg: dict) -> tuple:
+    """The fields of an open_clip pretrained config that :class:`Preprocessing` takes, over open_clip's defaults
+    (hashable, to compare the configs of a model's tags)."""
+    merged = merge_preprocess_dict(PreprocessCfg(), pretrained_cfg)
+    return tuple((name, tuple(value) if isinstance(value, (list, tuple)) else value) for name, value in sorted(merged.items())
+                 if name in ("mean", "std", "interpolation", "resize_mode"))
+
+
 class CLIPBackbone(nn.Module):
     """Wraps an ``open_clip.CLIP`` and exposes retrieval-oriented encoders.
+
+    ``preprocessing`` is the input the model takes (:func:`resolve_preprocessing`); ``pretrained`` names the
+    open_clip pretrained tag of ``weights`` (``openai``, ``laion2b_s34b_b79k``, ...), needed only for a model
+    whose tags are preprocessed differently (ViT-L-14: mean/std 0.5 for ``laion2b_s32b_b82k``).
 
     ``logit_scale`` stays CLIP's own parameter (init ln(1/0.07) or the checkpoint's value), trained in the
     backbone group and clamped by the training module, as in CLIP4Clip and X-Pool.
@@ -114,6 +163,7 @@ class CLIPBackbone(nn.Module):
         model_name: str | None = "tvr-tiny",
         architecture: dict | None = None,
         weights: str | None = None,
+        pretrained: str | None = None,
         quick_gelu: bool | None = None,
         grad_checkpointing: bool = False,
         text_padding_mask: bool = True,
@@ -125,6 +175,8 @@ class CLIPBackbone(nn.Module):
         self.text_padding_mask = text_padding_mask
         self.padded_frames = padded_frames
         config = resolve_architecture(model_name, architecture)
+        # the input the weights expect: what the data module, frame cache, search and explain feed the model
+        self.preprocessing = resolve_preprocessing(model_name, architecture, pretrained)
         loaded = read_clip_weights(weights) if weights else None
         config["quick_gelu"] = self._decide_quick_gelu(config, quick_gelu, loaded)
         text_cfg = config.get("text_cfg", {})
@@ -192,10 +244,6 @@ class CLIPBackbone(nn.Module):
     @property
     def embed_dim(self) -> int:
         return int(self.clip.visual.output_dim)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.clip.visual.image_size[0])
 
     @property
     def context_length(self) -> int:

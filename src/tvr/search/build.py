@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tvr.data.clips import ClipReader, collate
 from tvr.data.records import VideoRef
 from tvr.data.sampling import FrameSampler
-from tvr.data.transforms import ClipFrameTransform
+from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import DecodedClip, VideoBackend, create_backend
 from tvr.errors import UserInputError
 from tvr.models.heads.base import Repr, cat_reprs, slice_repr
@@ -120,10 +120,10 @@ class VideoFiles(Dataset):
     """One item per video file: padded frames and mask, duration and thumbnail, or why it is unreadable
     (``error``, empty for a readable video)."""
 
-    def __init__(self, paths: list[str], backend: VideoBackend, sampler: FrameSampler, image_size: int) -> None:
+    def __init__(self, paths: list[str], backend: VideoBackend, sampler: FrameSampler, preprocessing: Preprocessing) -> None:
         self.paths = paths
         self.decoded = _KeepLastClip(backend)
-        self.reader = ClipReader(self.decoded, sampler, ClipFrameTransform(image_size))
+        self.reader = ClipReader(self.decoded, sampler, ClipFrameTransform(preprocessing))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -179,7 +179,7 @@ class _Pending:
 def index_settings(retriever: Retriever, sampler: FrameSampler, max_words: int) -> dict:
     """What, besides the model's weights, makes two indexes' vectors comparable; and how queries are cut
     (``max_words``, the tokenizer limit the model was trained with)."""
-    return {"sampler": sampler.describe(), "image_size": retriever.backbone.image_size, "max_words": max_words,
+    return {"sampler": sampler.describe(), "preprocessing": retriever.backbone.preprocessing.describe(), "max_words": max_words,
             "summary": "exact" if retriever.summary_is_exact else "mean_pooled_frames"}
 
 
@@ -202,7 +202,7 @@ def build_index(retriever: Retriever, videos_dir: str | Path, out: str | Path, *
     log.info("%d videos under %s: %d already in the index %s, %d to encode", len(videos), videos_dir,
              len(videos) - len(todo), store.folder, len(todo))
     retriever.to(device).eval()
-    dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.image_size)
+    dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.preprocessing)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     pending, unreadable = _Pending(), {}
     with tqdm(total=len(todo), desc="indexing", unit="video", file=sys.stderr, disable=not progress) as bar:

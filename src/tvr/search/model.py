@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tvr.builders import backbone_kwargs
 from tvr.config import to_plain
 from tvr.data.sampling import FrameSampler, create_sampler
 from tvr.errors import ConfigError
@@ -26,7 +25,7 @@ def model_record(cfg: DictConfig) -> dict:
     if cfg.get("backbone") is None or cfg.get("head") is None:
         raise ConfigError("ckpt_path", "has no value and no zero-shot model is chosen",
                           "pass ckpt_path=<run dir>/checkpoints/best.ckpt, or backbone=<name> backbone.weights=<CLIP file> head=meanpool")
-    backbone = backbone_kwargs(cfg.backbone)
+    backbone = to_plain(cfg.backbone)
     if backbone.get("weights"):
         backbone["weights"] = str(Path(backbone["weights"]).resolve())
     return {"kind": "zero-shot", "backbone": backbone, "head": to_plain(cfg.head)}

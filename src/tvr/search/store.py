@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from tvr.atomic import atomic_torch_save, write_json
+from tvr.data.transforms import Preprocessing
 from tvr.errors import UserInputError
 from tvr.models.heads.base import Repr, cat_reprs
 
@@ -236,6 +237,11 @@ def _read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise IndexCorruptError(f"{path} is not a format-{FORMAT} tvr index manifest (format: {found}); rebuild the index")
+    settings = manifest.get("settings", {})
+    if "image_size" in settings:
+        # written before the settings recorded the backbone's whole preprocessing: tvr then fed every model
+        # open_clip's default preprocessing (OpenAI CLIP's mean/std, bicubic, short side) at that size
+        settings["preprocessing"] = Preprocessing(settings.pop("image_size")).describe()
     return manifest
 
 
