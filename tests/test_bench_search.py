@@ -8,7 +8,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # runs the tool in a subprocess
 
 SIZE, DIM, VIDEOS, FRAMES = 2000, 32, 300, 4
 FACTORIES = ["IVF4,PQ8x4", "IVF4,PQ8x4,RFlat", "IVF4,PQ8x4,Refine(SQ8)"]

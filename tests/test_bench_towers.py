@@ -9,9 +9,13 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 from tvr.models.retriever import Retriever
 from tvr.models.towers import VisionGeometry
+
+pytestmark = pytest.mark.slow  # runs the tool in a subprocess
 
 TOWERS = {"per_frame", "per_frame_lora", "tempme"}
 TRAINING_CASES = {"per_frame/trainable", "per_frame_lora/frozen", "tempme/frozen", "tempme/trainable"}

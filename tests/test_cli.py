@@ -15,7 +15,6 @@ from tvr.checkpoint import load_checkpoint_file
 
 TESTS = Path(__file__).parent
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-pytestmark = pytest.mark.slow
 
 
 def run_cli(script: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -39,6 +38,7 @@ def damaged_data(data_dir, tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, tmp_path):
     run_dir = tmp_path / "run"
     # generate=false: otherwise the generator would re-render the empty file before training
@@ -71,6 +71,7 @@ def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, 
     assert not (tmp_path / "gone").exists()
 
 
+@pytest.mark.slow
 def test_wrong_group_option_fails_at_start_up_with_choices(data_dir, tmp_path):
     result = run_cli("tvr-train", ["head=xpoll"], data_dir, tmp_path)
     assert result.returncode != 0
@@ -87,6 +88,7 @@ def test_bad_values_end_the_run_with_one_message_per_key_and_no_traceback(tmp_pa
     assert not any(empty.iterdir())  # nothing generated, nothing cached
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", [[], ["experiment=synthetic_glscl", "head.decoder_dropout=0.0"]], ids=["meanpool", "glscl"])
 def test_two_process_ddp_step_and_evaluation_equal_single_process(head, data_dir, tmp_path):
     data_dir = shutil.copytree(data_dir, tmp_path / "data")  # num_test=11 regenerates: keep the shared set intact
@@ -120,6 +122,7 @@ def run_tool(script: str, args: list[str], data_dir: Path, cwd: Path) -> subproc
     return subprocess.run([sys.executable, str(tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_video_tools_from_the_command_line(data_dir, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data_dir, copy)

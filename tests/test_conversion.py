@@ -95,6 +95,7 @@ def run_tool(*args):
                           capture_output=True, text=True, cwd=REPO_ROOT)
 
 
+@pytest.mark.slow
 def test_each_command_names_the_override_it_accepts(tmp_path):
     clip4clip_release(tmp_path / "full.bin")
     partial = torch.load(tmp_path / "full.bin", weights_only=True)

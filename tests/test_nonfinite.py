@@ -22,6 +22,7 @@ def poisoned(kind: str, step: int) -> list[str]:
     return [f"+callbacks.poison._target_=helpers.Poison{kind}", f"+callbacks.poison.step={step}"]
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_naming_step_terms_and_learning_rates(data_dir, tmp_path):
     cfg = compose_train(SHORT + ["experiment=synthetic_glscl"] + poisoned("Batch", 5), data_dir, tmp_path)
     with pytest.raises(NonFiniteLossError) as error:
@@ -34,7 +35,7 @@ def test_a_nan_loss_stops_the_run_naming_step_terms_and_learning_rates(data_dir,
     assert all(torch.isfinite(value).all() for value in kept["state_dict"].values())
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true", pytest.param("bf16-mixed", marks=pytest.mark.slow)])
 def test_a_nan_gradient_stops_the_run_though_the_loss_is_finite(precision, data_dir, tmp_path):
     cfg = compose_train(SHORT + poisoned("Gradient", 2) + [f"trainer.precision={precision}"], data_dir, tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"^non-finite gradient at step 2 \(epoch 0, batch 2\): gradient_norm=nan"):
@@ -42,6 +43,7 @@ def test_a_nan_gradient_stops_the_run_though_the_loss_is_finite(precision, data_
     assert load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Batch", "Gradient"])
 def test_skip_leaves_the_weights_alone_for_that_step_and_counts_it(kind, data_dir, tmp_path):
     record = ["+callbacks.weights._target_=helpers.WeightsAroundStep", "+callbacks.weights.step=2",
@@ -65,6 +67,7 @@ def test_the_cli_stops_with_one_error_line_and_records_it_for_tvr_results(data_d
     assert recorded["type"] == "NonFiniteLossError" and recorded["step"] == 3
 
 
+@pytest.mark.slow
 def test_a_nan_loss_in_an_earlier_micro_batch_of_an_accumulated_step_is_named_as_a_loss(data_dir, tmp_path):
     # batches 2 and 3 make optimiser step 1; the poisoned batch is the first of the two
     first_of_two = poisoned("Batch", 1) + ["+callbacks.poison.batch_idx=2"]

@@ -72,6 +72,7 @@ def test_glscl_scores_padded_videos_as_the_reference_only_with_encoded_blank(pad
             assert differs.tolist() == [False, True, True, True], name  # every padded video, and only those
 
 
+@pytest.mark.slow
 def test_encoded_blank_gives_the_reference_gradients():
     """One blank encoding broadcast into every padded slot trains CLIP as encoding each slot does."""
     backbone, head = tiny_backbone("encoded_blank"), make_head("glscl").eval()

@@ -65,6 +65,7 @@ def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, 
     assert "clip4clip, 8 frames" in (tmp_path / "index" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_two_stage_search_stays_within_a_point_of_exhaustive_xpool_scoring(xpool, test_videos, tmp_path):
     checkpoint, results = xpool
     folder, captions = test_videos
@@ -80,6 +81,7 @@ def test_two_stage_search_stays_within_a_point_of_exhaustive_xpool_scoring(xpool
         assert narrow_r1 == full_r1
 
 
+@pytest.mark.slow
 def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, data_dir, tmp_path):
     checkpoint, _ = meanpool
     folder, captions = test_videos

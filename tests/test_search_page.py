@@ -146,7 +146,7 @@ def test_screenshot_without_chromium_raises_a_clear_error(tmp_path: Path, monkey
         screenshot(tmp_path / "page.html", tmp_path / "page.png")
 
 
-@pytest.mark.parametrize("hangs", [1, 2], ids=["hangs-once", "hangs-always"])
+@pytest.mark.parametrize("hangs", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["hangs-once", "hangs-always"])
 def test_a_hung_chromium_is_killed_and_retried_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangs: int
 ) -> None:

@@ -139,6 +139,7 @@ def test_loss_and_gradients_of_every_trained_weight():
         torch.testing.assert_close(param.grad, grad.reshape(param.shape), atol=1e-4 * grad.abs().max().item(), rtol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_videos_are_encoded_independently_and_repeatably(retriever):
     """The merge state lives in the forward pass: a batch gives what each video gives alone, every time."""
     mask = GOLDEN["video_mask"].bool()

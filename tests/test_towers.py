@@ -101,6 +101,7 @@ def test_a_schedule_or_sampler_that_does_not_fit_fails_at_start_up(overrides, ke
     assert key in str(error.value)
 
 
+@pytest.mark.slow
 def test_tvr_train_head_tempme_trains_evaluates_and_reloads(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose_train(["head=tempme", "head.clip_weights=frozen", "trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET,

@@ -37,6 +37,7 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
         assert written["reranked"]["method"] == "dsl" and "(DSL re-ranked)" in table
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
     cfg = compose_train(["trainer.max_epochs=3", "logger=wandb"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir)
@@ -53,6 +54,7 @@ def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
     assert (eval_dir / "results.md").read_text().splitlines()[-2:] == (run_dir / "results.md").read_text().splitlines()[-2:]
 
 
+@pytest.mark.slow
 def test_validation_split_can_be_re_evaluated(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     train(compose_train(["trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))

@@ -45,6 +45,7 @@ def test_k_is_clamped_to_the_gallery_size():
     assert sorted(ids[0].tolist()) == list(range(5))
 
 
+@pytest.mark.slow
 def test_ivf_pq_recall_on_clustered_data():
     # 64 well-separated clusters of ~62 points, 64-d vectors in 32-byte codes (PQ32). Measured recall@10
     # over five seeds: 0.766-0.789 (the codes blur the ranking inside a cluster; PQ16 gives ~0.5). An

@@ -56,6 +56,7 @@ def test_deadline_interrupts_slow_decoding(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_check_videos_kills_hanging_decoders_and_classifies_the_rest(tmp_path):
     good = numbered_video(tmp_path / "good.mp4", num_frames=6)
     (tmp_path / "empty.mp4").write_bytes(b"")
