@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from tvr.config import compose_config
 from tvr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 
@@ -41,3 +43,50 @@ def _quiet_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# Settings under which the tiny model's scores depend on the text on the small synthetic set. The default
+# 2-epoch run (lr 3e-3) collapses: every query's top hit is the same video, so equal metrics of two code
+# paths prove nothing. Tests that compare two paths compare their per-query scores on such a model.
+RANKING_OVERRIDES = ["trainer.max_epochs=2", "optim.backbone_lr=1e-4", "optim.head_lr=1e-4"]
+
+
+@contextmanager
+def recorded_scores():
+    """Records every ``(scores [Nt, Nv], text_to_video)`` the evaluation ranks while the block runs (the
+    similarity matrices tvr-train's validation/test and tvr-eval turn into metrics), in call order."""
+    from tvr.evaluation import engine
+
+    calls = []
+    original = engine.evaluate_scores
+
+    def recording(scores, text_to_video, *args, **kwargs):
+        calls.append((scores.detach().clone().float(), torch.as_tensor(text_to_video).clone()))
+        return original(scores, text_to_video, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "evaluate_scores", recording)
+        yield calls
+
+
+def assert_ranks_by_text(scores: torch.Tensor) -> None:
+    """Guard: the model did not collapse onto one video; queries reach different top hits and top-5 lists."""
+    top1, top5 = scores.argmax(1), scores.topk(min(5, scores.shape[1]), dim=1).indices
+    assert len(set(top1.tolist())) >= 3, f"collapsed model: top hits {top1.tolist()}"
+    assert len({tuple(row) for row in top5.tolist()}) >= scores.shape[0] // 2, f"collapsed model: top-5 {top5.tolist()}"
+
+
+@pytest.fixture(scope="session")
+def ranking_meanpool(tmp_path_factory, data_dir):
+    """A meanpool run whose scores depend on the text: (run dir, its metrics, its test-split scores and
+    text_to_video as the training run's final evaluation ranked them)."""
+    from tvr.train import train  # imported here: most test modules never train
+
+    run_dir = tmp_path_factory.mktemp("ranking_meanpool")
+    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    with recorded_scores() as calls:
+        results = train(compose_train(RANKING_OVERRIDES + SMALL_OVERRIDES + quiet, data_dir, run_dir))
+    scores, text_to_video = calls[-1]  # the test split is evaluated last
+    assert scores.shape == (SMALL_SYNTHETIC["num_test"], SMALL_SYNTHETIC["num_test"])
+    assert_ranks_by_text(scores)
+    return run_dir, results, scores, text_to_video

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_OVERRIDES
+from conftest import RANKING_OVERRIDES, SMALL_OVERRIDES, assert_ranks_by_text, compose_train, recorded_scores
+from tvr.evaluate import evaluate
 from tvr.checkpoint import load_checkpoint_file
 
 TESTS = Path(__file__).parent
@@ -42,7 +43,7 @@ def damaged_data(data_dir, tmp_path) -> Path:
 def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, tmp_path):
     run_dir = tmp_path / "run"
     # generate=false: otherwise the generator would re-render the empty file before training
-    args = ["trainer.max_epochs=2", "data.source.generate=false", f"hydra.run.dir={run_dir}"] + SMALL_OVERRIDES + QUIET
+    args = [*RANKING_OVERRIDES, "data.source.generate=false", f"hydra.run.dir={run_dir}"] + SMALL_OVERRIDES + QUIET
     train = run_cli("tvr-train", args, damaged_data, tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -62,6 +63,12 @@ def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, 
                          damaged_data, tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert table_rows(evaluation.stdout) == train_rows
+    # equal tables mean something only for a model whose ranking depends on the text (its scores, in process)
+    with recorded_scores() as calls:
+        evaluate(compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET, damaged_data, tmp_path / "in_process",
+                               config_name="eval"))
+    assert_ranks_by_text(calls[-1][0])
+    assert table_rows((tmp_path / "in_process" / "results.md").read_text()) == train_rows
     for output in (train.stdout, evaluation.stdout):  # the table says what it measured, and that it is not clean
         assert "12 texts x 12 videos" in output and "1 unreadable" in output and "warning: 1 unreadable videos" in output
 

@@ -25,13 +25,27 @@ def group_options():
             yield group, path.stem
 
 
+def leaves_like(composed: dict, own: dict) -> dict:
+    """``composed`` restricted to the keys ``own`` sets, recursively."""
+    return {key: leaves_like(composed[key], value) if isinstance(value, dict) and isinstance(composed.get(key), dict)
+            else composed.get(key, "<missing>") for key, value in own.items()}
+
+
 @pytest.mark.parametrize("group, option", list(group_options()))
 def test_every_group_option_composes_and_resolves(group, option, data_dir, tmp_path):
     cfg = compose_train([f"{group}={option}"], data_dir, tmp_path)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if group != "experiment":
-        assert OmegaConf.to_container(cfg[group], resolve=True) == resolved[group]
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert resolved["hydra"]["runtime"]["choices"][group] == option
+    # the option's own values are what was composed (an experiment is a global package; the others sit at
+    # cfg[group]), except where the backbone-head preset applied after it sets them
+    own = OmegaConf.load(CONF / group / f"{option}.yaml")
+    own.pop("defaults", None)
+    preset = CONF / "backbone_head" / f"{resolved['hydra']['runtime']['choices'].get('backbone_head')}.yaml"
+    if group != "experiment" and preset.is_file():
+        own = OmegaConf.merge(own, OmegaConf.load(preset).get(group) or {})
+    own = OmegaConf.to_container(own)
+    composed = OmegaConf.to_container(cfg if group == "experiment" else cfg[group])
+    assert leaves_like(composed, own) == own, f"{group}={option}"
 
 
 def test_eval_config_composes_over_the_checkpoints_own_config(data_dir, tmp_path):

@@ -10,16 +10,20 @@ from conftest import FIXTURES, REPO_ROOT, SMALL_OVERRIDES, compose_train
 from tvr.checkpoint import CheckpointMismatchError, load_checkpoint_file, load_state_dict_checked, load_tvr_checkpoint
 from tvr.conversion import convert_checkpoint
 from tvr.evaluate import evaluate
-from tvr.models.backbone import CLIPBackbone
+from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
+from tvr.models.retriever import Retriever
 
 GOLDEN = FIXTURES / "golden"
+
+
+GOLDEN_CLIP4CLIP = torch.load(GOLDEN / "clip4clip_golden.pt", weights_only=True)
 
 
 def clip4clip_release(path):
     """A CLIP4Clip-layout ``pytorch_model.bin``: CLIP (fp16, as CLIP4Clip trains it) under ``clip.`` + seqTransf."""
     torch.manual_seed(3)
     clip = CLIPBackbone("tvr-tiny").clip.state_dict()
-    head = torch.load(GOLDEN / "clip4clip_golden.pt", weights_only=True)["state_dict"]
+    head = GOLDEN_CLIP4CLIP["state_dict"]
     torch.save({**{f"clip.{k}": v.half() for k, v in clip.items()}, **head}, path)
     return clip, head
 
@@ -30,8 +34,15 @@ def test_a_clip4clip_release_converts_and_evaluates(data_dir, tmp_path):
     overrides = ["experiment=synthetic_seqtransf", f"paths.data_dir={data_dir}"] + SMALL_OVERRIDES
     assert convert_checkpoint(tmp_path / "pytorch_model.bin.4", target, overrides) == ([], [])
     state = load_tvr_checkpoint(target)["state_dict"]  # a converted checkpoint is a complete tvr checkpoint
-    torch.testing.assert_close(state["head.temporal.blocks.1.attn.in_proj_weight"], head["transformerClip.resblocks.1.attn.in_proj_weight"])
-    torch.testing.assert_close(state["backbone.clip.visual.proj"], clip["visual.proj"].half().float())
+    for key, value in clip.items():  # every CLIP weight, as the fp16 release holds it
+        torch.testing.assert_close(state[f"backbone.clip.{key}"], value.half().float(), atol=0, rtol=0, msg=key)
+    # the converted model scores CLIP4Clip's golden embeddings as the reference seqTransf did
+    retriever = Retriever.from_checkpoint(target)
+    with torch.no_grad():
+        text = retriever.head.encode_text(TextFeatures(GOLDEN_CLIP4CLIP["text_embeds"], None, None))
+        video = retriever.head.encode_video(FrameFeatures(GOLDEN_CLIP4CLIP["frame_embeds"], GOLDEN_CLIP4CLIP["video_mask"].bool()))
+        logits = retriever.head.similarity(text, video) * GOLDEN_CLIP4CLIP["logit_scale_log"].exp()
+    torch.testing.assert_close(logits, GOLDEN_CLIP4CLIP["logits_seqTransf"], atol=1e-5, rtol=0)
     cfg = compose_train([f"ckpt_path={target}", "trainer.enable_progress_bar=false"], data_dir, tmp_path / "eval", config_name="eval")
     result = evaluate(cfg)
     assert result["num_videos"] == 12 and set(result["t2v"]) >= {"R1", "MdR"}

@@ -110,6 +110,21 @@ def test_eval_never_creates_data_and_names_the_key_for_a_stale_root(trained, tmp
     assert not (tmp_path / "gone").exists()
 
 
+def test_eval_never_regenerates_a_lost_video_and_counts_it(trained, data_dir, tmp_path):
+    run_dir, _ = trained
+    copy = shutil.copytree(data_dir / "synthetic", tmp_path / "copy" / "synthetic")
+    shutil.rmtree(copy / "frame_cache")
+    (copy / "videos" / "test_00003.mp4").unlink()
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "best.ckpt")
+    assert checkpoint["hyper_parameters"]["run_config"]["data"]["source"]["generate"]  # trained with generation on
+    result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", f"data.source.root={copy}")
+    assert not (copy / "videos" / "test_00003.mp4").exists()  # the synthetic generator did not re-render it
+    # the synthetic set lists its videos by path: a lost file stays in the gallery as an unreadable video, a miss
+    assert result["num_videos"] == 12 and result["unreadable_videos"] == 1
+    assert result["decode_failures"]["eval_unreadable_videos"]["test"] == ["test_00003"]
+    assert "12 texts x 12 videos (0 of 12 annotated videos missing from disk, 1 unreadable)" in (tmp_path / "eval" / "results.md").read_text()
+
+
 def test_eval_reads_only_the_evaluated_split(trained, data_dir, tmp_path, monkeypatch):
     run_dir, _ = trained
     loaded = []

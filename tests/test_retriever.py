@@ -4,7 +4,7 @@ Trainer and gives tvr-train's numbers, and tvr-eval evaluates a backbone zero-sh
 import pytest
 import torch
 
-from conftest import SMALL_OVERRIDES, compose_train
+from conftest import SMALL_OVERRIDES, compose_train, recorded_scores
 from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.checkpoint import load_checkpoint_file
 from tvr.config import to_plain
@@ -18,14 +18,13 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    run_dir = tmp_path_factory.mktemp("retriever_run")
-    results = train(compose_train(["trainer.max_epochs=2"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
+def trained(ranking_meanpool):
+    run_dir, results, _, _ = ranking_meanpool
     return run_dir, results
 
 
-def test_evaluation_without_a_trainer_gives_the_numbers_tvr_train_printed(trained, data_dir, tmp_path):
-    run_dir, results = trained
+def test_evaluation_without_a_trainer_gives_the_numbers_tvr_train_printed(ranking_meanpool, data_dir, tmp_path):
+    run_dir, results, train_scores, train_text_to_video = ranking_meanpool
     checkpoint = run_dir / "checkpoints" / "best.ckpt"
     retriever = Retriever.from_checkpoint(checkpoint)
     assert type(retriever) is Retriever and not retriever.training
@@ -34,9 +33,14 @@ def test_evaluation_without_a_trainer_gives_the_numbers_tvr_train_printed(traine
     datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.prepare_data()
     datamodule.setup("test")
-    metrics, failed = evaluate_loaders(retriever, datamodule.test_dataloader(), to_plain(cfg.evaluation),
-                                       records=datamodule.records["test"])
+    with recorded_scores() as calls:
+        metrics, failed = evaluate_loaders(retriever, datamodule.test_dataloader(), to_plain(cfg.evaluation),
+                                           records=datamodule.records["test"])
     assert failed == [] and (metrics["num_texts"], metrics["num_videos"]) == (12, 12)
+    (scores, text_to_video), = calls  # the same similarity matrix, query by query, as tvr-train's test evaluation
+    assert torch.equal(text_to_video, train_text_to_video)
+    torch.testing.assert_close(scores, train_scores, atol=1e-6, rtol=0)
+    assert torch.equal(scores.argsort(1, descending=True), train_scores.argsort(1, descending=True))
     assert metrics["t2v"] == results["t2v"] and metrics["v2t"] == results["v2t"]
 
 

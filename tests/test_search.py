@@ -4,11 +4,12 @@ backbone), tvr-search it; the search agrees with the evaluation, and bad input g
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SMALL_OVERRIDES, compose_train
+from conftest import RANKING_OVERRIDES, SMALL_OVERRIDES, assert_ranks_by_text, compose_train, recorded_scores
 from test_cli import run_cli
 from tvr.search.cli import run_index, run_search
 from tvr.search.searcher import SearchOptions, Searcher
@@ -16,12 +17,6 @@ from tvr.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 INDEX_QUIET = ["num_workers=0", "progress=false"]
-
-
-def train_head(tmp_path_factory, data_dir, head: str, *extra: str):
-    run_dir = tmp_path_factory.mktemp(f"search_{head}")
-    results = train(compose_train([f"head={head}", "trainer.max_epochs=2", *extra] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
-    return run_dir / "checkpoints" / "best.ckpt", results
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +34,20 @@ def test_videos(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="module")
-def meanpool(tmp_path_factory, data_dir):
-    return train_head(tmp_path_factory, data_dir, "meanpool")
+def meanpool(ranking_meanpool):
+    """(best checkpoint, its metrics, the test scores and text_to_video tvr-train's evaluation ranked)."""
+    run_dir, results, scores, text_to_video = ranking_meanpool
+    return run_dir / "checkpoints" / "best.ckpt", results, scores, text_to_video
 
 
 @pytest.fixture(scope="module")
 def xpool(tmp_path_factory, data_dir):
-    return train_head(tmp_path_factory, data_dir, "xpool")
+    run_dir = tmp_path_factory.mktemp("search_xpool")
+    with recorded_scores() as calls:
+        results = train(compose_train(["head=xpool", *RANKING_OVERRIDES] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
+    scores, text_to_video = calls[-1]  # the test split is evaluated last
+    assert_ranks_by_text(scores)
+    return run_dir / "checkpoints" / "best.ckpt", results, scores, text_to_video
 
 
 def search_r1(searcher: Searcher, captions, **options) -> tuple[float, list]:
@@ -54,11 +56,25 @@ def search_r1(searcher: Searcher, captions, **options) -> tuple[float, list]:
     return 100.0 * sum(hits) / len(hits), results
 
 
+def hit_ids(result) -> list[str]:
+    return [Path(hit.path).stem for hit in result.hits]
+
+
+def evaluation_top_ids(scores, text_to_video, captions, k: int = 5) -> list[list[str]]:
+    """Each query's top-k video ids as the evaluation ranked them (column ``text_to_video[i]`` is caption i's video)."""
+    assert sorted(text_to_video.tolist()) == list(range(len(captions)))  # one caption per video in the test split
+    column_ids = {int(column): video_id for column, (_, video_id) in zip(text_to_video, captions)}
+    return [[column_ids[int(column)] for column in row] for row in scores.topk(k, dim=1).indices]
+
+
 def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, test_videos, tmp_path):
-    checkpoint, results = meanpool
+    checkpoint, results, scores, text_to_video = meanpool
     folder, captions = test_videos
     run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
     r1, found = search_r1(Searcher(tmp_path / "index"), captions)
+    assert [hit_ids(result) for result in found] == evaluation_top_ids(scores, text_to_video, captions)
+    top_scores = scores.topk(5, dim=1).values
+    assert torch.allclose(torch.tensor([[hit.score for hit in result.hits] for result in found]), top_scores, atol=1e-5)
     assert r1 == results["t2v"]["R1"]
     assert "Flat inner-product search over the meanpool embeddings" in found[0].note
     assert all(a.score >= b.score for result in found for a, b in zip(result.hits, result.hits[1:]))
@@ -67,23 +83,25 @@ def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, 
 
 @pytest.mark.slow
 def test_two_stage_search_stays_within_a_point_of_exhaustive_xpool_scoring(xpool, test_videos, tmp_path):
-    checkpoint, results = xpool
+    checkpoint, results, scores, text_to_video = xpool
     folder, captions = test_videos
     run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
     searcher = Searcher(tmp_path / "index")
     full_r1, full = search_r1(searcher, captions, rerank_k=len(captions), check_recall=True)  # every video re-scored
+    assert [hit_ids(result) for result in full] == evaluation_top_ids(scores, text_to_video, captions)
     assert full_r1 == results["t2v"]["R1"] and all(result.first_stage_recall == 1.0 for result in full)
     narrow_r1, narrow = search_r1(searcher, captions, rerank_k=5, check_recall=True)
     assert "two stages: 5 candidates" in narrow[0].note
-    recalls = [result.first_stage_recall for result in narrow]
-    assert all(0.0 <= recall <= 1.0 for recall in recalls)
-    if min(recalls) == 1.0:  # the first stage kept every exhaustive top-5 video: the same ranking
-        assert narrow_r1 == full_r1
+    assert abs(narrow_r1 - full_r1) <= 1.0
+    for exhaustive, two_stage in zip(full, narrow):
+        assert 0.0 <= two_stage.first_stage_recall <= 1.0
+        if two_stage.first_stage_recall == 1.0:  # the first stage kept every exhaustive top-5 video: the same ranking
+            assert hit_ids(two_stage) == hit_ids(exhaustive)
 
 
 @pytest.mark.slow
 def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, data_dir, tmp_path):
-    checkpoint, _ = meanpool
+    checkpoint = meanpool[0]
     folder, captions = test_videos
     built = run_cli("tvr-index", [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET], data_dir, tmp_path)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -106,7 +124,7 @@ def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, d
 
 
 def test_an_index_refuses_another_model_naming_both(meanpool, test_videos, tmp_path, capsys):
-    checkpoint, _ = meanpool
+    checkpoint = meanpool[0]
     folder, captions = test_videos
     zero_shot = ["backbone=tiny", "head=meanpool", f"index={tmp_path / 'zero'}", *INDEX_QUIET]
     run_index([str(folder), *zero_shot])  # a zero-shot (random tiny CLIP) index
@@ -138,7 +156,7 @@ def test_an_index_refuses_another_model_naming_both(meanpool, test_videos, tmp_p
     ("red " * 40, r"has 40 tokens, but this model reads at most 14 \(its data.max_words=16"),
 ])
 def test_bad_queries_are_refused_with_the_reason(meanpool, test_videos, tmp_path, capsys, query, message):
-    checkpoint, _ = meanpool
+    checkpoint = meanpool[0]
     folder, _ = test_videos
     run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
     with pytest.raises(SystemExit):
@@ -147,7 +165,7 @@ def test_bad_queries_are_refused_with_the_reason(meanpool, test_videos, tmp_path
 
 
 def test_empty_and_non_video_folders_get_a_clear_message(meanpool, tmp_path, capsys):
-    checkpoint, _ = meanpool
+    checkpoint = meanpool[0]
     (tmp_path / "empty").mkdir()
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("no video here")

@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from conftest import SMALL_OVERRIDES, compose_train
+from conftest import RANKING_OVERRIDES, SMALL_OVERRIDES, assert_ranks_by_text, compose_train, recorded_scores
 from tvr.checkpoint import load_checkpoint_file
 from tvr.evaluate import evaluate
 from tvr.train import train
@@ -20,8 +21,15 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
     ["experiment=synthetic_glscl", "train.select_window=3", "train.select_metric=val/t2v_R1_window"],
 ], ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl", "xpool-bertadam", "glscl-window"])
 def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
-    cfg = compose_train(["+trainer.fast_dev_run=true"] + overrides + SMALL_OVERRIDES + QUIET, data_dir, tmp_path)
+    # two steps: CLIP4Clip's warm-up schedule gives the first one a learning rate of 0
+    record = ["+callbacks.weights._target_=helpers.WeightsAroundStep", "+callbacks.weights.step=1",
+              f"+callbacks.weights.path={tmp_path / 'weights.pt'}"]
+    cfg = compose_train(["+trainer.fast_dev_run=2"] + overrides + record + SMALL_OVERRIDES + QUIET, data_dir, tmp_path)
     results = train(cfg)
+    weights = torch.load(tmp_path / "weights.pt", weights_only=True)  # the parameters around the second optimiser step
+    changed = {name for name, before in weights["before"].items() if not torch.equal(before, weights["after"][name])}
+    assert any(name.startswith("backbone.") for name in changed), "the step left every CLIP weight as it was"
+    assert all(torch.isfinite(value).all() for value in weights["after"].values())
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["t2v"] == pytest.approx(results["t2v"])
     for direction in ("t2v", "v2t"):
@@ -40,8 +48,11 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
 @pytest.mark.slow
 def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
-    cfg = compose_train(["trainer.max_epochs=3", "logger=wandb"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir)
-    results = train(cfg)
+    cfg = compose_train(["logger=wandb", *RANKING_OVERRIDES] + SMALL_OVERRIDES + QUIET, data_dir, run_dir)
+    with recorded_scores() as trained:
+        results = train(cfg)
+    train_scores, train_text_to_video = trained[-1]  # the test split is evaluated last
+    assert_ranks_by_text(train_scores)
     checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "best.ckpt")  # weights_only=True
     assert checkpoint["hyper_parameters"]["head"]["name"] == "meanpool"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -49,7 +60,11 @@ def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
     assert checkpoint["state_dict"]["backbone.clip.logit_scale"].exp() <= 100.0 + 1e-4  # clamped
 
     eval_cfg = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET, data_dir, eval_dir, config_name="eval")
-    reevaluated = evaluate(eval_cfg)
+    with recorded_scores() as evaluated:
+        reevaluated = evaluate(eval_cfg)
+    (scores, text_to_video), = evaluated  # the same similarity matrix, query by query
+    assert torch.equal(text_to_video, train_text_to_video)
+    torch.testing.assert_close(scores, train_scores, atol=1e-6, rtol=0)
     assert reevaluated["t2v"] == pytest.approx(results["t2v"]) and reevaluated["v2t"] == pytest.approx(results["v2t"])
     assert (eval_dir / "results.md").read_text().splitlines()[-2:] == (run_dir / "results.md").read_text().splitlines()[-2:]
 
