@@ -12,9 +12,9 @@ import pytest
 import torch
 from pytorch_lightning.plugins.precision import Precision
 
+import tvr.evaluate
 from conftest import FIXTURES, SMALL_OVERRIDES, compose_train
 from test_cli import QUIET
-import tvr.evaluate
 from tvr.builders import build_module
 from tvr.checkpoint import CheckpointMismatchError, load_checkpoint_file
 from tvr.errors import CheckpointError, NonFiniteLossError

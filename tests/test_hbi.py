@@ -3,7 +3,6 @@ every level, the training loss as the module composes it), the estimator stage a
 
 import importlib.util
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -13,8 +12,8 @@ from conftest import FIXTURES, SMALL_OVERRIDES, compose_train
 from tvr.builders import build_datamodule, build_module
 from tvr.checkpoint import atomic_torch_save, load_checkpoint_file
 from tvr.errors import ConfigError, UserInputError
-from tvr.explain import explain_pair
 from tvr.evaluate import evaluate
+from tvr.explain import explain_pair
 from tvr.models.backbone import TextFeatures
 from tvr.models.convert import map_reference_head_keys
 from tvr.models.heads import create_head
