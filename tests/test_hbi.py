@@ -3,21 +3,22 @@ every level, the training loss as the module composes it), the estimator stage a
 
 import importlib.util
 
-import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from conftest import FIXTURES, SMALL_OVERRIDES, compose_train
-from tvr.builders import build_module
+from tvr.builders import build_datamodule, build_module
 from tvr.checkpoint import atomic_torch_save, load_checkpoint_file
 from tvr.errors import ConfigError, UserInputError
-from tvr.explain import explain_pair
 from tvr.evaluate import evaluate
+from tvr.explain import explain_pair
 from tvr.models.backbone import TextFeatures
 from tvr.models.convert import map_reference_head_keys
 from tvr.models.heads import create_head
 from tvr.models.heads.base import LossContext, ScoreLevels
-from tvr.models.heads.hbi import LEVELS
+from tvr.models.heads.hbi import LEVELS, banzhaf_interaction, pair_cell_mask, token_similarity_maps
 from tvr.models.losses import create_loss
 from tvr.models.retriever import Retriever
 from tvr.train import train
@@ -119,18 +120,55 @@ def estimator_run(data_dir, tmp_path_factory):
     cfg = compose_train(["experiment=hbi_estimator_synthetic", "trainer.max_epochs=1", "head.num_samples=2"] + SMALL_OVERRIDES + QUIET,
                         data_dir, run_dir)
     results = train(cfg)
-    return run_dir, results
+    return run_dir, results, cfg
 
 
-def test_the_estimator_stage_trains_the_estimator_alone_and_writes_it(estimator_run, data_dir, tmp_path):
-    run_dir, results = estimator_run
+def run_start(cfg):
+    """The data and the module as ``train(cfg)`` starts them (same seed, same order): the run's initial weights."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation)
+    return datamodule, build_module(cfg)
+
+
+def estimator_problems(module, batches, num_samples: int = 16) -> list[tuple[torch.Tensor, ...]]:
+    """(entity-level maps, Monte-Carlo Banzhaf targets, real cells) of each batch: what the estimator learns to predict."""
+    generator, problems = torch.Generator().manual_seed(0), []
+    with torch.no_grad():
+        for batch in batches:
+            text, video = module.encode_texts(batch["tokens"]), module.encode_videos(batch["frames"], batch["frame_mask"])
+            maps = module.head.positive_pair_maps(text, video, 0)
+            target = banzhaf_interaction(maps, text["mask"], video["mask"], text["weights0"], video["weights0"], num_samples, generator)
+            problems.append((maps, target, pair_cell_mask(text["mask"], video["mask"])))
+    return problems
+
+
+def estimator_mse(estimator, problems) -> float:
+    with torch.no_grad():
+        return float(torch.stack([F.mse_loss(estimator(maps[:, None])[:, 0] * cells, target) for maps, target, cells in problems]).mean())
+
+
+def test_the_estimator_stage_trains_the_estimator_alone_and_writes_it(estimator_run):
+    run_dir, results, cfg = estimator_run
     estimator = run_dir / "estimator.pt"
     assert results["artifacts"] == [str(estimator)]
     saved = load_checkpoint_file(estimator)
     assert saved["format"] == "tvr-hbi-estimator" and set(saved["state_dict"]) >= {"Q", "K", "V", "cnn1.weight", "cnn2.weight"}
-    module = build_module(compose_train(["experiment=hbi_estimator_synthetic"] + SMALL_OVERRIDES, data_dir, tmp_path))
+    datamodule, module = run_start(cfg)
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("head.blocks.teacher.") for name in trainable)
+    # the run started from these weights (everything it froze is still exactly them), and moved every estimator weight
+    last = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.equal(last[name], value) for name, value in module.state_dict().items() if torch.is_tensor(value) and name not in trainable)
+    initial = module.head.blocks.teacher.state_dict()
+    moved = {key for key, value in saved["state_dict"].items() if not torch.equal(value, initial[key])}
+    assert moved == {name.removeprefix("head.blocks.teacher.") for name in trainable}
+    datamodule.setup("fit")
+    batches = list(datamodule.train_dataloader())[:2]  # 16 pairs: enough to tell, and the Monte-Carlo targets are costly
+    problems = estimator_problems(module, batches)
+    before = estimator_mse(module.head.blocks.teacher, problems)
+    module.head.blocks.teacher.load_state_dict(saved["state_dict"])
+    after = estimator_mse(module.head.blocks.teacher, problems)
+    assert after < 0.9 * before  # it learned to predict the Monte-Carlo targets
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +210,23 @@ def test_explain_draws_the_word_by_frame_interaction(hbi_run, data_dir, tmp_path
     out = explain_tool.main([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "--text", caption, "--video", str(video),
                              "--out", str(tmp_path / "explain.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "tokens x 6 frames" in capsys.readouterr().out  # 6 s at 1 fps
-    explanation = explain_pair(Retriever.from_checkpoint(run_dir / "checkpoints" / "last.ckpt"), caption, video)
+    retriever = Retriever.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    head, encoded = retriever.head, []
+    explain = head.explain
+    head.explain = lambda text_repr, video_repr: encoded.append((text_repr, video_repr)) or explain(text_repr, video_repr)
+    explanation = explain_pair(retriever, caption, video)
     assert explanation.words[0] == "<sot>" and explanation.words[-1] == "<eot>" and explanation.thumbnails.shape[0] == 6
     assert set(explanation.maps) == {"word x frame similarity", "Banzhaf interaction (estimator)"}
-    for values in explanation.maps.values():
-        assert values.shape == (len(explanation.words), 6) and np.isfinite(values).all() and np.abs(values).sum() > 0
+    # the head's own entity-level word x frame map of the pair (words down, frames across), cut to the real tokens,
+    # and what its estimator makes of it
+    (text_repr, video_repr), = encoded
+    words, frames = len(explanation.words), 6
+    assert text_repr["mask"][0].sum() == words and video_repr["mask"][0].sum() == frames
+    cosines = token_similarity_maps(text_repr["tokens0"], video_repr["tokens0"], text_repr["mask"], video_repr["mask"])[0, 0]
+    interaction = head.blocks.teacher(cosines[None, None]).squeeze() * pair_cell_mask(text_repr["mask"], video_repr["mask"])[0]
+    torch.testing.assert_close(torch.from_numpy(explanation.maps["word x frame similarity"]), cosines[:words, :frames])
+    torch.testing.assert_close(torch.from_numpy(explanation.maps["Banzhaf interaction (estimator)"]), interaction[:words, :frames])
+    assert cosines[:words, :frames].std() > 0 and interaction[:words, :frames].std() > 0
     with pytest.raises(UserInputError, match="has no word x frame interaction"):
         explain_pair(Retriever({"model_name": "tvr-tiny"}, {"name": "meanpool"}), caption, video)
 

@@ -24,12 +24,10 @@ from tvr.models.heads.hbi import (
     token_weights,
     wti_similarity,
 )
+from tvr.models.heads.hbi.token_merge import cluster_shares
 from tvr.models.losses import create_loss
 
 GOLDEN = torch.load(FIXTURES / "golden" / "hbi_golden.pt", weights_only=True)
-# The fixture's global-RNG seeds before each reference call; its DPC-KNN noise and Monte-Carlo coalitions
-# are the first draws after them, so a CPU generator seeded alike replays them exactly.
-SEEDS = {"eval": 20261124, "train": 20261125, "est": 20261126}
 SKL, KL = 1.0, 2.0  # the fixture's config (README train commands)
 EXACT = {"atol": 1e-9, "rtol": 0}  # float64 against the float64 reference (which expects ~1e-12)
 
@@ -50,15 +48,21 @@ def _inputs(prefix: str, dtype=torch.float64):
             _golden(f"{prefix}_video_feat", dtype), GOLDEN[f"{prefix}_video_mask"])
 
 
-def _hierarchy(blocks, text, text_mask, video, video_mask, generator):
+def _recorded_noise(prefix: str, dtype=torch.float64):
+    """The DPC-KNN density noise the reference drew in each CTM call of its ``prefix`` forward."""
+    return lambda side, merge: _golden(f"{prefix}_dpc_noise_{side[0]}_ctm{merge}", dtype)
+
+
+def _hierarchy(blocks, text, text_mask, video, video_mask, noise):
     """Each side's tokens per level and the CTM outputs on the way, merged in the reference's call order
-    (t_ctm0, v_ctm0, t_ctm1, v_ctm1): the order its DPC-KNN noise was drawn in."""
+    (t_ctm0, v_ctm0, t_ctm1, v_ctm1); ``noise(side, merge)`` gives each call's DPC-KNN noise (None: drawn)."""
     tokens = {"text": [text], "video": [video]}
     masks = {"text": text_mask, "video": video_mask}
     clustered = {}
     for merge in range(len(LEVELS) - 1):
         for side, merges in (("text", blocks.text_merges), ("video", blocks.video_merges)):
-            clustered[side, merge] = merges[merge].ctm(tokens[side][merge], masks[side] if merge == 0 else None, generator)
+            clustered[side, merge] = merges[merge].ctm(tokens[side][merge], masks[side] if merge == 0 else None,
+                                                       density_noise=noise(side, merge))
             tokens[side].append(merges[merge].block(clustered[side, merge]))
     return tokens, clustered
 
@@ -73,10 +77,10 @@ def _level_similarity(blocks, level, text, video, text_mask=None, video_mask=Non
     return wti_similarity(F.normalize(text, dim=-1), F.normalize(video, dim=-1), text_weights, video_weights, text_mask, video_mask)
 
 
-def _training_losses(blocks, text, text_mask, video, video_mask, generator, logit_scale):
+def _training_losses(blocks, text, text_mask, video, video_mask, noise, logit_scale):
     """HBI.forward composed from the blocks: per level contrastive + Banzhaf distillation, plus
     self-distillation towards the entity level."""
-    tokens, _ = _hierarchy(blocks, text, text_mask, video, video_mask, generator)
+    tokens, _ = _hierarchy(blocks, text, text_mask, video, video_mask, noise)
     contrastive = create_loss("infonce")
     sims, terms = [], []
     for level in range(len(LEVELS)):
@@ -119,7 +123,7 @@ def test_entity_wti_matches_reference(prefix):
 def test_token_merges_match_reference(prefix):
     blocks = _blocks()
     with torch.no_grad():
-        tokens, clustered = _hierarchy(blocks, *_inputs(prefix), torch.Generator().manual_seed(SEEDS[prefix]))
+        tokens, clustered = _hierarchy(blocks, *_inputs(prefix), _recorded_noise(prefix))
     for (side, merge), out in clustered.items():
         name = f"{side[0]}_ctm{merge}"
         assert torch.equal(out.cluster_ids, GOLDEN[f"{prefix}_idx_cluster_{name}"]), name
@@ -128,18 +132,22 @@ def test_token_merges_match_reference(prefix):
             torch.testing.assert_close(out.scores, _golden(f"train_{name}_token_score"), **EXACT)  # -inf at padding
             torch.testing.assert_close(out.merged, _golden(f"train_{name}_merged_x"), **EXACT)
             torch.testing.assert_close(tokens[side][merge + 1], _golden(f"train_{side[0]}_block{merge}_x"), **EXACT)
-    if prefix == "train":  # the reference's bookkeeping: cluster of every original token after both merges
+    if prefix == "train":  # the reference's bookkeeping: cluster and merge weight of every original token after both merges
         for side in ("text", "video"):
-            first, second = clustered[side, 0].cluster_ids, clustered[side, 1].cluster_ids
-            assert torch.equal(first, GOLDEN[f"train_{side[0]}_ctm0_idx_token"])
-            assert torch.equal(second.gather(1, first), GOLDEN[f"train_{side[0]}_ctm1_idx_token"])
+            first, second = clustered[side, 0], clustered[side, 1]
+            assert torch.equal(first.cluster_ids, GOLDEN[f"train_{side[0]}_ctm0_idx_token"])
+            assert torch.equal(second.cluster_ids.gather(1, first.cluster_ids), GOLDEN[f"train_{side[0]}_ctm1_idx_token"])
+            shares = [cluster_shares(out.scores.exp(), out.cluster_ids, out.merged.shape[1]) for out in (first, second)]
+            torch.testing.assert_close(shares[0], _golden(f"train_{side[0]}_ctm0_agg_weight"), **EXACT)
+            torch.testing.assert_close(shares[0] * shares[1].gather(1, first.cluster_ids), _golden(f"train_{side[0]}_ctm1_agg_weight"),
+                                       **EXACT)
 
 
 @pytest.mark.parametrize("prefix", ["eval", "train"])
 def test_action_and_event_wti_match_reference(prefix):
     blocks = _blocks()
     with torch.no_grad():
-        tokens, _ = _hierarchy(blocks, *_inputs(prefix), torch.Generator().manual_seed(SEEDS[prefix]))
+        tokens, _ = _hierarchy(blocks, *_inputs(prefix), _recorded_noise(prefix))
         for level in (1, 2):
             text, video = tokens["text"][level], tokens["video"][level]
             torch.testing.assert_close(_level_similarity(blocks, level, text, video), _golden(f"{prefix}_sim_{LEVELS[level]}"), **EXACT)
@@ -184,7 +192,7 @@ def test_kl_terms_match_reference():
 def test_full_training_loss_matches_reference():
     blocks = _blocks()
     logit_scale = _golden("logit_scale_log").exp()
-    total, terms, sims = _training_losses(blocks, *_inputs("train"), torch.Generator().manual_seed(SEEDS["train"]), logit_scale)
+    total, terms, sims = _training_losses(blocks, *_inputs("train"), _recorded_noise("train"), logit_scale)
     crossen = torch.stack([F.cross_entropy(logit_scale * s, torch.arange(4)) for sim in sims for s in (sim, sim.t())])
     torch.testing.assert_close(crossen, _golden("train_crossen_terms"), **EXACT)
     torch.testing.assert_close(terms[1], _golden("train_loss_action"), **EXACT)
@@ -203,8 +211,8 @@ def test_monte_carlo_target_and_estimator_loss_match_reference():
     torch.testing.assert_close(text_weights, _golden("est_text_weight"), **EXACT)
     torch.testing.assert_close(video_weights, _golden("est_video_weight"), **EXACT)
 
-    generator = torch.Generator().manual_seed(SEEDS["est"])
-    target = banzhaf_interaction(maps, text_mask, video_mask, text_weights, video_weights, num_samples=100, generator=generator)
+    recorded = (GOLDEN["est_mc_keep_text"], GOLDEN["est_mc_keep_video"])  # the reference's coalitions, replayed
+    target = banzhaf_interaction(maps, text_mask, video_mask, text_weights, video_weights, coalitions=recorded)
     torch.testing.assert_close(target, _golden("est_mc_target"), atol=1e-9, rtol=1e-12)  # x1000 scale
     with torch.no_grad():
         predicted = blocks.teacher(maps.unsqueeze(1)).squeeze(1) * pair_cell_mask(text_mask, video_mask)
@@ -215,7 +223,7 @@ def test_float32_scores_and_clusters_match_reference():
     blocks = _blocks(torch.float32)
     text, text_mask, video, video_mask = _inputs("eval", torch.float32)
     with torch.no_grad():
-        tokens, clustered = _hierarchy(blocks, text, text_mask, video, video_mask, torch.Generator().manual_seed(SEEDS["eval"]))
+        tokens, clustered = _hierarchy(blocks, text, text_mask, video, video_mask, _recorded_noise("eval", torch.float32))
         for level, name in enumerate(LEVELS):
             masks = _level_masks(level, text_mask, video_mask)
             sims = _level_similarity(blocks, level, tokens["text"][level], tokens["video"][level], *masks)
@@ -228,12 +236,17 @@ def test_float32_scores_and_clusters_match_reference():
 
 
 def test_dpc_knn_noise_comes_from_the_generator_only():
-    tokens = torch.eye(10).expand(4, 10, 10)  # equidistant tokens: the density noise alone picks the centres
+    tokens = torch.eye(10, dtype=torch.float64).expand(4, 10, 10)  # equidistant tokens: the density noise alone picks the centres
     rng_state = torch.get_rng_state()
     runs = {seed: [dpc_knn_clusters(tokens, 3, generator=torch.Generator().manual_seed(seed)) for _ in range(2)] for seed in (0, 1)}
     assert torch.equal(torch.get_rng_state(), rng_state)  # the global RNG is untouched
     assert torch.equal(*runs[0]) and torch.equal(*runs[1])
     assert not torch.equal(runs[0][0], runs[1][0])
+    # given draws (replayed from a recording) replace the generator's: the 3 noisiest tokens are the centres, in order
+    noise = torch.rand(4, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cluster_ids = dpc_knn_clusters(tokens, 3, density_noise=noise, generator=torch.Generator().manual_seed(0))
+    centres = noise.topk(3, dim=-1).indices
+    assert torch.equal(cluster_ids.gather(1, centres), torch.arange(3).expand(4, 3))
 
 
 def test_captions_shorter_than_the_clusters_stay_finite():
@@ -287,7 +300,7 @@ def test_gradients_reach_every_trained_block_but_not_the_teacher_or_the_clusteri
     blocks = _blocks()
     text, text_mask, video, video_mask = _inputs("train")
     text.requires_grad_(True)
-    total, _, _ = _training_losses(blocks, text, text_mask, video, video_mask, torch.Generator().manual_seed(0), _golden("logit_scale_log").exp())
+    total, _, _ = _training_losses(blocks, text, text_mask, video, video_mask, _recorded_noise("train"), _golden("logit_scale_log").exp())
     total.backward()
     assert text.grad.abs().sum() > 0
     for name, param in blocks.named_parameters():

@@ -11,7 +11,9 @@ from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
 from tvr.models.similarity import tiled_similarity
 
-D, T, L = 64, 6, 10
+# 9 frames: HBI's merges (rates 1/4 then 1/2) leave 2 event-level video tokens, so its event-level weight MLP
+# gets a gradient (8 frames or fewer leave one token, whose softmax weight is constantly 1)
+D, T, L = 64, 9, 10
 HEAD_OPTIONS = {
     "seqtransf": {"layers": 2, "heads": 2, "init_from_clip": False},
     "xpool": {"num_heads": 2},
@@ -22,12 +24,10 @@ HEAD_OPTIONS = {
                       "num_samples": 2},
 }
 # Parameters whose gradient is zero by construction: HBI's token weights and cluster merge weights are
-# softmaxes, which ignore a shift of all their logits (so the output biases get none), and a softmax over a
-# single token is constant (these 6 frames leave one event-level video token).
+# softmaxes, which ignore a shift of all their logits (so the output biases get none).
 ZERO_BY_CONSTRUCTION = (
     r"blocks\.(text|video)_weights\.\d\.2\.bias",
     r"blocks\.(text|video)_merges\.\d\.ctm\.score\.bias",
-    r"blocks\.video_weights\.2\..*",
 )
 # HBI's estimator stage learns from detached similarity maps of frozen features: no gradient reaches them.
 FROZEN_FEATURES = {"hbi_estimator"}

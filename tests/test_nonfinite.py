@@ -13,6 +13,7 @@ from conftest import SMALL_OVERRIDES, compose_train
 from test_cli import QUIET, run_cli
 from tvr.checkpoint import load_checkpoint_file
 from tvr.errors import NonFiniteLossError
+from tvr.optim import SCHEDULES
 from tvr.train import train
 
 SHORT = ["trainer.max_epochs=2", "train.checkpoint_every_n_steps=1"] + SMALL_OVERRIDES + QUIET
@@ -56,6 +57,12 @@ def test_skip_leaves_the_weights_alone_for_that_step_and_counts_it(kind, data_di
     assert all(math.isfinite(value) for direction in ("t2v", "v2t") for value in results[direction].values())
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["run"]["skipped_nonfinite_steps"] == 1
+    # the learning-rate schedule advanced on the skipped step too: it stands where the step count says
+    kept = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")
+    scheduler, steps = kept["lr_schedulers"][0], kept["global_step"]
+    assert scheduler["last_epoch"] == steps == 4
+    factor = SCHEDULES[cfg.optim.schedule](cfg.optim.warmup_proportion, steps)(steps)
+    assert scheduler["_last_lr"] == pytest.approx([base * factor for base in scheduler["base_lrs"]])
 
 
 @pytest.mark.slow

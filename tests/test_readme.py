@@ -4,7 +4,8 @@ this file.
 
 Cheap lines run as written, on the small synthetic set with one epoch (appended overrides only shrink
 the run); lines that need a GPU, a cluster, weights or a real benchmark compose and validate instead;
-what remains says why it is covered elsewhere.
+what remains names the test that covers it elsewhere (``tests/<file>.py::<test>``, which must exist), or
+says why no test can run it.
 """
 
 import ast
@@ -30,11 +31,16 @@ CKPT = "ckpt_path=…"  # the documentation's placeholder for "a checkpoint of y
 # run by the readme_run fixture, whose checkpoint the documented tvr-eval lines evaluate
 FIRST_TRAINING_LINE = "tvr-train head=seqtransf head.layers=2 head.heads=2 head.init_from_clip=false"
 
-RUN, COMPOSE, ELSEWHERE = "run", "compose", "elsewhere"
+RESUME = "tests/test_resume.py::test_ckpt_path_continues_in_the_runs_own_folder"
+SWEEP_SUMMARY = "tests/test_sweep.py::test_a_sweep_with_a_failing_configuration_completes_and_summarises_itself"
+BENCH_TRAIN = "tests/test_bench_train.py::test_bench_train_end_to_end"
+VIDEO_TOOLS = "tests/test_cli.py::test_video_tools_from_the_command_line"
+RUN, COMPOSE, ELSEWHERE, NOT_RUN = "run", "compose", "elsewhere", "not run"
+# (how, why) for RUN and COMPOSE, (ELSEWHERE, the covering test node, why) and (NOT_RUN, why) otherwise
 HOW = {
-    "make train": (ELSEWHERE, "the full default run (minutes): tools/bench_synthetic.py runs it as written"),
-    "make test": (ELSEWHERE, "the fast tier of this suite; make test-all runs it and more"),
-    "make test-all": (ELSEWHERE, "the command CI runs (.ci/run)"),
+    "make train": (NOT_RUN, "creates .venv and runs the full default run (minutes); tools/bench_synthetic.py runs it as written"),
+    "make test": (NOT_RUN, "creates .venv and runs the fast tier of this suite"),
+    "make test-all": (NOT_RUN, "creates .venv and runs this whole suite: the command CI runs (.ci/run)"),
     "tvr-train experiment=xpool_msrvtt backbone.weights=/models/ViT-B-32.pt data.source.root=/datasets/msrvtt": (
         COMPOSE, "needs a GPU, CLIP weights and MSR-VTT; the recipe composes and passes start-up validation"),
     "tvr-eval ckpt_path=outputs/…/checkpoints/best.ckpt": (RUN, None),
@@ -43,52 +49,68 @@ HOW = {
     "tvr-eval ckpt_path=… data=synthetic data.source.root=/other": (RUN, None),
     "tvr-train head=seqtransf head.layers=2 head.heads=2 head.init_from_clip=false": (RUN, None),
     "tvr-train head=xpool backbone_head=tiny_tempme_tower": (
-        ELSEWHERE, "test_tower_composition.py trains X-Pool over the tempme tower on the small synthetic set"),
+        ELSEWHERE, "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[xpool_over_tempme]",
+        "trains X-Pool over the tempme tower on the small synthetic set"),
     "tvr-train head=glscl head.text_tower=lora_text": (
-        ELSEWHERE, "test_tower_composition.py trains GLSCL with the lora_text tower on the small synthetic set"),
+        ELSEWHERE, "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[glscl_with_lora_text]",
+        "trains GLSCL with the lora_text tower on the small synthetic set"),
     "tvr-train experiment=synthetic_seqtransf logger=wandb": (RUN, None),
     "tvr-train trainer=gpu": (COMPOSE, "needs a GPU"),
     "tvr-train trainer=ddp trainer.devices=4": (COMPOSE, "needs 4 GPUs; 2-process CPU DDP runs in test_cli"),
-    "tvr-train trainer.max_epochs=60 ckpt_path=last": (ELSEWHERE, "test_resume continues the newest run of a configuration"),
-    "tvr-train ckpt_path=outputs/…/checkpoints/last.ckpt": (ELSEWHERE, "test_resume continues a run by its file"),
+    "tvr-train trainer.max_epochs=60 ckpt_path=last": (ELSEWHERE, RESUME, "continues the newest run of a configuration"),
+    "tvr-train ckpt_path=outputs/…/checkpoints/last.ckpt": (ELSEWHERE, RESUME, "continues a run by its file, in its folder"),
     "tvr-train -m head=meanpool,seqtransf seed=0,1,2": (RUN, None),
-    "tvr-results multirun/2026-12-01_10-00-00": (ELSEWHERE, "test_sweep runs it on a real sweep of the synthetic set"),
+    "tvr-results multirun/2026-12-01_10-00-00": (
+        ELSEWHERE, SWEEP_SUMMARY, "runs it on a real sweep of the synthetic set"),
     # docs/sweep_synthetic.md: the sweep its figures were made with
     "tvr-train -m head=meanpool,seqtransf seed=0,1,2 trainer.max_epochs=10": (
-        ELSEWHERE, "the sweep line of docs/clusters.md, which runs here, with 10 epochs instead of the default"),
-    "tvr-results multirun/<time>": (ELSEWHERE, "test_sweep runs it on a real sweep of the synthetic set"),
+        ELSEWHERE, "tests/test_readme.py::test_readme_train_lines_run_as_written",
+        "runs the sweep line of docs/clusters.md, this one with 10 epochs instead of the default"),
+    "tvr-results multirun/<time>": (ELSEWHERE, SWEEP_SUMMARY, "runs it on a real sweep of the synthetic set"),
     "sbatch tools/slurm/train.sbatch experiment=clip4clip_meanp_msrvtt data.source.root=/datasets/msrvtt": (
-        ELSEWHERE, "needs SLURM; test_slurm runs the script's srun line under stand-in SLURM variables"),
+        ELSEWHERE, "tests/test_slurm.py::test_sbatch_script_runs_tvr_train_sized_by_the_allocation",
+        "needs SLURM; runs the script's srun line under stand-in SLURM variables"),
     "tvr-train -m hydra/launcher=slurm trainer=ddp_multinode ckpt_path=last experiment=xpool_msrvtt seed=0,1,2 "
-    "data.source.root=/datasets/msrvtt": (ELSEWHERE, "needs SLURM; test_slurm submits a sweep to a stand-in cluster"),
-    "python tools/bench_train.py": (ELSEWHERE, "minutes; test_bench_train runs it with few steps"),
-    "python tools/bench_train.py --device cuda --backbone vit_b32 --batch-size 128": (ELSEWHERE, "needs a GPU"),
+    "data.source.root=/datasets/msrvtt": (
+        ELSEWHERE, "tests/test_slurm.py::test_sweep_submission_sbatch_header_and_requeue_state",
+        "needs SLURM; submits a sweep to a stand-in cluster"),
+    "python tools/bench_train.py": (ELSEWHERE, BENCH_TRAIN, "minutes; runs it with few steps"),
+    "python tools/bench_train.py --device cuda --backbone vit_b32 --batch-size 128": (
+        ELSEWHERE, BENCH_TRAIN, "needs a GPU; runs the same tool on the CPU with few steps"),
     "tvr-train data=msrvtt backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt data.source.root=/datasets/msrvtt": (
         COMPOSE, "needs CLIP weights and a benchmark; test_backbone loads every weights format"),
     "python tools/compress_videos.py RAW/ data/msrvtt/videos --workers 8": (
-        ELSEWHERE, "needs raw videos; test_cli runs the tool on the synthetic videos"),
+        ELSEWHERE, VIDEO_TOOLS, "needs raw videos; runs the tool on the synthetic videos"),
     "python tools/check_videos.py data=msrvtt --timeout 30": (
-        ELSEWHERE, "needs MSR-VTT; test_cli runs the tool on the synthetic set"),
+        ELSEWHERE, VIDEO_TOOLS, "needs MSR-VTT; runs the tool on the synthetic set"),
     "python tools/cache_frames.py data=msrvtt backbone=vit_b32 --workers 8": (
-        ELSEWHERE, "needs MSR-VTT; test_frame_cache_tool runs it with backbone=vit_b32 on the synthetic set"),
+        ELSEWHERE, "tests/test_frame_cache_tool.py::"
+        "test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_backbone_on_real_data",
+        "needs MSR-VTT; runs it with backbone=vit_b32 on the synthetic set"),
     "tvr-eval backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt head=meanpool data=msrvtt data.source.root=/datasets/msrvtt": (
-        ELSEWHERE, "needs CLIP weights and MSR-VTT; test_retriever runs tvr-eval zero-shot on a tiny backbone"),
+        ELSEWHERE, "tests/test_retriever.py::test_tvr_eval_evaluates_a_backbone_zero_shot",
+        "needs CLIP weights and MSR-VTT; runs tvr-eval zero-shot on a tiny backbone"),
     "tvr-index my_videos/ ckpt_path=outputs/…/checkpoints/best.ckpt index=my_index": (RUN, None),
     'tvr-search "a dog runs on the beach" index=my_index --top-k 10': (RUN, None),
     "tvr-search --queries queries.txt index=my_index --html results.html": (RUN, None),
     "tvr-index my_videos/ backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt head=meanpool index=clip_index": (
-        ELSEWHERE, "needs CLIP weights; test_search indexes a folder with a zero-shot tiny backbone"),
+        ELSEWHERE, "tests/test_search.py::test_an_index_refuses_another_model_naming_both",
+        "needs CLIP weights; indexes a folder with a zero-shot tiny backbone"),
     "python tools/bench_search.py --json bench_search.json": (
-        ELSEWHERE, "about 20 minutes; test_bench_search runs it at tiny sizes"),
+        ELSEWHERE, "tests/test_bench_search.py::test_bench_search_tiny_run_writes_every_section", "about 20 minutes; runs it at tiny sizes"),
     "tvr-train head=tempme": (RUN, None),
-    "python tools/bench_towers.py --json bench_towers.json": (ELSEWHERE, "minutes; test_bench_towers runs it with --quick"),
+    "python tools/bench_towers.py --json bench_towers.json": (
+        ELSEWHERE, "tests/test_bench_towers.py::test_bench_towers_quick_run_writes_every_section", "minutes; runs it with --quick"),
     "tvr-train experiment=hbi_estimator_synthetic hydra.run.dir=outputs/hbi_estimator": (
-        ELSEWHERE, "test_hbi runs the estimator stage on the small synthetic set and checks estimator.pt"),
+        ELSEWHERE, "tests/test_hbi.py::test_the_estimator_stage_trains_the_estimator_alone_and_writes_it",
+        "runs the estimator stage on the small synthetic set and checks estimator.pt"),
     "tvr-train head=hbi head.estimator_ckpt=outputs/hbi_estimator/estimator.pt": (
-        ELSEWHERE, "test_hbi trains HBI with the estimator stage's file, then evaluates it without that file"),
+        ELSEWHERE, "tests/test_hbi.py::test_hbi_trains_with_the_estimator_as_frozen_teacher_and_evaluates_without_its_file",
+        "trains HBI with the estimator stage's file, then evaluates it without that file"),
     "tvr-eval ckpt_path=… evaluation.report_levels=true": (RUN, None),
     'python tools/explain.py ckpt_path=… --text "a red square moves left" --video clip.mp4 --out explain.png': (
-        ELSEWHERE, "test_hbi runs tools/explain.py on a trained HBI checkpoint and a synthetic video"),
+        ELSEWHERE, "tests/test_hbi.py::test_explain_draws_the_word_by_frame_interaction",
+        "runs tools/explain.py on a trained HBI checkpoint and a synthetic video"),
 }
 
 
@@ -116,6 +138,28 @@ def test_every_documented_command_line_is_exercised():
     assert not unknown, f"command lines in README.md or docs/*.md with no test; add them to HOW: {unknown}"
     stale = [command for command in HOW if command not in commands]
     assert not stale, f"HOW lists lines that neither README.md nor docs/*.md has any more: {stale}"
+
+
+def defined_tests(path) -> set[str]:
+    """The names of the test functions a test file defines at its top level."""
+    tree = ast.parse(path.read_text())
+    return {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def test_every_line_covered_elsewhere_names_a_test_that_exists():
+    """``tests/<file>.py::<test>[<id>]``: the file defines the test, and the id is one of its parameter ids."""
+    elsewhere = {command: entry[1] for command, entry in HOW.items() if entry[0] == ELSEWHERE}
+    assert len(elsewhere) > 10 and all(len(entry) == 3 for entry in HOW.values() if entry[0] == ELSEWHERE)
+    missing = []
+    for command, node in elsewhere.items():
+        match = re.fullmatch(r"(tests/\w+\.py)::(\w+)(?:\[([\w-]+)\])?", node)
+        path = REPO_ROOT / match[1] if match else None
+        exists = path is not None and path.is_file() and match[2] in defined_tests(path) and (
+            match[3] is None or f'"{match[3]}"' in path.read_text())
+        if not exists:
+            missing.append(f"{command!r} -> {node!r}")
+    assert not missing, f"HOW names tests that do not exist: {missing}"
+    assert all(why for how, why, *_ in HOW.values() if how == NOT_RUN)  # a line no test runs says why
 
 
 def test_every_python_name_the_documentation_names_imports():
@@ -229,7 +273,7 @@ def test_documentation_links_lead_somewhere():
     assert not broken, f"links to missing files or headings: {broken}"
 
 
-@pytest.mark.parametrize("command", [c for c, (how, _) in HOW.items() if how == COMPOSE])
+@pytest.mark.parametrize("command", [c for c, (how, *_) in HOW.items() if how == COMPOSE])
 def test_readme_lines_that_need_hardware_compose_and_validate(command, data_dir, tmp_path):
     cfg = compose_train(command.split("tvr-train", 1)[1].split(), data_dir, tmp_path)
     validate_train_config(cfg)
@@ -245,7 +289,7 @@ def readme_run(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c, (how, _) in HOW.items() if how == RUN and c.startswith("tvr-eval")])
+@pytest.mark.parametrize("command", [c for c, (how, *_) in HOW.items() if how == RUN and c.startswith("tvr-eval")])
 def test_readme_eval_lines_run_as_written(command, readme_run, data_dir, tmp_path):
     cwd, checkpoint = readme_run
     other = shutil.copytree(data_dir / "synthetic", tmp_path / "other")
@@ -259,7 +303,7 @@ def test_readme_eval_lines_run_as_written(command, readme_run, data_dir, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c, (how, _) in HOW.items()
+@pytest.mark.parametrize("command", [c for c, (how, *_) in HOW.items()
                                      if how == RUN and c.startswith("tvr-train") and c != FIRST_TRAINING_LINE])
 def test_readme_train_lines_run_as_written(command, data_dir, tmp_path):
     args = command.split()[1:]
@@ -279,7 +323,7 @@ def test_readme_search_lines_run_as_written(readme_run, data_dir, tmp_path):
     for video in sorted((data_dir / "synthetic" / "videos").glob("test_*.mp4"))[:6]:
         shutil.copy(video, tmp_path / "my_videos" / video.name)
     (tmp_path / "queries.txt").write_text("a red ball\na blue square moves left\n")
-    lines = [c for c, (how, _) in HOW.items() if how == RUN and c.startswith(("tvr-index", "tvr-search"))]
+    lines = [c for c, (how, *_) in HOW.items() if how == RUN and c.startswith(("tvr-index", "tvr-search"))]
     assert len(lines) == 3
     outputs = []
     for line in lines:

@@ -108,22 +108,28 @@ def _draw_coalitions(num_samples: int, text_mask: torch.Tensor, video_mask: torc
 
 @torch.no_grad()
 def banzhaf_interaction(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor, text_weights: torch.Tensor,
-                        video_weights: torch.Tensor, num_samples: int = 100,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        video_weights: torch.Tensor, num_samples: int = 100, generator: torch.Generator | None = None,
+                        coalitions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Monte-Carlo Banzhaf interaction ``[B, L, F]`` (x1000 scale) of every word-frame pair of the
     positive-pair maps ``[B, L, F]`` (masked), given the masks and the *softmaxed* WTI weights.
 
     For every pair (i, j) in turn, ``num_samples`` coalitions are drawn (vectorised over samples) and
     their interactions averaged; padded pairs are 0. Costs ``L * F * num_samples`` WTI evaluations.
+    ``coalitions`` replaces the draws with given ones (e.g. recorded from the reference): the kept words
+    ``[L, F, S, B, L]`` and frames ``[L, F, S, B, F]`` of each pair's S samples (S then replaces
+    ``num_samples``), before the pair's own players and the padding are removed.
     """
     maps = maps * TARGET_SCALE
     text_mask, video_mask = text_mask.bool(), video_mask.bool()
     target = torch.zeros_like(maps)
     for i in range(maps.shape[1]):
         for j in range(maps.shape[2]):
-            words, frames = _draw_coalitions(num_samples, text_mask, video_mask, generator)
+            if coalitions is None:
+                words, frames = _draw_coalitions(num_samples, text_mask, video_mask, generator)
+            else:
+                words, frames = coalitions[0][i, j], coalitions[1][i, j]
+            words, frames = words.to(text_mask.device) & text_mask, frames.to(video_mask.device) & video_mask
             words[..., i] = False
             frames[..., j] = False
-            words, frames = words & text_mask, frames & video_mask
             target[:, i, j] = _pair_interaction(maps, words, frames, text_weights, video_weights, i, j).mean(dim=0)
     return target * (text_mask[:, :, None] & video_mask[:, None, :])

@@ -46,13 +46,16 @@ def _density_noise(shape: torch.Size, like: torch.Tensor, generator: torch.Gener
 
 @torch.no_grad()
 def dpc_knn_clusters(tokens: torch.Tensor, cluster_num: int, k: int = 3, mask: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, density_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Cluster ids ``[B, N]`` of DPC-KNN (density peaks clustering with k-nearest-neighbour densities).
 
     Centres are the tokens of highest ``density * distance to the nearest denser token``; every other
     token joins its nearest centre. Distances *to* padded tokens are the batch's largest distance + 1
     (the reference's choice: the maximum over the whole batch, not per item), and padded tokens have
     density 0, so they are centres only when an item has fewer real tokens than clusters.
+
+    The tie-breaking noise is ``density_noise`` (``U[0, 1)`` draws ``[B, N]``) when given, so that draws
+    recorded from the reference can be replayed; else drawn from ``generator``.
     """
     batch, num_tokens, dim = tokens.shape
     dist = torch.cdist(tokens, tokens) / math.sqrt(dim)
@@ -62,7 +65,9 @@ def dpc_knn_clusters(tokens: torch.Tensor, cluster_num: int, k: int = 3, mask: t
     # includes the token itself; fewer tokens than k (a 2-token action level of an 8-frame video) use them all
     nearest = dist.topk(min(k, num_tokens), dim=-1, largest=False).values
     density = (-nearest.square().mean(dim=-1)).exp()
-    density = density + _density_noise(density.shape, density, generator) * DENSITY_NOISE
+    if density_noise is None:
+        density_noise = _density_noise(density.shape, density, generator)
+    density = density + density_noise.to(density) * DENSITY_NOISE
     if mask is not None:
         density = density * mask.to(density.dtype)
 
@@ -77,11 +82,17 @@ def dpc_knn_clusters(tokens: torch.Tensor, cluster_num: int, k: int = 3, mask: t
     return cluster_ids
 
 
+def cluster_shares(weights: torch.Tensor, cluster_ids: torch.Tensor, cluster_num: int) -> torch.Tensor:
+    """Each token's share ``w_i / (sum_{j in c(i)} w_j + 1e-6)`` of its cluster ``[B, N]``: the factor it
+    is merged with (the reference's ``norm_weight``, from which it also keeps its ``agg_weight``)."""
+    totals = weights.new_zeros(weights.shape[0], cluster_num).scatter_add(1, cluster_ids, weights)
+    return weights / (totals.gather(1, cluster_ids) + MERGE_EPS)
+
+
 def merge_clusters(tokens: torch.Tensor, weights: torch.Tensor, cluster_ids: torch.Tensor, cluster_num: int) -> torch.Tensor:
     """``x'_c = sum_{i in c} w_i x_i / (sum_{i in c} w_i + 1e-6)`` ``[B, C, D]``; differentiable in
     ``tokens`` and ``weights``."""
-    totals = weights.new_zeros(weights.shape[0], cluster_num).scatter_add(1, cluster_ids, weights)
-    normalised = weights / (totals.gather(1, cluster_ids) + MERGE_EPS)
+    normalised = cluster_shares(weights, cluster_ids, cluster_num)
     index = cluster_ids[:, :, None].expand_as(tokens)
     return tokens.new_zeros(tokens.shape[0], cluster_num, tokens.shape[2]).scatter_add(1, index, normalised[:, :, None] * tokens)
 
@@ -111,14 +122,14 @@ class CTM(nn.Module):
     def cluster_num(self, num_tokens: int) -> int:
         return max(math.ceil(num_tokens * self.rate), 1)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> ClusteredTokens:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                density_noise: torch.Tensor | None = None) -> ClusteredTokens:
         tokens = self.norm(self.conv(tokens))
         scores = self.score(tokens).squeeze(-1)
         if mask is not None:
             scores = scores.masked_fill(mask == 0, float("-inf"))
         cluster_num = self.cluster_num(tokens.shape[1])
-        cluster_ids = dpc_knn_clusters(tokens, cluster_num, self.k, mask, generator)
+        cluster_ids = dpc_knn_clusters(tokens, cluster_num, self.k, mask, generator, density_noise)
         merged = merge_clusters(tokens, scores.exp(), cluster_ids, cluster_num)
         return ClusteredTokens(tokens, scores, merged, cluster_ids)
 
