@@ -27,8 +27,8 @@ LAYERS = {
     "tvr.overrides": 0,
     "tvr.options": 0,  # typed option declarations
     # 1, the pieces: reading datasets and videos, and the model (backbone, towers, heads, losses, scoring) with
-    # its file format, which the model reads itself (Retriever.from_checkpoint). Data and models are siblings
-    # (today neither imports the other).
+    # its file format, which the model reads itself (Retriever.from_checkpoint). Data and models are siblings:
+    # the backbone states its input preprocessing in data.transforms' terms (no cycle allowed between them).
     "tvr.data": 1,
     "tvr.models": 1,
     "tvr.checkpoint": 1,

@@ -28,7 +28,7 @@ from tvr.builders import backbone_preprocessing
 from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
 from tvr.data.datasets import DATASETS
 from tvr.data.sampling import SAMPLERS, create_sampler
-from tvr.data.transforms import AUGMENTATIONS, Preprocessing
+from tvr.data.transforms import Preprocessing
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.errors import ConfigError, UserInputError
 from tvr.evaluation.options import EvaluationOptions
@@ -323,9 +323,6 @@ def check_backbone(checker: ConfigChecker, backbone: Section) -> ModelShape | No
     if shape:
         refuse_image_size(checker, backbone, shape)  # before the options check, whose generic line it replaces
     checker.options(backbone, backbone.values, CLIPBackbone, "the CLIP backbone")
-    for name in ("grad_checkpointing", "text_padding_mask"):
-        checker.flag(backbone, name)
-    checker.flag(backbone, "quick_gelu", optional=True)
     return shape
 
 
@@ -463,12 +460,6 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     dataset = checker.registered(data, "name", DATASETS)
     if dataset is not None:
         checker.builds(data.key("source"), f"dataset '{data.get('name')}'", dataset, **data.child("source").values)
-    for name in ("batch_size", "eval_batch_size"):
-        checker.number(data, name, integer=True, minimum=1)
-    checker.number(data, "num_workers", integer=True, minimum=0)
-    for name in ("shuffle_train", "pin_memory"):
-        checker.flag(data, name)
-    checker.choice(data, "train_augment", AUGMENTATIONS)
     context = shape.context_length if shape else None
     checker.number(data, "max_words", integer=True, minimum=MIN_MAX_WORDS, maximum=context,
                    why=f" (SOT + caption + EOT, within the backbone's {context}-token context)" if shape else "")

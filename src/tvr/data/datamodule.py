@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
@@ -25,8 +25,9 @@ from tvr.data.order import TrainOrderSampler
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
-from tvr.data.transforms import ClipFrameTransform, Preprocessing
+from tvr.data.transforms import Augmentation, ClipFrameTransform, Preprocessing
 from tvr.data.video import create_backend
+from tvr.options import limits
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,15 @@ class RetrievalDataModule(pl.LightningDataModule):
         max_words: int,
         video: dict,
         splits: dict,
-        batch_size: int,
-        eval_batch_size: int,
-        num_workers: int = 2,
+        batch_size: Annotated[int, limits(minimum=1)],
+        eval_batch_size: Annotated[int, limits(minimum=1)],
+        num_workers: Annotated[int, limits(minimum=0)] = 2,
         pin_memory: bool = False,
         frame_cache: dict | None = None,
         query_bank: dict | None = None,
         shuffle_train: bool = True,
         select_on: str | None = None,
-        train_augment: str = "none",
+        train_augment: Augmentation = "none",
     ) -> None:
         super().__init__()
         self.dataset = create_dataset(name, **source)

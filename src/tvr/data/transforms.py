@@ -26,6 +26,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,7 +67,8 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
 
-AUGMENTATIONS = ("none", "xpool", "drl_randaugment")
+Augmentation = Literal["none", "xpool", "drl_randaugment"]
+AUGMENTATIONS = get_args(Augmentation)
 DRL_RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # 4 ops of magnitude 7 +- 0.5 from timm's increasing-severity set
 
 
