@@ -26,6 +26,7 @@ LAYERS = {
     "tvr.distributed": 0,
     "tvr.overrides": 0,
     "tvr.options": 0,  # typed option declarations
+    "tvr.config_checker": 0,  # the generic checks validation is written with
     # 1, the pieces: reading datasets and videos, and the model (backbone, towers, heads, losses, scoring) with
     # its file format, which the model reads itself (Retriever.from_checkpoint). Data and models are siblings:
     # the backbone states its input preprocessing in data.transforms' terms (no cycle allowed between them).

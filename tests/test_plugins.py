@@ -21,7 +21,8 @@ from tvr.evaluation.rerank import RERANKERS, create_reranker
 from tvr.models.heads import HEADS, create_head
 from tvr.models.losses import LOSSES, create_loss
 from tvr.models.towers import TOWERS
-from tvr.validation import InvalidConfigError, validate_train_config
+from tvr.config_checker import InvalidConfigError
+from tvr.validation import validate_train_config
 
 # kind -> (package, registry, module source); each module registers one component named "throwaway_<kind>"
 COMPONENTS = {

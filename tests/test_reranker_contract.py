@@ -12,7 +12,7 @@ from tvr.evaluation.options import evaluation_defaults
 from tvr.evaluation.rerank import DIRECTIONS, RERANKERS, create_reranker
 from tvr.evaluation.report import evaluate_scores
 from tvr.options import defaults_of, option_specs
-from tvr.validation import ConfigChecker, Section
+from tvr.config_checker import ConfigChecker, Section
 
 NAMES = RERANKERS.names()
 

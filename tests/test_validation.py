@@ -14,7 +14,8 @@ from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
 from tvr.models.heads.hbi import BanzhafModule
 from tvr.train import train
-from tvr.validation import InvalidConfigError, validate_eval_config, validate_train_config
+from tvr.config_checker import InvalidConfigError
+from tvr.validation import validate_eval_config, validate_train_config
 
 RECIPES = sorted(path.stem for path in (Path(config_dir()) / "experiment").glob("[!_]*.yaml"))  # _*.yaml: bases
 # One short epoch, so that on code without the up-front check a value that only fails (or silently
