@@ -7,7 +7,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: train test test-all install clean-venv
+.PHONY: train test test-all lint install clean-venv
 
 $(BIN)/.tvr-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(BIN)/.tvr-installed
 
 test-all: $(BIN)/.tvr-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Formatting and lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: $(BIN)/.tvr-installed
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tvr.config import compose_config
 from tvr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 

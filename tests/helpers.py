@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytorch_lightning as pl
+import torch
 
 
 class GradRecorder(pl.Callback):

@@ -9,7 +9,13 @@ from open_clip.pretrained import get_pretrained_cfg
 from safetensors.torch import save_file
 from torch import nn
 
-from tvr.models.backbone import INLINE_ARCHITECTURES, PADDED_FRAME_MODES, CLIPBackbone, PretrainedTagError, resolve_preprocessing
+from tvr.models.backbone import (
+    INLINE_ARCHITECTURES,
+    PADDED_FRAME_MODES,
+    CLIPBackbone,
+    PretrainedTagError,
+    resolve_preprocessing,
+)
 from tvr.models.weights import WeightsError, read_clip_weights
 
 SOT, EOT = 49406, 49407
@@ -139,7 +145,9 @@ def test_open_clip_checkpoint_with_wrappers(tmp_path, backbone):
 def test_hugging_face_cache_folder_with_open_clip_safetensors(tmp_path, backbone):
     snapshot = tmp_path / "models--someone--tvr-tiny" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in backbone.clip.state_dict().items()}, snapshot / "open_clip_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in backbone.clip.state_dict().items()}, snapshot / "open_clip_model.safetensors"
+    )
     loaded = CLIPBackbone("tvr-tiny", weights=str(tmp_path / "models--someone--tvr-tiny"))
     assert same_weights(loaded.clip, backbone.clip)
 
@@ -147,11 +155,27 @@ def test_hugging_face_cache_folder_with_open_clip_safetensors(tmp_path, backbone
 def test_transformers_clip_folder_gives_the_same_features(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-                         eos_token_id=EOT, bos_token_id=SOT, pad_token_id=1),
-        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            eos_token_id=EOT,
+            bos_token_id=SOT,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            hidden_act="quick_gelu",
+        ),
         projection_dim=64,
     )
     torch.manual_seed(0)
@@ -205,11 +229,14 @@ def test_openai_torchscript_forces_quick_gelu(tmp_path, backbone):
         CLIPBackbone(architecture=GELU_ARCH, weights=str(path), quick_gelu=False)
 
 
-@pytest.mark.parametrize("make_file, message", [
-    (lambda p: None, "not found"),
-    (lambda p: p.write_bytes(b""), "empty"),
-    (lambda p: p.write_bytes(b"not a checkpoint at all"), "weights_only=True"),
-])
+@pytest.mark.parametrize(
+    "make_file, message",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"not a checkpoint at all"), "weights_only=True"),
+    ],
+)
 def test_bad_weights_files_fail_with_what_to_pass(tmp_path, make_file, message):
     path = tmp_path / "clip.pt"
     make_file(path)
@@ -235,7 +262,12 @@ def test_folder_without_weights_lists_its_content(tmp_path):
 @pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"])
 def test_published_architectures_build_offline_with_random_weights(name):
     model = CLIPBackbone(name)
-    assert (model.embed_dim, model.preprocessing.image_size, model.context_length, model.quick_gelu) == (512, 224, 77, True)
+    assert (model.embed_dim, model.preprocessing.image_size, model.context_length, model.quick_gelu) == (
+        512,
+        224,
+        77,
+        True,
+    )
     with torch.no_grad():
         assert model.encode_text(tokens(length=32)).sentence.shape == (3, 512)
 
@@ -257,7 +289,9 @@ def test_padding_tokens_attend_to_real_tokens_only(backbone):
     padding = drl.tokens[:, 10:16]
     torch.testing.assert_close(padding, padding[:, :1].expand_as(padding), atol=1e-5, rtol=0)
     assert not torch.allclose(causal.tokens[:, 10], causal.tokens[:, 15], atol=1e-3)
-    torch.testing.assert_close(drl.tokens[:, :10], causal.tokens[:, :10], atol=1e-5, rtol=0)  # real tokens and EOT unchanged
+    torch.testing.assert_close(
+        drl.tokens[:, :10], causal.tokens[:, :10], atol=1e-5, rtol=0
+    )  # real tokens and EOT unchanged
 
 
 def pretrained_rule(model_name: str, tag: str) -> tuple:
@@ -291,8 +325,12 @@ def test_a_model_whose_pretrained_weights_differ_needs_their_tag():
         resolve_preprocessing("ViT-L-14")
     for tag in ("openai", "laion2b_s32b_b82k"):
         assert rule(resolve_preprocessing("ViT-L-14", pretrained=tag)) == pretrained_rule("ViT-L-14", tag)
-    assert resolve_preprocessing("ViT-L-14", pretrained="openai") != resolve_preprocessing("ViT-L-14", pretrained="laion2b_s32b_b82k")
-    with pytest.raises(PretrainedTagError, match="'laion' is not a pretrained tag of open_clip's 'ViT-B-32'; its tags: openai"):
+    assert resolve_preprocessing("ViT-L-14", pretrained="openai") != resolve_preprocessing(
+        "ViT-L-14", pretrained="laion2b_s32b_b82k"
+    )
+    with pytest.raises(
+        PretrainedTagError, match="'laion' is not a pretrained tag of open_clip's 'ViT-B-32'; its tags: openai"
+    ):
         resolve_preprocessing("ViT-B-32", pretrained="laion")
     with pytest.raises(PretrainedTagError, match="it has none"):
         resolve_preprocessing("tvr-tiny", pretrained="openai")

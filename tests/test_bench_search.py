@@ -21,16 +21,63 @@ FACTORIES = ["IVF4,PQ8x4", "IVF4,PQ8x4,RFlat", "IVF4,PQ8x4,Refine(SQ8)"]
 def test_bench_search_tiny_run_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, "tools/bench_search.py", "--threads", "1", "--json", str(out),
-        "--sizes", str(SIZE), "--factories", *FACTORIES, "--nprobe", "1", "4", "--refine-factor", "4",
-        "--train-size", str(SIZE), "--dim", str(DIM), "--latent", "8", "--clusters", "20",
-        "--single-queries", "5", "--batch", "50", "--batches", "2", "--bandwidth-gib", "0.0625", "--matmul-size", "256",
-        "--xpool-gallery", str(VIDEOS), "--xpool-queries", "3", "--frames", str(FRAMES), "--rerank-k", "10", str(VIDEOS), "5000",
+        sys.executable,
+        "tools/bench_search.py",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        "--sizes",
+        str(SIZE),
+        "--factories",
+        *FACTORIES,
+        "--nprobe",
+        "1",
+        "4",
+        "--refine-factor",
+        "4",
+        "--train-size",
+        str(SIZE),
+        "--dim",
+        str(DIM),
+        "--latent",
+        "8",
+        "--clusters",
+        "20",
+        "--single-queries",
+        "5",
+        "--batch",
+        "50",
+        "--batches",
+        "2",
+        "--bandwidth-gib",
+        "0.0625",
+        "--matmul-size",
+        "256",
+        "--xpool-gallery",
+        str(VIDEOS),
+        "--xpool-queries",
+        "3",
+        "--frames",
+        str(FRAMES),
+        "--rerank-k",
+        "10",
+        str(VIDEOS),
+        "5000",
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results) >= {"machine", "data", "limits", "settings", "vectors", "speedup_goals", "exact_vs_limit", "xpool"}
+    assert set(results) >= {
+        "machine",
+        "data",
+        "limits",
+        "settings",
+        "vectors",
+        "speedup_goals",
+        "exact_vs_limit",
+        "xpool",
+    }
     assert results["machine"]["cpus"] >= 1 and results["machine"]["torch_threads"] == 1 and results["machine"]["faiss"]
     assert "Gaussian mixture" in results["data"]["description"] and results["data"]["dim"] == DIM
     assert results["limits"]["bandwidth"]["gbs"] > 0 and results["limits"]["matmul"]["gflops"] > 0
@@ -38,9 +85,13 @@ def test_bench_search_tiny_run_writes_every_section(tmp_path):
     # 1. Exact first, then every factory at every nprobe (and refine factor where it has a refine stage).
     rows = results["vectors"]
     assert [row["index"] for row in rows] == [
-        "Flat", "IVF4,PQ8x4 nprobe=1", "IVF4,PQ8x4 nprobe=4",
-        "IVF4,PQ8x4,RFlat nprobe=1 k_factor=4", "IVF4,PQ8x4,RFlat nprobe=4 k_factor=4",
-        "IVF4,PQ8x4,Refine(SQ8) nprobe=1 k_factor=4", "IVF4,PQ8x4,Refine(SQ8) nprobe=4 k_factor=4",
+        "Flat",
+        "IVF4,PQ8x4 nprobe=1",
+        "IVF4,PQ8x4 nprobe=4",
+        "IVF4,PQ8x4,RFlat nprobe=1 k_factor=4",
+        "IVF4,PQ8x4,RFlat nprobe=4 k_factor=4",
+        "IVF4,PQ8x4,Refine(SQ8) nprobe=1 k_factor=4",
+        "IVF4,PQ8x4,Refine(SQ8) nprobe=4 k_factor=4",
     ]
     for row in rows:
         assert row["size"] == SIZE and row["build_s"] >= 0 and row["memory_mb"] > 0
@@ -53,7 +104,9 @@ def test_bench_search_tiny_run_writes_every_section(tmp_path):
     assert all(row["speedup_single"] > 0 and row["speedup_batch"] > 0 for row in rows[1:])
     # 4-byte codes; plus 1 byte per dimension for the SQ8 refine stage; plus the full vectors for RFlat
     assert plain["memory_mb"] < sq8["memory_mb"] < exact["memory_mb"] < refined["memory_mb"]
-    assert refined["recall@10"] >= plain["recall@10"]  # its 40 candidates hold the 10 of the plain index: exact re-scoring only adds hits
+    assert (
+        refined["recall@10"] >= plain["recall@10"]
+    )  # its 40 candidates hold the 10 of the plain index: exact re-scoring only adds hits
     (goal,) = results["speedup_goals"]
     assert goal["size"] == SIZE
     for mode in ("single", "batch"):
@@ -86,6 +139,11 @@ def test_bench_search_tiny_run_writes_every_section(tmp_path):
 
     table = result.stdout
     assert "Gaussian mixture" in table and "faiss" in table and "torch threads" in table
-    assert "| gallery | index | build s | memory MB |" in table and "| 2,000 | IVF4,PQ8x4,RFlat nprobe=4 k_factor=4 |" in table
-    assert "| gallery | mode | bytes read per query |" in table and "| 2,000 | single query (bandwidth-bound) |" in table
+    assert (
+        "| gallery | index | build s | memory MB |" in table
+        and "| 2,000 | IVF4,PQ8x4,RFlat nprobe=4 k_factor=4 |" in table
+    )
+    assert (
+        "| gallery | mode | bytes read per query |" in table and "| 2,000 | single query (bandwidth-bound) |" in table
+    )
     assert table.count("| rerank_k |") == 2 and "random weights" in table and "reference weights" in table

@@ -23,8 +23,13 @@ TRAINING_CASES = {"per_frame/trainable", "per_frame_lora/frozen", "tempme/frozen
 
 def test_bench_towers_quick_run_writes_every_section(tmp_path):
     out = tmp_path / "towers.json"
-    result = subprocess.run([sys.executable, "tools/bench_towers.py", "--quick", "--json", str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "tools/bench_towers.py", "--quick", "--json", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads(out.read_text())
     assert results["baseline"] == "per-frame CLIP (meanpool) on the same geometry"
@@ -58,7 +63,11 @@ def test_bench_towers_quick_run_writes_every_section(tmp_path):
     for tower in towers.values():
         inference = tower["inference"]
         assert inference["runs"] == 1 and inference["s_per_video"] > 0 and inference["gmac_per_s"] > 0
-        assert inference["fraction_of_matmul_rate"] > 0 and inference["speedup_vs_baseline"] > 0 and inference["cpu_share"] > 0
+        assert (
+            inference["fraction_of_matmul_rate"] > 0
+            and inference["speedup_vs_baseline"] > 0
+            and inference["cpu_share"] > 0
+        )
 
     # 4. Training: every case, well formed; PEFT trains far fewer parameters than full fine-tuning.
     training = tiny["training"]
@@ -74,7 +83,14 @@ def test_bench_towers_quick_run_writes_every_section(tmp_path):
     assert training["tempme/frozen"]["trainable_params"] == tower_params
 
     table = result.stdout
-    for heading in ("### 1. Tokens", "### 2. Video tower multiply-accumulates", "### 3. Inference", "### 4. Training step",
-                    "### 5. Trainable parameters"):
+    for heading in (
+        "### 1. Tokens",
+        "### 2. Video tower multiply-accumulates",
+        "### 3. Inference",
+        "### 4. Training step",
+        "### 5. Trainable parameters",
+    ):
         assert heading in table
-    assert "| tiny | TempMe | 8 |" in table and "| tiny | TempMe, PEFT |" in table and "per-frame CLIP (meanpool)" in table
+    assert (
+        "| tiny | TempMe | 8 |" in table and "| tiny | TempMe, PEFT |" in table and "per-frame CLIP (meanpool)" in table
+    )

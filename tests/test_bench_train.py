@@ -45,8 +45,20 @@ def test_plain_loss_is_the_training_step_loss(head, data_dir, tmp_path):
 @pytest.mark.slow
 def test_bench_train_end_to_end(data_dir, tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "tools/bench_train.py", "--steps", "3", "--warmup-steps", "1", "--eval-passes", "1",
-               "--json", str(out), *SMALL_OVERRIDES, f"paths.data_dir={data_dir}"]
+    command = [
+        sys.executable,
+        "tools/bench_train.py",
+        "--steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--eval-passes",
+        "1",
+        "--json",
+        str(out),
+        *SMALL_OVERRIDES,
+        f"paths.data_dir={data_dir}",
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "| train | tvr |" in result.stdout and "| eval | plain |" in result.stdout
@@ -57,7 +69,9 @@ def test_bench_train_end_to_end(data_dir, tmp_path):
             assert row["steps"] == steps
             assert math.isfinite(row["s_per_step"]) and row["s_per_step"] > 0
             assert math.isfinite(row["clips_per_s"]) and row["clips_per_s"] > 0
-        assert figures[phase]["ratio"] == pytest.approx(figures[phase]["tvr"]["s_per_step"] / figures[phase]["plain"]["s_per_step"])
+        assert figures[phase]["ratio"] == pytest.approx(
+            figures[phase]["tvr"]["s_per_step"] / figures[phase]["plain"]["s_per_step"]
+        )
     assert "mfu" not in figures["train"]["tvr"]  # CPU: no MFU column
     assert figures["config"]["flops_per_step"] > 0
     # like with like: the same losses step by step, the same weights after training, the same test metrics

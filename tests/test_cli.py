@@ -11,16 +11,21 @@ import pytest
 import torch
 
 from conftest import RANKING_OVERRIDES, SMALL_OVERRIDES, assert_ranks_by_text, compose_train, recorded_scores
-from tvr.evaluate import evaluate
 from tvr.checkpoint import load_checkpoint_file
+from tvr.evaluate import evaluate
 
 TESTS = Path(__file__).parent
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
 def run_cli(script: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TVR_DATA_DIR": str(data_dir), "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "TVR_DATA_DIR": str(data_dir),
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+    }
     executable = Path(sys.executable).with_name(script)
     return subprocess.run([str(executable), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -59,21 +64,42 @@ def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, 
     train_rows = table_rows((run_dir / "results.md").read_text())
     assert train_rows and train_rows == table_rows(train.stdout)
 
-    evaluation = run_cli("tvr-eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}"] + QUIET,
-                         damaged_data, tmp_path)
+    evaluation = run_cli(
+        "tvr-eval",
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}"] + QUIET,
+        damaged_data,
+        tmp_path,
+    )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert table_rows(evaluation.stdout) == train_rows
     # equal tables mean something only for a model whose ranking depends on the text (its scores, in process)
     with recorded_scores() as calls:
-        evaluate(compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET, damaged_data, tmp_path / "in_process",
-                               config_name="eval"))
+        evaluate(
+            compose_train(
+                [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET,
+                damaged_data,
+                tmp_path / "in_process",
+                config_name="eval",
+            )
+        )
     assert_ranks_by_text(calls[-1][0])
     assert table_rows((tmp_path / "in_process" / "results.md").read_text()) == train_rows
     for output in (train.stdout, evaluation.stdout):  # the table says what it measured, and that it is not clean
-        assert "12 texts x 12 videos" in output and "1 unreadable" in output and "warning: 1 unreadable videos" in output
+        assert (
+            "12 texts x 12 videos" in output and "1 unreadable" in output and "warning: 1 unreadable videos" in output
+        )
 
-    stale = run_cli("tvr-eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.source.root={tmp_path / 'gone'}",
-                                 f"hydra.run.dir={tmp_path / 'eval2'}"] + QUIET, damaged_data, tmp_path)
+    stale = run_cli(
+        "tvr-eval",
+        [
+            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+            f"data.source.root={tmp_path / 'gone'}",
+            f"hydra.run.dir={tmp_path / 'eval2'}",
+        ]
+        + QUIET,
+        damaged_data,
+        tmp_path,
+    )
     assert stale.returncode == 2 and "data.source.root" in stale.stderr and "Traceback" not in stale.stderr
     assert not (tmp_path / "gone").exists()
 
@@ -82,7 +108,9 @@ def test_train_then_eval_from_the_command_line_survive_bad_videos(damaged_data, 
 def test_wrong_group_option_fails_at_start_up_with_choices(data_dir, tmp_path):
     result = run_cli("tvr-train", ["head=xpoll"], data_dir, tmp_path)
     assert result.returncode != 0
-    assert "Available options in 'head'" in result.stderr and "meanpool" in result.stderr and "seqtransf" in result.stderr
+    assert (
+        "Available options in 'head'" in result.stderr and "meanpool" in result.stderr and "seqtransf" in result.stderr
+    )
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
 
 
@@ -96,19 +124,48 @@ def test_bad_values_end_the_run_with_one_message_per_key_and_no_traceback(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", [[], ["experiment=synthetic_glscl", "head.decoder_dropout=0.0"]], ids=["meanpool", "glscl"])
+@pytest.mark.parametrize(
+    "head", [[], ["experiment=synthetic_glscl", "head.decoder_dropout=0.0"]], ids=["meanpool", "glscl"]
+)
 def test_two_process_ddp_step_and_evaluation_equal_single_process(head, data_dir, tmp_path):
     data_dir = shutil.copytree(data_dir, tmp_path / "data")  # num_test=11 regenerates: keep the shared set intact
-    common = head + ["data.source.num_test=11", "data.shuffle_train=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
-              "optim.warmup_proportion=0.0", "+callbacks.grads._target_=helpers.GradRecorder"] + [
-        o for o in SMALL_OVERRIDES if not o.startswith(("data.batch_size", "data.source.num_test"))] + QUIET
+    common = (
+        head
+        + [
+            "data.source.num_test=11",
+            "data.shuffle_train=false",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=1",
+            "optim.warmup_proportion=0.0",
+            "+callbacks.grads._target_=helpers.GradRecorder",
+        ]
+        + [o for o in SMALL_OVERRIDES if not o.startswith(("data.batch_size", "data.source.num_test"))]
+        + QUIET
+    )
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    single = run_cli("tvr-train", common + ["data.batch_size=8", f"+callbacks.grads.path={tmp_path / 'single.pt'}",
-                                            f"hydra.run.dir={single_dir}"], data_dir, tmp_path)
+    single = run_cli(
+        "tvr-train",
+        common
+        + ["data.batch_size=8", f"+callbacks.grads.path={tmp_path / 'single.pt'}", f"hydra.run.dir={single_dir}"],
+        data_dir,
+        tmp_path,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = run_cli("tvr-train", common + ["data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                         "trainer.precision=32-true", f"+callbacks.grads.path={tmp_path / 'ddp.pt'}",
-                                         f"hydra.run.dir={ddp_dir}"], data_dir, tmp_path)
+    ddp = run_cli(
+        "tvr-train",
+        common
+        + [
+            "data.batch_size=4",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            f"+callbacks.grads.path={tmp_path / 'ddp.pt'}",
+            f"hydra.run.dir={ddp_dir}",
+        ],
+        data_dir,
+        tmp_path,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single_grads = torch.load(tmp_path / "single.pt", weights_only=True)
     ddp_grads = torch.load(tmp_path / "ddp.pt", weights_only=True)
@@ -120,13 +177,17 @@ def test_two_process_ddp_step_and_evaluation_equal_single_process(head, data_dir
     ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
     assert ddp_metrics["run"]["world_size"] == 2 and ddp_metrics["run"]["global_batch"] == 8
     assert ddp_metrics["num_texts"] == single_metrics["num_texts"] == 11  # DistributedSampler padding dropped
-    assert ddp_metrics["t2v"] == pytest.approx(single_metrics["t2v"]) and ddp_metrics["v2t"] == pytest.approx(single_metrics["v2t"])
+    assert ddp_metrics["t2v"] == pytest.approx(single_metrics["t2v"]) and ddp_metrics["v2t"] == pytest.approx(
+        single_metrics["v2t"]
+    )
 
 
 def run_tool(script: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TVR_DATA_DIR": str(data_dir)}
     tool = TESTS.parent / "tools" / script
-    return subprocess.run([sys.executable, str(tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -137,7 +198,9 @@ def test_video_tools_from_the_command_line(data_dir, tmp_path):
     shutil.rmtree(copy / "synthetic" / "frame_cache", ignore_errors=True)
     overrides = [o for o in SMALL_OVERRIDES if o.startswith("data.source")] + ["data.source.generate=false"]
 
-    check = run_tool("check_videos.py", overrides + ["--timeout", "30", "--report", str(tmp_path / "bad.json")], copy, tmp_path)
+    check = run_tool(
+        "check_videos.py", overrides + ["--timeout", "30", "--report", str(tmp_path / "bad.json")], copy, tmp_path
+    )
     assert check.returncode == 0, check.stderr[-2000:]
     report = json.loads((tmp_path / "bad.json").read_text())
     assert report["counts"]["ok"] == 51 and report["counts"]["unreadable"] == 1 and list(report["bad"]) == ["val_00001"]

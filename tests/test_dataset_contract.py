@@ -53,7 +53,9 @@ FIXTURES_OF = {
 
 def lay_out_dataset(name: str, tmp_path: Path, request):
     """(name, a root holding the dataset's fixture files, constructor options, the splits those files hold)."""
-    assert name in FIXTURES_OF, f"dataset '{name}' has no fixture files: add annotation files and an entry to FIXTURES_OF"
+    assert name in FIXTURES_OF, (
+        f"dataset '{name}' has no fixture files: add annotation files and an entry to FIXTURES_OF"
+    )
     lay_out, options, splits = FIXTURES_OF[name]
     if name != "synthetic":
         options = {"check_videos": False, **options}  # parsing needs no videos
@@ -85,9 +87,13 @@ def test_every_split_holds_videos_with_ids_and_paths_and_captions(dataset):
             assert isinstance(video.video_id, str) and video.video_id, f"{video}: ids are non-empty strings"
             assert isinstance(video.path, Path)
             if video.start is not None:
-                assert 0 <= video.start and (video.end is None or video.start < video.end), f"{video}: a span runs forward"
+                assert 0 <= video.start and (video.end is None or video.start < video.end), (
+                    f"{video}: a span runs forward"
+                )
         assert len({text.text_id for text in records.texts}) == len(records.texts), "text ids are unique"
-        assert all(isinstance(text.caption, str) and text.caption.strip() for text in records.texts), "captions are non-empty"
+        assert all(isinstance(text.caption, str) and text.caption.strip() for text in records.texts), (
+            "captions are non-empty"
+        )
         captioned = {text.video_id for text in records.texts}
         assert captioned == {video.video_id for video in records.videos}, "every listed video has a caption"
 
@@ -132,7 +138,15 @@ def test_records_do_not_depend_on_the_hash_seed(request, tmp_path):
     for name in DATASETS.names():  # every dataset in one pair of processes
         name, root, options, splits = lay_out_dataset(name, tmp_path / name, request)
         plan.append((name, str(root), options, splits))
-    digests = [subprocess.run([sys.executable, "-c", DIGEST, json.dumps(plan)], env={**os.environ, "PYTHONHASHSEED": seed},
-                              capture_output=True, text=True, check=True).stdout for seed in ("1", "2")]
+    digests = [
+        subprocess.run(
+            [sys.executable, "-c", DIGEST, json.dumps(plan)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
     assert digests[0].count("\n") == sum(len(splits) for *_, splits in plan)
     assert digests[0] == digests[1]

@@ -36,7 +36,9 @@ def test_msrvtt_1k_a_is_square_with_1000_pairs(tmp_path):
     root = dataset_dir(tmp_path, "msrvtt")
     test = load("msrvtt", root, "test")
     assert len(test.texts) == len(test.videos) == 1000 and test.is_one_text_per_video
-    assert test.texts[0].caption == "a person is connecting something to system" and test.videos[0].video_id == "video9770"
+    assert (
+        test.texts[0].caption == "a person is connecting something to system" and test.videos[0].video_id == "video9770"
+    )
     assert all(v.video_id.startswith("video") for v in test.videos)
     assert [v.video_id for v in load("msrvtt", root, "val").videos] == [v.video_id for v in test.videos]
 
@@ -64,7 +66,9 @@ def test_msrvtt_expanded_training_pairs_follow_json_order(tmp_path, scheme, trai
     assert [t.caption for t in train.texts] == in_json_order
     xpool = load("msrvtt", root, "train", split_scheme=scheme, pair_order="xpool")
     assert sorted(t.caption for t in xpool.texts) == sorted(in_json_order)
-    assert [t.video_id for t in xpool.texts] == sorted((t.video_id for t in xpool.texts), key=[v.video_id for v in xpool.videos].index)
+    assert [t.video_id for t in xpool.texts] == sorted(
+        (t.video_id for t in xpool.texts), key=[v.video_id for v in xpool.videos].index
+    )
 
 
 def test_msrvtt_unexpanded_training_is_one_sample_per_video(tmp_path):
@@ -103,7 +107,7 @@ def test_msvd_counts(msvd_root, split, videos, texts):
 def test_msvd_test_grouping_and_both_caption_files_agree(msvd_root, tmp_path):
     test = load("msvd", msvd_root, "test")
     text_to_video = np.array(test.text_to_video)
-    cut_off_points = np.flatnonzero(np.diff(np.append(text_to_video, len(test.videos)))) # last caption of each video
+    cut_off_points = np.flatnonzero(np.diff(np.append(text_to_video, len(test.videos))))  # last caption of each video
     assert len(cut_off_points) == 670 and cut_off_points[-1] == 27762
     assert (np.diff(text_to_video) >= 0).all()  # captions ordered video by video
     shutil.copy(tmp_path / "raw-captions.pkl", msvd_root / "raw-captions.pkl")
@@ -120,12 +124,18 @@ def test_msvd_refuses_a_pickle_that_holds_code(msvd_root):
 
     with open(msvd_root / "raw-captions.pkl", "wb") as handle:
         pickle.dump({"x": Payload()}, handle)
-    with pytest.raises(AnnotationError, match="raw-captions.pkl: not a readable caption pickle .*may only hold dicts.*found builtins.print"):
+    with pytest.raises(
+        AnnotationError,
+        match="raw-captions.pkl: not a readable caption pickle .*may only hold dicts.*found builtins.print",
+    ):
         load("msvd", msvd_root, "test", caption_file="raw-captions.pkl")
 
 
 # ---------------------------------------------------------------------------------------------- LSMDC
-@pytest.mark.skipif(not LSMDC_TEST.is_file(), reason="LSMDC's test file may not be redistributed; it is read from ../shared, absent here")
+@pytest.mark.skipif(
+    not LSMDC_TEST.is_file(),
+    reason="LSMDC's test file may not be redistributed; it is read from ../shared, absent here",
+)
 def test_lsmdc_public_test_file(tmp_path):
     root = tmp_path / "lsmdc"
     root.mkdir()
@@ -152,7 +162,9 @@ def test_lsmdc_training_lines_are_pairs_and_xpool_keeps_the_last_caption(tmp_pat
     assert repeated == ["She gets in and starts the engine."]
     assert movie_of("3001_RIVER_2049_02.10.00.000-02.10.04.500") == "3001_RIVER_2049"  # title with digits and _
     (root / "LSMDC16_annos_val.csv").write_text("clip\t00.00.01.000\tonly three fields\n")
-    with pytest.raises(AnnotationError, match="LSMDC16_annos_val.csv: line 1: expected 6 tab-separated fields .*found 3"):
+    with pytest.raises(
+        AnnotationError, match="LSMDC16_annos_val.csv: line 1: expected 6 tab-separated fields .*found 3"
+    ):
         load("lsmdc", root, "val")
 
 
@@ -169,7 +181,8 @@ def test_didemo_paragraph_and_ids_are_kept_verbatim(tmp_path):
     by_video = {t.video_id: t.caption for t in test.texts}
     assert by_video["26292851@N04_4253489686_265c3c8051.m4v"] == (
         "someone kicks the bug towards some rocks. a man in a red shirt stomps on a centipede. "
-        "man in white shirt is seen close up of a millipede on the rocks first time foot swipes at wiggly thing")
+        "man in white shirt is seen close up of a millipede on the rocks first time foot swipes at wiggly thing"
+    )
     dotted = [v.video_id for v in test.videos if v.video_id.endswith(".")]
     assert len(dotted) == 27  # ids ending in a bare "." survive untouched
 
@@ -219,14 +232,36 @@ def test_missing_files_name_the_file_and_the_layout(tmp_path):
 
 # dataset, options, the test split's files (name -> source), the files the train split needs in addition
 TEST_SPLIT_ONLY = {
-    "msrvtt": ("msrvtt", {}, {"MSRVTT_JSFUSION_test.csv": ANNOTATIONS / "msrvtt"}, ["MSRVTT_train.9k.csv", "MSRVTT_data.json"]),
-    "msrvtt_full": ("msrvtt", {"split_scheme": "full"},
-                    {"MSRVTT_test.full.csv": ANNOTATIONS / "msrvtt", "MSRVTT_data.json": SYNTHESIZED}, ["MSRVTT_train.full.csv"]),
-    "msvd": ("msvd", {}, {"captions_msvd.json": ANNOTATIONS / "msvd", "test_list.txt": ANNOTATIONS / "msvd"}, ["train_list.txt"]),
-    "didemo": ("didemo", {}, {"test_data.json": ANNOTATIONS / "didemo", "test_list.txt": ANNOTATIONS / "didemo"},
-               ["train_data.json", "train_list.txt"]),
-    "activitynet": ("activitynet", {}, {"val_1.json": ANNOTATIONS / "activitynet", "val_ids.json": ANNOTATIONS / "activitynet"},
-                    ["train.json", "train_ids.json"]),
+    "msrvtt": (
+        "msrvtt",
+        {},
+        {"MSRVTT_JSFUSION_test.csv": ANNOTATIONS / "msrvtt"},
+        ["MSRVTT_train.9k.csv", "MSRVTT_data.json"],
+    ),
+    "msrvtt_full": (
+        "msrvtt",
+        {"split_scheme": "full"},
+        {"MSRVTT_test.full.csv": ANNOTATIONS / "msrvtt", "MSRVTT_data.json": SYNTHESIZED},
+        ["MSRVTT_train.full.csv"],
+    ),
+    "msvd": (
+        "msvd",
+        {},
+        {"captions_msvd.json": ANNOTATIONS / "msvd", "test_list.txt": ANNOTATIONS / "msvd"},
+        ["train_list.txt"],
+    ),
+    "didemo": (
+        "didemo",
+        {},
+        {"test_data.json": ANNOTATIONS / "didemo", "test_list.txt": ANNOTATIONS / "didemo"},
+        ["train_data.json", "train_list.txt"],
+    ),
+    "activitynet": (
+        "activitynet",
+        {},
+        {"val_1.json": ANNOTATIONS / "activitynet", "val_ids.json": ANNOTATIONS / "activitynet"},
+        ["train.json", "train_ids.json"],
+    ),
     "lsmdc": ("lsmdc", {}, {LSMDC_TEST.name: LSMDC_TEST.parent}, ["LSMDC16_annos_training.csv"]),
 }
 
@@ -269,16 +304,23 @@ def test_videos_resolve_by_name_or_stem_and_missing_ones_are_counted(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("data, root_folder, test_texts, test_videos, max_frames", [
-    ("msvd", "msvd", 27763, 670, 12), ("msrvtt", "msrvtt", 1000, 1000, 12), ("didemo", "didemo", 1004, 1004, 64),
-    ("activitynet", "activitynet", 4917, 4917, 64),
-])
+@pytest.mark.parametrize(
+    "data, root_folder, test_texts, test_videos, max_frames",
+    [
+        ("msvd", "msvd", 27763, 670, 12),
+        ("msrvtt", "msrvtt", 1000, 1000, 12),
+        ("didemo", "didemo", 1004, 1004, 64),
+        ("activitynet", "activitynet", 4917, 4917, 64),
+    ],
+)
 def test_dataset_configs_need_only_the_root(data, root_folder, test_texts, test_videos, max_frames, tmp_path):
     from conftest import compose_train
     from tvr.builders import backbone_preprocessing, build_datamodule
 
     root = dataset_dir(tmp_path, root_folder)
-    cfg = compose_train([f"data={data}", f"data.source.root={root}", "data.source.check_videos=false"], tmp_path, tmp_path / "run")
+    cfg = compose_train(
+        [f"data={data}", f"data.source.root={root}", "data.source.check_videos=false"], tmp_path, tmp_path / "run"
+    )
     datamodule = build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.setup("test")
     test = datamodule.records["test"]

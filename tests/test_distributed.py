@@ -53,8 +53,10 @@ def _ddp_worker(rank, init_file, mode, out_dir):
         index = torch.tensor([0, 2, 4]) if rank == 0 else torch.tensor([1, 3, 3])
         gathered = gather_indexed([(index, {"value": index.float() * 10})])
         objects = gather_objects({"rank": rank, "failed": ["a.mp4"] * rank})
-        torch.save({"loss": loss.detach(), "grads": grads, "eval": gathered["value"], "objects": objects},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"loss": loss.detach(), "grads": grads, "eval": gathered["value"], "objects": objects},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         # both ranks leave together: a rank tearing gloo down while the other still talks to it aborts
         # ("terminate called without an active exception"), which made this test fail about 1 run in 6
@@ -83,7 +85,10 @@ def test_sum_gather_gives_single_process_loss_and_gradients(single_process):
         for name, grad in grads.items():
             torch.testing.assert_close(result["grads"][name], grad, atol=1e-6, rtol=1e-5, msg=name)
         assert result["eval"].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]  # every item once, padding dropped
-        assert result["objects"] == [{"rank": 0, "failed": []}, {"rank": 1, "failed": ["a.mp4"]}]  # rank order, on every rank
+        assert result["objects"] == [
+            {"rank": 0, "failed": []},
+            {"rank": 1, "failed": ["a.mp4"]},
+        ]  # rank order, on every rank
 
 
 def test_slice_gather_reproduces_clip4clip_scaling(single_process):

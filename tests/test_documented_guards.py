@@ -40,9 +40,16 @@ def attached_module(tmp_path, precision: str, nonfinite: str = "stop"):
     (fp16 AMP needs CUDA; this checks which check the guard makes under it, not the GradScaler itself)."""
     module = build_module(compose_train([f"train.nonfinite={nonfinite}"], tmp_path, tmp_path))
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
-    module.trainer = SimpleNamespace(precision=precision, precision_plugin=Precision(), gradient_clip_val=None,
-                                     gradient_clip_algorithm=None, optimizers=[optimizer], global_step=7, current_epoch=1,
-                                     fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_idx=3)))
+    module.trainer = SimpleNamespace(
+        precision=precision,
+        precision_plugin=Precision(),
+        gradient_clip_val=None,
+        gradient_clip_algorithm=None,
+        optimizers=[optimizer],
+        global_step=7,
+        current_epoch=1,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_idx=3)),
+    )
     for param in module.parameters():
         param.grad = torch.ones_like(param)
     return module, optimizer
@@ -62,7 +69,9 @@ def test_under_16_mixed_a_non_finite_gradient_is_left_to_the_loss_scaler(tmp_pat
     assert torch.isinf(module.backbone.logit_scale.grad) and module.skipped_nonfinite_steps == 0
     module, optimizer = attached_module(tmp_path, "32-true")  # elsewhere the same gradient stops the run
     after_backward(module, loss=2.0, gradient=float("inf"))
-    with pytest.raises(NonFiniteLossError, match=r"^non-finite gradient at step 7 \(epoch 1, batch 3\): gradient_norm=inf"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"^non-finite gradient at step 7 \(epoch 1, batch 3\): gradient_norm=inf"
+    ):
         module.configure_gradient_clipping(optimizer)
 
 
@@ -100,11 +109,17 @@ def test_tvr_eval_refuses_a_mismatching_checkpoint_naming_strict_false(mismatchi
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
-def test_tvr_eval_strict_false_evaluates_with_the_matching_weights(mismatching_checkpoint, data_dir, tmp_path, monkeypatch, caplog):
+def test_tvr_eval_strict_false_evaluates_with_the_matching_weights(
+    mismatching_checkpoint, data_dir, tmp_path, monkeypatch, caplog
+):
     path, missing = mismatching_checkpoint
     built = []
     module_from_config = tvr.evaluate.module_from_config
-    monkeypatch.setattr(tvr.evaluate, "module_from_config", lambda *args, **kwargs: built.append(module_from_config(*args, **kwargs)) or built[-1])
+    monkeypatch.setattr(
+        tvr.evaluate,
+        "module_from_config",
+        lambda *args, **kwargs: built.append(module_from_config(*args, **kwargs)) or built[-1],
+    )
     cfg = compose_train([f"ckpt_path={path}", "strict=false"] + QUIET, data_dir, tmp_path / "eval", config_name="eval")
     with caplog.at_level(logging.WARNING, logger="tvr.evaluate"):
         results = evaluate(cfg)
@@ -114,4 +129,6 @@ def test_tvr_eval_strict_false_evaluates_with_the_matching_weights(mismatching_c
     loaded = module.state_dict()
     saved = load_checkpoint_file(path)["state_dict"]
     assert all(torch.equal(loaded[key], value) for key, value in saved.items() if key != "head.stray.weight")
-    assert not torch.equal(loaded[missing], load_checkpoint_file(XPOOL_CHECKPOINT)["state_dict"][missing])  # left at its init
+    assert not torch.equal(
+        loaded[missing], load_checkpoint_file(XPOOL_CHECKPOINT)["state_dict"][missing]
+    )  # left at its init

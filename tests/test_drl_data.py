@@ -33,15 +33,43 @@ def sampler(fill: str, max_frames: int = 12, **options):
 # stride round(fps), positions range(first, last + 1, stride), int(linspace) down to max_frames if longer;
 # repeat: int(linspace(first, last, max_frames)) when shorter.
 CASES = {
-    "20 s at 3 fps, cut to 12": (60, 3.0, None, None, 12,
-                                 [0, 3, 9, 15, 18, 24, 30, 36, 39, 45, 51, 57], [0, 3, 9, 15, 18, 24, 30, 36, 39, 45, 51, 57]),
+    "20 s at 3 fps, cut to 12": (
+        60,
+        3.0,
+        None,
+        None,
+        12,
+        [0, 3, 9, 15, 18, 24, 30, 36, 39, 45, 51, 57],
+        [0, 3, 9, 15, 18, 24, 30, 36, 39, 45, 51, 57],
+    ),
     "4 s at 25 fps": (100, 25.0, None, None, 12, [0, 25, 50, 75], [0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99]),
-    "29.97 fps: stride 30": (300, 29.97, None, None, 12, list(range(0, 300, 30)),
-                             [0, 27, 54, 81, 108, 135, 163, 190, 217, 244, 271, 299]),
-    "12.5 fps: stride 12 (round half to even)": (100, 12.5, None, None, 12, list(range(0, 100, 12)),
-                                                 [0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99]),
-    "span 2.7-5.2 s: whole seconds 2-5": (250, 25.0, 2.7, 5.2, 12, [50, 75, 100, 125],
-                                           [50, 56, 63, 70, 77, 84, 90, 97, 104, 111, 118, 125]),
+    "29.97 fps: stride 30": (
+        300,
+        29.97,
+        None,
+        None,
+        12,
+        list(range(0, 300, 30)),
+        [0, 27, 54, 81, 108, 135, 163, 190, 217, 244, 271, 299],
+    ),
+    "12.5 fps: stride 12 (round half to even)": (
+        100,
+        12.5,
+        None,
+        None,
+        12,
+        list(range(0, 100, 12)),
+        [0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99],
+    ),
+    "span 2.7-5.2 s: whole seconds 2-5": (
+        250,
+        25.0,
+        2.7,
+        5.2,
+        12,
+        [50, 75, 100, 125],
+        [50, 56, 63, 70, 77, 84, 90, 97, 104, 111, 118, 125],
+    ),
     "reversed span is swapped": (250, 25.0, 5.0, 2.0, 4, [50, 75, 100, 125], [50, 75, 100, 125]),
     "empty span lasts one second": (250, 25.0, 3.0, 3.0, 4, [75, 100], [75, 83, 91, 100]),
     "negative start reads as 0": (250, 25.0, -1.5, 2.0, 3, [0, 25, 50], [0, 25, 50]),
@@ -65,7 +93,12 @@ def test_video_framerate_sets_the_stride_and_everything_is_described():
     two_per_second = sampler("pad", video_framerate=2)
     assert two_per_second(60, 30.0) == [0, 15, 30, 45]  # stride round(30 / 2)
     assert two_per_second.deterministic and two_per_second(60, 30.0) == two_per_second(60, 30.0, rng=random.Random(1))
-    assert two_per_second.describe() == {"sampler": "fps_uniform_decord", "max_frames": 12, "video_framerate": 2, "fill": "pad"}
+    assert two_per_second.describe() == {
+        "sampler": "fps_uniform_decord",
+        "max_frames": 12,
+        "video_framerate": 2,
+        "fill": "pad",
+    }
     assert sampler("repeat").describe()["fill"] == "repeat"  # a frame cache of one fill is not used for the other
     assert sampler("repeat").always_full and not sampler("pad").always_full  # TempMe's towers need full clips
     with pytest.raises(ValueError, match="fill must be one of pad, repeat, got 'zero'"):
@@ -81,7 +114,10 @@ def decoded_numbers(resized: torch.Tensor) -> list[int]:
 def test_real_mp4_is_decoded_at_the_sampled_frames_padded_or_repeated(backend, tmp_path):
     path = numbered_video(tmp_path / "clip.mp4", num_frames=40, fps=4)  # 10 s; frame i has grey level 4 * i
     whole, span = VideoRef("v", path), VideoRef("v", path, start=2.5, end=4.9)  # span: seconds 2-4, frames 8-16
-    pad, repeat = (ClipReader(backend(), sampler(fill, max_frames=6), ClipFrameTransform(Preprocessing(16))) for fill in ("pad", "repeat"))
+    pad, repeat = (
+        ClipReader(backend(), sampler(fill, max_frames=6), ClipFrameTransform(Preprocessing(16)))
+        for fill in ("pad", "repeat")
+    )
 
     resized, count = pad.decode(whole)
     assert count == 6 and decoded_numbers(resized) == [0, 4, 12, 20, 28, 36]
@@ -150,8 +186,10 @@ def test_randaugment_sees_the_decoded_frames_before_resize_and_crop():
 
 def drl_overrides(fill: str) -> list[str]:
     return SMALL_OVERRIDES + [
-        "data.video.train_sampler.name=fps_uniform_decord", f"+data.video.train_sampler.fill={fill}",
-        "data.video.eval_sampler.name=fps_uniform_decord", "data.train_augment=drl_randaugment",
+        "data.video.train_sampler.name=fps_uniform_decord",
+        f"+data.video.train_sampler.fill={fill}",
+        "data.video.eval_sampler.name=fps_uniform_decord",
+        "data.train_augment=drl_randaugment",
     ]
 
 
@@ -160,10 +198,24 @@ def test_datamodule_records_both_rules_and_never_caches_augmented_training_clips
     validate_train_config(cfg)
     datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     facts = datamodule.describe()  # what tvr-train writes into metrics.json under "data"
-    assert facts["train_sampler"] == {"sampler": "fps_uniform_decord", "max_frames": 8, "video_framerate": 1, "fill": "repeat"}
-    assert facts["eval_sampler"] == {"sampler": "fps_uniform_decord", "max_frames": 8, "video_framerate": 1, "fill": "pad"}
-    assert facts["train_augment"] == {"augment": "drl_randaugment", "timm": "rand-m7-n4-mstd0.5-inc1",
-                                      "interpolation": "bicubic", "draw": "per clip"}
+    assert facts["train_sampler"] == {
+        "sampler": "fps_uniform_decord",
+        "max_frames": 8,
+        "video_framerate": 1,
+        "fill": "repeat",
+    }
+    assert facts["eval_sampler"] == {
+        "sampler": "fps_uniform_decord",
+        "max_frames": 8,
+        "video_framerate": 1,
+        "fill": "pad",
+    }
+    assert facts["train_augment"] == {
+        "augment": "drl_randaugment",
+        "timm": "rand-m7-n4-mstd0.5-inc1",
+        "interpolation": "bicubic",
+        "draw": "per clip",
+    }
     assert not datamodule.train_transform.deterministic
     assert not datamodule.frames_are_fixed("train") and datamodule.frames_are_fixed("val")
     assert [role for role, _, _, _ in datamodule.cache_targets()] == ["val", "test"]  # the sampler alone is cacheable
@@ -175,13 +227,27 @@ def test_datamodule_records_both_rules_and_never_caches_augmented_training_clips
     assert val_videos[0]["frame_mask"].sum() == 6  # padded and masked
 
 
-@pytest.mark.parametrize("override, key, shown", [
-    ("data.video.train_sampler.fill=zero", "data.video.train_sampler.fill", "got 'zero', expected one of pad, repeat"),
-    ("+data.video.eval_sampler.video_framerate=0", "data.video.eval_sampler.video_framerate", "got 0, expected an integer >= 1"),
-    ("+data.video.eval_sampler.slice_framepos=2", "data.video.eval_sampler.slice_framepos",
-     "is not an option of frame sampler 'fps_uniform_decord'"),  # a clip4clip option left on switching samplers
-    ("data.train_augment=randaugment", "data.train_augment", "expected one of none, xpool, drl_randaugment"),
-])
+@pytest.mark.parametrize(
+    "override, key, shown",
+    [
+        (
+            "data.video.train_sampler.fill=zero",
+            "data.video.train_sampler.fill",
+            "got 'zero', expected one of pad, repeat",
+        ),
+        (
+            "+data.video.eval_sampler.video_framerate=0",
+            "data.video.eval_sampler.video_framerate",
+            "got 0, expected an integer >= 1",
+        ),
+        (
+            "+data.video.eval_sampler.slice_framepos=2",
+            "data.video.eval_sampler.slice_framepos",
+            "is not an option of frame sampler 'fps_uniform_decord'",
+        ),  # a clip4clip option left on switching samplers
+        ("data.train_augment=randaugment", "data.train_augment", "expected one of none, xpool, drl_randaugment"),
+    ],
+)
 def test_a_bad_drl_option_fails_naming_its_key(override, key, shown, data_dir, tmp_path):
     cfg = compose_train(drl_overrides("pad") + [override], data_dir, tmp_path)
     with pytest.raises(ConfigError) as error:

@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from conftest import SMALL_OVERRIDES, compose_train
 from tvr.checkpoint import atomic_torch_save, load_checkpoint_file
@@ -27,21 +26,32 @@ def trained(tmp_path_factory, data_dir):
 
 
 def evaluate_checkpoint(checkpoint, data_dir, out_dir, *overrides):
-    return evaluate(compose_train([f"ckpt_path={checkpoint}", *overrides] + QUIET, data_dir, out_dir, config_name="eval"))
+    return evaluate(
+        compose_train([f"ckpt_path={checkpoint}", *overrides] + QUIET, data_dir, out_dir, config_name="eval")
+    )
 
 
 def test_a_nan_token_embedding_fails_the_evaluation_naming_the_texts(trained, data_dir, tmp_path):
     run_dir, _ = trained
     checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "best.ckpt")
-    captions = [entry["caption"] for entry in json.loads((data_dir / "synthetic" / "annotations.json").read_text())["splits"]["test"]]
+    captions = [
+        entry["caption"]
+        for entry in json.loads((data_dir / "synthetic" / "annotations.json").read_text())["splits"]["test"]
+    ]
     tokenizer = CaptionTokenizer(16)
     token_sets = [set(tokenizer(caption).tolist()) for caption in captions]
     # a word that some test captions use and others do not: its embedding becomes NaN
-    poisoned = next(t for t in sorted(set.union(*token_sets) - {0, 49406, 49407}) if 0 < sum(t in s for s in token_sets) < len(captions))
+    poisoned = next(
+        t
+        for t in sorted(set.union(*token_sets) - {0, 49406, 49407})
+        if 0 < sum(t in s for s in token_sets) < len(captions)
+    )
     affected = sum(poisoned in tokens for tokens in token_sets)
     checkpoint["state_dict"]["backbone.clip.token_embedding.weight"][poisoned] = float("nan")
     atomic_torch_save(checkpoint, tmp_path / "nan.ckpt")
-    with pytest.raises(NonFiniteScoresError, match=rf"representations of {affected} of {len(captions)} texts \(text \d+ of video test_"):
+    with pytest.raises(
+        NonFiniteScoresError, match=rf"representations of {affected} of {len(captions)} texts \(text \d+ of video test_"
+    ):
         evaluate_checkpoint(tmp_path / "nan.ckpt", data_dir, tmp_path / "eval")
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
@@ -52,7 +62,9 @@ def test_a_test_split_of_unreadable_videos_completes_with_every_query_a_miss(tra
     shutil.rmtree(damaged / "synthetic" / "frame_cache")
     for video in (damaged / "synthetic" / "videos").glob("test_*.mp4"):
         video.write_bytes(b"\x00\x00\x00\x18ftypmp42 corrupt")
-    result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", damaged, tmp_path / "eval", f"data.source.root={damaged / 'synthetic'}")
+    result = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt", damaged, tmp_path / "eval", f"data.source.root={damaged / 'synthetic'}"
+    )
     assert result["num_videos"] == 12 and result["unreadable_videos"] == 12
     for direction in ("t2v", "v2t"):  # no unreadable video earns a hit, however its empty clip scores
         assert result[direction]["R10"] == 0.0 and result[direction]["MdR"] == 12.0 and result[direction]["MnR"] == 12.0
@@ -65,13 +77,27 @@ def test_a_test_split_of_unreadable_videos_completes_with_every_query_a_miss(tra
 def test_metrics_json_and_table_state_what_was_measured(trained):
     run_dir, results = trained
     measured = results["measured"]
-    assert (measured["texts"], measured["videos"], measured["missing_videos"], measured["unreadable_videos"]) == (12, 12, 0, 0)
+    assert (measured["texts"], measured["videos"], measured["missing_videos"], measured["unreadable_videos"]) == (
+        12,
+        12,
+        0,
+        0,
+    )
     assert measured["checkpoint_selected_on"] == "val" and not measured["selected_on_evaluated_split"]
     assert results["run"]["train_set"] == {"split": "train", "pairs": 32, "videos": 32, "missing_videos": 0}
-    assert set(results["decode_failures"]) == {"train_replaced_samples", "train_unreadable_videos", "eval_unreadable_videos"}
+    assert set(results["decode_failures"]) == {
+        "train_replaced_samples",
+        "train_unreadable_videos",
+        "eval_unreadable_videos",
+    }
     table = (run_dir / "results.md").read_text()
-    assert "measured: split 'test', 12 texts x 12 videos (0 of 12 annotated videos missing from disk, 0 unreadable)" in table
-    assert "re-ranking: none" in table and "checkpoint: best val/t2v_R1 on split 'val'" in table and "warning" not in table
+    assert (
+        "measured: split 'test', 12 texts x 12 videos (0 of 12 annotated videos missing from disk, 0 unreadable)"
+        in table
+    )
+    assert (
+        "re-ranking: none" in table and "checkpoint: best val/t2v_R1 on split 'val'" in table and "warning" not in table
+    )
 
 
 def test_a_partial_gallery_and_test_split_selection_are_flagged():
@@ -86,15 +112,23 @@ def test_a_partial_gallery_and_test_split_selection_are_flagged():
 def test_eval_overrides_any_key_of_the_checkpoint_config(trained, data_dir, tmp_path):
     run_dir, results = trained
     moved = shutil.copytree(data_dir / "synthetic", tmp_path / "elsewhere" / "synthetic")
-    result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", tmp_path / "unused", tmp_path / "eval",
-                                 f"data.source.root={moved}", "evaluation.rerank=dsl")
+    result = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt",
+        tmp_path / "unused",
+        tmp_path / "eval",
+        f"data.source.root={moved}",
+        "evaluation.rerank=dsl",
+    )
     assert result["t2v"] == pytest.approx(results["t2v"]) and result["reranked"]["method"] == "dsl"
     assert result["run"]["changed_from_checkpoint"] == {  # recorded, and the derived cache path followed the root
         "data.source.root": [str(data_dir / "synthetic"), str(moved)],
-        "data.frame_cache.dir": [str(data_dir / "synthetic" / "frame_cache"), str(moved / "frame_cache")]}
+        "data.frame_cache.dir": [str(data_dir / "synthetic" / "frame_cache"), str(moved / "frame_cache")],
+    }
     assert result["run"]["data"]["frame_cache"]["used"] == {"test": True}  # the moved cache is found and used
     shutil.rmtree(moved / "frame_cache")  # and it was the moved one: without it, no cache is used (none is built)
-    again = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", tmp_path / "unused", tmp_path / "eval2", f"data.source.root={moved}")
+    again = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt", tmp_path / "unused", tmp_path / "eval2", f"data.source.root={moved}"
+    )
     assert again["run"]["data"]["frame_cache"]["used"] == {"test": False} and not (moved / "frame_cache").exists()
     assert again["t2v"] == pytest.approx(results["t2v"])
 
@@ -117,12 +151,17 @@ def test_eval_never_regenerates_a_lost_video_and_counts_it(trained, data_dir, tm
     (copy / "videos" / "test_00003.mp4").unlink()
     checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "best.ckpt")
     assert checkpoint["hyper_parameters"]["run_config"]["data"]["source"]["generate"]  # trained with generation on
-    result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", f"data.source.root={copy}")
+    result = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", f"data.source.root={copy}"
+    )
     assert not (copy / "videos" / "test_00003.mp4").exists()  # the synthetic generator did not re-render it
     # the synthetic set lists its videos by path: a lost file stays in the gallery as an unreadable video, a miss
     assert result["num_videos"] == 12 and result["unreadable_videos"] == 1
     assert result["decode_failures"]["eval_unreadable_videos"]["test"] == ["test_00003"]
-    assert "12 texts x 12 videos (0 of 12 annotated videos missing from disk, 1 unreadable)" in (tmp_path / "eval" / "results.md").read_text()
+    assert (
+        "12 texts x 12 videos (0 of 12 annotated videos missing from disk, 1 unreadable)"
+        in (tmp_path / "eval" / "results.md").read_text()
+    )
 
 
 def test_eval_reads_only_the_evaluated_split(trained, data_dir, tmp_path, monkeypatch):
@@ -131,12 +170,18 @@ def test_eval_reads_only_the_evaluated_split(trained, data_dir, tmp_path, monkey
     from tvr.data.datasets.synthetic import SyntheticDataset
 
     original = SyntheticDataset.load_split
-    monkeypatch.setattr(SyntheticDataset, "load_split", lambda self, split: loaded.append(split) or original(self, split))
+    monkeypatch.setattr(
+        SyntheticDataset, "load_split", lambda self, split: loaded.append(split) or original(self, split)
+    )
     evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", "split=val")
     assert set(loaded) == {"val"}
 
 
 def test_eval_with_qbnorm_reads_the_training_captions_it_needs(trained, data_dir, tmp_path):
     run_dir, _ = trained
-    result = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", "evaluation.rerank=qbnorm")
-    assert result["reranked"]["method"] == "qbnorm" and result["reranked"]["bank_size"] == 32  # the 32 training captions
+    result = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt", data_dir, tmp_path / "eval", "evaluation.rerank=qbnorm"
+    )
+    assert (
+        result["reranked"]["method"] == "qbnorm" and result["reranked"]["bank_size"] == 32
+    )  # the 32 training captions

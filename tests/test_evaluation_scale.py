@@ -13,9 +13,14 @@ D = 32
 
 def inputs(num_texts, num_videos, frames=5):
     generator = torch.Generator().manual_seed(0)
-    text = TextFeatures(torch.randn(num_texts, D, generator=generator), torch.randn(num_texts, 6, D, generator=generator),
-                        torch.ones(num_texts, 6, dtype=torch.bool))
-    video = FrameFeatures(torch.randn(num_videos, frames, D, generator=generator), torch.ones(num_videos, frames, dtype=torch.bool))
+    text = TextFeatures(
+        torch.randn(num_texts, D, generator=generator),
+        torch.randn(num_texts, 6, D, generator=generator),
+        torch.ones(num_texts, 6, dtype=torch.bool),
+    )
+    video = FrameFeatures(
+        torch.randn(num_videos, frames, D, generator=generator), torch.ones(num_videos, frames, dtype=torch.bool)
+    )
     return text, video
 
 
@@ -43,7 +48,7 @@ def test_text_conditioned_tiles_stay_within_the_budget_and_equal_the_full_matrix
 def test_gemm_heads_are_not_tiled_smaller():
     head = create_head("meanpool", embed_dim=D)
     assert tile_shape(head, 1024, 1024, 1) == (1024, 1024)
-    assert tile_shape(create_head("xpool", embed_dim=512), 1024, 1024, 2**30) == (1024, 1024 ** 3 // (1024 * 512 * 24))
+    assert tile_shape(create_head("xpool", embed_dim=512), 1024, 1024, 2**30) == (1024, 1024**3 // (1024 * 512 * 24))
 
 
 def test_vector_index_finds_the_same_top_videos_as_the_head():
@@ -61,7 +66,9 @@ def test_vector_index_finds_the_same_top_videos_as_the_head():
 
 @pytest.mark.parametrize("name", ["xpool", "glscl"])
 def test_text_conditioned_heads_have_no_vectors_to_index(name):
-    options = {"glscl": {"temporal_layers": 1, "init_from_clip": False, "decoder_heads": 2, "decoder_ffn": 32}}.get(name, {})
+    options = {"glscl": {"temporal_layers": 1, "init_from_clip": False, "decoder_heads": 2, "decoder_ffn": 32}}.get(
+        name, {}
+    )
     head = create_head(name, embed_dim=D, **options).eval()
     _, video = inputs(2, 3)
     with torch.no_grad():

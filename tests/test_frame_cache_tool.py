@@ -31,9 +31,14 @@ def datamodule_for(overrides: list[str], data_dir, tmp_path):
     return build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone))
 
 
-def test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_backbone_on_real_data(data_dir, tmp_path, capsys):
-    overrides = SMALL_OVERRIDES + TEST_SPLIT_ONLY + [f"data.frame_cache.dir={tmp_path / 'cache'}", "data.frame_cache.mode=auto",
-                                                     "backbone=vit_b32"]
+def test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_backbone_on_real_data(
+    data_dir, tmp_path, capsys
+):
+    overrides = (
+        SMALL_OVERRIDES
+        + TEST_SPLIT_ONLY
+        + [f"data.frame_cache.dir={tmp_path / 'cache'}", "data.frame_cache.mode=auto", "backbone=vit_b32"]
+    )
     out = run_tool(overrides, data_dir, capsys)
     assert "224 px, the input size of backbone=vit_b32 (ViT-B-32-quickgelu)" in out
     [cache_dir] = (tmp_path / "cache").iterdir()
@@ -49,7 +54,9 @@ def test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_ba
         cache_frames.main(["data=msrvtt", f"paths.data_dir={tmp_path / 'empty'}"])
     # the input size is the backbone's: a config that still sets one is refused, naming the backbone's
     for key in ("data.image_size", "backbone.image_size"):
-        with pytest.raises(SystemExit, match=f"{key} is no longer a setting: backbone=tiny takes 32 px input.*remove {key}"):
+        with pytest.raises(
+            SystemExit, match=f"{key} is no longer a setting: backbone=tiny takes 32 px input.*remove {key}"
+        ):
             cache_frames.main(SMALL_OVERRIDES + [f"+{key}=64", f"paths.data_dir={data_dir}"])
 
 

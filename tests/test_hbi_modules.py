@@ -44,8 +44,12 @@ def _blocks(dtype=torch.float64) -> HBIBlocks:
 
 
 def _inputs(prefix: str, dtype=torch.float64):
-    return (_golden(f"{prefix}_text_feat", dtype), GOLDEN[f"{prefix}_text_mask"],
-            _golden(f"{prefix}_video_feat", dtype), GOLDEN[f"{prefix}_video_mask"])
+    return (
+        _golden(f"{prefix}_text_feat", dtype),
+        GOLDEN[f"{prefix}_text_mask"],
+        _golden(f"{prefix}_video_feat", dtype),
+        GOLDEN[f"{prefix}_video_mask"],
+    )
 
 
 def _recorded_noise(prefix: str, dtype=torch.float64):
@@ -61,8 +65,9 @@ def _hierarchy(blocks, text, text_mask, video, video_mask, noise):
     clustered = {}
     for merge in range(len(LEVELS) - 1):
         for side, merges in (("text", blocks.text_merges), ("video", blocks.video_merges)):
-            clustered[side, merge] = merges[merge].ctm(tokens[side][merge], masks[side] if merge == 0 else None,
-                                                       density_noise=noise(side, merge))
+            clustered[side, merge] = merges[merge].ctm(
+                tokens[side][merge], masks[side] if merge == 0 else None, density_noise=noise(side, merge)
+            )
             tokens[side].append(merges[merge].block(clustered[side, merge]))
     return tokens, clustered
 
@@ -74,7 +79,9 @@ def _level_masks(level, text_mask, video_mask):
 def _level_similarity(blocks, level, text, video, text_mask=None, video_mask=None):
     text_weights = token_weights(blocks.text_weights[level](text), text_mask)
     video_weights = token_weights(blocks.video_weights[level](video), video_mask)
-    return wti_similarity(F.normalize(text, dim=-1), F.normalize(video, dim=-1), text_weights, video_weights, text_mask, video_mask)
+    return wti_similarity(
+        F.normalize(text, dim=-1), F.normalize(video, dim=-1), text_weights, video_weights, text_mask, video_mask
+    )
 
 
 def _training_losses(blocks, text, text_mask, video, video_mask, noise, logit_scale):
@@ -132,15 +139,20 @@ def test_token_merges_match_reference(prefix):
             torch.testing.assert_close(out.scores, _golden(f"train_{name}_token_score"), **EXACT)  # -inf at padding
             torch.testing.assert_close(out.merged, _golden(f"train_{name}_merged_x"), **EXACT)
             torch.testing.assert_close(tokens[side][merge + 1], _golden(f"train_{side[0]}_block{merge}_x"), **EXACT)
-    if prefix == "train":  # the reference's bookkeeping: cluster and merge weight of every original token after both merges
+    if (
+        prefix == "train"
+    ):  # the reference's bookkeeping: cluster and merge weight of every original token after both merges
         for side in ("text", "video"):
             first, second = clustered[side, 0], clustered[side, 1]
             assert torch.equal(first.cluster_ids, GOLDEN[f"train_{side[0]}_ctm0_idx_token"])
-            assert torch.equal(second.cluster_ids.gather(1, first.cluster_ids), GOLDEN[f"train_{side[0]}_ctm1_idx_token"])
+            assert torch.equal(
+                second.cluster_ids.gather(1, first.cluster_ids), GOLDEN[f"train_{side[0]}_ctm1_idx_token"]
+            )
             shares = [cluster_shares(out.scores.exp(), out.cluster_ids, out.merged.shape[1]) for out in (first, second)]
             torch.testing.assert_close(shares[0], _golden(f"train_{side[0]}_ctm0_agg_weight"), **EXACT)
-            torch.testing.assert_close(shares[0] * shares[1].gather(1, first.cluster_ids), _golden(f"train_{side[0]}_ctm1_agg_weight"),
-                                       **EXACT)
+            torch.testing.assert_close(
+                shares[0] * shares[1].gather(1, first.cluster_ids), _golden(f"train_{side[0]}_ctm1_agg_weight"), **EXACT
+            )
 
 
 @pytest.mark.parametrize("prefix", ["eval", "train"])
@@ -150,14 +162,22 @@ def test_action_and_event_wti_match_reference(prefix):
         tokens, _ = _hierarchy(blocks, *_inputs(prefix), _recorded_noise(prefix))
         for level in (1, 2):
             text, video = tokens["text"][level], tokens["video"][level]
-            torch.testing.assert_close(_level_similarity(blocks, level, text, video), _golden(f"{prefix}_sim_{LEVELS[level]}"), **EXACT)
+            torch.testing.assert_close(
+                _level_similarity(blocks, level, text, video), _golden(f"{prefix}_sim_{LEVELS[level]}"), **EXACT
+            )
             if prefix == "train":
                 maps = token_similarity_maps(F.normalize(text, dim=-1), F.normalize(video, dim=-1))
                 torch.testing.assert_close(maps, _golden(f"train_R_{LEVELS[level]}"), **EXACT)
         for level, name in enumerate(LEVELS):
             if prefix == "train":  # raw weight logits, before masking and softmax
-                torch.testing.assert_close(blocks.text_weights[level](tokens["text"][level]), _golden(f"train_wti_logits_text_{name}"), **EXACT)
-                torch.testing.assert_close(blocks.video_weights[level](tokens["video"][level]), _golden(f"train_wti_logits_video_{name}"), **EXACT)
+                torch.testing.assert_close(
+                    blocks.text_weights[level](tokens["text"][level]), _golden(f"train_wti_logits_text_{name}"), **EXACT
+                )
+                torch.testing.assert_close(
+                    blocks.video_weights[level](tokens["video"][level]),
+                    _golden(f"train_wti_logits_video_{name}"),
+                    **EXACT,
+                )
 
 
 def test_banzhaf_networks_match_reference():
@@ -168,9 +188,15 @@ def test_banzhaf_networks_match_reference():
     with torch.no_grad():
         for level, name in enumerate(LEVELS):
             maps = _golden(f"train_banzhaf_input_{name}").unsqueeze(1)
-            torch.testing.assert_close(blocks.students[level](maps).squeeze(1), _golden(f"train_banzhaf_student_{name}"), **EXACT)
-            torch.testing.assert_close(blocks.teacher(maps).squeeze(1), _golden(f"train_banzhaf_teacher_{name}"), **EXACT)
-        torch.testing.assert_close(blocks.teacher(_golden("est_R_pos").unsqueeze(1)).squeeze(1), _golden("est_teacher_out"), **EXACT)
+            torch.testing.assert_close(
+                blocks.students[level](maps).squeeze(1), _golden(f"train_banzhaf_student_{name}"), **EXACT
+            )
+            torch.testing.assert_close(
+                blocks.teacher(maps).squeeze(1), _golden(f"train_banzhaf_teacher_{name}"), **EXACT
+            )
+        torch.testing.assert_close(
+            blocks.teacher(_golden("est_R_pos").unsqueeze(1)).squeeze(1), _golden("est_teacher_out"), **EXACT
+        )
 
 
 def test_kl_terms_match_reference():
@@ -180,11 +206,13 @@ def test_kl_terms_match_reference():
     for level, name in enumerate(LEVELS):
         student, teacher = _golden(f"train_kl_student_in_{name}"), _golden(f"train_kl_teacher_in_{name}")
         torch.testing.assert_close(kl_mean(student, teacher), kl_terms[2 * level], **EXACT)
-        torch.testing.assert_close(kl_mean(student.permute(2, 1, 0), teacher.permute(2, 1, 0)), kl_terms[2 * level + 1], **EXACT)
-        torch.testing.assert_close(banzhaf_kl(student, teacher), kl_terms[2 * level: 2 * level + 2].sum(), **EXACT)
+        torch.testing.assert_close(
+            kl_mean(student.permute(2, 1, 0), teacher.permute(2, 1, 0)), kl_terms[2 * level + 1], **EXACT
+        )
+        torch.testing.assert_close(banzhaf_kl(student, teacher), kl_terms[2 * level : 2 * level + 2].sum(), **EXACT)
         maps = _golden(f"train_banzhaf_input_{name}")
         loss = banzhaf_distillation(maps, blocks.students[level], blocks.teacher, cell_mask if level == 0 else None)
-        torch.testing.assert_close(loss, kl_terms[2 * level: 2 * level + 2].sum(), **EXACT)
+        torch.testing.assert_close(loss, kl_terms[2 * level : 2 * level + 2].sum(), **EXACT)
     sims = [_golden(f"train_sim_{name}") for name in LEVELS]
     torch.testing.assert_close(self_distillation(*sims), kl_terms[6:].sum(), **EXACT)
 
@@ -223,7 +251,9 @@ def test_float32_scores_and_clusters_match_reference():
     blocks = _blocks(torch.float32)
     text, text_mask, video, video_mask = _inputs("eval", torch.float32)
     with torch.no_grad():
-        tokens, clustered = _hierarchy(blocks, text, text_mask, video, video_mask, _recorded_noise("eval", torch.float32))
+        tokens, clustered = _hierarchy(
+            blocks, text, text_mask, video, video_mask, _recorded_noise("eval", torch.float32)
+        )
         for level, name in enumerate(LEVELS):
             masks = _level_masks(level, text_mask, video_mask)
             sims = _level_similarity(blocks, level, tokens["text"][level], tokens["video"][level], *masks)
@@ -236,9 +266,14 @@ def test_float32_scores_and_clusters_match_reference():
 
 
 def test_dpc_knn_noise_comes_from_the_generator_only():
-    tokens = torch.eye(10, dtype=torch.float64).expand(4, 10, 10)  # equidistant tokens: the density noise alone picks the centres
+    tokens = torch.eye(10, dtype=torch.float64).expand(
+        4, 10, 10
+    )  # equidistant tokens: the density noise alone picks the centres
     rng_state = torch.get_rng_state()
-    runs = {seed: [dpc_knn_clusters(tokens, 3, generator=torch.Generator().manual_seed(seed)) for _ in range(2)] for seed in (0, 1)}
+    runs = {
+        seed: [dpc_knn_clusters(tokens, 3, generator=torch.Generator().manual_seed(seed)) for _ in range(2)]
+        for seed in (0, 1)
+    }
     assert torch.equal(torch.get_rng_state(), rng_state)  # the global RNG is untouched
     assert torch.equal(*runs[0]) and torch.equal(*runs[1])
     assert not torch.equal(runs[0][0], runs[1][0])
@@ -289,18 +324,34 @@ def test_tiled_similarity_equals_the_full_matrix():
     text_weights, video_weights = torch.rand(7, 5).softmax(-1), torch.rand(6, 4).softmax(-1)
     text_mask, video_mask = torch.rand(7, 5) > 0.3, torch.rand(6, 4) > 0.3
     full = wti_similarity(text, video, text_weights, video_weights, text_mask, video_mask)
-    tiles = [[wti_similarity(text[a:a + 3], video[b:b + 4], text_weights[a:a + 3], video_weights[b:b + 4], text_mask[a:a + 3], video_mask[b:b + 4])
-              for b in range(0, 6, 4)] for a in range(0, 7, 3)]
+    tiles = [
+        [
+            wti_similarity(
+                text[a : a + 3],
+                video[b : b + 4],
+                text_weights[a : a + 3],
+                video_weights[b : b + 4],
+                text_mask[a : a + 3],
+                video_mask[b : b + 4],
+            )
+            for b in range(0, 6, 4)
+        ]
+        for a in range(0, 7, 3)
+    ]
     torch.testing.assert_close(torch.cat([torch.cat(row, dim=1) for row in tiles]), full)
     positives = positive_pair_maps(text[:6], video, text_mask[:6], video_mask)
-    torch.testing.assert_close(positives, token_similarity_maps(text[:6], video, text_mask[:6], video_mask).diagonal().permute(2, 0, 1))
+    torch.testing.assert_close(
+        positives, token_similarity_maps(text[:6], video, text_mask[:6], video_mask).diagonal().permute(2, 0, 1)
+    )
 
 
 def test_gradients_reach_every_trained_block_but_not_the_teacher_or_the_clustering():
     blocks = _blocks()
     text, text_mask, video, video_mask = _inputs("train")
     text.requires_grad_(True)
-    total, _, _ = _training_losses(blocks, text, text_mask, video, video_mask, _recorded_noise("train"), _golden("logit_scale_log").exp())
+    total, _, _ = _training_losses(
+        blocks, text, text_mask, video, video_mask, _recorded_noise("train"), _golden("logit_scale_log").exp()
+    )
     total.backward()
     assert text.grad.abs().sum() > 0
     for name, param in blocks.named_parameters():
@@ -322,7 +373,9 @@ def test_bi_transpose_choices():
     torch.manual_seed(0)
     student, teacher = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
     swapped = banzhaf_kl(student, teacher, "swap_last_two")
-    torch.testing.assert_close(swapped, kl_mean(student, teacher) + kl_mean(student.transpose(1, 2), teacher.transpose(1, 2)))
+    torch.testing.assert_close(
+        swapped, kl_mean(student, teacher) + kl_mean(student.transpose(1, 2), teacher.transpose(1, 2))
+    )
     assert not torch.allclose(swapped, banzhaf_kl(student, teacher, "reverse_all"))
     with pytest.raises(ValueError, match="reverse_all, swap_last_two"):
         banzhaf_kl(student, teacher, "columns")

@@ -17,11 +17,24 @@ D, T, L = 64, 9, 10
 HEAD_OPTIONS = {
     "seqtransf": {"layers": 2, "heads": 2, "init_from_clip": False},
     "xpool": {"num_heads": 2},
-    "glscl": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "num_queries": 3, "decoder_layers": 2,
-              "decoder_heads": 2, "decoder_ffn": 32},
+    "glscl": {
+        "temporal_layers": 1,
+        "temporal_heads": 2,
+        "init_from_clip": False,
+        "num_queries": 3,
+        "decoder_layers": 2,
+        "decoder_heads": 2,
+        "decoder_ffn": 32,
+    },
     "hbi": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "merge_heads": 2, "banzhaf_planes": 8},
-    "hbi_estimator": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "merge_heads": 2, "banzhaf_planes": 8,
-                      "num_samples": 2},
+    "hbi_estimator": {
+        "temporal_layers": 1,
+        "temporal_heads": 2,
+        "init_from_clip": False,
+        "merge_heads": 2,
+        "banzhaf_planes": 8,
+        "num_samples": 2,
+    },
 }
 # Parameters whose gradient is zero by construction: HBI's token weights and cluster merge weights are
 # softmaxes, which ignore a shift of all their logits (so the output biases get none).
@@ -43,8 +56,11 @@ def make_head(name: str):
 
 def make_inputs(num_texts: int = 5, num_videos: int = 4, seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
-    text = TextFeatures(torch.randn(num_texts, D, generator=generator), torch.randn(num_texts, L, D, generator=generator),
-                        torch.ones(num_texts, L, dtype=torch.bool))
+    text = TextFeatures(
+        torch.randn(num_texts, D, generator=generator),
+        torch.randn(num_texts, L, D, generator=generator),
+        torch.ones(num_texts, L, dtype=torch.bool),
+    )
     mask = torch.ones(num_videos, T, dtype=torch.bool)
     mask[1, 4:] = False
     mask[3, 2:] = False
@@ -74,12 +90,16 @@ def test_shapes_and_gradients(head):
     for tensor in (text.sentence, text.tokens, video.frames):
         tensor.requires_grad_(True)
     out = head.similarity(head_text := head.encode_text(text), head_video := head.encode_video(video))
-    levels = {name: out.levels[name] for name in head.trained_levels} if isinstance(out, ScoreLevels) else {"final": out}
+    levels = (
+        {name: out.levels[name] for name in head.trained_levels} if isinstance(out, ScoreLevels) else {"final": out}
+    )
     final = out.final if isinstance(out, ScoreLevels) else out
     assert final.shape == (4, 4) and torch.isfinite(final).all()
     loss = create_loss("infonce")
     context = LossContext(torch.tensor(2.0), loss, out.levels if isinstance(out, ScoreLevels) else {})
-    objective = sum(loss(10 * level) for level in levels.values()) + sum(head.extra_losses(head_text, head_video, context).values())
+    objective = sum(loss(10 * level) for level in levels.values()) + sum(
+        head.extra_losses(head_text, head_video, context).values()
+    )
     objective.backward()
     if head.name not in FROZEN_FEATURES:
         assert text.sentence.grad is not None or text.tokens.grad is not None
@@ -87,7 +107,9 @@ def test_shapes_and_gradients(head):
     for name, param in head.named_parameters():
         if param.requires_grad:
             assert param.grad is not None, name
-            assert param.grad.abs().sum() > 0 or any(re.fullmatch(pattern, name) for pattern in ZERO_BY_CONSTRUCTION), name
+            assert param.grad.abs().sum() > 0 or any(re.fullmatch(pattern, name) for pattern in ZERO_BY_CONSTRUCTION), (
+                name
+            )
 
 
 def test_padded_frames_are_ignored(head):

@@ -38,7 +38,7 @@ def test_seqtransf_reproduces_clip4clip_seqTransf():
 
 
 def test_full_reference_state_dict_maps_onto_the_module_layout():
-    reference = {f"clip.visual.proj": torch.zeros(2), **GOLDEN["state_dict"]}
+    reference = {"clip.visual.proj": torch.zeros(2), **GOLDEN["state_dict"]}
     converted = convert_reference_state_dict("seqtransf", {f"module.{k}": v for k, v in reference.items()})
     assert "backbone.clip.visual.proj" in converted
     assert "head.temporal.position_embedding.weight" in converted
@@ -59,7 +59,9 @@ GLSCL = torch.load(FIXTURES / "golden" / "glscl_golden.pt", weights_only=True)
 def test_xpool_reproduces_the_reference_pooling(heads, suffix):
     head = create_head("xpool", embed_dim=64, num_heads=heads).eval()
     key = "state_dict" if heads == 1 else "state_dict_heads4"
-    head.load_state_dict(map_reference_head_keys("xpool", {f"pool_frames.{k}": v for k, v in XPOOL[key].items()}), strict=True)
+    head.load_state_dict(
+        map_reference_head_keys("xpool", {f"pool_frames.{k}": v for k, v in XPOOL[key].items()}), strict=True
+    )
     text = head.encode_text(TextFeatures(XPOOL["text_embeds"], None, None))
     video = head.encode_video(FrameFeatures(XPOOL["video_embeds"], torch.ones(5, 12, dtype=torch.bool)))
     with torch.no_grad():
@@ -74,17 +76,35 @@ def test_xpool_reproduces_the_reference_pooling(heads, suffix):
 def test_xpool_identity_initialisation_closed_form():
     head = create_head("xpool", embed_dim=64).eval()
     text, frames = XPOOL["text_embeds"][:2], XPOOL["video_embeds"][:3]
-    ln = lambda x: torch.nn.functional.layer_norm(x, (64,))
-    weights = torch.einsum("td,vfd->vtf", ln(text), ln(frames)).div(64 ** 0.5).softmax(dim=-1)
+
+    def ln(x):
+        return torch.nn.functional.layer_norm(x, (64,))
+
+    weights = torch.einsum("td,vfd->vtf", ln(text), ln(frames)).div(64**0.5).softmax(dim=-1)
     expected = ln(2 * ln(torch.einsum("vtf,vfd->vtd", weights, ln(frames))))  # z = LN3(2 LN2(sum a LN1(x)))
     with torch.no_grad():
-        pooled = head.pooled(head.encode_text(TextFeatures(text, None, None)), head.encode_video(FrameFeatures(frames, torch.ones(3, 12, dtype=torch.bool))))
+        pooled = head.pooled(
+            head.encode_text(TextFeatures(text, None, None)),
+            head.encode_video(FrameFeatures(frames, torch.ones(3, 12, dtype=torch.bool))),
+        )
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)
 
 
 def _glscl_head():
-    head = create_head("glscl", embed_dim=64, temporal_layers=2, temporal_heads=2, num_queries=4, decoder_layers=3, decoder_heads=8,
-                       decoder_ffn=128, decoder_dropout=0.0, gim_temperature=3.0, idl_alpha=0.01, icl_beta=0.005)
+    head = create_head(
+        "glscl",
+        embed_dim=64,
+        temporal_layers=2,
+        temporal_heads=2,
+        num_queries=4,
+        decoder_layers=3,
+        decoder_heads=8,
+        decoder_ffn=128,
+        decoder_dropout=0.0,
+        gim_temperature=3.0,
+        idl_alpha=0.01,
+        icl_beta=0.005,
+    )
     reference = {k: v for k, v in GLSCL["state_dict"].items() if not k.startswith("clip.")}
     reference["noun_queries"] = torch.zeros(4, 64)  # in real checkpoints, unused by the forward pass
     head.load_state_dict(map_reference_head_keys("glscl", reference), strict=True)
@@ -92,7 +112,9 @@ def _glscl_head():
 
 
 def _glscl_inputs(head, prefix):
-    text = head.encode_text(TextFeatures(GLSCL[f"{prefix}_cls"], GLSCL[f"{prefix}_text_feat"], GLSCL[f"{prefix}_text_mask"].bool()))
+    text = head.encode_text(
+        TextFeatures(GLSCL[f"{prefix}_cls"], GLSCL[f"{prefix}_text_feat"], GLSCL[f"{prefix}_text_mask"].bool())
+    )
     video = head.encode_video(FrameFeatures(GLSCL[f"{prefix}_frame_feat"], GLSCL[f"{prefix}_video_mask"].bool()))
     return text, video
 
@@ -104,8 +126,12 @@ def test_glscl_reproduces_the_reference_scores():
         torch.testing.assert_close(video["video"], GLSCL["eval_video_feat"].float(), atol=1e-5, rtol=0)
         torch.testing.assert_close(video["concepts"], GLSCL["eval_video_concepts"].float(), atol=1e-5, rtol=0)
         torch.testing.assert_close(text["concepts"], GLSCL["eval_text_concepts"].float(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(head.global_similarity(text, video), GLSCL["eval_sim_global"].float(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(head.local_similarity(text, video), GLSCL["eval_sim_local"].float(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            head.global_similarity(text, video), GLSCL["eval_sim_global"].float(), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            head.local_similarity(text, video), GLSCL["eval_sim_local"].float(), atol=1e-5, rtol=0
+        )
         torch.testing.assert_close(head.similarity(text, video), GLSCL["eval_sim"].float(), atol=1e-5, rtol=0)
 
 
@@ -119,7 +145,12 @@ def test_glscl_reproduces_the_reference_training_losses():
     torch.testing.assert_close(contrastive, GLSCL["train_loss_contrastive"].float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(extras["idl"], GLSCL["train_loss_Inter_Diversity"].float(), atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(extras["icl"], GLSCL["train_loss_Intra_Consistency"].float(), atol=1e-7, rtol=1e-5)
-    torch.testing.assert_close(contrastive + extras["idl"] + extras["icl"], GLSCL["train_loss_total"].float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        contrastive + extras["idl"] + extras["icl"], GLSCL["train_loss_total"].float(), atol=1e-5, rtol=0
+    )
     # the ICL batch-normalised variant differs (B=5 vs K=4), and so does masking the decoder memory
     head.icl_diag_norm = "batch"
-    assert not torch.allclose(head.extra_losses(text, video, LossContext(GLSCL["logit_scale_log"], create_loss("infonce")))["icl"], extras["icl"])
+    assert not torch.allclose(
+        head.extra_losses(text, video, LossContext(GLSCL["logit_scale_log"], create_loss("infonce")))["icl"],
+        extras["icl"],
+    )

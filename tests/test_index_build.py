@@ -128,8 +128,12 @@ def test_every_video_is_indexed_once_and_the_corrupt_one_is_listed_unreadable(vi
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["unreadable"]) == [broken]
     assert manifest["identity"] == retriever.identity() and manifest["model"] == MODEL
-    assert manifest["settings"] == {"sampler": sampler.describe(), "preprocessing": retriever.backbone.preprocessing.describe(),
-                                    "max_words": 32, "summary": "exact"}
+    assert manifest["settings"] == {
+        "sampler": sampler.describe(),
+        "preprocessing": retriever.backbone.preprocessing.describe(),
+        "max_words": 32,
+        "summary": "exact",
+    }
     assert sum(shard["videos"] for shard in manifest["shards"]) == 3
     for shard in shard_files(out):
         loaded = torch.load(shard, weights_only=True)
@@ -251,8 +255,9 @@ def test_other_frame_sampling_is_refused(videos_dir, tmp_path, retriever, sample
         build(retriever, videos_dir, out, create_sampler("clip4clip", max_frames=3))
 
 
-def test_other_preprocessing_is_refused_and_an_index_from_before_it_was_recorded_grows(videos_dir, tmp_path, retriever, sampler,
-                                                                                      monkeypatch):
+def test_other_preprocessing_is_refused_and_an_index_from_before_it_was_recorded_grows(
+    videos_dir, tmp_path, retriever, sampler, monkeypatch
+):
     out = tmp_path / "index"
     build(retriever, videos_dir, out, sampler)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -272,13 +277,20 @@ def test_other_preprocessing_is_refused_and_an_index_from_before_it_was_recorded
 
 
 def test_the_store_refuses_a_video_twice_and_shards_of_uneven_parts(tmp_path, retriever, sampler):
-    store = VideoIndexStore.create_or_open(tmp_path / "index", retriever.identity(), MODEL, {"sampler": sampler.describe()})
-    parts = {"durations": torch.ones(1), "representation": {"video": torch.ones(1, 4, dtype=torch.float16)},
-             "summary": torch.ones(1, 4), "thumbnails": [b"\xff\xd8"]}
+    store = VideoIndexStore.create_or_open(
+        tmp_path / "index", retriever.identity(), MODEL, {"sampler": sampler.describe()}
+    )
+    parts = {
+        "durations": torch.ones(1),
+        "representation": {"video": torch.ones(1, 4, dtype=torch.float16)},
+        "summary": torch.ones(1, 4),
+        "thumbnails": [b"\xff\xd8"],
+    }
     store.append_shard(["/videos/a.mp4"], **parts)
     with pytest.raises(ValueError, match="already in the index"):
-        VideoIndexStore.create_or_open(tmp_path / "index", retriever.identity(), MODEL,
-                                       {"sampler": sampler.describe()}).append_shard(["/videos/a.mp4"], **parts)
+        VideoIndexStore.create_or_open(
+            tmp_path / "index", retriever.identity(), MODEL, {"sampler": sampler.describe()}
+        ).append_shard(["/videos/a.mp4"], **parts)
     with pytest.raises(ValueError, match="summary"):
         store.append_shard(["/videos/b.mp4"], **{**parts, "summary": torch.ones(2, 4)})
     contents = VideoIndexStore.open(tmp_path / "index").load()

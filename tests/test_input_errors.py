@@ -23,59 +23,144 @@ DIDEMO_RECORD = {"video": "a@N01_1_x.mov", "description": "a dog runs", "times":
 # (dataset, options, split, {file: content}, message): each case breaks one file of an otherwise valid split
 CASES = {
     "msrvtt: test csv without the video_id column": (
-        "msrvtt", {}, "test", {"MSRVTT_JSFUSION_test.csv": "key,vid,sentence\nret0,video9770,a man cooks\n"},
-        r"MSRVTT_JSFUSION_test.csv: line 1: no column video_id in the header \(key,vid,sentence\); expected a comma-separated file"),
+        "msrvtt",
+        {},
+        "test",
+        {"MSRVTT_JSFUSION_test.csv": "key,vid,sentence\nret0,video9770,a man cooks\n"},
+        r"MSRVTT_JSFUSION_test.csv: line 1: no column video_id in the header \(key,vid,sentence\); expected a comma-separated file",
+    ),
     "msrvtt: test csv row without a sentence": (
-        "msrvtt", {}, "test", {"MSRVTT_JSFUSION_test.csv": "key,vid_key,video_id,sentence\nret0,msr1,video1,a man\nret1,msr2,video2\n"},
-        r"MSRVTT_JSFUSION_test.csv: line 3: no value for sentence; expected 4 comma-separated fields"),
+        "msrvtt",
+        {},
+        "test",
+        {"MSRVTT_JSFUSION_test.csv": "key,vid_key,video_id,sentence\nret0,msr1,video1,a man\nret1,msr2,video2\n"},
+        r"MSRVTT_JSFUSION_test.csv: line 3: no value for sentence; expected 4 comma-separated fields",
+    ),
     "msrvtt: empty train csv": (
-        "msrvtt", {}, "train", {"MSRVTT_train.9k.csv": "", "MSRVTT_data.json": json.dumps(MSRVTT_DATA)},
-        r"MSRVTT_train.9k.csv: the file is empty; expected a comma-separated file whose first line names the columns video_id"),
+        "msrvtt",
+        {},
+        "train",
+        {"MSRVTT_train.9k.csv": "", "MSRVTT_data.json": json.dumps(MSRVTT_DATA)},
+        r"MSRVTT_train.9k.csv: the file is empty; expected a comma-separated file whose first line names the columns video_id",
+    ),
     "msrvtt: malformed data json": (
-        "msrvtt", {}, "train", {"MSRVTT_train.9k.csv": "video_id\nvideo0\n", "MSRVTT_data.json": '{"sentences": [\n  {"video_id": "video0",}\n]}'},
-        r"MSRVTT_data.json: line 2, column 25: invalid JSON \(Expecting property name"),
+        "msrvtt",
+        {},
+        "train",
+        {
+            "MSRVTT_train.9k.csv": "video_id\nvideo0\n",
+            "MSRVTT_data.json": '{"sentences": [\n  {"video_id": "video0",}\n]}',
+        },
+        r"MSRVTT_data.json: line 2, column 25: invalid JSON \(Expecting property name",
+    ),
     "msrvtt: sentence without a caption": (
-        "msrvtt", {}, "train",
-        {"MSRVTT_train.9k.csv": "video_id\nvideo0\n", "MSRVTT_data.json": json.dumps({"sentences": [{"video_id": "video0", "caption": "x"}, {"video_id": "video0"}]})},
-        r'MSRVTT_data.json: "sentences" record 1 has no "caption" \(it has "video_id"\); expected "caption" to be a string'),
+        "msrvtt",
+        {},
+        "train",
+        {
+            "MSRVTT_train.9k.csv": "video_id\nvideo0\n",
+            "MSRVTT_data.json": json.dumps(
+                {"sentences": [{"video_id": "video0", "caption": "x"}, {"video_id": "video0"}]}
+            ),
+        },
+        r'MSRVTT_data.json: "sentences" record 1 has no "caption" \(it has "video_id"\); expected "caption" to be a string',
+    ),
     "msvd: caption json with a number for a caption": (
-        "msvd", {}, "test", {"captions_msvd.json": json.dumps({"vid_1_2": ["a cat", 7]}), "test_list.txt": "vid_1_2\n"},
-        r'captions_msvd.json: key "vid_1_2", item 1 is a number; expected a list of caption strings'),
+        "msvd",
+        {},
+        "test",
+        {"captions_msvd.json": json.dumps({"vid_1_2": ["a cat", 7]}), "test_list.txt": "vid_1_2\n"},
+        r'captions_msvd.json: key "vid_1_2", item 1 is a number; expected a list of caption strings',
+    ),
     "msvd: truncated caption pickle": (
-        "msvd", {"caption_file": "raw-captions.pkl"}, "test", {"raw-captions.pkl": pickle.dumps({"vid": [["a", "cat"]]})[:9], "test_list.txt": "vid\n"},
-        r"raw-captions.pkl: not a readable caption pickle \(UnpicklingError: pickle data was truncated\)"),
+        "msvd",
+        {"caption_file": "raw-captions.pkl"},
+        "test",
+        {"raw-captions.pkl": pickle.dumps({"vid": [["a", "cat"]]})[:9], "test_list.txt": "vid\n"},
+        r"raw-captions.pkl: not a readable caption pickle \(UnpicklingError: pickle data was truncated\)",
+    ),
     "msvd: caption pickle with a string caption": (
-        "msvd", {"caption_file": "raw-captions.pkl"}, "test", {"raw-captions.pkl": pickle.dumps({"vid": [["a", "cat"], "a dog"]}), "test_list.txt": "vid\n"},
-        r'raw-captions.pkl: key "vid", caption 1 is a string; expected a list of word strings'),
+        "msvd",
+        {"caption_file": "raw-captions.pkl"},
+        "test",
+        {"raw-captions.pkl": pickle.dumps({"vid": [["a", "cat"], "a dog"]}), "test_list.txt": "vid\n"},
+        r'raw-captions.pkl: key "vid", caption 1 is a string; expected a list of word strings',
+    ),
     "lsmdc: a header line": (
-        "lsmdc", {}, "test", {"LSMDC16_challenge_1000_publictect.csv": "clip_id\tstart\tend\tstart\tend\tsentence\n" + LSMDC_LINE + "\n"},
-        r"LSMDC16_challenge_1000_publictect.csv: line 1: the first field 'clip_id' is not a clip id"),
+        "lsmdc",
+        {},
+        "test",
+        {"LSMDC16_challenge_1000_publictect.csv": "clip_id\tstart\tend\tstart\tend\tsentence\n" + LSMDC_LINE + "\n"},
+        r"LSMDC16_challenge_1000_publictect.csv: line 1: the first field 'clip_id' is not a clip id",
+    ),
     "lsmdc: bytes that are not UTF-8": (
-        "lsmdc", {}, "test", {"LSMDC16_challenge_1000_publictect.csv": (LSMDC_LINE + "\n" + LSMDC_LINE + " caf\xe9\n").encode("latin-1")},
-        r"LSMDC16_challenge_1000_publictect.csv: line 2: byte \d+ is not UTF-8 text"),
+        "lsmdc",
+        {},
+        "test",
+        {"LSMDC16_challenge_1000_publictect.csv": (LSMDC_LINE + "\n" + LSMDC_LINE + " caf\xe9\n").encode("latin-1")},
+        r"LSMDC16_challenge_1000_publictect.csv: line 2: byte \d+ is not UTF-8 text",
+    ),
     "didemo: a record without a description": (
-        "didemo", {}, "test", {"test_list.txt": "a@N01_1_x.mov\n", "test_data.json": json.dumps([DIDEMO_RECORD, {"video": "a@N01_1_x.mov"}])},
-        r'test_data.json: record 1 has no "description" \(it has "video"\)'),
+        "didemo",
+        {},
+        "test",
+        {"test_list.txt": "a@N01_1_x.mov\n", "test_data.json": json.dumps([DIDEMO_RECORD, {"video": "a@N01_1_x.mov"}])},
+        r'test_data.json: record 1 has no "description" \(it has "video"\)',
+    ),
     "didemo: an object instead of a list of records": (
-        "didemo", {}, "test", {"test_list.txt": "a@N01_1_x.mov\n", "test_data.json": json.dumps({"a@N01_1_x.mov": DIDEMO_RECORD})},
-        r"test_data.json: the top level is an object; expected an array of annotations"),
+        "didemo",
+        {},
+        "test",
+        {"test_list.txt": "a@N01_1_x.mov\n", "test_data.json": json.dumps({"a@N01_1_x.mov": DIDEMO_RECORD})},
+        r"test_data.json: the top level is an object; expected an array of annotations",
+    ),
     "activitynet: an entry without its duration": (
-        "activitynet", {}, "test",
-        {"val_ids.json": '["v_QOlSCBRmfWY"]', "val_1.json": json.dumps({"v_QOlSCBRmfWY": {"sentences": ["A woman dances."]}})},
-        r'val_1.json: key "v_QOlSCBRmfWY" has no "duration" \(it has "sentences"\); expected "duration" to be a number'),
+        "activitynet",
+        {},
+        "test",
+        {
+            "val_ids.json": '["v_QOlSCBRmfWY"]',
+            "val_1.json": json.dumps({"v_QOlSCBRmfWY": {"sentences": ["A woman dances."]}}),
+        },
+        r'val_1.json: key "v_QOlSCBRmfWY" has no "duration" \(it has "sentences"\); expected "duration" to be a number',
+    ),
     "activitynet: sentences that are not strings": (
-        "activitynet", {}, "test",
-        {"val_ids.json": '["v_QOlSCBRmfWY"]', "val_1.json": json.dumps({"v_QOlSCBRmfWY": {**ACTIVITYNET_ENTRY, "sentences": [["A", "woman"]]}})},
-        r'val_1.json: key "v_QOlSCBRmfWY", "sentences", item 0 is an array; expected a list of strings'),
+        "activitynet",
+        {},
+        "test",
+        {
+            "val_ids.json": '["v_QOlSCBRmfWY"]',
+            "val_1.json": json.dumps({"v_QOlSCBRmfWY": {**ACTIVITYNET_ENTRY, "sentences": [["A", "woman"]]}}),
+        },
+        r'val_1.json: key "v_QOlSCBRmfWY", "sentences", item 0 is an array; expected a list of strings',
+    ),
     "activitynet: a negative duration": (
-        "activitynet", {}, "test", {"val_ids.json": '["v_QOlSCBRmfWY"]', "val_1.json": json.dumps({"v_QOlSCBRmfWY": {**ACTIVITYNET_ENTRY, "duration": -1}})},
-        r'val_1.json: key "v_QOlSCBRmfWY": "duration" is -1; expected a length in seconds'),
+        "activitynet",
+        {},
+        "test",
+        {
+            "val_ids.json": '["v_QOlSCBRmfWY"]',
+            "val_1.json": json.dumps({"v_QOlSCBRmfWY": {**ACTIVITYNET_ENTRY, "duration": -1}}),
+        },
+        r'val_1.json: key "v_QOlSCBRmfWY": "duration" is -1; expected a length in seconds',
+    ),
     "activitynet: an id without v_": (
-        "activitynet", {}, "test", {"val_ids.json": '["v_QOlSCBRmfWY", "QOlSCBRmfWY"]', "val_1.json": json.dumps({"v_QOlSCBRmfWY": ACTIVITYNET_ENTRY})},
-        r'val_ids.json: item 1 is "QOlSCBRmfWY"; expected an id starting with "v_"'),
+        "activitynet",
+        {},
+        "test",
+        {
+            "val_ids.json": '["v_QOlSCBRmfWY", "QOlSCBRmfWY"]',
+            "val_1.json": json.dumps({"v_QOlSCBRmfWY": ACTIVITYNET_ENTRY}),
+        },
+        r'val_ids.json: item 1 is "QOlSCBRmfWY"; expected an id starting with "v_"',
+    ),
     "synthetic: malformed annotations": (
-        "synthetic", {"generate": False}, "test", {"annotations.json": '{"splits": {"test": [\n{"video_id": "s0"\n]}}'},
-        r"annotations.json: line 3, column 1: invalid JSON"),
+        "synthetic",
+        {"generate": False},
+        "test",
+        {"annotations.json": '{"splits": {"test": [\n{"video_id": "s0"\n]}}'},
+        r"annotations.json: line 3, column 1: invalid JSON",
+    ),
 }
 
 
@@ -91,11 +176,16 @@ def test_malformed_annotations_name_the_file_and_where(tmp_path, dataset, option
 def test_a_split_without_any_pair_or_video_is_refused(tmp_path):
     (tmp_path / "test_list.txt").write_text("b@N01_2_y.mov\n")  # not the video of the records
     (tmp_path / "test_data.json").write_text(json.dumps([DIDEMO_RECORD]))
-    with pytest.raises(AnnotationError, match=r"didemo test: the annotation files \(test_data.json\) give no \(video, caption\) pair"):
+    with pytest.raises(
+        AnnotationError, match=r"didemo test: the annotation files \(test_data.json\) give no \(video, caption\) pair"
+    ):
         create_dataset("didemo", root=tmp_path, check_videos=False).load_split("test")
     (tmp_path / "test_list.txt").write_text("a@N01_1_x.mov\n")
     (tmp_path / "videos").mkdir()
-    with pytest.raises(AnnotationError, match=r"1 videos listed in the annotations have no file .*none has; check data.source.video_dir"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"1 videos listed in the annotations have no file .*none has; check data.source.video_dir",
+    ):
         create_dataset("didemo", root=tmp_path).load_split("test")  # otherwise an empty split is evaluated
 
 
@@ -111,8 +201,11 @@ def written(path, data: bytes):
 
 
 def tvr_checkpoint() -> dict:
-    return {"state_dict": {"backbone.clip.logit_scale": torch.zeros(())}, "epoch": 1,
-            "hyper_parameters": {key: {"name": "meanpool"} for key in (*TVR_HYPER_PARAMETERS, "evaluation", "run_config")}}
+    return {
+        "state_dict": {"backbone.clip.logit_scale": torch.zeros(())},
+        "epoch": 1,
+        "hyper_parameters": {key: {"name": "meanpool"} for key in (*TVR_HYPER_PARAMETERS, "evaluation", "run_config")},
+    }
 
 
 def test_the_checked_hyper_parameters_are_those_the_module_saves():
@@ -146,21 +239,48 @@ def safetensors_file(path, tensors):
 NOT_TVR = {
     "missing": (lambda p: p, r"best.ckpt' not found; pass a checkpoint written by tvr-train"),
     "empty": (lambda p: written(p, b""), r"best.ckpt' is empty \(0 bytes"),
-    "truncated": (truncated, r"best.ckpt' with torch.load\(weights_only=True\): it is truncated, damaged or not a torch file"),
+    "truncated": (
+        truncated,
+        r"best.ckpt' with torch.load\(weights_only=True\): it is truncated, damaged or not a torch file",
+    ),
     "text": (lambda p: written(p, b"hello"), r"it is truncated, damaged or not a torch file"),
-    "python objects": (lambda p: save(p, {"state_dict": {}, "object": RetrievalModule}), r"pickled Python object \(tvr.lit_module.RetrievalModule\)"),
-    "CLIP4Clip release": (lambda p: save(p, {"clip.visual.proj": torch.zeros(2), "transformerClip.resblocks.0.ln_1.weight": torch.zeros(2)}),
-                          r"released with a paper .*python tools/convert_checkpoint.py <file> out.ckpt experiment=<recipe>"),
-    "X-Pool release": (lambda p: save(p, {"epoch": 3, "state_dict": {"module.clip.text_model.x": torch.zeros(1)}, "optimizer": {"lr": 1e-4}}),
-                       r"released with a paper"),
-    "open_clip weights": (lambda p: save(p, {"state_dict": {"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1)}}),
-                          r"CLIP weights, not a trained retrieval model: pass them to tvr-train as backbone.weights=<file>"),
-    "Hugging Face weights": (lambda p: safetensors_file(p.with_suffix(".safetensors"), {"text_model.embeddings.token_embedding.weight": torch.zeros(1)}),
-                             r"best.safetensors' is not a tvr checkpoint: it holds CLIP weights"),
+    "python objects": (
+        lambda p: save(p, {"state_dict": {}, "object": RetrievalModule}),
+        r"pickled Python object \(tvr.lit_module.RetrievalModule\)",
+    ),
+    "CLIP4Clip release": (
+        lambda p: save(
+            p, {"clip.visual.proj": torch.zeros(2), "transformerClip.resblocks.0.ln_1.weight": torch.zeros(2)}
+        ),
+        r"released with a paper .*python tools/convert_checkpoint.py <file> out.ckpt experiment=<recipe>",
+    ),
+    "X-Pool release": (
+        lambda p: save(
+            p, {"epoch": 3, "state_dict": {"module.clip.text_model.x": torch.zeros(1)}, "optimizer": {"lr": 1e-4}}
+        ),
+        r"released with a paper",
+    ),
+    "open_clip weights": (
+        lambda p: save(
+            p, {"state_dict": {"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1)}}
+        ),
+        r"CLIP weights, not a trained retrieval model: pass them to tvr-train as backbone.weights=<file>",
+    ),
+    "Hugging Face weights": (
+        lambda p: safetensors_file(
+            p.with_suffix(".safetensors"), {"text_model.embeddings.token_embedding.weight": torch.zeros(1)}
+        ),
+        r"best.safetensors' is not a tvr checkpoint: it holds CLIP weights",
+    ),
     "OpenAI TorchScript": (torchscript_file, r"it is OpenAI's TorchScript CLIP weights"),
-    "bare tvr state_dict": (lambda p: save(p, tvr_checkpoint()["state_dict"]), r"tvr model weights without the configuration"),
-    "another Lightning model": (lambda p: save(p, {"state_dict": {"encoder.w": torch.zeros(1)}, "hyper_parameters": {"lr": 0.1}}),
-                                r"its hyper_parameters lack backbone, head, loss, optim, train \(it has lr\)"),
+    "bare tvr state_dict": (
+        lambda p: save(p, tvr_checkpoint()["state_dict"]),
+        r"tvr model weights without the configuration",
+    ),
+    "another Lightning model": (
+        lambda p: save(p, {"state_dict": {"encoder.w": torch.zeros(1)}, "hyper_parameters": {"lr": 0.1}}),
+        r"its hyper_parameters lack backbone, head, loss, optim, train \(it has lr\)",
+    ),
     "not a dictionary": (lambda p: save(p, [torch.zeros(1)]), r"it holds a list, not a checkpoint dictionary"),
 }
 
@@ -176,5 +296,7 @@ def test_a_file_that_is_not_a_tvr_checkpoint_says_what_it_is(tmp_path, make, mes
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "text"])
 def test_unreadable_checkpoint_files_are_user_errors_naming_the_file(tmp_path, kind):
     path = NOT_TVR[kind][0](tmp_path / "best.ckpt")
-    with pytest.raises(UserInputError, match=NOT_TVR[kind][1]):  # today: FileNotFoundError, EOFError, RuntimeError, KeyError
+    with pytest.raises(
+        UserInputError, match=NOT_TVR[kind][1]
+    ):  # today: FileNotFoundError, EOFError, RuntimeError, KeyError
         load_checkpoint_file(path)

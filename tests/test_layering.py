@@ -153,17 +153,24 @@ def layer_of(module: str, layers: dict[str, int]) -> int | None:
 
 
 def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
-    return [f"{module} (layer {layer_of(module, layers)}) imports {target} (layer {layer_of(target, layers)})"
-            for module in sorted(graph) for target in sorted(graph[module])
-            if layer_of(target, layers) > layer_of(module, layers)]
+    return [
+        f"{module} (layer {layer_of(module, layers)}) imports {target} (layer {layer_of(target, layers)})"
+        for module in sorted(graph)
+        for target in sorted(graph[module])
+        if layer_of(target, layers) > layer_of(module, layers)
+    ]
 
 
 def layering_report(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
     """One line per problem: a module without a layer, an import cycle, an upward import."""
-    unplaced = [f"{module} has no layer: add it to LAYERS" for module in sorted(graph) if layer_of(module, layers) is None]
+    unplaced = [
+        f"{module} has no layer: add it to LAYERS" for module in sorted(graph) if layer_of(module, layers) is None
+    ]
     if unplaced:
         return unplaced
-    cycles = [f"import cycle: {' -> '.join(cycle_through(graph, component))}" for component in strongly_connected(graph)]
+    cycles = [
+        f"import cycle: {' -> '.join(cycle_through(graph, component))}" for component in strongly_connected(graph)
+    ]
     return cycles + [f"upward import: {line}" for line in upward_imports(graph, layers)]
 
 
@@ -182,14 +189,22 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_a_cycle_hidden_in_a_function_and_an_upward_import_are_reported(tmp_path):
-    package = write_package(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/low.py": "def save():\n    from pkg.high import run  # function-local\n",
-        "pkg/high/__init__.py": "from . import entry\n",
-        "pkg/high/entry.py": "import os\nfrom pkg import low\n\ndef run():\n    pass\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/low.py": "def save():\n    from pkg.high import run  # function-local\n",
+            "pkg/high/__init__.py": "from . import entry\n",
+            "pkg/high/entry.py": "import os\nfrom pkg import low\n\ndef run():\n    pass\n",
+        },
+    )
     graph = import_graph(package)
-    assert graph == {"pkg": set(), "pkg.low": {"pkg.high"}, "pkg.high": {"pkg.high.entry"}, "pkg.high.entry": {"pkg.low"}}
+    assert graph == {
+        "pkg": set(),
+        "pkg.low": {"pkg.high"},
+        "pkg.high": {"pkg.high.entry"},
+        "pkg.high.entry": {"pkg.low"},
+    }
     assert layering_report(graph, {"pkg": 0, "pkg.low": 0, "pkg.high": 1}) == [
         "import cycle: pkg.high -> pkg.high.entry -> pkg.low -> pkg.high",
         "upward import: pkg.low (layer 0) imports pkg.high (layer 1)",
@@ -197,13 +212,16 @@ def test_a_cycle_hidden_in_a_function_and_an_upward_import_are_reported(tmp_path
 
 
 def test_submodules_importing_each_other_through_their_package_are_no_cycle(tmp_path):
-    package = write_package(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/heads/__init__.py": "from pkg.heads import a, b\nfrom pkg.heads.base import Base\n",
-        "pkg/heads/base.py": "class Base:\n    pass\n",
-        "pkg/heads/a.py": "from .base import Base\n",
-        "pkg/heads/b.py": "from ..heads.a import Base\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/heads/__init__.py": "from pkg.heads import a, b\nfrom pkg.heads.base import Base\n",
+            "pkg/heads/base.py": "class Base:\n    pass\n",
+            "pkg/heads/a.py": "from .base import Base\n",
+            "pkg/heads/b.py": "from ..heads.a import Base\n",
+        },
+    )
     graph = import_graph(package)
     assert graph["pkg.heads"] == {"pkg.heads.a", "pkg.heads.b", "pkg.heads.base"}
     assert graph["pkg.heads.a"] == {"pkg.heads.base"} and graph["pkg.heads.b"] == {"pkg.heads.a"}

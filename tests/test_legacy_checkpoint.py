@@ -18,8 +18,9 @@ def test_an_old_checkpoint_scores_recorded_inputs_as_it_did():
     inputs = recorded()
     retriever = Retriever.from_checkpoint(CHECKPOINT)
     with torch.no_grad():
-        scores = retriever.score(retriever.encode_texts(inputs["tokens"]),
-                                 retriever.encode_videos(inputs["frames"], inputs["frame_mask"]))
+        scores = retriever.score(
+            retriever.encode_texts(inputs["tokens"]), retriever.encode_videos(inputs["frames"], inputs["frame_mask"])
+        )
     torch.testing.assert_close(scores, inputs["scores"], rtol=0, atol=1e-6)
 
 

@@ -23,10 +23,12 @@ def test_symmetric_infonce_by_hand():
 def test_dual_softmax_loss_by_hand():
     logits = torch.tensor([[2.0, 0.5], [1.0, 3.0]])
     temperature = 2.0
+
     def one_direction(m):
         prior = torch.softmax(m / temperature, dim=0) * m.shape[0]
         s = (m * prior).tolist()
         return (_ce(s[0], 0) + _ce(s[1], 1)) / 2
+
     expected = (one_direction(logits) + one_direction(logits.t())) / 2
     assert create_loss("dual_softmax", temperature=temperature)(logits).item() == pytest.approx(expected, rel=1e-6)
 

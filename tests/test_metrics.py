@@ -40,16 +40,20 @@ def test_multi_caption_case_reproduces_clip4clip():
 
 
 def test_hand_computed_square_case():
-    sim = np.array([
-        [0.9, 0.1, 0.3],   # text 0: its video ranks 1st
-        [0.8, 0.5, 0.2],   # text 1: 0.8 beats its 0.5 -> rank 2
-        [0.7, 0.6, 0.1],   # text 2: both others beat 0.1 -> rank 3
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.3],  # text 0: its video ranks 1st
+            [0.8, 0.5, 0.2],  # text 1: 0.8 beats its 0.5 -> rank 2
+            [0.7, 0.6, 0.1],  # text 2: both others beat 0.1 -> rank 3
+        ]
+    )
     t2v = retrieval_metrics(sim)["t2v"]
     assert t2v["R1"] == pytest.approx(100 / 3)
     assert t2v["R5"] == 100.0 and t2v["R10"] == 100.0
     assert t2v["MdR"] == 2.0 and t2v["MnR"] == 2.0
-    v2t = retrieval_metrics(sim)["v2t"]  # columns: video0 -> text0 (0.9 top), video1 -> 0.5 < 0.6 -> 2, video2 -> 0.1 < 0.3, 0.2 -> 3
+    v2t = retrieval_metrics(sim)[
+        "v2t"
+    ]  # columns: video0 -> text0 (0.9 top), video1 -> 0.5 < 0.6 -> 2, video2 -> 0.1 < 0.3, 0.2 -> 3
     assert v2t["R1"] == pytest.approx(100 / 3) and v2t["MnR"] == 2.0
 
 
@@ -82,12 +86,14 @@ def test_a_non_finite_score_fails_with_the_counts_instead_of_dropping_the_query(
 
 def test_unreadable_videos_are_misses_at_the_worst_rank_and_never_win_as_distractors():
     # 4 videos; video 2 is unreadable and scored as an empty clip (0 against every text).
-    sim = np.array([
-        [0.9, 0.1, 0.0, 0.2],    # text 0: its video first; the empty video would not matter
-        [-0.3, -0.1, 0.0, -0.2], # text 1: GT -0.1 is beaten only by the empty video's 0.0
-        [0.1, 0.2, 0.0, 0.3],    # text 2: the empty video's own caption -> a miss at rank 4
-        [0.4, 0.1, 0.0, 0.5],    # text 3: GT first
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.0, 0.2],  # text 0: its video first; the empty video would not matter
+            [-0.3, -0.1, 0.0, -0.2],  # text 1: GT -0.1 is beaten only by the empty video's 0.0
+            [0.1, 0.2, 0.0, 0.3],  # text 2: the empty video's own caption -> a miss at rank 4
+            [0.4, 0.1, 0.0, 0.5],  # text 3: GT first
+        ]
+    )
     plain = retrieval_metrics(sim)
     assert plain["t2v"]["R1"] == 50.0  # today's bug: before the fix text 1 lost to the empty video (R@1 50)
     result = retrieval_metrics(sim, unreadable_videos=[2])

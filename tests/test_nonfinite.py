@@ -39,7 +39,9 @@ def test_a_nan_loss_stops_the_run_naming_step_terms_and_learning_rates(data_dir,
 @pytest.mark.parametrize("precision", ["32-true", pytest.param("bf16-mixed", marks=pytest.mark.slow)])
 def test_a_nan_gradient_stops_the_run_though_the_loss_is_finite(precision, data_dir, tmp_path):
     cfg = compose_train(SHORT + poisoned("Gradient", 2) + [f"trainer.precision={precision}"], data_dir, tmp_path)
-    with pytest.raises(NonFiniteLossError, match=r"^non-finite gradient at step 2 \(epoch 0, batch 2\): gradient_norm=nan"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"^non-finite gradient at step 2 \(epoch 0, batch 2\): gradient_norm=nan"
+    ):
         train(cfg)
     assert load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
 
@@ -47,9 +49,14 @@ def test_a_nan_gradient_stops_the_run_though_the_loss_is_finite(precision, data_
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Batch", "Gradient"])
 def test_skip_leaves_the_weights_alone_for_that_step_and_counts_it(kind, data_dir, tmp_path):
-    record = ["+callbacks.weights._target_=helpers.WeightsAroundStep", "+callbacks.weights.step=2",
-              f"+callbacks.weights.path={tmp_path / 'weights.pt'}"]
-    cfg = compose_train(SHORT + ["train.nonfinite=skip", "trainer.max_epochs=1"] + poisoned(kind, 2) + record, data_dir, tmp_path)
+    record = [
+        "+callbacks.weights._target_=helpers.WeightsAroundStep",
+        "+callbacks.weights.step=2",
+        f"+callbacks.weights.path={tmp_path / 'weights.pt'}",
+    ]
+    cfg = compose_train(
+        SHORT + ["train.nonfinite=skip", "trainer.max_epochs=1"] + poisoned(kind, 2) + record, data_dir, tmp_path
+    )
     results = train(cfg)
     assert results["run"]["skipped_nonfinite_steps"] == 1
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
@@ -67,7 +74,9 @@ def test_skip_leaves_the_weights_alone_for_that_step_and_counts_it(kind, data_di
 
 @pytest.mark.slow
 def test_the_cli_stops_with_one_error_line_and_records_it_for_tvr_results(data_dir, tmp_path):
-    result = run_cli("tvr-train", SHORT + poisoned("Batch", 3) + [f"hydra.run.dir={tmp_path / 'run'}"], data_dir, tmp_path)
+    result = run_cli(
+        "tvr-train", SHORT + poisoned("Batch", 3) + [f"hydra.run.dir={tmp_path / 'run'}"], data_dir, tmp_path
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: non-finite loss at step 3" in result.stderr
     recorded = json.loads((tmp_path / "run" / "error.json").read_text())

@@ -31,11 +31,19 @@ class Toy(nn.Module):
 
 def test_parameter_groups_split_lr_and_weight_decay():
     model = Toy()
-    groups = parameter_groups(list(model.named_parameters()), {id(p) for p in model.head.parameters()},
-                              backbone_lr=1e-6, head_lr=1e-4, weight_decay=0.2,
-                              no_decay_names=["positional_embedding"])
+    groups = parameter_groups(
+        list(model.named_parameters()),
+        {id(p) for p in model.head.parameters()},
+        backbone_lr=1e-6,
+        head_lr=1e-4,
+        weight_decay=0.2,
+        no_decay_names=["positional_embedding"],
+    )
     by_name = {g["name"]: g for g in groups}
-    ids = lambda group: {id(p) for p in by_name[group]["params"]}
+
+    def ids(group):
+        return {id(p) for p in by_name[group]["params"]}
+
     assert ids("head") == {id(model.head.weight)} and by_name["head"]["lr"] == 1e-4
     assert ids("head_no_decay") == {id(model.head.bias)} and by_name["head_no_decay"]["weight_decay"] == 0.0
     assert ids("backbone") == {id(model.backbone[0].weight)} and by_name["backbone"]["weight_decay"] == 0.2
@@ -46,7 +54,9 @@ def test_parameter_groups_split_lr_and_weight_decay():
 
 def test_clip4clip_rule_decays_everything_but_biases():
     model = Toy()
-    groups = parameter_groups(list(model.named_parameters()), set(), 1e-7, 1e-4, 0.2, no_decay_1d=False, no_decay_names=["bias"])
+    groups = parameter_groups(
+        list(model.named_parameters()), set(), 1e-7, 1e-4, 0.2, no_decay_1d=False, no_decay_names=["bias"]
+    )
     decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
     assert id(model.logit_scale) in decayed and id(model.backbone[1].weight) in decayed
     assert id(model.head.bias) not in decayed
@@ -82,7 +92,9 @@ def test_clip4clip_schedule_values():
 
     schedule = Clip4ClipWarmupCosine(warmup=0.1, total_steps=1000)
     assert schedule(0) == 0.0 and schedule(50) == pytest.approx(0.5)
-    assert schedule(99) == pytest.approx(0.99) and schedule(100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))  # ~0.976 jump
+    assert schedule(99) == pytest.approx(0.99) and schedule(100) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.1))
+    )  # ~0.976 jump
     assert schedule(500) == pytest.approx(0.5) and schedule(1000) == pytest.approx(0.0, abs=1e-12)
     assert schedule(1500) == pytest.approx(0.5)  # past t_total it rises again (GLSCL's 5-epoch t_total)
 
@@ -92,8 +104,20 @@ def test_clip4clip_freeze_rule_freezes_exactly_the_embeddings_at_zero():
 
     backbone = CLIPBackbone("tvr-tiny")
     frozen = backbone.freeze_like_clip4clip(0)
-    assert sorted(frozen) == sorted(["positional_embedding", "token_embedding.weight", "visual.class_embedding",
-                                     "visual.positional_embedding", "visual.conv1.weight", "visual.ln_pre.weight", "visual.ln_pre.bias"])
+    assert sorted(frozen) == sorted(
+        [
+            "positional_embedding",
+            "token_embedding.weight",
+            "visual.class_embedding",
+            "visual.positional_embedding",
+            "visual.conv1.weight",
+            "visual.ln_pre.weight",
+            "visual.ln_pre.bias",
+        ]
+    )
     deeper = CLIPBackbone("tvr-tiny").freeze_like_clip4clip(1)
-    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in deeper and "transformer.resblocks.0.ln_1.weight" in deeper
+    assert (
+        "visual.transformer.resblocks.0.attn.in_proj_weight" in deeper
+        and "transformer.resblocks.0.ln_1.weight" in deeper
+    )
     assert not any("resblocks.1." in name for name in deeper)

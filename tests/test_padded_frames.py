@@ -49,8 +49,11 @@ def reference_frame_features(backbone: CLIPBackbone, frames: torch.Tensor, mask:
 
 def glscl_scores(head, backbone: CLIPBackbone, tokens: torch.Tensor, video: FrameFeatures) -> dict[str, torch.Tensor]:
     text_repr, video_repr = head.encode_text(backbone.encode_text(tokens)), head.encode_video(video)
-    return {"S": head.similarity(text_repr, video_repr), "S_global": head.global_similarity(text_repr, video_repr),
-            "S_local": head.local_similarity(text_repr, video_repr)}
+    return {
+        "S": head.similarity(text_repr, video_repr),
+        "S_global": head.global_similarity(text_repr, video_repr),
+        "S_local": head.local_similarity(text_repr, video_repr),
+    }
 
 
 @pytest.mark.parametrize("padded_frames, matches_reference", [("encoded_blank", True), ("zeros", False)])
@@ -124,11 +127,17 @@ def test_which_videos_depend_on_padded_frame_features(name, options, dependent_v
         noise = features["zeros"].frames.clone()
         noise[~mask] = 10 * torch.randn(int((~mask).sum()), noise.shape[-1], generator=torch.Generator().manual_seed(2))
         text = tiny_backbone("zeros").encode_text(tokens)
-        scores = [head.similarity(head.encode_text(text), head.encode_video(FrameFeatures(video, mask)))
-                  for video in (features["zeros"].frames, features["encoded_blank"].frames, noise)]
+        scores = [
+            head.similarity(head.encode_text(text), head.encode_video(FrameFeatures(video, mask)))
+            for video in (features["zeros"].frames, features["encoded_blank"].frames, noise)
+        ]
     changed = set()
     for other in scores[1:]:
-        changed |= {video for video in range(len(mask)) if not torch.allclose(scores[0][:, video], other[:, video], atol=1e-6, rtol=0)}
+        changed |= {
+            video
+            for video in range(len(mask))
+            if not torch.allclose(scores[0][:, video], other[:, video], atol=1e-6, rtol=0)
+        }
     assert changed == dependent_videos
 
 
@@ -141,10 +150,14 @@ def test_glscl_global_pooling_divides_by_the_exact_norm():
     real_frame = cls[0] + torch.randn(64, generator=generator)
     padded_frame = real_frame + cls[0] * 35 * head.gim_temperature / cls.square().sum()  # GIM logit +35
     video_repr = {"video": torch.stack([real_frame, padded_frame])[None], "mask": torch.tensor([[1.0, 0.0]])}
-    weights = torch.einsum("td,vfd->tvf", cls, video_repr["video"]).div(head.gim_temperature).softmax(-1) * video_repr["mask"]
+    weights = (
+        torch.einsum("td,vfd->tvf", cls, video_repr["video"]).div(head.gim_temperature).softmax(-1) * video_repr["mask"]
+    )
     pooled = torch.einsum("tvf,vfd->tvd", weights, video_repr["video"])  # the reference's GIM, verbatim
     assert 0 < pooled.norm() < 1e-12
-    reference = torch.einsum("td,tvd->tv", cls / cls.norm(dim=-1, keepdim=True), pooled / pooled.norm(dim=-1, keepdim=True))
+    reference = torch.einsum(
+        "td,tvd->tv", cls / cls.norm(dim=-1, keepdim=True), pooled / pooled.norm(dim=-1, keepdim=True)
+    )
     ours = head.global_similarity({"cls": cls}, video_repr)
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
     cosine_with_the_real_frame = torch.cosine_similarity(cls[0], real_frame, dim=0)
@@ -166,9 +179,14 @@ def test_glscl_video_without_real_frames_scores_zero_globally_where_the_referenc
 def test_checkpoints_keep_the_padded_frame_mode_and_older_ones_load_with_zeros(saved_mode, restored_mode):
     """A checkpoint's hyper_parameters rebuild its module; one written before the option existed has no
     ``padded_frames`` among the backbone's kwargs and must still load."""
-    module = RetrievalModule(backbone={"model_name": "tvr-tiny", "padded_frames": saved_mode or "encoded_blank"},
-                             head={"name": "glscl", **HEAD_OPTIONS["glscl"]}, loss={"name": "infonce"},
-                             optim={}, evaluation={}, train={})
+    module = RetrievalModule(
+        backbone={"model_name": "tvr-tiny", "padded_frames": saved_mode or "encoded_blank"},
+        head={"name": "glscl", **HEAD_OPTIONS["glscl"]},
+        loss={"name": "infonce"},
+        optim={},
+        evaluation={},
+        train={},
+    )
     hyper_parameters = {**module.hparams, "backbone": dict(module.hparams["backbone"])}
     if saved_mode is None:
         del hyper_parameters["backbone"]["padded_frames"]

@@ -21,6 +21,8 @@ def test_a_pool_terminates_when_its_parent_ignores_sigterm():
             ended = threading.Thread(target=pool.terminate, daemon=True)  # what leaving the `with` block calls
             ended.start()
             ended.join(timeout=30)
-            assert not ended.is_alive() and not any(result.ready() for result in busy), "terminate() hung: the workers ignored SIGTERM"
+            assert not ended.is_alive() and not any(result.ready() for result in busy), (
+                "terminate() hung: the workers ignored SIGTERM"
+            )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import SMALL_OVERRIDES, compose_train
 from tvr.config import store_declared_defaults
+from tvr.config_checker import InvalidConfigError
 from tvr.data.datasets import DATASETS
 from tvr.data.sampling import SAMPLERS, create_sampler
 from tvr.data.video import VIDEO_BACKENDS, create_backend
@@ -21,12 +22,14 @@ from tvr.evaluation.rerank import RERANKERS, create_reranker
 from tvr.models.heads import HEADS, create_head
 from tvr.models.losses import LOSSES, create_loss
 from tvr.models.towers import TOWERS
-from tvr.config_checker import InvalidConfigError
 from tvr.validation import validate_train_config
 
 # kind -> (package, registry, module source); each module registers one component named "throwaway_<kind>"
 COMPONENTS = {
-    "head": ("tvr.models.heads", HEADS, '''
+    "head": (
+        "tvr.models.heads",
+        HEADS,
+        """
         import torch
         import torch.nn.functional as F
         from tvr.models.heads.base import RetrievalHead
@@ -49,8 +52,12 @@ COMPONENTS = {
 
             def similarity(self, text_repr, video_repr):
                 return self.sharpness * text_repr["text"] @ video_repr["video"].t()
-    '''),
-    "tower": ("tvr.models.towers", TOWERS, '''
+    """,
+    ),
+    "tower": (
+        "tvr.models.towers",
+        TOWERS,
+        '''
         from tvr.models.towers.base import VideoTower, register_tower
 
         @register_tower("throwaway_tower")
@@ -75,8 +82,12 @@ COMPONENTS = {
                 kept = mask.clone()
                 kept[:, 1 - self.offset :: 2] = 0
                 return backbone.encode_frames(frames, kept)
-    '''),
-    "dataset": ("tvr.data.datasets", DATASETS, '''
+    ''',
+    ),
+    "dataset": (
+        "tvr.data.datasets",
+        DATASETS,
+        '''
         from tvr.data.datasets.base import register_dataset
         from tvr.data.datasets.synthetic import SyntheticDataset
 
@@ -89,8 +100,12 @@ COMPONENTS = {
                 if not isinstance(lowercase, bool):
                     raise ValueError(f"lowercase must be true or false, got {lowercase!r}")
                 self.lowercase = lowercase
-    '''),
-    "sampler": ("tvr.data.sampling", SAMPLERS, '''
+    ''',
+    ),
+    "sampler": (
+        "tvr.data.sampling",
+        SAMPLERS,
+        """
         from dataclasses import dataclass
         from tvr.data.sampling.base import SAMPLERS, FrameSampler
         from tvr.options import option
@@ -105,8 +120,12 @@ COMPONENTS = {
 
             def describe(self):
                 return {"sampler": "throwaway_sampler", "max_frames": self.max_frames, "stride": self.stride}
-    '''),
-    "loss": ("tvr.models.losses", LOSSES, '''
+    """,
+    ),
+    "loss": (
+        "tvr.models.losses",
+        LOSSES,
+        """
         from torch import nn
         from tvr.models.losses.base import LOSSES, diagonal_cross_entropy
 
@@ -120,8 +139,12 @@ COMPONENTS = {
 
             def forward(self, logits):
                 return self.weight * diagonal_cross_entropy(logits)
-    '''),
-    "reranker": ("tvr.evaluation.rerank", RERANKERS, '''
+    """,
+    ),
+    "reranker": (
+        "tvr.evaluation.rerank",
+        RERANKERS,
+        """
         from dataclasses import dataclass
         from tvr.evaluation.rerank.base import Reranker, register_reranker
         from tvr.options import option
@@ -133,8 +156,12 @@ COMPONENTS = {
 
             def rerank(self, cos, direction, query_bank=None):
                 return cos.clamp(min=0) ** self.exponent
-    '''),
-    "backend": ("tvr.data.video", VIDEO_BACKENDS, '''
+    """,
+    ),
+    "backend": (
+        "tvr.data.video",
+        VIDEO_BACKENDS,
+        """
         from tvr.data.video.decord_backend import DecordBackend
         from tvr.data.video.base import VIDEO_BACKENDS
 
@@ -145,18 +172,29 @@ COMPONENTS = {
                 if retries < 0:
                     raise ValueError(f"retries must be >= 0, got {retries}")
                 self.retries = retries
-    '''),
+    """,
+    ),
 }
 # The conf/ file a component with options adds (here in a folder on Hydra's search path).
 HEAD_TOWERS = "video_tower: per_frame\nvideo_tower_options: null\ntext_tower: clip_text\ntext_tower_options: null\n"
-CONFIG_FILES = {"head/throwaway_head.yaml": "name: throwaway_head\nsharpness: 2.0\n" + HEAD_TOWERS,
-                "loss/throwaway_loss.yaml": "name: throwaway_loss\nweight: 0.5\n"}
+CONFIG_FILES = {
+    "head/throwaway_head.yaml": "name: throwaway_head\nsharpness: 2.0\n" + HEAD_TOWERS,
+    "loss/throwaway_loss.yaml": "name: throwaway_loss\nweight: 0.5\n",
+}
 # Selecting every throwaway component at once in tvr-train's config.
 SELECT_ALL = [
-    "head=throwaway_head", "head.video_tower=throwaway_tower", "head.video_tower_options={offset:1}", "loss=throwaway_loss", "data.name=throwaway_dataset", "+data.source.lowercase=false",
-    "data.video.train_sampler.name=throwaway_sampler", "+data.video.train_sampler.stride=3",
-    "data.video.backend=throwaway_backend", "+data.video.backend_options.retries=1",
-    "evaluation.rerank=throwaway_reranker", "evaluation.throwaway_reranker.exponent=2.0",
+    "head=throwaway_head",
+    "head.video_tower=throwaway_tower",
+    "head.video_tower_options={offset:1}",
+    "loss=throwaway_loss",
+    "data.name=throwaway_dataset",
+    "+data.source.lowercase=false",
+    "data.video.train_sampler.name=throwaway_sampler",
+    "+data.video.train_sampler.stride=3",
+    "data.video.backend=throwaway_backend",
+    "+data.video.backend_options.retries=1",
+    "evaluation.rerank=throwaway_reranker",
+    "evaluation.throwaway_reranker.exponent=2.0",
 ]
 
 
@@ -185,7 +223,9 @@ def plugins(tmp_path, monkeypatch):
 
 
 def compose_with_plugins(conf: Path, overrides: list[str], tmp_path: Path):
-    return compose_train([*SMALL_OVERRIDES, f"hydra.searchpath=[file://{conf}]", *overrides], tmp_path / "data", tmp_path / "run")
+    return compose_train(
+        [*SMALL_OVERRIDES, f"hydra.searchpath=[file://{conf}]", *overrides], tmp_path / "data", tmp_path / "run"
+    )
 
 
 def test_each_registry_finds_a_new_module_without_an_import_line(plugins):
@@ -208,15 +248,28 @@ def test_new_components_pass_start_up_validation_with_their_options(plugins, tmp
 
 
 def test_a_new_components_bad_options_are_reported_by_key_before_any_work(plugins, tmp_path):
-    bad = ["head.sharpness=-1", "loss.weight=0", "data.source.lowercase=maybe", "data.video.train_sampler.stride=0",
-           "data.video.backend_options.retries=-2", "evaluation.throwaway_reranker.exponent=0",
-           "+evaluation.throwaway_reranker.base=2"]
+    bad = [
+        "head.sharpness=-1",
+        "loss.weight=0",
+        "data.source.lowercase=maybe",
+        "data.video.train_sampler.stride=0",
+        "data.video.backend_options.retries=-2",
+        "evaluation.throwaway_reranker.exponent=0",
+        "+evaluation.throwaway_reranker.base=2",
+    ]
     cfg = compose_with_plugins(plugins, SELECT_ALL + bad, tmp_path)
     with pytest.raises(InvalidConfigError) as error:
         validate_train_config(cfg)
     keys = [problem.key for problem in error.value.problems]
-    assert keys == ["head", "loss", "data.source", "data.video.backend_options", "data.video.train_sampler.stride",
-                    "evaluation.throwaway_reranker.base", "evaluation.throwaway_reranker.exponent"], str(error.value)
+    assert keys == [
+        "head",
+        "loss",
+        "data.source",
+        "data.video.backend_options",
+        "data.video.train_sampler.stride",
+        "evaluation.throwaway_reranker.base",
+        "evaluation.throwaway_reranker.exponent",
+    ], str(error.value)
     message = str(error.value)
     assert "sharpness must be > 0" in message and "got 0, expected an integer >= 1" in message
     assert "evaluation.throwaway_reranker.base: is not an option of re-ranker 'throwaway_reranker'" in message
@@ -227,6 +280,10 @@ def test_a_new_components_bad_options_are_reported_by_key_before_any_work(plugin
 
 
 def test_without_the_module_the_name_is_refused_listing_the_real_ones(tmp_path):
-    cfg = compose_train([*SMALL_OVERRIDES, "data.video.train_sampler.name=throwaway_sampler"], tmp_path / "data", tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"got 'throwaway_sampler', expected a frame sampler: clip4clip, fps_uniform_decord"):
+    cfg = compose_train(
+        [*SMALL_OVERRIDES, "data.video.train_sampler.name=throwaway_sampler"], tmp_path / "data", tmp_path / "run"
+    )
+    with pytest.raises(
+        ConfigError, match=r"got 'throwaway_sampler', expected a frame sampler: clip4clip, fps_uniform_decord"
+    ):
         validate_train_config(cfg)

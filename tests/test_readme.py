@@ -24,8 +24,10 @@ from test_cli import QUIET, run_cli
 from tvr.validation import validate_train_config
 
 # The README and every page under docs/ (a page's examples are as binding as the README's)
-PAGES = {path.relative_to(REPO_ROOT).as_posix(): path.read_text()
-         for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]}
+PAGES = {
+    path.relative_to(REPO_ROOT).as_posix(): path.read_text()
+    for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+}
 SHRINK = ["trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET
 CKPT = "ckpt_path=…"  # the documentation's placeholder for "a checkpoint of yours"
 # run by the readme_run fixture, whose checkpoint the documented tvr-eval lines evaluate
@@ -38,86 +40,145 @@ VIDEO_TOOLS = "tests/test_cli.py::test_video_tools_from_the_command_line"
 RUN, COMPOSE, ELSEWHERE, NOT_RUN = "run", "compose", "elsewhere", "not run"
 # (how, why) for RUN and COMPOSE, (ELSEWHERE, the covering test node, why) and (NOT_RUN, why) otherwise
 HOW = {
-    "make train": (NOT_RUN, "creates .venv and runs the full default run (minutes); tools/bench_synthetic.py runs it as written"),
+    "make train": (
+        NOT_RUN,
+        "creates .venv and runs the full default run (minutes); tools/bench_synthetic.py runs it as written",
+    ),
     "make test": (NOT_RUN, "creates .venv and runs the fast tier of this suite"),
     "make test-all": (NOT_RUN, "creates .venv and runs this whole suite: the command CI runs (.ci/run)"),
+    "make lint": (NOT_RUN, "runs ruff over the repository: CI runs it before the tests (.ci/run)"),
     "tvr-train experiment=xpool_msrvtt backbone.weights=/models/ViT-B-32.pt data.source.root=/datasets/msrvtt": (
-        COMPOSE, "needs a GPU, CLIP weights and MSR-VTT; the recipe composes and passes start-up validation"),
+        COMPOSE,
+        "needs a GPU, CLIP weights and MSR-VTT; the recipe composes and passes start-up validation",
+    ),
     "tvr-eval ckpt_path=outputs/…/checkpoints/best.ckpt": (RUN, None),
     "tvr-eval ckpt_path=… split=val evaluation.rerank=dsl": (RUN, None),
     "tvr-eval ckpt_path=… data.source.root=/other": (RUN, None),
     "tvr-eval ckpt_path=… data=synthetic data.source.root=/other": (RUN, None),
     "tvr-train head=seqtransf head.layers=2 head.heads=2 head.init_from_clip=false": (RUN, None),
     "tvr-train head=xpool backbone_head=tiny_tempme_tower": (
-        ELSEWHERE, "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[xpool_over_tempme]",
-        "trains X-Pool over the tempme tower on the small synthetic set"),
+        ELSEWHERE,
+        "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[xpool_over_tempme]",
+        "trains X-Pool over the tempme tower on the small synthetic set",
+    ),
     "tvr-train head=glscl head.text_tower=lora_text": (
-        ELSEWHERE, "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[glscl_with_lora_text]",
-        "trains GLSCL with the lora_text tower on the small synthetic set"),
+        ELSEWHERE,
+        "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[glscl_with_lora_text]",
+        "trains GLSCL with the lora_text tower on the small synthetic set",
+    ),
     "tvr-train experiment=synthetic_seqtransf logger=wandb": (RUN, None),
     "tvr-train trainer=gpu": (COMPOSE, "needs a GPU"),
     "tvr-train trainer=ddp trainer.devices=4": (COMPOSE, "needs 4 GPUs; 2-process CPU DDP runs in test_cli"),
-    "tvr-train trainer.max_epochs=60 ckpt_path=last": (ELSEWHERE, RESUME, "continues the newest run of a configuration"),
-    "tvr-train ckpt_path=outputs/…/checkpoints/last.ckpt": (ELSEWHERE, RESUME, "continues a run by its file, in its folder"),
+    "tvr-train trainer.max_epochs=60 ckpt_path=last": (
+        ELSEWHERE,
+        RESUME,
+        "continues the newest run of a configuration",
+    ),
+    "tvr-train ckpt_path=outputs/…/checkpoints/last.ckpt": (
+        ELSEWHERE,
+        RESUME,
+        "continues a run by its file, in its folder",
+    ),
     "tvr-train -m head=meanpool,seqtransf seed=0,1,2": (RUN, None),
     "tvr-results multirun/2026-12-01_10-00-00": (
-        ELSEWHERE, SWEEP_SUMMARY, "runs it on a real sweep of the synthetic set"),
+        ELSEWHERE,
+        SWEEP_SUMMARY,
+        "runs it on a real sweep of the synthetic set",
+    ),
     # docs/sweep_synthetic.md: the sweep its figures were made with
     "tvr-train -m head=meanpool,seqtransf seed=0,1,2 trainer.max_epochs=10": (
-        ELSEWHERE, "tests/test_readme.py::test_readme_train_lines_run_as_written",
-        "runs the sweep line of docs/clusters.md, this one with 10 epochs instead of the default"),
+        ELSEWHERE,
+        "tests/test_readme.py::test_readme_train_lines_run_as_written",
+        "runs the sweep line of docs/clusters.md, this one with 10 epochs instead of the default",
+    ),
     "tvr-results multirun/<time>": (ELSEWHERE, SWEEP_SUMMARY, "runs it on a real sweep of the synthetic set"),
     "sbatch tools/slurm/train.sbatch experiment=clip4clip_meanp_msrvtt data.source.root=/datasets/msrvtt": (
-        ELSEWHERE, "tests/test_slurm.py::test_sbatch_script_runs_tvr_train_sized_by_the_allocation",
-        "needs SLURM; runs the script's srun line under stand-in SLURM variables"),
+        ELSEWHERE,
+        "tests/test_slurm.py::test_sbatch_script_runs_tvr_train_sized_by_the_allocation",
+        "needs SLURM; runs the script's srun line under stand-in SLURM variables",
+    ),
     "tvr-train -m hydra/launcher=slurm trainer=ddp_multinode ckpt_path=last experiment=xpool_msrvtt seed=0,1,2 "
     "data.source.root=/datasets/msrvtt": (
-        ELSEWHERE, "tests/test_slurm.py::test_sweep_submission_sbatch_header_and_requeue_state",
-        "needs SLURM; submits a sweep to a stand-in cluster"),
+        ELSEWHERE,
+        "tests/test_slurm.py::test_sweep_submission_sbatch_header_and_requeue_state",
+        "needs SLURM; submits a sweep to a stand-in cluster",
+    ),
     "python tools/bench_train.py": (ELSEWHERE, BENCH_TRAIN, "minutes; runs it with few steps"),
     "python tools/bench_train.py --device cuda --backbone vit_b32 --batch-size 128": (
-        ELSEWHERE, BENCH_TRAIN, "needs a GPU; runs the same tool on the CPU with few steps"),
+        ELSEWHERE,
+        BENCH_TRAIN,
+        "needs a GPU; runs the same tool on the CPU with few steps",
+    ),
     "tvr-train data=msrvtt backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt data.source.root=/datasets/msrvtt": (
-        COMPOSE, "needs CLIP weights and a benchmark; test_backbone loads every weights format"),
+        COMPOSE,
+        "needs CLIP weights and a benchmark; test_backbone loads every weights format",
+    ),
     "python tools/compress_videos.py RAW/ data/msrvtt/videos --workers 8": (
-        ELSEWHERE, VIDEO_TOOLS, "needs raw videos; runs the tool on the synthetic videos"),
+        ELSEWHERE,
+        VIDEO_TOOLS,
+        "needs raw videos; runs the tool on the synthetic videos",
+    ),
     "python tools/check_videos.py data=msrvtt --timeout 30": (
-        ELSEWHERE, VIDEO_TOOLS, "needs MSR-VTT; runs the tool on the synthetic set"),
+        ELSEWHERE,
+        VIDEO_TOOLS,
+        "needs MSR-VTT; runs the tool on the synthetic set",
+    ),
     "python tools/cache_frames.py data=msrvtt backbone=vit_b32 --workers 8": (
-        ELSEWHERE, "tests/test_frame_cache_tool.py::"
+        ELSEWHERE,
+        "tests/test_frame_cache_tool.py::"
         "test_tool_takes_the_image_size_of_the_named_backbone_and_refuses_the_test_backbone_on_real_data",
-        "needs MSR-VTT; runs it with backbone=vit_b32 on the synthetic set"),
+        "needs MSR-VTT; runs it with backbone=vit_b32 on the synthetic set",
+    ),
     "tvr-eval backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt head=meanpool data=msrvtt data.source.root=/datasets/msrvtt": (
-        ELSEWHERE, "tests/test_retriever.py::test_tvr_eval_evaluates_a_backbone_zero_shot",
-        "needs CLIP weights and MSR-VTT; runs tvr-eval zero-shot on a tiny backbone"),
+        ELSEWHERE,
+        "tests/test_retriever.py::test_tvr_eval_evaluates_a_backbone_zero_shot",
+        "needs CLIP weights and MSR-VTT; runs tvr-eval zero-shot on a tiny backbone",
+    ),
     "tvr-index my_videos/ ckpt_path=outputs/…/checkpoints/best.ckpt index=my_index": (RUN, None),
     'tvr-search "a dog runs on the beach" index=my_index --top-k 10': (RUN, None),
     "tvr-search --queries queries.txt index=my_index --html results.html": (RUN, None),
     "tvr-index my_videos/ backbone=vit_b32 backbone.weights=/models/ViT-B-32.pt head=meanpool index=clip_index": (
-        ELSEWHERE, "tests/test_search.py::test_an_index_refuses_another_model_naming_both",
-        "needs CLIP weights; indexes a folder with a zero-shot tiny backbone"),
+        ELSEWHERE,
+        "tests/test_search.py::test_an_index_refuses_another_model_naming_both",
+        "needs CLIP weights; indexes a folder with a zero-shot tiny backbone",
+    ),
     "python tools/bench_search.py --json bench_search.json": (
-        ELSEWHERE, "tests/test_bench_search.py::test_bench_search_tiny_run_writes_every_section", "about 20 minutes; runs it at tiny sizes"),
+        ELSEWHERE,
+        "tests/test_bench_search.py::test_bench_search_tiny_run_writes_every_section",
+        "about 20 minutes; runs it at tiny sizes",
+    ),
     "tvr-train head=tempme": (RUN, None),
     "python tools/bench_towers.py --json bench_towers.json": (
-        ELSEWHERE, "tests/test_bench_towers.py::test_bench_towers_quick_run_writes_every_section", "minutes; runs it with --quick"),
+        ELSEWHERE,
+        "tests/test_bench_towers.py::test_bench_towers_quick_run_writes_every_section",
+        "minutes; runs it with --quick",
+    ),
     "tvr-train experiment=hbi_estimator_synthetic hydra.run.dir=outputs/hbi_estimator": (
-        ELSEWHERE, "tests/test_hbi.py::test_the_estimator_stage_trains_the_estimator_alone_and_writes_it",
-        "runs the estimator stage on the small synthetic set and checks estimator.pt"),
+        ELSEWHERE,
+        "tests/test_hbi.py::test_the_estimator_stage_trains_the_estimator_alone_and_writes_it",
+        "runs the estimator stage on the small synthetic set and checks estimator.pt",
+    ),
     "tvr-train head=hbi head.estimator_ckpt=outputs/hbi_estimator/estimator.pt": (
-        ELSEWHERE, "tests/test_hbi.py::test_hbi_trains_with_the_estimator_as_frozen_teacher_and_evaluates_without_its_file",
-        "trains HBI with the estimator stage's file, then evaluates it without that file"),
+        ELSEWHERE,
+        "tests/test_hbi.py::test_hbi_trains_with_the_estimator_as_frozen_teacher_and_evaluates_without_its_file",
+        "trains HBI with the estimator stage's file, then evaluates it without that file",
+    ),
     "tvr-eval ckpt_path=… evaluation.report_levels=true": (RUN, None),
     'python tools/explain.py ckpt_path=… --text "a red square moves left" --video clip.mp4 --out explain.png': (
-        ELSEWHERE, "tests/test_hbi.py::test_explain_draws_the_word_by_frame_interaction",
-        "runs tools/explain.py on a trained HBI checkpoint and a synthetic video"),
+        ELSEWHERE,
+        "tests/test_hbi.py::test_explain_draws_the_word_by_frame_interaction",
+        "runs tools/explain.py on a trained HBI checkpoint and a synthetic video",
+    ),
 }
 
 
 def code_blocks(language: str) -> list[tuple[str, str]]:
     """``(page, block)`` for every fenced block of ``language`` in the README and docs/."""
-    return [(page, block) for page, text in PAGES.items()
-            for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)]
+    return [
+        (page, block)
+        for page, text in PAGES.items()
+        for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    ]
 
 
 def documented_commands() -> list[str]:
@@ -154,8 +215,12 @@ def test_every_line_covered_elsewhere_names_a_test_that_exists():
     for command, node in elsewhere.items():
         match = re.fullmatch(r"(tests/\w+\.py)::(\w+)(?:\[([\w-]+)\])?", node)
         path = REPO_ROOT / match[1] if match else None
-        exists = path is not None and path.is_file() and match[2] in defined_tests(path) and (
-            match[3] is None or f'"{match[3]}"' in path.read_text())
+        exists = (
+            path is not None
+            and path.is_file()
+            and match[2] in defined_tests(path)
+            and (match[3] is None or f'"{match[3]}"' in path.read_text())
+        )
         if not exists:
             missing.append(f"{command!r} -> {node!r}")
     assert not missing, f"HOW names tests that do not exist: {missing}"
@@ -165,7 +230,8 @@ def test_every_line_covered_elsewhere_names_a_test_that_exists():
 def test_every_python_name_the_documentation_names_imports():
     text = "\n".join(PAGES.values())
     names = set(re.findall(r"`(tvr(?:\.\w+)+)", text)) | {
-        f"tvr.evaluation.{name}" for name in re.findall(r"from tvr\.evaluation import (\w+)", text)}
+        f"tvr.evaluation.{name}" for name in re.findall(r"from tvr\.evaluation import (\w+)", text)
+    }
     assert "tvr.evaluation.retrieval_metrics" in names
     for name in sorted(names):
         module_name, attribute = name, None
@@ -221,8 +287,11 @@ def unresolved_tvr_imports(block: str) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("page, block", code_blocks("python"),
-                         ids=lambda value: value if value.endswith(".md") else (example_file(value) or "snippet"))
+@pytest.mark.parametrize(
+    "page, block",
+    code_blocks("python"),
+    ids=lambda value: value if value.endswith(".md") else (example_file(value) or "snippet"),
+)
 def test_documented_python_compiles_and_its_tvr_imports_resolve(page, block):
     compile(block, page, "exec")
     missing = unresolved_tvr_imports(block)
@@ -250,7 +319,9 @@ for path, (registry, name) in json.loads(sys.argv[1]).items():
     module_name, attribute = registry.split(":")
     assert getattr(importlib.import_module(module_name), attribute).get(name).__module__ == spec.name, (path, registry)
 """
-    result = subprocess.run([sys.executable, "-c", check, json.dumps(examples)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", check, json.dumps(examples)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -283,7 +354,9 @@ def test_readme_lines_that_need_hardware_compose_and_validate(command, data_dir,
 def readme_run(tmp_path_factory, data_dir):
     """A checkpoint made by the documentation's first training line (docs/training.md), for its tvr-eval lines."""
     cwd = tmp_path_factory.mktemp("readme")
-    result = run_cli("tvr-train", FIRST_TRAINING_LINE.split()[1:] + SHRINK + [f"hydra.run.dir={cwd / 'run'}"], data_dir, cwd)
+    result = run_cli(
+        "tvr-train", FIRST_TRAINING_LINE.split()[1:] + SHRINK + [f"hydra.run.dir={cwd / 'run'}"], data_dir, cwd
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd, cwd / "run" / "checkpoints" / "best.ckpt"
 
@@ -303,8 +376,10 @@ def test_readme_eval_lines_run_as_written(command, readme_run, data_dir, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c, (how, *_) in HOW.items()
-                                     if how == RUN and c.startswith("tvr-train") and c != FIRST_TRAINING_LINE])
+@pytest.mark.parametrize(
+    "command",
+    [c for c, (how, *_) in HOW.items() if how == RUN and c.startswith("tvr-train") and c != FIRST_TRAINING_LINE],
+)
 def test_readme_train_lines_run_as_written(command, data_dir, tmp_path):
     args = command.split()[1:]
     where = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if "-m" in args else [f"hydra.run.dir={tmp_path / 'run'}"]

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from tvr.evaluation.options import evaluation_defaults
-from tvr.evaluation.rerank import DIRECTIONS, RERANKERS, create_reranker
-from tvr.evaluation.report import evaluate_scores
-from tvr.options import defaults_of, option_specs
 from tvr.config_checker import ConfigChecker, Section
+from tvr.evaluation.options import evaluation_defaults
+from tvr.evaluation.report import evaluate_scores
+from tvr.evaluation.rerank import DIRECTIONS, RERANKERS, create_reranker
+from tvr.options import defaults_of, option_specs
 
 NAMES = RERANKERS.names()
 

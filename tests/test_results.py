@@ -32,8 +32,13 @@ def write_job(sweep: Path, overrides: list[str], name: str | None = None) -> Pat
 def metrics(r1: float, seed: int, head: str, texts: int = 12, videos: int = 12) -> dict:
     t2v = {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "MdR": 3.0, "MnR": 5.5, "RSum": 3 * r1 + 30}
     v2t = {"R1": r1 / 2, "R5": r1, "R10": r1 + 5, "MdR": 4.0, "MnR": 6.0, "RSum": 2.5 * r1 + 5}
-    return {"split": "test", "t2v": t2v, "v2t": v2t, "measured": {"split": "test", "texts": texts, "videos": videos},
-            "run": {"seed": seed, "head": head, "wall_time_s": 12.3}}
+    return {
+        "split": "test",
+        "t2v": t2v,
+        "v2t": v2t,
+        "measured": {"split": "test", "texts": texts, "videos": videos},
+        "run": {"seed": seed, "head": head, "wall_time_s": 12.3},
+    }
 
 
 def write_finished(sweep: Path, head: str, seed: int, r1: float, extra: list[str] = ()) -> Path:
@@ -68,18 +73,49 @@ def test_two_heads_three_seeds_mean_and_sample_std(sweep, capsys):
     text = (sweep / "results.md").read_text()
     assert capsys.readouterr().out == text
     assert text.splitlines()[0] == (
-        "Collected 6 runs in 1 folder: 6 finished, 0 failed, 0 unfinished. Split evaluated: test. 12 texts × 12 videos.")
+        "Collected 6 runs in 1 folder: 6 finished, 0 failed, 0 unfinished. Split evaluated: test. 12 texts × 12 videos."
+    )
     header, *rows = table_rows(text)
-    assert header == ["head", "runs", "t2v R@1", "t2v R@5", "t2v R@10", "t2v MdR", "t2v MnR", "t2v RSum",
-                      "v2t R@1", "v2t RSum"]
+    assert header == [
+        "head",
+        "runs",
+        "t2v R@1",
+        "t2v R@5",
+        "t2v R@10",
+        "t2v MdR",
+        "t2v MnR",
+        "t2v RSum",
+        "v2t R@1",
+        "v2t RSum",
+    ]
     # Computed by hand: meanpool R1 10/20/30 -> 20 ± 10; RSum 60/90/120 -> 90 ± 30; v2t R1 5/10/15 -> 10 ± 5;
     # v2t RSum 30/55/80 -> 55 ± 25. seqtransf R1 40/42/44 -> 42 ± 2; RSum 150/156/162 -> 156 ± 6;
     # v2t R1 20/21/22 -> 21 ± 1; v2t RSum 105/110/115 -> 110 ± 5.
     assert rows == [
-        ["meanpool", "3", "20.0 ± 10.0", "30.0 ± 10.0", "40.0 ± 10.0", "3.0 ± 0.0", "5.5 ± 0.0", "90.0 ± 30.0",
-         "10.0 ± 5.0", "55.0 ± 25.0"],
-        ["seqtransf", "3", "42.0 ± 2.0", "52.0 ± 2.0", "62.0 ± 2.0", "3.0 ± 0.0", "5.5 ± 0.0", "156.0 ± 6.0",
-         "21.0 ± 1.0", "110.0 ± 5.0"],
+        [
+            "meanpool",
+            "3",
+            "20.0 ± 10.0",
+            "30.0 ± 10.0",
+            "40.0 ± 10.0",
+            "3.0 ± 0.0",
+            "5.5 ± 0.0",
+            "90.0 ± 30.0",
+            "10.0 ± 5.0",
+            "55.0 ± 25.0",
+        ],
+        [
+            "seqtransf",
+            "3",
+            "42.0 ± 2.0",
+            "52.0 ± 2.0",
+            "62.0 ± 2.0",
+            "3.0 ± 0.0",
+            "5.5 ± 0.0",
+            "156.0 ± 6.0",
+            "21.0 ± 1.0",
+            "110.0 ± 5.0",
+        ],
     ]
     assert "Failed and unfinished" not in text
 
@@ -110,8 +146,9 @@ def test_only_differing_settings_are_columns_and_absent_keys_show_default(tmp_pa
 
 def test_failed_and_unfinished_runs_are_listed(sweep, capsys):
     failed = write_job(sweep, ["head=xpool", "seed=0", "data.batch_size=8"])
-    (failed / "error.json").write_text(json.dumps(
-        {"type": "ConfigError", "message": "head.heads: must divide the width\nsecond line", "step": 12}))
+    (failed / "error.json").write_text(
+        json.dumps({"type": "ConfigError", "message": "head.heads: must divide the width\nsecond line", "step": 12})
+    )
     killed = write_job(sweep, ["head=xpool", "seed=1", "data.batch_size=8"])
     (killed / "checkpoints").mkdir()
     (killed / "checkpoints" / "last.ckpt").write_bytes(b"not loaded")
@@ -123,10 +160,15 @@ def test_failed_and_unfinished_runs_are_listed(sweep, capsys):
     text = (sweep / "results.md").read_text()
     assert text.startswith("Collected 10 runs in 1 folder: 7 finished, 1 failed, 2 unfinished.")
     assert [row[:3] for row in table_rows(text)[1:]] == [
-        ["meanpool", "3", "20.0 ± 10.0"], ["seqtransf", "3", "42.0 ± 2.0"], ["xpool", "1", "50.0"]]
+        ["meanpool", "3", "20.0 ± 10.0"],
+        ["seqtransf", "3", "42.0 ± 2.0"],
+        ["xpool", "1", "50.0"],
+    ]
     assert "Failed and unfinished runs:" in text
-    assert "- `head=xpool,seed=0,data.batch_size=8`: failed: ConfigError: head.heads: must divide the width " \
-           "(at step 12)" in text
+    assert (
+        "- `head=xpool,seed=0,data.batch_size=8`: failed: ConfigError: head.heads: must divide the width "
+        "(at step 12)" in text
+    )
     assert "second line" not in text and "boom" not in text
     resume_line = next(line for line in text.splitlines() if "seed=1" in line and "xpool" in line)
     assert "unfinished: no metrics.json (running or killed); resumable: tvr-train head=xpool seed=1" in resume_line
@@ -136,8 +178,11 @@ def test_failed_and_unfinished_runs_are_listed(sweep, capsys):
 
     rows = read_csv(sweep / "results.csv")
     problems = {row["folder"]: row for row in rows if row["status"] != "finished"}
-    assert set(problems) == {"head=xpool,seed=0,data.batch_size=8", "head=xpool,seed=1,data.batch_size=8",
-                             "head=xpool,seed=2,data.batch_size=8"}
+    assert set(problems) == {
+        "head=xpool,seed=0,data.batch_size=8",
+        "head=xpool,seed=1,data.batch_size=8",
+        "head=xpool,seed=2,data.batch_size=8",
+    }
     failed_row = problems["head=xpool,seed=0,data.batch_size=8"]
     assert failed_row["status"] == "failed" and failed_row["head"] == "xpool" and failed_row["seeds"] == "0"
     assert failed_row["error"].startswith("ConfigError: head.heads: must divide the width")
@@ -220,8 +265,10 @@ def test_empty_folder_exits_2_with_the_message(tmp_path, capsys):
         main([str(empty)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"error: no runs found under {empty}: expected job folders with .hydra/overrides.yaml " \
-           "(written by `tvr-train -m ...`)" in err
+    assert (
+        f"error: no runs found under {empty}: expected job folders with .hydra/overrides.yaml "
+        "(written by `tvr-train -m ...`)" in err
+    )
     assert not (empty / "results.md").exists()
 
 
@@ -238,13 +285,19 @@ def test_missing_folder_is_named(tmp_path, capsys):
 def test_command_line_exit_codes(sweep, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env.pop("HYDRA_FULL_ERROR", None)
-    ok = subprocess.run([sys.executable, "-m", "tvr.results", str(sweep)], capture_output=True, text=True, env=env,
-                        timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tvr.results", str(sweep)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     assert "| meanpool | 3 | 20.0 ± 10.0 |" in ok.stdout and "wrote results.md" in ok.stderr
     (tmp_path / "empty").mkdir()
-    bad = subprocess.run([sys.executable, "-m", "tvr.results", str(tmp_path / "empty")], capture_output=True,
-                         text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tvr.results", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert "error: no runs found under" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -30,17 +30,31 @@ from tvr.train import train
 BATCHES_PER_EPOCH = 4  # 32 training pairs, batch size 8
 # X-Pool's recipe draws at random in the data (segment_random frames, crop and flip) and in the model
 # (dropout); validation twice an epoch and a logit-scale cap below CLIP's initial 1/0.07, clamped every step
-RANDOM_EVERYWHERE = ["experiment=synthetic_xpool", "trainer.max_epochs=3", "train.checkpoint_every_n_steps=1",
-                     "+trainer.val_check_interval=0.5", "train.max_logit_scale=10"] + [
-    o for o in SMALL_OVERRIDES if not o.startswith("data.num_workers")] + QUIET
+RANDOM_EVERYWHERE = (
+    [
+        "experiment=synthetic_xpool",
+        "trainer.max_epochs=3",
+        "train.checkpoint_every_n_steps=1",
+        "+trainer.val_check_interval=0.5",
+        "train.max_logit_scale=10",
+    ]
+    + [o for o in SMALL_OVERRIDES if not o.startswith("data.num_workers")]
+    + QUIET
+)
 
 
 def killed_mid_run(args: list[str], data_dir: Path, cwd: Path, run_dir: Path, step: int) -> dict:
     """Start ``tvr-train``, SIGKILL it (every process of it) once last.ckpt holds ``step``; the checkpoint."""
-    env = {**os.environ, "TVR_DATA_DIR": str(data_dir), "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "TVR_DATA_DIR": str(data_dir),
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     pause = ["+callbacks.pause._target_=helpers.PauseAtStep", f"+callbacks.pause.step={step + 1}"]
     command = [str(Path(sys.executable).with_name("tvr-train")), *args, *pause, f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     try:
@@ -62,7 +76,10 @@ def assert_same_run(resumed_dir: Path, reference_dir: Path) -> None:
     resumed, reference = (json.loads((folder / "metrics.json").read_text()) for folder in (resumed_dir, reference_dir))
     for key in ("t2v", "v2t", "val_last_epoch", "decode_failures"):
         assert resumed[key] == reference[key], key
-    weights = [load_checkpoint_file(folder / "checkpoints" / "last.ckpt")["state_dict"] for folder in (resumed_dir, reference_dir)]
+    weights = [
+        load_checkpoint_file(folder / "checkpoints" / "last.ckpt")["state_dict"]
+        for folder in (resumed_dir, reference_dir)
+    ]
     assert weights[0].keys() == weights[1].keys()
     different = [name for name in weights[0] if not torch.equal(weights[0][name], weights[1][name])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
@@ -77,7 +94,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(data_dir
     run_dir = tmp_path / "run"
     checkpoint = killed_mid_run(args, data_dir, tmp_path, run_dir, step=BATCHES_PER_EPOCH + 3)  # after a validation
     assert checkpoint["RetrievalDataModule"]["train_order"] == {
-        "epoch": 1, "batches_done": 3, "batch_size": 8, "world_size": 1, "seed": 42}  # mid-epoch
+        "epoch": 1,
+        "batches_done": 3,
+        "batch_size": 8,
+        "world_size": 1,
+        "seed": 42,
+    }  # mid-epoch
     orphan = run_dir / "checkpoints" / ".last.ckpt.killed.tmp"  # what a write killed half-way leaves
     orphan.write_bytes(b"\0" * 1024)
 
@@ -91,9 +113,20 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(data_dir
 
 @pytest.mark.slow
 def test_a_two_process_ddp_run_resumes_from_its_own_checkpoint(data_dir, tmp_path):
-    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "data.batch_size=4",
-           "trainer.max_epochs=2", "train.checkpoint_every_n_steps=1", "data.num_workers=0"] + [
-        o for o in SMALL_OVERRIDES if not o.startswith(("data.batch_size", "data.num_workers"))] + QUIET
+    ddp = (
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "data.batch_size=4",
+            "trainer.max_epochs=2",
+            "train.checkpoint_every_n_steps=1",
+            "data.num_workers=0",
+        ]
+        + [o for o in SMALL_OVERRIDES if not o.startswith(("data.batch_size", "data.num_workers"))]
+        + QUIET
+    )
     reference = run_cli("tvr-train", ddp + [f"hydra.run.dir={tmp_path / 'reference'}"], data_dir, tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
     run_dir = tmp_path / "run"
@@ -119,8 +152,12 @@ def test_ckpt_path_continues_in_the_runs_own_folder(data_dir, tmp_path):
     assert load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert json.loads((run_dir / "metrics.json").read_text())["run"]["resumed_from"].endswith("last.ckpt")
 
-    by_file = run_cli("tvr-train", ["trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] + args[1:],
-                      data_dir, tmp_path)
+    by_file = run_cli(
+        "tvr-train",
+        ["trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] + args[1:],
+        data_dir,
+        tmp_path,
+    )
     assert by_file.returncode == 0, by_file.stderr[-3000:]
     assert load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
 
@@ -141,16 +178,23 @@ def finished_run(data_dir, tmp_path_factory) -> Path:
 def test_training_into_a_folder_with_a_checkpoint_is_refused_not_overwritten(finished_run, data_dir):
     before = (finished_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     cfg = compose_train(["trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET, data_dir, finished_run)
-    with pytest.raises(ConfigError, match=r"^ckpt_path: the run folder .* already holds last.ckpt.*pass ckpt_path=last"):
+    with pytest.raises(
+        ConfigError, match=r"^ckpt_path: the run folder .* already holds last.ckpt.*pass ckpt_path=last"
+    ):
         train(cfg)
     assert (finished_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
 
 
-@pytest.mark.parametrize("override, named", [
-    ("head=seqtransf", "head.name: checkpoint 'meanpool', this run 'seqtransf'"),
-    ("data=msrvtt", "data.name: checkpoint 'synthetic', this run 'msrvtt'"),
-])
-def test_resuming_another_heads_or_datasets_checkpoint_is_refused_naming_both(override, named, finished_run, data_dir, tmp_path):
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("head=seqtransf", "head.name: checkpoint 'meanpool', this run 'seqtransf'"),
+        ("data=msrvtt", "data.name: checkpoint 'synthetic', this run 'msrvtt'"),
+    ],
+)
+def test_resuming_another_heads_or_datasets_checkpoint_is_refused_naming_both(
+    override, named, finished_run, data_dir, tmp_path
+):
     checkpoint = finished_run / "checkpoints" / "last.ckpt"
     cfg = compose_train([override, f"ckpt_path={checkpoint}"] + QUIET, data_dir, tmp_path)
     with pytest.raises(CheckpointError, match="cannot continue") as error:
@@ -188,7 +232,11 @@ def test_a_checkpoint_file_of_a_run_continues_in_that_run_folder(tmp_path):
     assert with_resume_run_dir([quoted]) == [quoted, f"hydra.run.dir='{sweep_job}'"]
     loose = tmp_path / "loose.ckpt"
     assert with_resume_run_dir([f"ckpt_path={loose}"]) == [f"ckpt_path={loose}"]  # not inside a run: a new folder
-    assert with_resume_run_dir(["-m", "ckpt_path=last", "seed=0,1"]) == ["-m", "ckpt_path=last", "seed=0,1"]  # sweep jobs have theirs
+    assert with_resume_run_dir(["-m", "ckpt_path=last", "seed=0,1"]) == [
+        "-m",
+        "ckpt_path=last",
+        "seed=0,1",
+    ]  # sweep jobs have theirs
 
 
 def test_the_training_order_restarts_mid_epoch_where_it_stopped():
@@ -240,13 +288,24 @@ def test_slurms_time_limit_signal_saves_at_the_step_end_and_requeues_the_job(dat
     scontrol = bin_dir / "scontrol"  # a stand-in that records what it was asked
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     scontrol.chmod(0o755)
-    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "tvr-train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-             "SLURM_NNODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "tvr-train",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }
     for name, value in {**slurm, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}.items():
         monkeypatch.setenv(name, value)
     previous = signal.getsignal(signal.SIGUSR1)
-    signalled = ["+callbacks.signal._target_=helpers.SignalAtStep", "+callbacks.signal.step=2",
-                 f"+callbacks.signal.signum={int(signal.SIGUSR1)}"]
+    signalled = [
+        "+callbacks.signal._target_=helpers.SignalAtStep",
+        "+callbacks.signal.step=2",
+        f"+callbacks.signal.signum={int(signal.SIGUSR1)}",
+    ]
     saved = []
     monkeypatch.setattr("tvr.resume.LastCheckpoint.save", lambda self, trainer: saved.append(trainer.global_step))
     try:

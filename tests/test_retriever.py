@@ -12,7 +12,6 @@ from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
 from tvr.evaluation.engine import EvalCollector, evaluate_loaders
 from tvr.models.retriever import Retriever
-from tvr.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -34,10 +33,11 @@ def test_evaluation_without_a_trainer_gives_the_numbers_tvr_train_printed(rankin
     datamodule.prepare_data()
     datamodule.setup("test")
     with recorded_scores() as calls:
-        metrics, failed = evaluate_loaders(retriever, datamodule.test_dataloader(), to_plain(cfg.evaluation),
-                                           records=datamodule.records["test"])
+        metrics, failed = evaluate_loaders(
+            retriever, datamodule.test_dataloader(), to_plain(cfg.evaluation), records=datamodule.records["test"]
+        )
     assert failed == [] and (metrics["num_texts"], metrics["num_videos"]) == (12, 12)
-    (scores, text_to_video), = calls  # the same similarity matrix, query by query, as tvr-train's test evaluation
+    ((scores, text_to_video),) = calls  # the same similarity matrix, query by query, as tvr-train's test evaluation
     assert torch.equal(text_to_video, train_text_to_video)
     torch.testing.assert_close(scores, train_scores, atol=1e-6, rtol=0)
     assert torch.equal(scores.argsort(1, descending=True), train_scores.argsort(1, descending=True))
@@ -69,7 +69,10 @@ def test_identity_names_head_backbone_and_changes_with_any_weight():
 
 def test_summaries_are_the_head_embeddings_for_query_independent_heads_and_clip_vectors_otherwise():
     torch.manual_seed(0)
-    frames, mask = torch.randn(3, 4, 3, 32, 32), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    frames, mask = (
+        torch.randn(3, 4, 3, 32, 32),
+        torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool),
+    )
     tokens = torch.zeros(3, 8, dtype=torch.long)
     tokens[:, 0], tokens[:, 1], tokens[:, 2] = 49406, torch.tensor([320, 1929, 2368]), 49407
     meanpool = Retriever({"model_name": "tvr-tiny"}, {"name": "meanpool"}).eval()
@@ -81,7 +84,9 @@ def test_summaries_are_the_head_embeddings_for_query_independent_heads_and_clip_
     _, summary = xpool.encode_videos_with_summary(frames, mask)
     assert not xpool.summary_is_exact
     features = xpool.frame_features(frames, mask)  # CLIP4Clip's mean of unit frame vectors, over real frames only
-    expected = torch.nn.functional.normalize(torch.nn.functional.normalize(features.frames[1, :2], dim=-1).mean(0), dim=0)
+    expected = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(features.frames[1, :2], dim=-1).mean(0), dim=0
+    )
     assert torch.allclose(summary[1], expected, atol=1e-6)
 
 
@@ -90,9 +95,19 @@ def test_tvr_eval_evaluates_a_backbone_zero_shot(data_dir, tmp_path):
     retriever = Retriever({"model_name": "tvr-tiny"}, {"name": "meanpool"}).eval()
     weights = tmp_path / "clip.pt"
     torch.save(retriever.backbone.clip.state_dict(), weights)
-    overrides = ["backbone=tiny", f"backbone.weights={weights}", "head=meanpool", "data=synthetic", *SMALL_OVERRIDES, *QUIET]
+    overrides = [
+        "backbone=tiny",
+        f"backbone.weights={weights}",
+        "head=meanpool",
+        "data=synthetic",
+        *SMALL_OVERRIDES,
+        *QUIET,
+    ]
     result = evaluate(compose_train(overrides, data_dir, tmp_path / "eval", config_name="eval"))
-    assert result["run"]["checkpoint"].startswith("none (zero-shot") and "zero-shot" in result["measured"]["checkpoint_selection"]
+    assert (
+        result["run"]["checkpoint"].startswith("none (zero-shot")
+        and "zero-shot" in result["measured"]["checkpoint_selection"]
+    )
     cfg = compose_train(SMALL_OVERRIDES, data_dir, tmp_path)
     datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     datamodule.prepare_data()
@@ -103,7 +118,9 @@ def test_tvr_eval_evaluates_a_backbone_zero_shot(data_dir, tmp_path):
 
 
 def test_tvr_eval_without_checkpoint_or_model_says_both_ways(data_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"ckpt_path: has no value and backbone, head, data are not chosen.*zero-shot with backbone="):
+    with pytest.raises(
+        ConfigError, match=r"ckpt_path: has no value and backbone, head, data are not chosen.*zero-shot with backbone="
+    ):
         evaluate(compose_train(QUIET, data_dir, tmp_path, config_name="eval"))
 
 

@@ -25,8 +25,14 @@ IDS = [name + "".join(f"-{key}={value}" for key, value in options.items()) for n
 
 # (frame count, fps, span start, span end): a long video, one shorter than max_frames, a span inside a video,
 # a span reaching past its end, a one-frame video, a header without a frame rate.
-VIDEOS = [(300, 30.0, None, None), (5, 3.0, None, None), (240, 24.0, 2.0, 7.5), (90, 3.0, 20.0, 40.0), (1, 25.0, None, None),
-          (40, 0.0, None, None)]
+VIDEOS = [
+    (300, 30.0, None, None),
+    (5, 3.0, None, None),
+    (240, 24.0, 2.0, 7.5),
+    (90, 3.0, 20.0, 40.0),
+    (1, 25.0, None, None),
+    (40, 0.0, None, None),
+]
 MAX_FRAMES = 6
 
 
@@ -71,7 +77,9 @@ def test_describe_names_the_sampler_and_its_frame_count(name, options):
     described = make(name, options).describe()
     assert described["sampler"] == name and described["max_frames"] == MAX_FRAMES
     # describe() feeds create_sampler's arguments back (frame caches and checkpoints rebuild samplers so)
-    rebuilt = create_sampler(described["sampler"], **{key: value for key, value in described.items() if key != "sampler"})
+    rebuilt = create_sampler(
+        described["sampler"], **{key: value for key, value in described.items() if key != "sampler"}
+    )
     assert rebuilt.describe() == described
 
 

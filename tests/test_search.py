@@ -12,7 +12,7 @@ import torch
 from conftest import RANKING_OVERRIDES, SMALL_OVERRIDES, assert_ranks_by_text, compose_train, recorded_scores
 from test_cli import run_cli
 from tvr.search.cli import run_index, run_search
-from tvr.search.searcher import SearchOptions, Searcher
+from tvr.search.searcher import Searcher, SearchOptions
 from tvr.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -28,8 +28,10 @@ def test_videos(tmp_path_factory, data_dir):
         target = folder / ("more" if number % 3 == 0 else "") / video.name
         target.parent.mkdir(exist_ok=True)
         shutil.copy(video, target)
-    captions = [(entry["caption"], entry["video_id"])
-                for entry in json.loads((data_dir / "synthetic" / "annotations.json").read_text())["splits"]["test"]]
+    captions = [
+        (entry["caption"], entry["video_id"])
+        for entry in json.loads((data_dir / "synthetic" / "annotations.json").read_text())["splits"]["test"]
+    ]
     return folder, captions
 
 
@@ -103,13 +105,27 @@ def test_two_stage_search_stays_within_a_point_of_exhaustive_xpool_scoring(xpool
 def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, data_dir, tmp_path):
     checkpoint = meanpool[0]
     folder, captions = test_videos
-    built = run_cli("tvr-index", [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET], data_dir, tmp_path)
+    built = run_cli(
+        "tvr-index",
+        [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET],
+        data_dir,
+        tmp_path,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     assert "indexed 12 new videos (0 already indexed, 0 unreadable)" in built.stdout
-    again = run_cli("tvr-index", [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET], data_dir, tmp_path)
+    again = run_cli(
+        "tvr-index",
+        [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET],
+        data_dir,
+        tmp_path,
+    )
     assert "indexed 0 new videos (12 already indexed" in again.stdout
-    one = run_cli("tvr-search", [captions[0][0], f"index={tmp_path / 'index'}", "--top-k", "3", "--html", str(tmp_path / "page.html")],
-                  data_dir, tmp_path)
+    one = run_cli(
+        "tvr-search",
+        [captions[0][0], f"index={tmp_path / 'index'}", "--top-k", "3", "--html", str(tmp_path / "page.html")],
+        data_dir,
+        tmp_path,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     ranked = [line for line in one.stdout.splitlines() if not line.startswith("#")]
     assert len(ranked) == 3 and ranked[0].split()[0] == "1" and ranked[0].endswith(".mp4")
@@ -117,7 +133,9 @@ def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, d
     assert captions[0][0] in page and page.count("data:image/jpeg;base64,") == 3
     assert "clip4clip" in page  # the index summary names the checkpoint's sampler
     (tmp_path / "queries.txt").write_text("\n".join(caption for caption, _ in captions[:4]) + "\n\n")
-    many = run_cli("tvr-search", ["--queries", str(tmp_path / "queries.txt"), f"index={tmp_path / 'index'}"], data_dir, tmp_path)
+    many = run_cli(
+        "tvr-search", ["--queries", str(tmp_path / "queries.txt"), f"index={tmp_path / 'index'}"], data_dir, tmp_path
+    )
     lines = [json.loads(line) for line in many.stdout.splitlines()]
     assert [line["query"] for line in lines] == [caption for caption, _ in captions[:4]]
     assert all(len(line["results"]) == 10 for line in lines)
@@ -151,10 +169,13 @@ def test_an_index_refuses_another_model_naming_both(meanpool, test_videos, tmp_p
     assert len(hashes) == 2 and hashes[0] != hashes[1]
 
 
-@pytest.mark.parametrize("query, message", [
-    ("   ", "the query is empty"),
-    ("red " * 40, r"has 40 tokens, but this model reads at most 14 \(its data.max_words=16"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("   ", "the query is empty"),
+        ("red " * 40, r"has 40 tokens, but this model reads at most 14 \(its data.max_words=16"),
+    ],
+)
 def test_bad_queries_are_refused_with_the_reason(meanpool, test_videos, tmp_path, capsys, query, message):
     checkpoint = meanpool[0]
     folder, _ = test_videos
@@ -177,8 +198,12 @@ def test_empty_and_non_video_folders_get_a_clear_message(meanpool, tmp_path, cap
 
 def test_unknown_config_choices_are_named_before_any_work(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
-    for overrides, message in ((["head=nope"], "Could not find 'head/nope'"), (["bogus=1"], "Could not override 'bogus'"),
-                               ([], "index: has no value"), ([f"index={tmp_path / 'out'}"], "ckpt_path: has no value")):
+    for overrides, message in (
+        (["head=nope"], "Could not find 'head/nope'"),
+        (["bogus=1"], "Could not override 'bogus'"),
+        ([], "index: has no value"),
+        ([f"index={tmp_path / 'out'}"], "ckpt_path: has no value"),
+    ):
         with pytest.raises(SystemExit) as stop:
             run_index([str(tmp_path / "videos"), *overrides])
         assert stop.value.code == 2 and message in capsys.readouterr().err

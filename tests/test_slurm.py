@@ -47,8 +47,10 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     bin_dir.mkdir()
     record = tmp_path / "fake_slurm_record"
     record.mkdir()
-    write_executable(bin_dir / "sbatch", f'#!/bin/bash\ncp "$1" "{record}/submitted_$(ls "{record}" | wc -l).sh"\n'
-                                         f'echo "Submitted batch job {JOB_ID}"\n')
+    write_executable(
+        bin_dir / "sbatch",
+        f'#!/bin/bash\ncp "$1" "{record}/submitted_$(ls "{record}" | wc -l).sh"\necho "Submitted batch job {JOB_ID}"\n',
+    )
     write_executable(bin_dir / "srun", f'#!/bin/bash\nprintf "%s\\n" "$@" > "{record}/srun_args"\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return record
@@ -99,15 +101,32 @@ def test_slurm_launcher_option_composes_from_the_trainer(tmp_path):
     assert values["submitit_folder"] == f"{tmp_path / 'sweep'}/.submitit/%j"
     assert cfg.ckpt_path == "last"
     # the trainer the launcher sizes is the one tvr-train builds
-    assert (cfg.trainer.strategy, cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", "gpu", 4, 2)
+    assert (cfg.trainer.strategy, cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.num_nodes) == (
+        "ddp",
+        "gpu",
+        4,
+        2,
+    )
 
 
 def test_slurm_launcher_option_follows_other_sizes_and_cluster_settings(tmp_path):
-    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "hydra.launcher.partition=gpu",
-                 "hydra.launcher.account=proj", "hydra.launcher.mem_gb=256", "hydra.launcher.cpus_per_task=12"]
+    overrides = [
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=8",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=proj",
+        "hydra.launcher.mem_gb=256",
+        "hydra.launcher.cpus_per_task=12",
+    ]
     values = OmegaConf.to_container(launcher_config(overrides, tmp_path)[1], resolve=True)
     assert (values["nodes"], values["tasks_per_node"], values["gpus_per_node"]) == (1, 8, 8)
-    assert (values["partition"], values["account"], values["mem_gb"], values["cpus_per_task"]) == ("gpu", "proj", 256, 12)
+    assert (values["partition"], values["account"], values["mem_gb"], values["cpus_per_task"]) == (
+        "gpu",
+        "proj",
+        256,
+        12,
+    )
 
 
 def test_slurm_launcher_option_leaves_ckpt_path_to_the_command_line(tmp_path):
@@ -159,8 +178,15 @@ def test_sweep_submission_sbatch_header_and_requeue_state(tmp_path, fake_slurm, 
 
 
 def test_sweep_submission_cluster_settings_reach_sbatch(tmp_path, fake_slurm, monkeypatch):
-    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "hydra.launcher.partition=gpu",
-                 "hydra.launcher.account=proj", "hydra.launcher.mem_gb=256", "hydra.launcher.timeout_min=60"]
+    overrides = [
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=8",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=proj",
+        "hydra.launcher.mem_gb=256",
+        "hydra.launcher.timeout_min=60",
+    ]
     _, text, _ = submit(overrides, [["ckpt_path=last"]], tmp_path / "sweep", fake_slurm, monkeypatch)
     flags = sbatch_flags(text)
     assert (flags["nodes"], flags["ntasks-per-node"], flags["gpus-per-node"]) == ("1", "8", "8")
@@ -173,7 +199,12 @@ def test_sbatch_script_is_valid_bash_with_the_documented_directives():
     subprocess.run(["bash", "-n", str(SBATCH_SCRIPT)], check=True)
     text = SBATCH_SCRIPT.read_text()
     flags = sbatch_flags(text)
-    assert (flags["nodes"], flags["ntasks-per-node"], flags["gpus-per-node"], flags["cpus-per-task"]) == ("2", "4", "4", "8")
+    assert (flags["nodes"], flags["ntasks-per-node"], flags["gpus-per-node"], flags["cpus-per-task"]) == (
+        "2",
+        "4",
+        "4",
+        "8",
+    )
     assert flags["signal"] == "SIGUSR1@90"  # tvr.resume.SlurmRequeue's signal, to every task
     assert flags["requeue"] is True and flags["open-mode"] == "append" and flags["time"] and flags["output"]
     # sbatch reads #SBATCH lines only above the first command
@@ -186,20 +217,38 @@ def test_sbatch_script_is_valid_bash_with_the_documented_directives():
 
 
 def run_sbatch_script(fake_slurm: Path, args: list[str], **slurm_env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4",
-           "SLURM_GPUS_PER_NODE": "4", "SLURM_CPUS_PER_TASK": "8", **slurm_env}
+    env = {
+        **os.environ,
+        "SLURM_JOB_ID": "77",
+        "SLURM_NNODES": "2",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "SLURM_GPUS_PER_NODE": "4",
+        "SLURM_CPUS_PER_TASK": "8",
+        **slurm_env,
+    }
     return subprocess.run(["bash", str(SBATCH_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_sbatch_script_runs_tvr_train_sized_by_the_allocation(tmp_path, fake_slurm):
-    result = run_sbatch_script(fake_slurm, ["experiment=clip4clip_meanp_msrvtt", "data.source.root=/datasets/msrvtt"],
-                               SLURM_GPUS_PER_NODE="a100:4", SLURM_RESTART_COUNT="1")
+    result = run_sbatch_script(
+        fake_slurm,
+        ["experiment=clip4clip_meanp_msrvtt", "data.source.root=/datasets/msrvtt"],
+        SLURM_GPUS_PER_NODE="a100:4",
+        SLURM_RESTART_COUNT="1",
+    )
     assert result.returncode == 0, result.stderr
     assert "job 77 attempt 2" in result.stdout
     argv = (fake_slurm / "srun_args").read_text().splitlines()
-    assert argv == ["tvr-train", "trainer=ddp_multinode", "trainer.num_nodes=2", "trainer.devices=4",
-                    "hydra.run.dir=outputs/slurm/77", "ckpt_path=last", "experiment=clip4clip_meanp_msrvtt",
-                    "data.source.root=/datasets/msrvtt"]
+    assert argv == [
+        "tvr-train",
+        "trainer=ddp_multinode",
+        "trainer.num_nodes=2",
+        "trainer.devices=4",
+        "hydra.run.dir=outputs/slurm/77",
+        "ckpt_path=last",
+        "experiment=clip4clip_meanp_msrvtt",
+        "data.source.root=/datasets/msrvtt",
+    ]
     # the command line composes: 2 nodes x 4 GPUs of DDP, resuming its job's own folder
     cfg = compose_config(argv[1:])
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
@@ -275,21 +324,39 @@ def test_sweep_job_requeued_on_the_signal_continues_in_its_folder(data_dir, tmp_
     for name, text in FAKE_CLUSTER.items():
         write_executable(bin_dir / name, text)
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "REC": str(record),
-           "TVR_DATA_DIR": str(data_dir), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
-            f"hydra.sweep.dir={sweep_dir}",
-            "ckpt_path=last", "seed=0", "trainer.max_epochs=6",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *SMALL_OVERRIDES]
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "REC": str(record),
+        "TVR_DATA_DIR": str(data_dir),
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        "ckpt_path=last",
+        "seed=0",
+        "trainer.max_epochs=6",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *SMALL_OVERRIDES,
+    ]
     tvr_train = Path(sys.executable).with_name("tvr-train")
-    master = subprocess.Popen([str(tvr_train), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    master = subprocess.Popen(
+        [str(tvr_train), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(sweep_dir.glob("*/checkpoints/last.ckpt")):  # the first epoch's checkpoint
             if master.poll() is not None or time.monotonic() > deadline:
                 master.kill()
-                pytest.fail(f"no checkpoint from the job:\n{master.communicate()[0][-3000:]}\n{job_logs(sweep_dir)[-3000:]}")
+                pytest.fail(
+                    f"no checkpoint from the job:\n{master.communicate()[0][-3000:]}\n{job_logs(sweep_dir)[-3000:]}"
+                )
             time.sleep(0.05)
         os.kill(int((record / "task_pid").read_text()), SlurmJobEnvironment._usr_sig())
         output = master.communicate(timeout=120)[0]

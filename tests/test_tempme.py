@@ -59,8 +59,10 @@ def test_reference_weights_map_onto_the_towers():
     assert len(mapped) == 12 * 2 + 2 * 2 + 3
     assert mapped["video_tower.lora.3.down"].shape == (8, 64) and mapped["video_tower.lora.3.up"].shape == (192, 8)
     assert mapped["text_tower.lora.1.up"].shape == (192, 8)
-    torch.testing.assert_close(mapped["video_tower.temporal_embeddings.9"],
-                               GOLDEN["state_dict"]["clip.visual.transformer.resblocks.9.TVPt_Video_Positional_embedding"][0, :, 0])
+    torch.testing.assert_close(
+        mapped["video_tower.temporal_embeddings.9"],
+        GOLDEN["state_dict"]["clip.visual.transformer.resblocks.9.TVPt_Video_Positional_embedding"][0, :, 0],
+    )
     with pytest.raises(KeyError, match="not one of TempMe's reference weights"):
         map_reference_head_keys("tempme", {"clip.visual.proj": torch.zeros(1)})
 
@@ -70,8 +72,12 @@ def test_token_counts_per_block_match_the_reference(retriever):
     assert tower.tokens_per_video() == ABOUT["tokens_per_video_after_block"]
     for step, reference in zip(tower.plan, ABOUT["schedule_run"]):
         assert (step.cross or None, step.intra, step.tokens_out, step.clips_out, step.protected_out) == (
-            reference["r_cross_clip"], reference["r_intra"], reference["tokens_per_seq_out"],
-            reference["clips_per_video_out"], reference["cls_per_seq_out"]), step.index
+            reference["r_cross_clip"],
+            reference["r_intra"],
+            reference["tokens_per_seq_out"],
+            reference["clips_per_video_out"],
+            reference["cls_per_seq_out"],
+        ), step.index
 
 
 def test_text_and_video_embeddings_and_similarities(retriever):
@@ -103,14 +109,20 @@ def test_merge_decisions_are_the_reference_ones(retriever, monkeypatch):
         ours = decision.absolute()
         assert decision.protected == reference["cls_num"]
         for part in ("src", "dst", "unm"):
-            assert torch.equal(ours[part], reference[f"{part}_abs"].long()), (reference["block"], reference["kind"], part)
+            assert torch.equal(ours[part], reference[f"{part}_abs"].long()), (
+                reference["block"],
+                reference["kind"],
+                part,
+            )
 
 
 def test_partially_masked_video(retriever):
     mask = GOLDEN["video_mask_partial"].bool()
     with torch.no_grad():
         video = retriever.frame_features(GOLDEN["video"], mask)
-    torch.testing.assert_close(unit_frame_mean(video.frames, mask), GOLDEN["video_embeds_partial_mask"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        unit_frame_mean(video.frames, mask), GOLDEN["video_embeds_partial_mask"], atol=1e-5, rtol=0
+    )
 
 
 def test_without_merging_it_is_per_frame_clip_with_lora():
@@ -118,14 +130,18 @@ def test_without_merging_it_is_per_frame_clip_with_lora():
     assert retriever.head.video_tower.tokens_per_video() == [600] * 12
     with torch.no_grad():
         video = retriever.frame_features(GOLDEN["video"], GOLDEN["video_mask"].bool())
-    torch.testing.assert_close(unit_frame_mean(video.frames, video.mask), GOLDEN["video_embeds_nomerge"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        unit_frame_mean(video.frames, video.mask), GOLDEN["video_embeds_nomerge"], atol=1e-5, rtol=0
+    )
 
 
 def test_loss_and_gradients_of_every_trained_weight():
     retriever = golden_retriever()
     retriever.freeze_for_training()
     trainable = {name for name, param in retriever.named_parameters() if param.requires_grad}
-    assert trainable == {f"head.{name}" for name, _ in retriever.head.tower_parameters()}  # CLIP frozen, logit_scale too
+    assert trainable == {
+        f"head.{name}" for name, _ in retriever.head.tower_parameters()
+    }  # CLIP frozen, logit_scale too
     ids, mask = GOLDEN["text_ids"][:2], GOLDEN["video_mask"].bool()
     scores = retriever.head.similarity(retriever.encode_texts(ids), retriever.encode_videos(GOLDEN["video"], mask))
     loss = create_loss("infonce")(retriever.scaled(scores))
@@ -136,7 +152,9 @@ def test_loss_and_gradients_of_every_trained_weight():
     for name, grad in expected.items():
         param = retriever.head.get_parameter(name)
         assert param.grad.abs().max() > 0, name
-        torch.testing.assert_close(param.grad, grad.reshape(param.shape), atol=1e-4 * grad.abs().max().item(), rtol=0, msg=name)
+        torch.testing.assert_close(
+            param.grad, grad.reshape(param.shape), atol=1e-4 * grad.abs().max().item(), rtol=0, msg=name
+        )
 
 
 @pytest.mark.slow
@@ -156,7 +174,14 @@ def test_videos_are_encoded_independently_and_repeatably(retriever):
 def test_bipartite_merge_by_hand(protected):
     """Tokens after ``protected`` CLS alternate A (even absolute index), B (odd). A token merges into its most
     similar B token; output = [CLS, kept A ascending, B]; B becomes the size-weighted mean."""
-    directions = {"a0": [1.0, 0.0], "b0": [0.9, 0.1], "a1": [0.0, 1.0], "b1": [0.1, 0.9], "a2": [1.0, 1.0], "b2": [-1.0, 0.2]}
+    directions = {
+        "a0": [1.0, 0.0],
+        "b0": [0.9, 0.1],
+        "a1": [0.0, 1.0],
+        "b1": [0.1, 0.9],
+        "a2": [1.0, 1.0],
+        "b2": [-1.0, 0.2],
+    }
     order = ["a0", "b0", "a1", "b1", "a2", "b2"] if protected % 2 == 0 else ["b0", "a0", "b1", "a1", "b2", "a2"]
     metric = torch.tensor([[[5.0, 5.0]] * protected + [directions[name] for name in order]])
     x = torch.arange(metric.shape[1], dtype=torch.float32).reshape(1, -1, 1) * 10
@@ -172,7 +197,12 @@ def test_bipartite_merge_by_hand(protected):
     b1 = (weight["b1"] * value["b1"] + weight["a1"] * value["a1"]) / (weight["b1"] + weight["a1"])
     expected = [10.0 * i for i in range(protected)] + [value["a2"], b0, b1, value["b2"]]
     torch.testing.assert_close(merged[0, :, 0], torch.tensor(expected))
-    expected_size = [1.0] * protected + [weight["a2"], weight["b0"] + weight["a0"], weight["b1"] + weight["a1"], weight["b2"]]
+    expected_size = [1.0] * protected + [
+        weight["a2"],
+        weight["b0"] + weight["a0"],
+        weight["b1"] + weight["a1"],
+        weight["b2"],
+    ]
     torch.testing.assert_close(new_size[0], torch.tensor(expected_size))
 
 
@@ -187,7 +217,12 @@ def test_merge_carries_gradients_through_the_averages_only():
 # ------------------------------------------------------------------------------------------- schedule
 def test_vit_b32_and_b16_schedules_match_the_spec():
     b32 = plan_schedule(12, 50, 12, 2, [8, 9, 10], [2, 2, 3], 0.3, 0.1)
-    assert [s.tokens_out * s.clips_out for s in b32][-1] == 97 and [(s.cross, s.intra) for s in b32[8:]] == [(20, 4), (26, 6), (50, 11), (0, 10)]
+    assert [s.tokens_out * s.clips_out for s in b32][-1] == 97 and [(s.cross, s.intra) for s in b32[8:]] == [
+        (20, 4),
+        (26, 6),
+        (50, 11),
+        (0, 10),
+    ]
     b16 = plan_schedule(12, 197, 12, 2, [8, 9, 10], [2, 2, 3], 0.3, 0.1)
     assert [s.tokens_out for s in b16][7:] == [181, 229, 289, 547, 493]
 
@@ -195,7 +230,9 @@ def test_vit_b32_and_b16_schedules_match_the_spec():
 def test_schedule_that_does_not_fit_the_frames_names_one_that_does():
     with pytest.raises(ScheduleError, match=r"do not fit 64 frames.*clip_groups=\[4, 4, 4\]"):
         plan_schedule(12, 50, 64, 2, [8, 9, 10], [2, 2, 3], 0.3, 0.1)
-    assert suggest_groups(12, 3) == [2, 2, 3] and suggest_groups(8, 3) == [2, 2, 2] and suggest_groups(32, 3) == [2, 4, 4]
+    assert (
+        suggest_groups(12, 3) == [2, 2, 3] and suggest_groups(8, 3) == [2, 2, 2] and suggest_groups(32, 3) == [2, 4, 4]
+    )
 
 
 def test_schedule_that_removes_more_tokens_than_a_frame_holds():
@@ -209,10 +246,15 @@ def test_schedule_that_removes_more_tokens_than_a_frame_holds():
 def test_a_checkpoint_refuses_another_tower_or_schedule(retriever):
     state = retriever.state_dict()
     other = Retriever({"model_name": None, "architecture": ARCHITECTURE}, {"name": "tempme", "tome_r": 1})
-    with pytest.raises(TowerMismatchError, match=r"trained with video tower 'tempme' \(.*tome_r=2.*this model's video tower is 'tempme' \(.*tome_r=1"):
+    with pytest.raises(
+        TowerMismatchError,
+        match=r"trained with video tower 'tempme' \(.*tome_r=2.*this model's video tower is 'tempme' \(.*tome_r=1",
+    ):
         other.load_state_dict(state)
     per_frame = Retriever({"model_name": None, "architecture": ARCHITECTURE}, {"name": "meanpool"})
-    with pytest.raises(TowerMismatchError, match="trained with video tower 'tempme'.*this model's video tower is 'per_frame'"):
+    with pytest.raises(
+        TowerMismatchError, match="trained with video tower 'tempme'.*this model's video tower is 'per_frame'"
+    ):
         load_state_dict_checked(per_frame, state)
     with pytest.raises(TowerMismatchError, match="trained with video tower 'per_frame'.*video tower is 'tempme'"):
         other.load_state_dict(per_frame.state_dict())
@@ -221,6 +263,8 @@ def test_a_checkpoint_refuses_another_tower_or_schedule(retriever):
 def test_the_tower_can_return_its_merged_token_set(retriever):
     """Beside the per-frame vectors, the tower offers the video's 97 tokens (12 CLS + 85 merged) with a mask."""
     with torch.no_grad():
-        video = retriever.head.video_tower(retriever.backbone, GOLDEN["video"], GOLDEN["video_mask"].bool(), with_tokens=True)
+        video = retriever.head.video_tower(
+            retriever.backbone, GOLDEN["video"], GOLDEN["video_mask"].bool(), with_tokens=True
+        )
     assert video.tokens.shape == (2, 97, 32) and video.token_mask.all() and video.patches is None
     torch.testing.assert_close(video.tokens[:, :12], video.frames)  # the CLS tokens lead, in frame order

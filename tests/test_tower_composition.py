@@ -25,7 +25,11 @@ from tvr.validation import validate_train_config
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 HEAD_CONFIGS = sorted(path.stem for path in (REPO_ROOT / "conf" / "head").glob("*.yaml"))
 DEEP = {"model_name": "tvr-tiny-deep"}
-TEMPME_ON_DEEP = {"frames": 8, "clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2]}  # conf/backbone_head/tiny_tempme*.yaml
+TEMPME_ON_DEEP = {
+    "frames": 8,
+    "clip_layers": [3, 4, 5],
+    "clip_groups": [2, 2, 2],
+}  # conf/backbone_head/tiny_tempme*.yaml
 
 
 @pytest.mark.parametrize("head", HEAD_CONFIGS)
@@ -42,11 +46,19 @@ def test_every_head_config_names_the_towers_its_head_reads_by_default(head, data
 def test_the_tempme_preset_is_meanpool_over_the_tempme_and_lora_text_towers():
     torch.manual_seed(0)
     preset = Retriever(DEEP, {"name": "tempme", "clip_weights": "trainable", **TEMPME_ON_DEEP}).eval()
-    composed = Retriever(DEEP, {"name": "meanpool", "video_tower": "tempme", "text_tower": "lora_text",
-                                "video_tower_options": {"clip_weights": "trainable", **TEMPME_ON_DEEP},
-                                "text_tower_options": {"clip_weights": "trainable"}}).eval()
+    composed = Retriever(
+        DEEP,
+        {
+            "name": "meanpool",
+            "video_tower": "tempme",
+            "text_tower": "lora_text",
+            "video_tower_options": {"clip_weights": "trainable", **TEMPME_ON_DEEP},
+            "text_tower_options": {"clip_weights": "trainable"},
+        },
+    ).eval()
     assert {kind: tower.identity() for kind, tower in composed.head.towers().items()} == {
-        kind: tower.identity() for kind, tower in preset.head.towers().items()}
+        kind: tower.identity() for kind, tower in preset.head.towers().items()
+    }
     with torch.no_grad():
         for _, param in preset.head.tower_parameters():
             param.normal_(0, 0.1)  # trained adapters, so the towers' weights matter
@@ -54,7 +66,9 @@ def test_the_tempme_preset_is_meanpool_over_the_tempme_and_lora_text_towers():
     frames, mask = torch.randn(2, 8, 3, 32, 32), torch.ones(2, 8, dtype=torch.bool)
     tokens = torch.tensor([[49406, 320, 1125, 49407, 0], [49406, 320, 1125, 539, 49407]])
     with torch.no_grad():
-        scores = [model.score(model.encode_texts(tokens), model.encode_videos(frames, mask)) for model in (preset, composed)]
+        scores = [
+            model.score(model.encode_texts(tokens), model.encode_videos(frames, mask)) for model in (preset, composed)
+        ]
     torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=0)
     # LoRA of rank 0 reads CLIP's own text tower, as the preset always has (its checkpoints load as saved)
     assert Retriever(DEEP, {"name": "tempme", "lora_rank": 0, **TEMPME_ON_DEEP}).head.text_tower.name == "clip_text"
@@ -64,8 +78,10 @@ def test_a_preset_s_own_options_carry_over_only_to_a_tower_that_takes_them():
     with torch.device("meta"):
         head = create_head("tempme", embed_dim=64, tome_r=1, clip_weights="trainable")
     _, choice = split_tower_choice({"video_tower": "per_frame", "text_tower_options": {"lora_rank": 4}})
-    assert head.tower_specs(choice) == {"video": {"name": "per_frame", "clip_weights": "trainable"},
-                                        "text": {"name": "lora_text", "lora_rank": 4, "clip_weights": "trainable"}}
+    assert head.tower_specs(choice) == {
+        "video": {"name": "per_frame", "clip_weights": "trainable"},
+        "text": {"name": "lora_text", "lora_rank": 4, "clip_weights": "trainable"},
+    }
 
 
 def test_a_tower_that_lacks_what_the_head_reads_is_refused_naming_the_key(data_dir, tmp_path, monkeypatch):
@@ -73,8 +89,11 @@ def test_a_tower_that_lacks_what_the_head_reads_is_refused_naming_the_key(data_d
     A head that reads patch tokens cannot sit on TempMe's tower, which gives a merged token set instead."""
     monkeypatch.setattr(LoRATextTower, "outputs", frozenset({"sentence", "mask"}))
     cfg = compose_train(["head=glscl", "head.text_tower=lora_text"], data_dir, tmp_path)
-    with pytest.raises(ConfigError, match=r"head\.text_tower: is 'lora_text', whose text features lack tokens, which head "
-                                          r"'glscl' reads.*clip_text") as error:
+    with pytest.raises(
+        ConfigError,
+        match=r"head\.text_tower: is 'lora_text', whose text features lack tokens, which head "
+        r"'glscl' reads.*clip_text",
+    ) as error:
         validate_train_config(cfg)
     assert "video_tower" not in str(error.value)
     validate_train_config(compose_train(["head=meanpool", "head.text_tower=lora_text"], data_dir, tmp_path))
@@ -86,19 +105,43 @@ def test_a_tower_that_lacks_what_the_head_reads_is_refused_naming_the_key(data_d
     with pytest.raises(ValueError, match=r"reads patches .* 'tempme' video tower \(head\.video_tower\)"):
         Retriever(DEEP, {"name": "xpool", "video_tower": "tempme", "video_tower_options": TEMPME_ON_DEEP})
     per_frame = Retriever({"model_name": "tvr-tiny"}, {"name": "xpool"})  # a head reading patches gets them
-    assert per_frame.frame_features(torch.randn(1, 2, 3, 32, 32), torch.ones(1, 2, dtype=torch.bool)).patches is not None
+    assert (
+        per_frame.frame_features(torch.randn(1, 2, 3, 32, 32), torch.ones(1, 2, dtype=torch.bool)).patches is not None
+    )
 
 
-@pytest.mark.parametrize("overrides, key, message", [
-    (["head.video_tower=lora_text"], "head.video_tower", "'lora_text' is a text tower, not a video tower; valid video towers: per_frame, tempme"),
-    (["head.text_tower=gpt"], "head.text_tower", "unknown text tower 'gpt'; valid text towers: clip_text, lora_text"),
-    (["head.text_tower_options=8"], "head.text_tower_options", "expected a mapping"),
-    (["+head.video_tower_options.lora_rank=4"], "head.video_tower_options.lora_rank", "not an option of the 'per_frame' video tower"),
-    (["head.text_tower=lora_text", "+head.text_tower_options.lora_rank=0"], "head.text_tower_options", "lora_rank must be an integer >= 1"),
-    (["backbone_head=tiny_tempme_tower", "+head.video_tower_options.tome_r=9"], "head.video_tower_options",
-     "'tempme' video tower of head 'xpool' does not fit the backbone's ViT.*tome_r=9 removes more tokens"),
-    (["head.video_tower=tempme"], "data.video.train_sampler.max_frames", "built for clips of 12 frames"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        (
+            ["head.video_tower=lora_text"],
+            "head.video_tower",
+            "'lora_text' is a text tower, not a video tower; valid video towers: per_frame, tempme",
+        ),
+        (
+            ["head.text_tower=gpt"],
+            "head.text_tower",
+            "unknown text tower 'gpt'; valid text towers: clip_text, lora_text",
+        ),
+        (["head.text_tower_options=8"], "head.text_tower_options", "expected a mapping"),
+        (
+            ["+head.video_tower_options.lora_rank=4"],
+            "head.video_tower_options.lora_rank",
+            "not an option of the 'per_frame' video tower",
+        ),
+        (
+            ["head.text_tower=lora_text", "+head.text_tower_options.lora_rank=0"],
+            "head.text_tower_options",
+            "lora_rank must be an integer >= 1",
+        ),
+        (
+            ["backbone_head=tiny_tempme_tower", "+head.video_tower_options.tome_r=9"],
+            "head.video_tower_options",
+            "'tempme' video tower of head 'xpool' does not fit the backbone's ViT.*tome_r=9 removes more tokens",
+        ),
+        (["head.video_tower=tempme"], "data.video.train_sampler.max_frames", "built for clips of 12 frames"),
+    ],
+)
 def test_a_tower_choice_that_cannot_work_fails_at_start_up_naming_the_key(overrides, key, message, data_dir, tmp_path):
     cfg = compose_train(["head=xpool", *overrides], data_dir, tmp_path)
     with pytest.raises(ConfigError, match=message) as error:
@@ -112,13 +155,19 @@ def logged_losses(run_dir) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, towers, trained", [
-    (["head=xpool", "backbone_head=tiny_tempme_tower"], {"video": "tempme", "text": "clip_text"}, "video_tower."),
-    (["head=glscl", "head.text_tower=lora_text"], {"video": "per_frame", "text": "lora_text"}, "text_tower."),
-], ids=["xpool_over_tempme", "glscl_with_lora_text"])
+@pytest.mark.parametrize(
+    "overrides, towers, trained",
+    [
+        (["head=xpool", "backbone_head=tiny_tempme_tower"], {"video": "tempme", "text": "clip_text"}, "video_tower."),
+        (["head=glscl", "head.text_tower=lora_text"], {"video": "per_frame", "text": "lora_text"}, "text_tower."),
+    ],
+    ids=["xpool_over_tempme", "glscl_with_lora_text"],
+)
 def test_a_head_trains_over_a_tower_of_another_method(overrides, towers, trained, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = compose_train([*overrides, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", *SMALL_OVERRIDES, *QUIET], data_dir, run_dir)
+    cfg = compose_train(
+        [*overrides, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", *SMALL_OVERRIDES, *QUIET], data_dir, run_dir
+    )
     pl.seed_everything(cfg.seed, workers=True)  # as tvr-train does before building the data and the model
     build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     initial = build_module(cfg).state_dict()
@@ -130,8 +179,12 @@ def test_a_head_trains_over_a_tower_of_another_method(overrides, towers, trained
     state = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
     adapters = [key for key in state if key.startswith(f"head.{trained}") and torch.is_tensor(state[key])]
     assert adapters and any(not torch.equal(state[key], initial[key]) for key in adapters)
-    assert all(not torch.equal(state[key], initial[key]) for key in adapters if key.endswith(".up"))  # every LoRA B left 0
+    assert all(
+        not torch.equal(state[key], initial[key]) for key in adapters if key.endswith(".up")
+    )  # every LoRA B left 0
     retriever = Retriever.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert {kind: tower.name for kind, tower in retriever.head.towers().items()} == towers
     assert retriever.head.name == cfg.head.name
-    assert {kind: identity["name"] for kind, identity in results["run"]["towers"].items()} == towers  # metrics.json says which
+    assert {
+        kind: identity["name"] for kind, identity in results["run"]["towers"].items()
+    } == towers  # metrics.json says which

@@ -16,8 +16,10 @@ B, T = 2, 8
 BACKBONE = "tvr-tiny-deep"
 # Options that fit that backbone and clips of T frames (a tower absent here must fit them with its defaults),
 # some of them not the defaults, so that a setting missing from ``settings()`` shows in the round trip.
-TOWER_OPTIONS = {"tempme": {"frames": T, "clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2], "tome_r": 1, "lora_rank": 4},
-                 "lora_text": {"lora_rank": 4}}
+TOWER_OPTIONS = {
+    "tempme": {"frames": T, "clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2], "tome_r": 1, "lora_rank": 4},
+    "lora_text": {"lora_rank": 4},
+}
 TOKENS = torch.tensor([[49406, 320, 1125, 49407, 0, 0, 0], [49406, 320, 1125, 539, 320, 2368, 49407]])
 
 
@@ -90,7 +92,9 @@ def test_shapes_and_declared_outputs(name, backbone):
     if full.patches is not None:
         assert full.patches.shape[:2] == (B, T) and full.patches.shape[-1] == D
     if full.tokens is not None:
-        assert full.tokens.shape[0] == B and full.tokens.shape[-1] == D and full.token_mask.shape == full.tokens.shape[:2]
+        assert (
+            full.tokens.shape[0] == B and full.tokens.shape[-1] == D and full.token_mask.shape == full.tokens.shape[:2]
+        )
 
 
 def test_mask_handling(name, backbone):
@@ -103,7 +107,9 @@ def test_mask_handling(name, backbone):
         with torch.no_grad():
             short, long = tower(backbone, TOKENS), tower(backbone, torch.nn.functional.pad(TOKENS, (0, 4)))
         torch.testing.assert_close(long.sentence, short.sentence, atol=1e-5, rtol=0)
-        torch.testing.assert_close(long.tokens[:, : TOKENS.shape[1]][short.mask], short.tokens[short.mask], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            long.tokens[:, : TOKENS.shape[1]][short.mask], short.tokens[short.mask], atol=1e-5, rtol=0
+        )
         return
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 5:] = False
@@ -111,7 +117,10 @@ def test_mask_handling(name, backbone):
     noisy = frames.clone()
     noisy[~mask] = 10 * torch.randn(int((~mask).sum()), *frames.shape[2:])
     with torch.no_grad():
-        clean, perturbed = encode(tower, backbone, mask=mask, frames=frames), encode(tower, backbone, mask=mask, frames=noisy)
+        clean, perturbed = (
+            encode(tower, backbone, mask=mask, frames=frames),
+            encode(tower, backbone, mask=mask, frames=noisy),
+        )
     assert torch.equal(clean.mask, mask)
     if not tower.needs_full_clips:
         torch.testing.assert_close(clean.frames, perturbed.frames)
@@ -121,7 +130,11 @@ def test_gradients_reach_every_weight_the_tower_owns(name, backbone):
     tower = build(name, backbone).train()
     randomise(tower)
     features = encode(tower, backbone, with_tokens=True)
-    outputs = [features.sentence, features.tokens] if tower.kind == "text" else [features.frames, features.tokens, features.patches]
+    outputs = (
+        [features.sentence, features.tokens]
+        if tower.kind == "text"
+        else [features.frames, features.tokens, features.patches]
+    )
     sum(out.square().sum() for out in outputs if out is not None).backward()
     for param_name, param in tower.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, param_name
@@ -145,7 +158,9 @@ def test_settings_rebuild_the_tower_and_its_weights_round_trip(name, backbone):
         assert state["_extra_state"] == tower.identity()
         setting = next(iter(tower.settings()))
         state["_extra_state"] = {**tower.identity(), setting: "another"}
-        with pytest.raises(TowerMismatchError, match=f"trained with {tower.kind} tower '{name}' \\(.*{setting}=another"):
+        with pytest.raises(
+            TowerMismatchError, match=f"trained with {tower.kind} tower '{name}' \\(.*{setting}=another"
+        ):
             rebuilt.load_state_dict(state)
 
 

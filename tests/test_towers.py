@@ -56,7 +56,9 @@ def test_lora_text_tower_starts_as_clip_and_adapts():
     backbone = CLIPBackbone("tvr-tiny")
     plain, adapted = create_tower("clip_text"), create_tower("lora_text", backbone=backbone, lora_rank=4)
     with torch.no_grad():
-        torch.testing.assert_close(adapted(backbone, TOKENS).tokens, plain(backbone, TOKENS).tokens, atol=1e-5, rtol=0)  # B = 0
+        torch.testing.assert_close(
+            adapted(backbone, TOKENS).tokens, plain(backbone, TOKENS).tokens, atol=1e-5, rtol=0
+        )  # B = 0
         adapted.lora[1].up.normal_()
         changed = adapted(backbone, TOKENS)
     assert not torch.allclose(changed.sentence, plain(backbone, TOKENS).sentence, atol=1e-3)
@@ -76,7 +78,9 @@ def test_tempme_trains_its_adapters_alone_in_their_own_group(data_dir, tmp_path)
     assert not module.backbone.logit_scale.requires_grad
     module.trainer = type("T", (), {"estimated_stepping_batches": 10, "precision": "32-true", "max_epochs": 1})()
     groups = module.configure_optimizers()["optimizer"].param_groups
-    assert {group["name"] for group in groups} == {"tower"} and groups[0]["initial_lr"] == 0.01  # lr: 0 at warm-up start
+    assert {group["name"] for group in groups} == {"tower"} and groups[0][
+        "initial_lr"
+    ] == 0.01  # lr: 0 at warm-up start
 
 
 def test_tempme_full_fine_tuning_trains_clip_in_the_backbone_group(data_dir, tmp_path):
@@ -87,13 +91,24 @@ def test_tempme_full_fine_tuning_trains_clip_in_the_backbone_group(data_dir, tmp
     assert {"tower", "backbone", "backbone_no_decay"} <= names
 
 
-@pytest.mark.parametrize("overrides, key, message", [
-    (["backbone.model_name=tvr-tiny"], "head", r"does not fit the backbone's ViT \(2 blocks.*below the vision depth 2"),
-    (["head.clip_groups=[2,2,3]"], "head", r"do not fit 8 frames.*clip_groups=\[2, 2, 2\]"),
-    (["head.tome_r=9"], "head", r"tome_r=9 removes more tokens"),
-    (["data.video.eval_sampler.max_frames=12"], "data.video.eval_sampler.max_frames", "built for clips of 8 frames"),
-    (["data.video.train_sampler.fill=pad"], "data.video.train_sampler.name", "may pad short videos"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        (
+            ["backbone.model_name=tvr-tiny"],
+            "head",
+            r"does not fit the backbone's ViT \(2 blocks.*below the vision depth 2",
+        ),
+        (["head.clip_groups=[2,2,3]"], "head", r"do not fit 8 frames.*clip_groups=\[2, 2, 2\]"),
+        (["head.tome_r=9"], "head", r"tome_r=9 removes more tokens"),
+        (
+            ["data.video.eval_sampler.max_frames=12"],
+            "data.video.eval_sampler.max_frames",
+            "built for clips of 8 frames",
+        ),
+        (["data.video.train_sampler.fill=pad"], "data.video.train_sampler.name", "may pad short videos"),
+    ],
+)
 def test_a_schedule_or_sampler_that_does_not_fit_fails_at_start_up(overrides, key, message, data_dir, tmp_path):
     cfg = compose_train(["head=tempme", *overrides], data_dir, tmp_path)
     with pytest.raises(ConfigError, match=message) as error:
@@ -104,8 +119,9 @@ def test_a_schedule_or_sampler_that_does_not_fit_fails_at_start_up(overrides, ke
 @pytest.mark.slow
 def test_tvr_train_head_tempme_trains_evaluates_and_reloads(data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = compose_train(["head=tempme", "head.clip_weights=frozen", "trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET,
-                        data_dir, run_dir)
+    cfg = compose_train(
+        ["head=tempme", "head.clip_weights=frozen", "trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir
+    )
     pl.seed_everything(cfg.seed, workers=True)  # as tvr-train does before building the data and the model
     build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     initial = build_module(cfg).state_dict()
@@ -116,12 +132,20 @@ def test_tvr_train_head_tempme_trains_evaluates_and_reloads(data_dir, tmp_path):
     state = checkpoint["state_dict"]
     assert state["head.video_tower._extra_state"]["clip_groups"] == [2, 2, 2]
     changed = {key for key, value in state.items() if torch.is_tensor(value) and not torch.equal(value, initial[key])}
-    assert changed and all(".lora." in key or "temporal_embeddings" in key for key in changed), changed  # CLIP untouched
-    eval_cfg = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] + QUIET, data_dir, tmp_path / "eval", config_name="eval")
+    assert changed and all(".lora." in key or "temporal_embeddings" in key for key in changed), (
+        changed
+    )  # CLIP untouched
+    eval_cfg = compose_train(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] + QUIET, data_dir, tmp_path / "eval", config_name="eval"
+    )
     assert evaluate(eval_cfg)["t2v"] == pytest.approx(results["t2v"])
     retriever = Retriever.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert retriever.head.video_tower.tokens_per_video()[-1] < 8 * 17
-    overridden = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "head.tome_r=1"] + QUIET, data_dir,
-                               tmp_path / "eval2", config_name="eval")
+    overridden = compose_train(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "head.tome_r=1"] + QUIET,
+        data_dir,
+        tmp_path / "eval2",
+        config_name="eval",
+    )
     with pytest.raises(ValueError, match=r"trained with video tower 'tempme' \(.*tome_r=2.*tome_r=1"):
         evaluate(overridden)

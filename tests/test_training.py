@@ -13,17 +13,29 @@ from tvr.train import train
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["trainer.precision=32-true"],
-    ["trainer.precision=bf16-mixed", "backbone.grad_checkpointing=true"],
-    ["experiment=synthetic_seqtransf", "loss=dual_softmax", "evaluation.rerank=dsl"],
-    ["experiment=synthetic_xpool", "optim=bertadam", "optim.schedule=clip4clip_warmup_cosine", "train.freeze_layer_num=0"],
-    ["experiment=synthetic_glscl", "train.select_window=3", "train.select_metric=val/t2v_R1_window"],
-], ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl", "xpool-bertadam", "glscl-window"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=32-true"],
+        ["trainer.precision=bf16-mixed", "backbone.grad_checkpointing=true"],
+        ["experiment=synthetic_seqtransf", "loss=dual_softmax", "evaluation.rerank=dsl"],
+        [
+            "experiment=synthetic_xpool",
+            "optim=bertadam",
+            "optim.schedule=clip4clip_warmup_cosine",
+            "train.freeze_layer_num=0",
+        ],
+        ["experiment=synthetic_glscl", "train.select_window=3", "train.select_metric=val/t2v_R1_window"],
+    ],
+    ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl", "xpool-bertadam", "glscl-window"],
+)
 def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     # two steps: CLIP4Clip's warm-up schedule gives the first one a learning rate of 0
-    record = ["+callbacks.weights._target_=helpers.WeightsAroundStep", "+callbacks.weights.step=1",
-              f"+callbacks.weights.path={tmp_path / 'weights.pt'}"]
+    record = [
+        "+callbacks.weights._target_=helpers.WeightsAroundStep",
+        "+callbacks.weights.step=1",
+        f"+callbacks.weights.path={tmp_path / 'weights.pt'}",
+    ]
     cfg = compose_train(["+trainer.fast_dev_run=2"] + overrides + record + SMALL_OVERRIDES + QUIET, data_dir, tmp_path)
     results = train(cfg)
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)  # the parameters around the second optimiser step
@@ -36,7 +48,11 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
         assert set(written[direction]) == {"R1", "R5", "R10", "MdR", "MnR", "RSum"}
     facts = written["run"]
     assert facts["head"] == cfg.head.name and facts["dataset"] == "synthetic" and facts["seed"] == 42
-    assert facts["global_batch"] == facts["contrastive_batch"] == 8 and facts["frames"] == 8 and facts["sampler"] == "clip4clip"
+    assert (
+        facts["global_batch"] == facts["contrastive_batch"] == 8
+        and facts["frames"] == 8
+        and facts["sampler"] == "clip4clip"
+    )
     assert facts["rerank"] == cfg.evaluation.rerank
     assert written["decode_failures"]["train_replaced_samples"] == 0
     table = (tmp_path / "results.md").read_text()
@@ -59,20 +75,29 @@ def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb should have logged offline"
     assert checkpoint["state_dict"]["backbone.clip.logit_scale"].exp() <= 100.0 + 1e-4  # clamped
 
-    eval_cfg = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET, data_dir, eval_dir, config_name="eval")
+    eval_cfg = compose_train(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"] + QUIET, data_dir, eval_dir, config_name="eval"
+    )
     with recorded_scores() as evaluated:
         reevaluated = evaluate(eval_cfg)
-    (scores, text_to_video), = evaluated  # the same similarity matrix, query by query
+    ((scores, text_to_video),) = evaluated  # the same similarity matrix, query by query
     assert torch.equal(text_to_video, train_text_to_video)
     torch.testing.assert_close(scores, train_scores, atol=1e-6, rtol=0)
     assert reevaluated["t2v"] == pytest.approx(results["t2v"]) and reevaluated["v2t"] == pytest.approx(results["v2t"])
-    assert (eval_dir / "results.md").read_text().splitlines()[-2:] == (run_dir / "results.md").read_text().splitlines()[-2:]
+    assert (eval_dir / "results.md").read_text().splitlines()[-2:] == (run_dir / "results.md").read_text().splitlines()[
+        -2:
+    ]
 
 
 @pytest.mark.slow
 def test_validation_split_can_be_re_evaluated(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     train(compose_train(["trainer.max_epochs=1"] + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
-    cfg = compose_train([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "split=val"] + QUIET, data_dir, tmp_path / "eval", config_name="eval")
+    cfg = compose_train(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "split=val"] + QUIET,
+        data_dir,
+        tmp_path / "eval",
+        config_name="eval",
+    )
     result = evaluate(cfg)
     assert result["split"] == "val" and result["num_videos"] == 8

@@ -21,8 +21,11 @@ def xpool_gallery(num_texts: int, num_videos: int, seed: int = 0):
     torch.manual_seed(seed)
     head = create_head("xpool", embed_dim=D, num_heads=2).eval()
     generator = torch.Generator().manual_seed(seed + 1)
-    text = TextFeatures(torch.randn(num_texts, D, generator=generator), torch.randn(num_texts, L, D, generator=generator),
-                        torch.ones(num_texts, L, dtype=torch.bool))
+    text = TextFeatures(
+        torch.randn(num_texts, D, generator=generator),
+        torch.randn(num_texts, L, D, generator=generator),
+        torch.ones(num_texts, L, dtype=torch.bool),
+    )
     mask = torch.ones(num_videos, T, dtype=torch.bool)
     mask[::3, 3:] = False
     frames = torch.randn(num_videos, T, D, generator=generator) * mask[..., None]
@@ -49,8 +52,9 @@ def test_two_stage_with_every_video_proposed_equals_exhaustive():
     head, text_repr, video_repr, text_summary, video_summary = xpool_gallery(num_texts=9, num_videos=23)
     index = VectorIndex.build(video_summary)
     reference = exhaustive_search(head, text_repr, video_repr, top_k=5)
-    scores, ids = two_stage_search(head, text_repr, text_summary, index, video_repr, rerank_k=23, top_k=5,
-                                   query_chunk=4, video_chunk=6)
+    scores, ids = two_stage_search(
+        head, text_repr, text_summary, index, video_repr, rerank_k=23, top_k=5, query_chunk=4, video_chunk=6
+    )
     assert torch.equal(ids, reference[1])
     torch.testing.assert_close(scores, reference[0])
     assert recall_at_k(ids, reference[1]) == 1.0

@@ -10,17 +10,21 @@ from omegaconf import OmegaConf
 from conftest import SMALL_OVERRIDES, compose_train
 from tvr.checkpoint import atomic_torch_save
 from tvr.config import config_dir
+from tvr.config_checker import InvalidConfigError
 from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
 from tvr.models.heads.hbi import BanzhafModule
 from tvr.train import train
-from tvr.config_checker import InvalidConfigError
 from tvr.validation import validate_eval_config, validate_train_config
 
 RECIPES = sorted(path.stem for path in (Path(config_dir()) / "experiment").glob("[!_]*.yaml"))  # _*.yaml: bases
 # One short epoch, so that on code without the up-front check a value that only fails (or silently
 # misbehaves) late costs seconds, not a full run, before the test fails.
-SHORT_RUN = SMALL_OVERRIDES + ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+SHORT_RUN = SMALL_OVERRIDES + [
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
 
 
 def compose_with_empty_data_folder(overrides: list[str], tmp_path: Path):
@@ -35,28 +39,51 @@ def assert_nothing_written(data_dir: Path, run_dir: Path) -> None:
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("override, key, shown", [
-    ("optim.name=foo", "optim.name", "got 'foo', expected one of adamw, bertadam"),
-    ("data.batch_size=-4", "data.batch_size", "got -4, expected an integer >= 1"),
-    ("data.video.eval_sampler.max_frames=0", "data.video.eval_sampler.max_frames", "got 0, expected an integer >= 1"),
-    ("data.video.train_sampler.max_frames=-1", "data.video.train_sampler.max_frames", "got -1, expected an integer >= 1"),
-    ("+head.foo=1", "head.foo", "is not an option of head 'meanpool'"),
-    ("optim.schedule=linear", "optim.schedule", "expected one of warmup_cosine, clip4clip_warmup_cosine"),
-    ("data.max_words=78", "data.max_words", "got 78, expected an integer in [3, 77]"),
-    ("train.select_metric=val/t2v_MdR", "train.select_metric", "the best checkpoint is the one with the highest value"),
-    ("evaluation.memory_budget_gb=0", "evaluation.memory_budget_gb", "got 0, expected a number > 0"),
-    ("data.video.backend_options.timeout_s=-1", "data.video.backend_options.timeout_s", "got -1, expected a number > 0 or null"),
-    ("head=seqtransf head.layers=-1", "head", "the temporal transformer needs layers >= 1"),  # used to build no transformer
-    ("+foo=1", "foo", "is not a key of tvr-train's config"),  # was accepted and ignored
-    ("+train.ckpt_every=5", "train.ckpt_every", "is not a key of the train section"),
-    ("train.nonfinite=ignore", "train.nonfinite", "expected one of stop, skip"),
-    ("train.checkpoint_every_n_steps=-1", "train.checkpoint_every_n_steps", "got -1, expected an integer >= 0"),
-    # from the constructors' annotations (no hand-written check)
-    ("backbone.text_padding_mask=maybe", "backbone.text_padding_mask", "got 'maybe', expected one of True, False"),
-    ("head=xpool head.dropout=high", "head.dropout", "got 'high', expected a number"),
-    ("+optim.coef_lr=0.001", "optim.coef_lr", "is not a key of the optim section"),
-    ("evaluation.dsl.temperature=0", "evaluation.dsl.temperature", "got 0, expected a number > 0"),
-])
+@pytest.mark.parametrize(
+    "override, key, shown",
+    [
+        ("optim.name=foo", "optim.name", "got 'foo', expected one of adamw, bertadam"),
+        ("data.batch_size=-4", "data.batch_size", "got -4, expected an integer >= 1"),
+        (
+            "data.video.eval_sampler.max_frames=0",
+            "data.video.eval_sampler.max_frames",
+            "got 0, expected an integer >= 1",
+        ),
+        (
+            "data.video.train_sampler.max_frames=-1",
+            "data.video.train_sampler.max_frames",
+            "got -1, expected an integer >= 1",
+        ),
+        ("+head.foo=1", "head.foo", "is not an option of head 'meanpool'"),
+        ("optim.schedule=linear", "optim.schedule", "expected one of warmup_cosine, clip4clip_warmup_cosine"),
+        ("data.max_words=78", "data.max_words", "got 78, expected an integer in [3, 77]"),
+        (
+            "train.select_metric=val/t2v_MdR",
+            "train.select_metric",
+            "the best checkpoint is the one with the highest value",
+        ),
+        ("evaluation.memory_budget_gb=0", "evaluation.memory_budget_gb", "got 0, expected a number > 0"),
+        (
+            "data.video.backend_options.timeout_s=-1",
+            "data.video.backend_options.timeout_s",
+            "got -1, expected a number > 0 or null",
+        ),
+        (
+            "head=seqtransf head.layers=-1",
+            "head",
+            "the temporal transformer needs layers >= 1",
+        ),  # used to build no transformer
+        ("+foo=1", "foo", "is not a key of tvr-train's config"),  # was accepted and ignored
+        ("+train.ckpt_every=5", "train.ckpt_every", "is not a key of the train section"),
+        ("train.nonfinite=ignore", "train.nonfinite", "expected one of stop, skip"),
+        ("train.checkpoint_every_n_steps=-1", "train.checkpoint_every_n_steps", "got -1, expected an integer >= 0"),
+        # from the constructors' annotations (no hand-written check)
+        ("backbone.text_padding_mask=maybe", "backbone.text_padding_mask", "got 'maybe', expected one of True, False"),
+        ("head=xpool head.dropout=high", "head.dropout", "got 'high', expected a number"),
+        ("+optim.coef_lr=0.001", "optim.coef_lr", "is not a key of the optim section"),
+        ("evaluation.dsl.temperature=0", "evaluation.dsl.temperature", "got 0, expected a number > 0"),
+    ],
+)
 def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key, shown, tmp_path):
     cfg, data_dir, run_dir = compose_with_empty_data_folder(override.split(), tmp_path)
     with pytest.raises(ConfigError) as error:
@@ -67,14 +94,31 @@ def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key,
     assert_nothing_written(data_dir, run_dir)
 
 
-@pytest.mark.parametrize("override, key, shown", [
-    ("+backbone.image_size=224", "backbone.image_size", "is no longer a setting: backbone 'tvr-tiny' takes 32 px input"),
-    ("+data.image_size=32", "data.image_size", "is no longer a setting: backbone 'tvr-tiny' takes 32 px input"),
-    ("backbone=vit_b32 +data.image_size=32", "data.image_size", "backbone 'ViT-B-32-quickgelu' takes 224 px input"),
-    ("backbone.model_name=ViT-L-14", "backbone.pretrained", "open_clip's pretrained weights of 'ViT-L-14' are preprocessed differently"),
-    ("backbone.pretrained=openai", "backbone.pretrained", "'openai' is not a pretrained tag of open_clip's 'tvr-tiny'"),
-])
-def test_the_input_geometry_is_the_backbones_and_setting_it_fails_before_any_data_is_made(override, key, shown, tmp_path):
+@pytest.mark.parametrize(
+    "override, key, shown",
+    [
+        (
+            "+backbone.image_size=224",
+            "backbone.image_size",
+            "is no longer a setting: backbone 'tvr-tiny' takes 32 px input",
+        ),
+        ("+data.image_size=32", "data.image_size", "is no longer a setting: backbone 'tvr-tiny' takes 32 px input"),
+        ("backbone=vit_b32 +data.image_size=32", "data.image_size", "backbone 'ViT-B-32-quickgelu' takes 224 px input"),
+        (
+            "backbone.model_name=ViT-L-14",
+            "backbone.pretrained",
+            "open_clip's pretrained weights of 'ViT-L-14' are preprocessed differently",
+        ),
+        (
+            "backbone.pretrained=openai",
+            "backbone.pretrained",
+            "'openai' is not a pretrained tag of open_clip's 'tvr-tiny'",
+        ),
+    ],
+)
+def test_the_input_geometry_is_the_backbones_and_setting_it_fails_before_any_data_is_made(
+    override, key, shown, tmp_path
+):
     cfg, data_dir, run_dir = compose_with_empty_data_folder(override.split(), tmp_path)
     with pytest.raises(ConfigError) as error:
         train(cfg)
@@ -86,19 +130,33 @@ def test_the_input_geometry_is_the_backbones_and_setting_it_fails_before_any_dat
 
 def test_a_head_option_its_constructor_refuses_fails_before_any_data_is_made(tmp_path):
     cfg, data_dir, run_dir = compose_with_empty_data_folder(["head=xpool", "head.num_heads=3"], tmp_path)
-    with pytest.raises(ConfigError, match=r"^head: head 'xpool' at embedding width 64 refuses these options: .*must divide"):
+    with pytest.raises(
+        ConfigError, match=r"^head: head 'xpool' at embedding width 64 refuses these options: .*must divide"
+    ):
         train(cfg)
     assert_nothing_written(data_dir, run_dir)
 
 
 def test_every_problem_is_reported_at_once_one_line_per_key(tmp_path):
-    overrides = ["optim.name=foo", "data.batch_size=-4", "data.video.eval_sampler.max_frames=0",
-                 "data.video.train_sampler.max_frames=-1", "+head.foo=1", "trainer.max_epochs=0"]
+    overrides = [
+        "optim.name=foo",
+        "data.batch_size=-4",
+        "data.video.eval_sampler.max_frames=0",
+        "data.video.train_sampler.max_frames=-1",
+        "+head.foo=1",
+        "trainer.max_epochs=0",
+    ]
     cfg, data_dir, run_dir = compose_with_empty_data_folder(overrides, tmp_path)
     with pytest.raises(InvalidConfigError) as error:
         train(cfg)
-    keys = ["head.foo", "optim.name", "data.batch_size", "data.video.train_sampler.max_frames",
-            "data.video.eval_sampler.max_frames", "trainer.max_epochs"]
+    keys = [
+        "head.foo",
+        "optim.name",
+        "data.batch_size",
+        "data.video.train_sampler.max_frames",
+        "data.video.eval_sampler.max_frames",
+        "trainer.max_epochs",
+    ]
     assert [problem.key for problem in error.value.problems] == keys
     lines = str(error.value).splitlines()
     assert lines[0] == "6 config values cannot work:"
@@ -109,8 +167,12 @@ def test_every_problem_is_reported_at_once_one_line_per_key(tmp_path):
 @pytest.mark.parametrize("recipe", [None, *RECIPES])
 def test_the_default_config_and_every_recipe_pass(recipe, tmp_path):
     overrides = [] if recipe is None else [f"experiment={recipe}", "data.source.root=/datasets/somewhere"]
-    if recipe and recipe.startswith("hbi_") and not recipe.startswith("hbi_estimator"):  # HBI needs its estimator stage's file
-        atomic_torch_save({"format": "tvr-hbi-estimator", "state_dict": BanzhafModule().state_dict()}, tmp_path / "estimator.pt")
+    if (
+        recipe and recipe.startswith("hbi_") and not recipe.startswith("hbi_estimator")
+    ):  # HBI needs its estimator stage's file
+        atomic_torch_save(
+            {"format": "tvr-hbi-estimator", "state_dict": BanzhafModule().state_dict()}, tmp_path / "estimator.pt"
+        )
         overrides.append(f"head.estimator_ckpt={tmp_path / 'estimator.pt'}")
     validate_train_config(compose_train(overrides, tmp_path, tmp_path / "run"))
 
@@ -134,7 +196,13 @@ def test_eval_reports_its_own_bad_values_together_before_opening_the_checkpoint(
 def test_eval_checks_the_checkpoints_run_config_with_its_overrides(tmp_path):
     checkpoint = saved_run(tmp_path)
     validate_eval_config(compose_train([f"ckpt_path={checkpoint}"], tmp_path, tmp_path / "eval", config_name="eval"))
-    overrides = [f"ckpt_path={checkpoint}", "split=val", "data.splits.val=null", "data.eval_batch_size=0", "+head.foo=1"]
+    overrides = [
+        f"ckpt_path={checkpoint}",
+        "split=val",
+        "data.splits.val=null",
+        "data.eval_batch_size=0",
+        "+head.foo=1",
+    ]
     cfg = compose_train(overrides, tmp_path, tmp_path / "eval", config_name="eval")
     with pytest.raises(InvalidConfigError) as error:
         evaluate(cfg)

@@ -57,10 +57,14 @@ def test_frames_are_rgb_in_that_channel_order(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("damage, message", [("missing", "missing"), ("empty", "empty"), ("garbage", None), ("truncated", None)])
+@pytest.mark.parametrize(
+    "damage, message", [("missing", "missing"), ("empty", "empty"), ("garbage", None), ("truncated", None)]
+)
 def test_an_unreadable_file_raises_video_read_error(video, tmp_path, name, damage, message):
     path = tmp_path / "bad.mp4"
-    content = {"missing": None, "empty": b"", "garbage": b"\x00garbage" * 100, "truncated": video.read_bytes()[:2000]}[damage]
+    content = {"missing": None, "empty": b"", "garbage": b"\x00garbage" * 100, "truncated": video.read_bytes()[:2000]}[
+        damage
+    ]
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(VideoReadError, match=message):
@@ -83,6 +87,8 @@ def test_the_video_checker_runs_the_backend_in_its_worker_processes(video, tmp_p
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00garbage" * 100)
     videos = [VideoRef(path.stem, path) for path in (video, tmp_path / "missing.mp4", garbage)]
-    results = check_videos(videos, create_backend(name), create_sampler("clip4clip"), workers=1, timeout_s=120, progress=False)
+    results = check_videos(
+        videos, create_backend(name), create_sampler("clip4clip"), workers=1, timeout_s=120, progress=False
+    )
     assert [result.status for result in results] == ["ok", "missing", "unreadable"]
     assert (results[0].num_frames, results[0].fps) == (NUM_FRAMES, FPS)

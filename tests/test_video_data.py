@@ -37,7 +37,9 @@ def test_decord_reads_exactly_the_sampled_frames(tmp_path, monkeypatch):
     import decord
 
     original = decord.VideoReader.get_batch
-    monkeypatch.setattr(decord.VideoReader, "get_batch", lambda self, idx: requested.append(list(idx)) or original(self, idx))
+    monkeypatch.setattr(
+        decord.VideoReader, "get_batch", lambda self, idx: requested.append(list(idx)) or original(self, idx)
+    )
     clip = DecordBackend().read(path, create_sampler("clip4clip", max_frames=5))
     expected = [0, 12, 27, 42, 57]  # seconds 0..19, linspace(0, 19, 5) -> 0, 4, 9, 14, 19 -> x3 frames
     assert clip.indices == expected and clip.num_frames == 60 and clip.fps == 3.0
@@ -80,7 +82,9 @@ def test_transform_follows_the_backbones_resize_rule_and_normalisation():
     assert shortest.shape == squashed.shape == (1, 3, 10, 10)
     assert shortest.max() == 0 and squashed[..., 0].min() == 255 and squashed[..., 3:].max() == 0
     bilinear = ClipFrameTransform(Preprocessing(10, resize_mode="squash", interpolation="bilinear")).resize_crop(frames)
-    assert bilinear[..., 0].min() == 255 and not torch.equal(bilinear, squashed)  # the band's edge is interpolated otherwise
+    assert bilinear[..., 0].min() == 255 and not torch.equal(
+        bilinear, squashed
+    )  # the band's edge is interpolated otherwise
     half = ClipFrameTransform(Preprocessing(10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))(frames)
     assert torch.equal(half.unique(), torch.tensor([-1.0]))  # (0 - 0.5) / 0.5 everywhere in the centre crop
     with pytest.raises(ValueError, match="resize mode 'longest' is not implemented"):
@@ -95,7 +99,10 @@ def test_synthetic_generation_is_deterministic_and_real_h264(tmp_path):
     a = ensure_synthetic_dataset(tmp_path / "a", small_config(), workers=1)
     b = ensure_synthetic_dataset(tmp_path / "b", small_config(), workers=1)
     assert a.read_text() == b.read_text()
-    digest = lambda root: hashlib.sha1((root / "videos" / "test_00003.mp4").read_bytes()).hexdigest()
+
+    def digest(root):
+        return hashlib.sha1((root / "videos" / "test_00003.mp4").read_bytes()).hexdigest()
+
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     with av.open(str(tmp_path / "a" / "videos" / "test_00003.mp4")) as container:
         assert container.streams.video[0].codec_context.name == "h264"
@@ -127,6 +134,7 @@ def test_twin_clips_decode_to_the_same_frames_in_reverse(tmp_path):
     first, second = annotations[0], annotations[1]
     assert Event(**first["event"]).reversed() == Event(**second["event"])
     sampler = create_sampler("clip4clip", max_frames=8)
+
     def blurred(video):  # 8x8 block means: the per-frame noise averages out, the shapes stay
         frames = DecordBackend().read(root / video, sampler).frames.astype(float)
         return frames.reshape(len(frames), 8, 8, 8, 8, 3).mean(axis=(2, 4))
@@ -140,7 +148,9 @@ def test_twin_clips_decode_to_the_same_frames_in_reverse(tmp_path):
 def test_caption_kinds_cover_order_dependent_events():
     events = {Event("turns", "square", "red", "small", color2="blue"), Event("appears", "circle", "green", "large")}
     assert {e.reversed().caption for e in events} == {
-        "a small square turns from blue to red", "a large green circle disappears"}
+        "a small square turns from blue to red",
+        "a large green circle disappears",
+    }
 
 
 def make_split(tmp_path, broken: dict[str, bytes | None]) -> SplitRecords:
@@ -159,7 +169,9 @@ def make_split(tmp_path, broken: dict[str, bytes | None]) -> SplitRecords:
 
 
 def reader(cache=None) -> ClipReader:
-    return ClipReader(DecordBackend(), create_sampler("clip4clip", max_frames=4), ClipFrameTransform(Preprocessing(16)), cache)
+    return ClipReader(
+        DecordBackend(), create_sampler("clip4clip", max_frames=4), ClipFrameTransform(Preprocessing(16)), cache
+    )
 
 
 def test_training_replaces_unreadable_videos_and_reports_them(tmp_path):
@@ -205,7 +217,9 @@ def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path):
     numbered_video(split.videos[0].path, num_frames=12)
     os.utime(split.videos[0].path, ns=(1, 1))
     assert FrameCache.open(path, split, sampler.describe(), Preprocessing(16)) is None
-    assert "1 video files changed since the cache was built (e.g. v0)" in unusable_cache_report(path, split, sampler.describe(), Preprocessing(16))
+    assert "1 video files changed since the cache was built (e.g. v0)" in unusable_cache_report(
+        path, split, sampler.describe(), Preprocessing(16)
+    )
 
 
 def test_a_frame_cache_serves_its_own_resize_rule_whatever_the_mean_and_std(tmp_path):
@@ -218,17 +232,28 @@ def test_a_frame_cache_serves_its_own_resize_rule_whatever_the_mean_and_std(tmp_
     other_normalisation = Preprocessing(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert cache_dir_for(tmp_path / "cache", split, sampler, other_normalisation) == path
     assert FrameCache.open(path, split, sampler, other_normalisation) is not None
-    for other in (Preprocessing(16, resize_mode="squash"), Preprocessing(16, interpolation="bilinear"), Preprocessing(20)):
+    for other in (
+        Preprocessing(16, resize_mode="squash"),
+        Preprocessing(16, interpolation="bilinear"),
+        Preprocessing(20),
+    ):
         assert cache_dir_for(tmp_path / "cache", split, sampler, other) != path
         assert FrameCache.open(path, split, sampler, other) is None
-    assert "16 px (bicubic, squash resize)" in unusable_cache_report(cache_dir_for(tmp_path / "cache", split, sampler,
-                                                                                   Preprocessing(16, resize_mode="squash")),
-                                                                     split, sampler, Preprocessing(16, resize_mode="squash"))
+    assert "16 px (bicubic, squash resize)" in unusable_cache_report(
+        cache_dir_for(tmp_path / "cache", split, sampler, Preprocessing(16, resize_mode="squash")),
+        split,
+        sampler,
+        Preprocessing(16, resize_mode="squash"),
+    )
 
     # a cache written before meta.json recorded the resize rule (tvr's only rule then) keeps its folder and serves
     meta = json.loads((path / "meta.json").read_text())
-    (path / "meta.json").write_text(json.dumps({key: value for key, value in meta.items() if key not in ("interpolation", "resize_mode")}))
-    folder_then = hashlib.sha1(json.dumps({"sampler": sampler, "image_size": 16}, sort_keys=True).encode()).hexdigest()[:10]
+    (path / "meta.json").write_text(
+        json.dumps({key: value for key, value in meta.items() if key not in ("interpolation", "resize_mode")})
+    )
+    folder_then = hashlib.sha1(json.dumps({"sampler": sampler, "image_size": 16}, sort_keys=True).encode()).hexdigest()[
+        :10
+    ]
     assert path.name == f"{split.name}-{folder_then}"
     assert FrameCache.open(path, split, sampler, clip_rule) is not None
     assert FrameCache.open(path, split, sampler, Preprocessing(16, resize_mode="squash")) is None
@@ -246,7 +271,9 @@ def test_frame_cache_rejects_incomplete_builds_and_random_samplers(tmp_path):
     with open(path / "frames.u8", "r+b") as handle:
         handle.truncate(100)
     assert FrameCache.open(path, split, sampler.describe(), Preprocessing(16)) is None
-    random_reader = ClipReader(DecordBackend(), create_sampler("segment_random", max_frames=4), ClipFrameTransform(Preprocessing(16)))
+    random_reader = ClipReader(
+        DecordBackend(), create_sampler("segment_random", max_frames=4), ClipFrameTransform(Preprocessing(16))
+    )
     with pytest.raises(ValueError, match="random"):
         build_frame_cache(tmp_path / "rand", split, random_reader, workers=1, progress=False)
 

@@ -24,11 +24,15 @@ from tvr.data.video.pyav_backend import PyAVBackend
 from tvr.data.video_check import ALL_SPLITS, VideoCheck, VideoInventory, check_videos, report_table
 
 
-@pytest.mark.parametrize("sampler", [
-    create_sampler("clip4clip", max_frames=5),
-    create_sampler("clip4clip", max_frames=12, slice_framepos=1),
-    create_sampler("segment_uniform", max_frames=7),
-], ids=["clip4clip", "clip4clip-tail", "segment_uniform"])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        create_sampler("clip4clip", max_frames=5),
+        create_sampler("clip4clip", max_frames=12, slice_framepos=1),
+        create_sampler("segment_uniform", max_frames=7),
+    ],
+    ids=["clip4clip", "clip4clip-tail", "segment_uniform"],
+)
 def test_pyav_and_decord_give_the_same_frames(tmp_path, sampler):
     path = numbered_video(tmp_path / "clip.mp4", num_frames=50, fps=5)
     a, b = DecordBackend().read(path, sampler), PyAVBackend().read(path, sampler)
@@ -62,10 +66,17 @@ def test_check_videos_kills_hanging_decoders_and_classifies_the_rest(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "junk.mp4").write_bytes(b"junk" * 100)
     hang = numbered_video(tmp_path / "hang.mp4", num_frames=6)
-    videos = [VideoRef("good", good), VideoRef("empty", tmp_path / "empty.mp4"), VideoRef("junk", tmp_path / "junk.mp4"),
-              VideoRef("hang", hang), VideoRef("gone", tmp_path / "gone.mp4")]
+    videos = [
+        VideoRef("good", good),
+        VideoRef("empty", tmp_path / "empty.mp4"),
+        VideoRef("junk", tmp_path / "junk.mp4"),
+        VideoRef("hang", hang),
+        VideoRef("gone", tmp_path / "gone.mp4"),
+    ]
     started = time.monotonic()
-    results = check_videos(videos, HangingBackend(), create_sampler("clip4clip"), workers=2, timeout_s=3.0, progress=False)
+    results = check_videos(
+        videos, HangingBackend(), create_sampler("clip4clip"), workers=2, timeout_s=3.0, progress=False
+    )
     assert [r.status for r in results] == ["ok", "empty", "unreadable", "timeout", "missing"]
     assert results[0].num_frames == 6 and time.monotonic() - started < 60
 
@@ -85,7 +96,9 @@ def test_skip_list_videos_are_never_opened(tmp_path):
     with pytest.raises(VideoReadError, match="skip list"):
         reader.read(VideoRef("v1", tmp_path / "hang.mp4"))  # would hang forever if it were opened
     split = SplitRecords("test", [VideoRef("v1", tmp_path / "hang.mp4")], [TextRef(0, "v1", "a clip")])
-    opening_fails = ClipReader(MustNotOpen(), create_sampler("clip4clip"), ClipFrameTransform(Preprocessing(16)), skip=skip)
+    opening_fails = ClipReader(
+        MustNotOpen(), create_sampler("clip4clip"), ClipFrameTransform(Preprocessing(16)), skip=skip
+    )
     cache = build_frame_cache(tmp_path / "cache", split, opening_fails, workers=1, progress=False)  # nor when caching
     assert cache.failed == {"v1"}
     (tmp_path / "ids.txt").write_text("a\n\nb\n")
@@ -94,9 +107,15 @@ def test_skip_list_videos_are_never_opened(tmp_path):
         load_skip_list(str(tmp_path / "nope.json"))
 
 
-@pytest.mark.parametrize("size, quirk, expected", [
-    ((320, 240), False, (298, 224)), ((1080, 1920), False, (224, 398)), ((1080, 1920), True, (224, 126)), ((64, 64), False, (224, 224)),
-])
+@pytest.mark.parametrize(
+    "size, quirk, expected",
+    [
+        ((320, 240), False, (298, 224)),
+        ((1080, 1920), False, (224, 398)),
+        ((1080, 1920), True, (224, 126)),
+        ((64, 64), False, (224, 224)),
+    ],
+)
 def test_output_size_follows_the_reference_formula(size, quirk, expected):
     assert output_size(*size, portrait_quirk=quirk) == expected
 
@@ -119,15 +138,27 @@ def test_compression_gives_3fps_short_side_224_and_is_resumable(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4"]
 
 
-@pytest.mark.parametrize("dataset, files, present, split_names, expected", [
-    # MSR-VTT: val and test are both the 1k-A split, read and counted once
-    ("msrvtt", {"MSRVTT_JSFUSION_test.csv": "msrvtt", "MSRVTT_train.9k.csv": "msrvtt", "MSRVTT_data.json": "synthesized"},
-     ["video0.mp4", "video1.mp4", "video9770.mp4", "video7020.mp4"], ["train", "test", "test"],
-     {"train": (6, 4), "test": (1000, 998), ALL_SPLITS: (1006, 1002)}),
-    # ActivityNet: val and test are two splits of the same videos (val_1), each video once in the total
-    ("activitynet", {"val_1.json": "activitynet", "val_ids.json": "activitynet"},
-     ["JDg--pjY5gg.mp4"], [None, "val", "test"], {"val": (4917, 4916), "test": (4917, 4916), ALL_SPLITS: (4917, 4916)}),
-])
+@pytest.mark.parametrize(
+    "dataset, files, present, split_names, expected",
+    [
+        # MSR-VTT: val and test are both the 1k-A split, read and counted once
+        (
+            "msrvtt",
+            {"MSRVTT_JSFUSION_test.csv": "msrvtt", "MSRVTT_train.9k.csv": "msrvtt", "MSRVTT_data.json": "synthesized"},
+            ["video0.mp4", "video1.mp4", "video9770.mp4", "video7020.mp4"],
+            ["train", "test", "test"],
+            {"train": (6, 4), "test": (1000, 998), ALL_SPLITS: (1006, 1002)},
+        ),
+        # ActivityNet: val and test are two splits of the same videos (val_1), each video once in the total
+        (
+            "activitynet",
+            {"val_1.json": "activitynet", "val_ids.json": "activitynet"},
+            ["JDg--pjY5gg.mp4"],
+            [None, "val", "test"],
+            {"val": (4917, 4916), "test": (4917, 4916), ALL_SPLITS: (4917, 4916)},
+        ),
+    ],
+)
 def test_video_counts_are_of_distinct_videos(tmp_path, dataset, files, present, split_names, expected):
     (tmp_path / "videos").mkdir()
     for name, folder in files.items():
@@ -142,6 +173,12 @@ def test_video_counts_are_of_distinct_videos(tmp_path, dataset, files, present, 
     checks = [VideoCheck(video, str(ref.path), "empty") for video, ref in inventory.with_file.items()]
     table = report_table(inventory, checks)
     videos, without = expected[ALL_SPLITS]
-    assert f"| {ALL_SPLITS} | {videos} | {without} |" in table and "| split | videos in the annotations | without a file |" in table
-    assert f"| status of the {len(present)} distinct videos with a file | videos |" in table and f"| empty | {len(present)} |" in table
+    assert (
+        f"| {ALL_SPLITS} | {videos} | {without} |" in table
+        and "| split | videos in the annotations | without a file |" in table
+    )
+    assert (
+        f"| status of the {len(present)} distinct videos with a file | videos |" in table
+        and f"| empty | {len(present)} |" in table
+    )
     assert "row" not in table

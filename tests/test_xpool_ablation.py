@@ -59,7 +59,12 @@ def test_uniform_pooling_trains_every_layer_but_the_attention_projections():
     text.sentence.requires_grad_(True)
     sims = head.similarity(head.encode_text(text), head.encode_video(video))
     (sims * torch.randn_like(sims)).sum().backward()
-    unused = {"cross_attn.q_proj.weight", "cross_attn.q_proj.bias", "cross_attn.k_proj.weight", "cross_attn.k_proj.bias"}
+    unused = {
+        "cross_attn.q_proj.weight",
+        "cross_attn.q_proj.bias",
+        "cross_attn.k_proj.weight",
+        "cross_attn.k_proj.bias",
+    }
     for name, param in head.named_parameters():
         assert (param.grad is None) == (name in unused), name
 

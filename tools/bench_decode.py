@@ -107,11 +107,18 @@ def bench(videos: list[Path], cache_root: Path, min_seconds: float) -> dict:
     sampler = create_sampler("clip4clip", max_frames=FRAMES)
     transform = ClipFrameTransform(PREPROCESSING)
     decord, pyav = DecordBackend(timeout_s=None), PyAVBackend(timeout_s=None)
-    split = SplitRecords("bench", [VideoRef(p.stem, p) for p in videos], [TextRef(i, p.stem, "") for i, p in enumerate(videos)])
+    split = SplitRecords(
+        "bench", [VideoRef(p.stem, p) for p in videos], [TextRef(i, p.stem, "") for i, p in enumerate(videos)]
+    )
     from tvr.data.clips import ClipReader
 
-    cache = build_frame_cache(cache_dir_for(cache_root, split, sampler.describe(), PREPROCESSING), split,
-                              ClipReader(decord, sampler, transform), workers=1, progress=False)
+    cache = build_frame_cache(
+        cache_dir_for(cache_root, split, sampler.describe(), PREPROCESSING),
+        split,
+        ClipReader(decord, sampler, transform),
+        workers=1,
+        progress=False,
+    )
     by_path = {p: p.stem for p in videos}
 
     def via(backend):
@@ -125,7 +132,10 @@ def bench(videos: list[Path], cache_root: Path, min_seconds: float) -> dict:
     }
     rates = {name: timed(videos, load, min_seconds) for name, load in loaders.items()}
     baseline = rates["opencv_whole_video (baseline)"]
-    return {name: {"clips_per_s": round(rate, 2), "ratio_to_baseline": round(rate / baseline, 2)} for name, rate in rates.items()}
+    return {
+        name: {"clips_per_s": round(rate, 2), "ratio_to_baseline": round(rate / baseline, 2)}
+        for name, rate in rates.items()
+    }
 
 
 def main() -> None:
@@ -151,8 +161,10 @@ def main() -> None:
             result = compress_video(path, scratch / "compressed" / path.name)
             if result.status != "failed":
                 compressed.append(result.target)
-        results = {"3fps_224": bench(compressed, scratch / "cache_3fps", args.min_seconds),
-                   "raw": bench(raw, scratch / "cache_raw", args.min_seconds)}
+        results = {
+            "3fps_224": bench(compressed, scratch / "cache_3fps", args.min_seconds),
+            "raw": bench(raw, scratch / "cache_raw", args.min_seconds),
+        }
     print(f"\n{len(raw)} videos, {FRAMES} frames per clip at {SIZE}px, 1 process, 1 thread\n")
     for version, figures in results.items():
         print(f"### {version} videos\n\n| backend | clips/s | ratio to baseline |\n|---|---|---|")

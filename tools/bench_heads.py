@@ -24,7 +24,11 @@ import torch
 
 D, FRAMES, WORDS = 512, 12, 32
 SHAPES = {"1k": (1000, 1000), "msvd": (27763, 670)}
-HEAD_OPTIONS = {"seqtransf": {"init_from_clip": False}, "glscl": {"init_from_clip": False}, "hbi": {"init_from_clip": False}}
+HEAD_OPTIONS = {
+    "seqtransf": {"init_from_clip": False},
+    "glscl": {"init_from_clip": False},
+    "hbi": {"init_from_clip": False},
+}
 # training stages whose evaluation is another head's (hbi_estimator scores as hbi does)
 NOT_BENCHED = ("hbi_estimator",)
 
@@ -44,7 +48,9 @@ def features(num_texts: int, num_videos: int):
     mask[:, :12] = True
     tokens = torch.randn(num_texts, WORDS, D, generator=generator)
     text = TextFeatures(tokens[:, 11].clone(), tokens, mask)
-    video = FrameFeatures(torch.randn(num_videos, FRAMES, D, generator=generator), torch.ones(num_videos, FRAMES, dtype=torch.bool))
+    video = FrameFeatures(
+        torch.randn(num_videos, FRAMES, D, generator=generator), torch.ones(num_videos, FRAMES, dtype=torch.bool)
+    )
     return text, video
 
 
@@ -52,10 +58,16 @@ def encode(head, text, video, chunk: int = 2048):
     from tvr.models.backbone import FrameFeatures, TextFeatures
     from tvr.models.heads.base import cat_reprs
 
-    texts = [head.encode_text(TextFeatures(text.sentence[i:i + chunk], text.tokens[i:i + chunk], text.mask[i:i + chunk]))
-             for i in range(0, text.sentence.shape[0], chunk)]
-    videos = [head.encode_video(FrameFeatures(video.frames[i:i + chunk], video.mask[i:i + chunk]))
-              for i in range(0, video.frames.shape[0], chunk)]
+    texts = [
+        head.encode_text(
+            TextFeatures(text.sentence[i : i + chunk], text.tokens[i : i + chunk], text.mask[i : i + chunk])
+        )
+        for i in range(0, text.sentence.shape[0], chunk)
+    ]
+    videos = [
+        head.encode_video(FrameFeatures(video.frames[i : i + chunk], video.mask[i : i + chunk]))
+        for i in range(0, video.frames.shape[0], chunk)
+    ]
     return cat_reprs(texts), cat_reprs(videos)
 
 
@@ -81,8 +93,14 @@ def run_case(name: str, shape: str, queue) -> None:
         del text, video
         sims = tiled_similarity(head, text_repr, video_repr)
         finished = time.perf_counter()
-    queue.put({"encode_s": round(encoded - started, 2), "similarity_s": round(finished - encoded, 2),
-               "peak_extra_gib": round((peak_rss_bytes() - baseline) / 2**30, 3), "shape": list(sims.shape)})
+    queue.put(
+        {
+            "encode_s": round(encoded - started, 2),
+            "similarity_s": round(finished - encoded, 2),
+            "peak_extra_gib": round((peak_rss_bytes() - baseline) / 2**30, 3),
+            "shape": list(sims.shape),
+        }
+    )
 
 
 def flops(name: str) -> dict:
@@ -120,13 +138,22 @@ def main() -> None:
             process.start()
             results[name][shape] = queue.get()
             process.join()
-    header = "| head | kFLOP/pair | MFLOP/text | MFLOP/video |" + "".join(f" {s}: sim s | {s}: peak GiB |" for s in args.shapes)
-    print(f"\nCPU, {torch.get_num_threads()} threads, D={D}, {FRAMES} frames, {WORDS} text tokens; shapes: "
-          + ", ".join(f"{s} = {SHAPES[s][0]} texts x {SHAPES[s][1]} videos" for s in args.shapes) + "\n")
+    header = "| head | kFLOP/pair | MFLOP/text | MFLOP/video |" + "".join(
+        f" {s}: sim s | {s}: peak GiB |" for s in args.shapes
+    )
+    print(
+        f"\nCPU, {torch.get_num_threads()} threads, D={D}, {FRAMES} frames, {WORDS} text tokens; shapes: "
+        + ", ".join(f"{s} = {SHAPES[s][0]} texts x {SHAPES[s][1]} videos" for s in args.shapes)
+        + "\n"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name, row in results.items():
-        cells = [f"{row['flops_per_pair'] / 1e3:.1f}", f"{row['flops_per_text'] / 1e6:.1f}", f"{row['flops_per_video'] / 1e6:.1f}"]
+        cells = [
+            f"{row['flops_per_pair'] / 1e3:.1f}",
+            f"{row['flops_per_text'] / 1e6:.1f}",
+            f"{row['flops_per_video'] / 1e6:.1f}",
+        ]
         for shape in args.shapes:
             cells += [f"{row[shape]['similarity_s']:.1f}", f"{row[shape]['peak_extra_gib']:.2f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")

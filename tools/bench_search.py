@@ -90,17 +90,25 @@ class Mixture:
         out = torch.empty(rows, self.dim)
         for start in range(0, rows, CHUNK):
             part = labels[start : start + CHUNK]
-            out[start : start + len(part)] = self.embed(self.scatter(self.centres[part], self.noise, generator), generator)
+            out[start : start + len(part)] = self.embed(
+                self.scatter(self.centres[part], self.noise, generator), generator
+            )
         return out
 
     def describe(self) -> str:
-        where = (f"in a random {self.latent}-d subspace, plus noise of norm {self.ambient} in all dimensions"
-                 if self.latent < self.dim else f"in all dimensions (isotropic), plus noise of norm {self.ambient}")
-        return (f"{self.dim}-d unit vectors from a Gaussian mixture: {len(self.centres)} random unit centres, "
-                f"noise of norm {self.noise} {where}, normalised; queries drawn from the same mixture (not gallery members)")
+        where = (
+            f"in a random {self.latent}-d subspace, plus noise of norm {self.ambient} in all dimensions"
+            if self.latent < self.dim
+            else f"in all dimensions (isotropic), plus noise of norm {self.ambient}"
+        )
+        return (
+            f"{self.dim}-d unit vectors from a Gaussian mixture: {len(self.centres)} random unit centres, "
+            f"noise of norm {self.noise} {where}, normalised; queries drawn from the same mixture (not gallery members)"
+        )
 
 
 # --------------------------------------------------------------------------------------------- timing
+
 
 def percentiles(seconds: list[float]) -> dict:
     values = np.asarray(seconds) * 1e3
@@ -141,13 +149,20 @@ def memory_bandwidth(gib: float, repeats: int) -> dict:
             started = time.perf_counter()
             read()
             seconds.append(time.perf_counter() - started)
-        measured[name] = {"best_gbs": data.numel() * 4 / min(seconds) / 1e9,
-                          "median_gbs": data.numel() * 4 / float(np.median(seconds)) / 1e9}
+        measured[name] = {
+            "best_gbs": data.numel() * 4 / min(seconds) / 1e9,
+            "median_gbs": data.numel() * 4 / float(np.median(seconds)) / 1e9,
+        }
     best = max(measured, key=lambda name: measured[name]["best_gbs"])
-    return {"gbs": measured[best]["best_gbs"], "method": best, "bytes_read": data.numel() * 4, "repeats": repeats,
-            "measurements": measured,
-            "what": f"best of {repeats} passes reading a {gib:g} GiB float32 array (sum of its elements); "
-                    f"torch_sum uses {torch.get_num_threads()} threads, numpy's sum one"}
+    return {
+        "gbs": measured[best]["best_gbs"],
+        "method": best,
+        "bytes_read": data.numel() * 4,
+        "repeats": repeats,
+        "measurements": measured,
+        "what": f"best of {repeats} passes reading a {gib:g} GiB float32 array (sum of its elements); "
+        f"torch_sum uses {torch.get_num_threads()} threads, numpy's sum one",
+    }
 
 
 def matmul_rate(size: int = 2048, repeats: int = 5) -> dict:
@@ -156,7 +171,10 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> dict:
     a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     a @ b
     best = min(_seconds(lambda: a @ b) for _ in range(repeats))
-    return {"gflops": 2 * size**3 / best / 1e9, "what": f"best of {repeats} products of two {size}x{size} float32 matrices"}
+    return {
+        "gflops": 2 * size**3 / best / 1e9,
+        "what": f"best of {repeats} products of two {size}x{size} float32 matrices",
+    }
 
 
 def _seconds(work) -> float:
@@ -166,6 +184,7 @@ def _seconds(work) -> float:
 
 
 # ------------------------------------------------------------------------------------ vector indexes
+
 
 def index_variants(factory: str, args) -> list[dict]:
     """The search settings to time for one built index: every nprobe of an IVF index, every refine factor
@@ -181,8 +200,11 @@ def _refined(factory: str) -> bool:
 
 
 def describe_index(row: dict) -> str:
-    return row["factory"] + (f" nprobe={row['nprobe']}" if row["nprobe"] else "") + (
-        f" k_factor={row['refine_factor']}" if row["refine_factor"] else "")
+    return (
+        row["factory"]
+        + (f" nprobe={row['nprobe']}" if row["nprobe"] else "")
+        + (f" k_factor={row['refine_factor']}" if row["refine_factor"] else "")
+    )
 
 
 def bench_vectors(args, mixture: Mixture, limits: dict) -> tuple[list[dict], list[dict]]:
@@ -205,12 +227,22 @@ def bench_vectors(args, mixture: Mixture, limits: dict) -> tuple[list[dict], lis
                 latency, ids = time_search(index, single, batches)
                 if exact_ids is None:
                     exact_ids = ids
-                row = {"size": size, "factory": factory, **variant, "build_s": build_s, "memory_mb": memory_mb,
-                       **latency, f"recall@{K}": recall_at_k(ids, exact_ids)}
+                row = {
+                    "size": size,
+                    "factory": factory,
+                    **variant,
+                    "build_s": build_s,
+                    "memory_mb": memory_mb,
+                    **latency,
+                    f"recall@{K}": recall_at_k(ids, exact_ids),
+                }
                 row["index"] = describe_index(row)
                 rows.append(row)
-                print(f"  {size:,} {row['index']}: single p50 {row['single']['p50_ms']:.2f} ms, per query in batch "
-                      f"{row['batch']['per_query_ms']:.3f} ms, recall@{K} {row[f'recall@{K}']:.3f}", flush=True)
+                print(
+                    f"  {size:,} {row['index']}: single p50 {row['single']['p50_ms']:.2f} ms, per query in batch "
+                    f"{row['batch']['per_query_ms']:.3f} ms, recall@{K} {row[f'recall@{K}']:.3f}",
+                    flush=True,
+                )
             del index
         exact = next(r for r in rows if r["size"] == size and r["factory"] == "Flat")
         for row in rows:
@@ -234,15 +266,25 @@ def exact_against_limits(exact: dict, dim: int, batch: int, limits: dict) -> dic
     batch_ratio = exact["batch"]["per_query_ms"] / batch_limit_ms
     return {
         "size": exact["size"],
-        "single": {"bytes_per_query": gallery_bytes + dim * 4, "limit_ms": single_limit_ms,
-                   "measured_p50_ms": exact["single"]["p50_ms"], "measured_over_limit": single_ratio,
-                   "goal_met": single_ratio <= LIMIT_GOAL},
-        "batch": {"bytes_per_query": batch_bytes_per_query, "bandwidth_limit_ms": batch_bandwidth_ms,
-                  "flops_per_query": 2 * exact["size"] * dim, "compute_limit_ms": batch_compute_ms,
-                  "limit_ms": batch_limit_ms, "bound": "compute" if batch_compute_ms > batch_bandwidth_ms else "bandwidth",
-                  "measured_per_query_ms": exact["batch"]["per_query_ms"],
-                  "measured_over_bandwidth_limit": exact["batch"]["per_query_ms"] / batch_bandwidth_ms,
-                  "measured_over_limit": batch_ratio, "goal_met": batch_ratio <= LIMIT_GOAL},
+        "single": {
+            "bytes_per_query": gallery_bytes + dim * 4,
+            "limit_ms": single_limit_ms,
+            "measured_p50_ms": exact["single"]["p50_ms"],
+            "measured_over_limit": single_ratio,
+            "goal_met": single_ratio <= LIMIT_GOAL,
+        },
+        "batch": {
+            "bytes_per_query": batch_bytes_per_query,
+            "bandwidth_limit_ms": batch_bandwidth_ms,
+            "flops_per_query": 2 * exact["size"] * dim,
+            "compute_limit_ms": batch_compute_ms,
+            "limit_ms": batch_limit_ms,
+            "bound": "compute" if batch_compute_ms > batch_bandwidth_ms else "bandwidth",
+            "measured_per_query_ms": exact["batch"]["per_query_ms"],
+            "measured_over_bandwidth_limit": exact["batch"]["per_query_ms"] / batch_bandwidth_ms,
+            "measured_over_limit": batch_ratio,
+            "goal_met": batch_ratio <= LIMIT_GOAL,
+        },
     }
 
 
@@ -252,18 +294,25 @@ def speedup_goals(rows: list[dict], sizes: list[int]) -> list[dict]:
     for size in sizes:
         entry = {"size": size}
         for mode in ("single", "batch"):
-            eligible = [r for r in rows if r["size"] == size and r["factory"] != "Flat" and r[f"recall@{K}"] >= RECALL_GOAL]
+            eligible = [
+                r for r in rows if r["size"] == size and r["factory"] != "Flat" and r[f"recall@{K}"] >= RECALL_GOAL
+            ]
             if not eligible:
                 entry[mode] = {"index": None, "speedup": None, f"recall@{K}": None, "goal_met": False}
                 continue
             best = max(eligible, key=lambda r: r[f"speedup_{mode}"])
-            entry[mode] = {"index": best["index"], "speedup": best[f"speedup_{mode}"],
-                           f"recall@{K}": best[f"recall@{K}"], "goal_met": best[f"speedup_{mode}"] >= SPEEDUP_GOAL}
+            entry[mode] = {
+                "index": best["index"],
+                "speedup": best[f"speedup_{mode}"],
+                f"recall@{K}": best[f"recall@{K}"],
+                "goal_met": best[f"speedup_{mode}"] >= SPEEDUP_GOAL,
+            }
         goals.append(entry)
     return goals
 
 
 # ------------------------------------------------------------------------------------------- X-Pool
+
 
 def xpool_head(weights: str, dim: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
@@ -283,8 +332,9 @@ def xpool_gallery(args, mixture: Mixture, head) -> tuple[dict, torch.Tensor]:
     video_repr, summaries = {}, torch.empty(len(labels), mixture.dim)
     for start in range(0, len(labels), 5_000):
         videos = mixture.scatter(mixture.centres[labels[start : start + 5_000]], mixture.noise, generator)
-        frames = mixture.embed(mixture.scatter(videos[:, None].expand(-1, args.frames, -1), args.frame_noise, generator),
-                               generator)
+        frames = mixture.embed(
+            mixture.scatter(videos[:, None].expand(-1, args.frames, -1), args.frame_noise, generator), generator
+        )
         mask = torch.ones(frames.shape[:2], dtype=torch.bool)
         part = head.encode_video(FrameFeatures(frames, mask))
         for key, value in part.items():  # filled in place: no second copy of the (GBs of) representations
@@ -318,39 +368,78 @@ def bench_xpool(args, mixture: Mixture, weights: str) -> dict:
         return {**percentiles(seconds), "mean_ms": float(np.mean(seconds) * 1e3)}, torch.cat(found)
 
     first_stage, _ = per_query(lambda q: index.search(texts[q : q + 1], K)[1])  # the summaries' Flat index alone
-    exhaustive, reference = per_query(lambda q: exhaustive_search(head, slice_repr(text_repr, q, q + 1), video_repr, K)[1])
+    exhaustive, reference = per_query(
+        lambda q: exhaustive_search(head, slice_repr(text_repr, q, q + 1), video_repr, K)[1]
+    )
     rows = []
     for rerank_k in sorted({min(k, args.xpool_gallery) for k in args.rerank_k if k >= K}):
-        latency, found = per_query(lambda q: two_stage_search(
-            head, slice_repr(text_repr, q, q + 1), texts[q : q + 1], index, video_repr, rerank_k, K)[1])
-        rows.append({"rerank_k": rerank_k, **latency, f"recall@{K}": recall_at_k(found, reference),
-                     "speedup": exhaustive["p50_ms"] / latency["p50_ms"]})
-        print(f"  X-Pool ({weights}) rerank_k={rerank_k}: {latency['p50_ms']:.1f} ms, recall@{K} {rows[-1][f'recall@{K}']:.3f}",
-              flush=True)
-    return {"weights": weights, "gallery": args.xpool_gallery, "queries": args.xpool_queries, "frames": args.frames,
-            "dim": args.dim, "attention": {"mean_max_weight": attention.max(-1).values.mean().item(),
-                                           "uniform_weight": 1 / args.frames,
-                                           "effective_frames": entropy.exp().mean().item()},
-            "first_stage": first_stage, "exhaustive": exhaustive, "two_stage": rows}
+        latency, found = per_query(
+            lambda q, candidates=rerank_k: two_stage_search(
+                head, slice_repr(text_repr, q, q + 1), texts[q : q + 1], index, video_repr, candidates, K
+            )[1]
+        )
+        rows.append(
+            {
+                "rerank_k": rerank_k,
+                **latency,
+                f"recall@{K}": recall_at_k(found, reference),
+                "speedup": exhaustive["p50_ms"] / latency["p50_ms"],
+            }
+        )
+        print(
+            f"  X-Pool ({weights}) rerank_k={rerank_k}: {latency['p50_ms']:.1f} ms, recall@{K} {rows[-1][f'recall@{K}']:.3f}",
+            flush=True,
+        )
+    return {
+        "weights": weights,
+        "gallery": args.xpool_gallery,
+        "queries": args.xpool_queries,
+        "frames": args.frames,
+        "dim": args.dim,
+        "attention": {
+            "mean_max_weight": attention.max(-1).values.mean().item(),
+            "uniform_weight": 1 / args.frames,
+            "effective_frames": entropy.exp().mean().item(),
+        },
+        "first_stage": first_stage,
+        "exhaustive": exhaustive,
+        "two_stage": rows,
+    }
 
 
 # --------------------------------------------------------------------------------------------- main
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     vectors = parser.add_argument_group("vector indexes")
     vectors.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000], help="gallery sizes")
-    vectors.add_argument("--factories", nargs="*", default=["IVF1024,PQ64", "IVF1024,PQ64,RFlat", "IVF1024,PQ64,Refine(SQ8)"],
-                         help="faiss factory strings of the approximate indexes (exact 'Flat' always runs)")
+    vectors.add_argument(
+        "--factories",
+        nargs="*",
+        default=["IVF1024,PQ64", "IVF1024,PQ64,RFlat", "IVF1024,PQ64,Refine(SQ8)"],
+        help="faiss factory strings of the approximate indexes (exact 'Flat' always runs)",
+    )
     vectors.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32], help="inverted lists visited per query")
-    vectors.add_argument("--refine-factor", type=int, nargs="+", default=[4, 8],
-                         help="for a refine stage: candidates re-scored per result (faiss's k_factor)")
-    vectors.add_argument("--train-size", type=int, default=100_000, help="vectors (a seeded subset) the IVF-PQ indexes train on")
+    vectors.add_argument(
+        "--refine-factor",
+        type=int,
+        nargs="+",
+        default=[4, 8],
+        help="for a refine stage: candidates re-scored per result (faiss's k_factor)",
+    )
+    vectors.add_argument(
+        "--train-size", type=int, default=100_000, help="vectors (a seeded subset) the IVF-PQ indexes train on"
+    )
     vectors.add_argument("--single-queries", type=int, default=200, help="one-query searches timed per setting")
     vectors.add_argument("--batch", type=int, default=1000, help="queries per batched search")
     vectors.add_argument("--batches", type=int, default=3, help="batched searches timed per setting")
-    vectors.add_argument("--bandwidth-gib", type=float, default=1.0, help="size of the array the bandwidth is measured on")
-    vectors.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices the matmul rate is measured on")
+    vectors.add_argument(
+        "--bandwidth-gib", type=float, default=1.0, help="size of the array the bandwidth is measured on"
+    )
+    vectors.add_argument(
+        "--matmul-size", type=int, default=2048, help="side of the matrices the matmul rate is measured on"
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dim", type=int, default=512)
     data.add_argument("--clusters", type=int, default=2000)
@@ -364,8 +453,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     xpool.add_argument("--xpool-weights", nargs="+", default=["reference", "random"], choices=["reference", "random"])
     xpool.add_argument("--frames", type=int, default=12)
     xpool.add_argument("--frame-noise", type=float, default=0.3, help="noise norm of a frame around its video's point")
-    xpool.add_argument("--rerank-k", type=int, nargs="+", default=[10, 50, 100, 500, 1000, 5000],
-                       help="first-stage candidates; values above the gallery size are clamped to it")
+    xpool.add_argument(
+        "--rerank-k",
+        type=int,
+        nargs="+",
+        default=[10, 50, 100, 500, 1000, 5000],
+        help="first-stage candidates; values above the gallery size are clamped to it",
+    )
     parser.add_argument("--threads", type=int, help="torch and faiss threads (default: theirs, one per core)")
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args(argv)
@@ -378,9 +472,15 @@ def machine_info() -> dict:
             model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "torch_threads": torch.get_num_threads(),
-            "faiss_threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "torch": torch.__version__,
-            "numpy": np.__version__}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "torch_threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss": faiss.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -391,14 +491,31 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     mixture = Mixture(args.clusters, args.dim, args.latent, args.noise, args.ambient, args.seed)
     limits = {"bandwidth": memory_bandwidth(args.bandwidth_gib, repeats=5), "matmul": matmul_rate(args.matmul_size)}
-    results = {"machine": machine_info(), "data": {"description": mixture.describe(), "dim": args.dim, "clusters": args.clusters,
-                                                   "latent": mixture.latent, "noise": args.noise, "ambient": args.ambient,
-                                                   "seed": args.seed},
-               "limits": limits, "settings": {"k": K, "single_queries": args.single_queries, "batch": args.batch,
-                                              "batches": args.batches, "train_size": args.train_size}}
+    results = {
+        "machine": machine_info(),
+        "data": {
+            "description": mixture.describe(),
+            "dim": args.dim,
+            "clusters": args.clusters,
+            "latent": mixture.latent,
+            "noise": args.noise,
+            "ambient": args.ambient,
+            "seed": args.seed,
+        },
+        "limits": limits,
+        "settings": {
+            "k": K,
+            "single_queries": args.single_queries,
+            "batch": args.batch,
+            "batches": args.batches,
+            "train_size": args.train_size,
+        },
+    }
     rows, exact_rows = bench_vectors(args, mixture, limits)
     results.update(vectors=rows, speedup_goals=speedup_goals(rows, args.sizes), exact_vs_limit=exact_rows)
-    results["xpool"] = [bench_xpool(args, mixture, weights) for weights in args.xpool_weights] if args.xpool_gallery else []
+    results["xpool"] = (
+        [bench_xpool(args, mixture, weights) for weights in args.xpool_weights] if args.xpool_gallery else []
+    )
     print_tables(results)
     if args.json:
         with open(args.json, "w") as handle:
@@ -412,69 +529,97 @@ def _met(flag: bool) -> str:
 
 def print_tables(results: dict) -> None:
     machine, limits, settings = results["machine"], results["limits"], results["settings"]
-    print(f"\n{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['torch_threads']} torch threads, "
-          f"{machine['faiss_threads']} faiss threads, faiss {machine['faiss']}, torch {machine['torch']}")
+    print(
+        f"\n{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['torch_threads']} torch threads, "
+        f"{machine['faiss_threads']} faiss threads, faiss {machine['faiss']}, torch {machine['torch']}"
+    )
     print(f"Data: {results['data']['description']}.")
-    print(f"Memory read bandwidth {limits['bandwidth']['gbs']:.1f} GB/s ({limits['bandwidth']['what']}); "
-          f"float32 matmul {limits['matmul']['gflops']:.0f} GFLOP/s ({limits['matmul']['what']})\n")
+    print(
+        f"Memory read bandwidth {limits['bandwidth']['gbs']:.1f} GB/s ({limits['bandwidth']['what']}); "
+        f"float32 matmul {limits['matmul']['gflops']:.0f} GFLOP/s ({limits['matmul']['what']})\n"
+    )
 
-    print(f"### 1. Exact vs approximate indexes ({settings['single_queries']} single queries; "
-          f"{settings['batches']} batches of {settings['batch']}; recall@{K} against exact on the same queries)\n")
-    print(f"| gallery | index | build s | memory MB | single p50 / p99 ms | batch p50 / p99 ms | per query in batch ms | "
-          f"recall@{K} | speed-up single / batch |")
+    print(
+        f"### 1. Exact vs approximate indexes ({settings['single_queries']} single queries; "
+        f"{settings['batches']} batches of {settings['batch']}; recall@{K} against exact on the same queries)\n"
+    )
+    print(
+        f"| gallery | index | build s | memory MB | single p50 / p99 ms | batch p50 / p99 ms | per query in batch ms | "
+        f"recall@{K} | speed-up single / batch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in results["vectors"]:
         speedup = f"{row['speedup_single']:.1f}x / {row['speedup_batch']:.1f}x" if "speedup_single" in row else "exact"
-        print(f"| {row['size']:,} | {row['index']} | {row['build_s']:.1f} | {row['memory_mb']:.1f} | "
-              f"{row['single']['p50_ms']:.3f} / {row['single']['p99_ms']:.3f} | {row['batch']['p50_ms']:.1f} / "
-              f"{row['batch']['p99_ms']:.1f} | {row['batch']['per_query_ms']:.4f} | {row[f'recall@{K}']:.3f} | {speedup} |")
-    print(f"\nGoal: an approximate index >= {SPEEDUP_GOAL:g}x faster per query than exact at recall@{K} >= {RECALL_GOAL} "
-          f"(fastest such setting per size)\n")
+        print(
+            f"| {row['size']:,} | {row['index']} | {row['build_s']:.1f} | {row['memory_mb']:.1f} | "
+            f"{row['single']['p50_ms']:.3f} / {row['single']['p99_ms']:.3f} | {row['batch']['p50_ms']:.1f} / "
+            f"{row['batch']['p99_ms']:.1f} | {row['batch']['per_query_ms']:.4f} | {row[f'recall@{K}']:.3f} | {speedup} |"
+        )
+    print(
+        f"\nGoal: an approximate index >= {SPEEDUP_GOAL:g}x faster per query than exact at recall@{K} >= {RECALL_GOAL} "
+        f"(fastest such setting per size)\n"
+    )
     for goal in results["speedup_goals"]:
         for mode in ("single", "batch"):
             entry = goal[mode]
             if entry["index"] is None:
-                print(f"- {goal['size']:,}, {mode} queries: no approximate setting reached recall@{K} >= {RECALL_GOAL}: NOT met")
+                print(
+                    f"- {goal['size']:,}, {mode} queries: no approximate setting reached recall@{K} >= {RECALL_GOAL}: NOT met"
+                )
             else:
-                print(f"- {goal['size']:,}, {mode} queries: {entry['index']}: {entry['speedup']:.1f}x at recall@{K} "
-                      f"{entry[f'recall@{K}']:.3f}: {_met(entry['goal_met'])}")
+                print(
+                    f"- {goal['size']:,}, {mode} queries: {entry['index']}: {entry['speedup']:.1f}x at recall@{K} "
+                    f"{entry[f'recall@{K}']:.3f}: {_met(entry['goal_met'])}"
+                )
 
     print(f"\n### 2. Exact search against the machine's limits (goal: measured within {LIMIT_GOAL:g}x of the limit)\n")
-    print("| gallery | mode | bytes read per query | limit ms per query | measured ms per query | measured / limit | goal |")
+    print(
+        "| gallery | mode | bytes read per query | limit ms per query | measured ms per query | measured / limit | goal |"
+    )
     print("|---|---|---|---|---|---|---|")
     for row in results["exact_vs_limit"]:
         single, batch = row["single"], row["batch"]
-        print(f"| {row['size']:,} | single query (bandwidth-bound) | {single['bytes_per_query'] / 1e6:.1f} MB | "
-              f"{single['limit_ms']:.3f} | {single['measured_p50_ms']:.3f} | {single['measured_over_limit']:.2f}x | "
-              f"{_met(single['goal_met'])} |")
-        print(f"| {row['size']:,} | batch of {settings['batch']} ({batch['bound']}-bound: bandwidth {batch['bandwidth_limit_ms']:.4f} ms, "
-              f"compute {batch['compute_limit_ms']:.4f} ms) | {batch['bytes_per_query'] / 1e6:.3f} MB | {batch['limit_ms']:.4f} | "
-              f"{batch['measured_per_query_ms']:.4f} | {batch['measured_over_limit']:.2f}x "
-              f"({batch['measured_over_bandwidth_limit']:.0f}x the bandwidth limit) | {_met(batch['goal_met'])} |")
+        print(
+            f"| {row['size']:,} | single query (bandwidth-bound) | {single['bytes_per_query'] / 1e6:.1f} MB | "
+            f"{single['limit_ms']:.3f} | {single['measured_p50_ms']:.3f} | {single['measured_over_limit']:.2f}x | "
+            f"{_met(single['goal_met'])} |"
+        )
+        print(
+            f"| {row['size']:,} | batch of {settings['batch']} ({batch['bound']}-bound: bandwidth {batch['bandwidth_limit_ms']:.4f} ms, "
+            f"compute {batch['compute_limit_ms']:.4f} ms) | {batch['bytes_per_query'] / 1e6:.3f} MB | {batch['limit_ms']:.4f} | "
+            f"{batch['measured_per_query_ms']:.4f} | {batch['measured_over_limit']:.2f}x "
+            f"({batch['measured_over_bandwidth_limit']:.0f}x the bandwidth limit) | {_met(batch['goal_met'])} |"
+        )
 
     for xpool in results["xpool"]:
         attention = xpool["attention"]
-        print(f"\n### 3. Two-stage vs exhaustive X-Pool, {xpool['weights']} weights: {xpool['gallery']:,} videos x "
-              f"{xpool['frames']} frames, D={xpool['dim']}, {xpool['queries']} queries one at a time\n")
-        print(f"Attention: mean largest frame weight {attention['mean_max_weight']:.3f} (uniform: {attention['uniform_weight']:.3f}), "
-              f"effective frames {attention['effective_frames']:.1f} of {xpool['frames']}. "
-              f"Exhaustive: {xpool['exhaustive']['p50_ms']:.1f} ms per query (p50; p99 {xpool['exhaustive']['p99_ms']:.1f}). "
-              f"The first stage alone (exact search of the summaries): {xpool['first_stage']['p50_ms']:.1f} ms.\n")
+        print(
+            f"\n### 3. Two-stage vs exhaustive X-Pool, {xpool['weights']} weights: {xpool['gallery']:,} videos x "
+            f"{xpool['frames']} frames, D={xpool['dim']}, {xpool['queries']} queries one at a time\n"
+        )
+        print(
+            f"Attention: mean largest frame weight {attention['mean_max_weight']:.3f} (uniform: {attention['uniform_weight']:.3f}), "
+            f"effective frames {attention['effective_frames']:.1f} of {xpool['frames']}. "
+            f"Exhaustive: {xpool['exhaustive']['p50_ms']:.1f} ms per query (p50; p99 {xpool['exhaustive']['p99_ms']:.1f}). "
+            f"The first stage alone (exact search of the summaries): {xpool['first_stage']['p50_ms']:.1f} ms.\n"
+        )
         print(f"| rerank_k | two-stage p50 / p99 ms per query | speed-up | recall@{K} of exhaustive top-{K} |")
         print("|---|---|---|---|")
         for row in xpool["two_stage"]:
-            print(f"| {row['rerank_k']:,} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} | {row['speedup']:.1f}x | "
-                  f"{row[f'recall@{K}']:.3f} |")
+            print(
+                f"| {row['rerank_k']:,} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} | {row['speedup']:.1f}x | "
+                f"{row[f'recall@{K}']:.3f} |"
+            )
         print("\n" + XPOOL_NOTES[xpool["weights"]])
 
 
 XPOOL_NOTES = {
     "reference": "Reference initialisation (projections at the identity): the attention is not uniform, but the pooled "
-                 "vector stays a weighted mean of the frames, so the mean-of-frames summary ranks the head's top-10 well. "
-                 "A trained head is more selective; measure its recall with tvr-search --check-recall.",
+    "vector stays a weighted mean of the frames, so the mean-of-frames summary ranks the head's top-10 well. "
+    "A trained head is more selective; measure its recall with tvr-search --check-recall.",
     "random": "Random projections: the attention is close to uniform, yet the score is cos(text, random map of the "
-              "pooled frames), which the mean-of-frames summary does not predict, so the first stage is no proxy and "
-              "recall grows only like rerank_k / gallery. Neither untrained head stands for a trained one.",
+    "pooled frames), which the mean-of-frames summary does not predict, so the first stage is no proxy and "
+    "recall grows only like rerank_k / gallery. Neither untrained head stands for a trained one.",
 }
 
 

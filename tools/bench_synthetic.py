@@ -37,8 +37,12 @@ CONFIGS = {
 def run(name: str, overrides: list[str], data_dir: Path, out_dir: Path) -> dict:
     run_dir = out_dir / re.sub(r"\W+", "_", name).strip("_")  # one folder per row (two rows may share a head)
     overrides = [override.replace("{runs}", str(out_dir)) for override in overrides]
-    command = [str(Path(sys.executable).with_name("tvr-train")), *overrides, f"hydra.run.dir={run_dir}",
-               "trainer.enable_progress_bar=false"]
+    command = [
+        str(Path(sys.executable).with_name("tvr-train")),
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+    ]
     env = {**os.environ, "TVR_DATA_DIR": str(data_dir)}
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -53,8 +57,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse-data", type=Path, help="existing data folder (skips generation and caching)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
-                        help="rows to run, in order (the hbi row needs the hbi estimator stage row before it)")
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=list(CONFIGS),
+        choices=list(CONFIGS),
+        help="rows to run, in order (the hbi row needs the hbi estimator stage row before it)",
+    )
     parser.add_argument("--runs-dir", type=Path, help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

@@ -82,14 +82,21 @@ CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 # Its "CLIP baseline (no merging)" does not say whether the reference's LoRA adapters were on, so it stands beside
 # both of our unmerged towers.
 SPEC = {
-    "b32": {"gmac": {"per_frame": 53.1, "per_frame_lora": 53.1, "tempme": 34.8},
-            "final_tokens": {"per_frame": 600, "per_frame_lora": 600, "tempme": 97}, "peft_params": 507_648},
-    "b16": {"gmac": {"per_frame": 211.5, "per_frame_lora": 211.5, "tempme": 162.1},
-            "final_tokens": {"per_frame": 2364, "per_frame_lora": 2364, "tempme": 493}, "peft_params": None},
+    "b32": {
+        "gmac": {"per_frame": 53.1, "per_frame_lora": 53.1, "tempme": 34.8},
+        "final_tokens": {"per_frame": 600, "per_frame_lora": 600, "tempme": 97},
+        "peft_params": 507_648,
+    },
+    "b16": {
+        "gmac": {"per_frame": 211.5, "per_frame_lora": 211.5, "tempme": 162.1},
+        "final_tokens": {"per_frame": 2364, "per_frame_lora": 2364, "tempme": 493},
+        "peft_params": None,
+    },
 }
 
 TINY_ARCHITECTURE = {
-    "embed_dim": 64, "quick_gelu": True,
+    "embed_dim": 64,
+    "quick_gelu": True,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 6, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
@@ -108,7 +115,13 @@ class Geometry:
         """The head config of each video tower measured."""
         return {
             "per_frame": {"name": "meanpool"},
-            "per_frame_lora": {"name": "tempme", "frames": self.frames, "tome_r": 0, "clip_layers": [], "clip_groups": []},
+            "per_frame_lora": {
+                "name": "tempme",
+                "frames": self.frames,
+                "tome_r": 0,
+                "clip_layers": [],
+                "clip_groups": [],
+            },
             "tempme": {"name": "tempme", "frames": self.frames, **self.tempme},
         }
 
@@ -117,12 +130,21 @@ GEOMETRIES = {
     "b32": Geometry("b32", {"model_name": "ViT-B-32-quickgelu"}, frames=12),
     # B/16 is ~4x B/32's compute: one video per batch keeps the default run within minutes on a small CPU
     "b16": Geometry("b16", {"model_name": "ViT-B-16-quickgelu"}, frames=12, forward_videos=1, train_videos=1),
-    "tiny": Geometry("tiny", {"model_name": None, "architecture": TINY_ARCHITECTURE}, frames=8,
-                     tempme={"clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2]}),
+    "tiny": Geometry(
+        "tiny",
+        {"model_name": None, "architecture": TINY_ARCHITECTURE},
+        frames=8,
+        tempme={"clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2]},
+    ),
 }
 
 # (variant, clip_weights): per-frame CLIP fully fine-tuned is the baseline of this section too.
-TRAINING_CASES = [("per_frame", "trainable"), ("per_frame_lora", "frozen"), ("tempme", "frozen"), ("tempme", "trainable")]
+TRAINING_CASES = [
+    ("per_frame", "trainable"),
+    ("per_frame_lora", "frozen"),
+    ("tempme", "frozen"),
+    ("tempme", "trainable"),
+]
 MODES = {"trainable": "full FT", "frozen": "PEFT"}
 
 
@@ -174,11 +196,16 @@ def count_one_video(retriever, frames: int) -> tuple[list[int], dict[str, float]
     blocks = retriever.backbone.clip.visual.transformer.resblocks
     width = blocks[0].ln_2.normalized_shape[0]
     seen: list[int] = []
-    hooks = [block.ln_2.register_forward_hook(lambda module, inputs, output: seen.append(output.numel() // width))
-             for block in blocks]
+    hooks = [
+        block.ln_2.register_forward_hook(lambda module, inputs, output: seen.append(output.numel() // width))
+        for block in blocks
+    ]
     counter = FlopCounterMode(display=False, custom_mapping={CPU_ATTENTION: cpu_attention_flops})
     try:
-        with torch.enable_grad(), counter:  # autograd on: see the module docstring (fused MHA is invisible to the counter)
+        with (
+            torch.enable_grad(),
+            counter,
+        ):  # autograd on: see the module docstring (fused MHA is invisible to the counter)
             retriever.frame_features(video, mask)
     finally:
         for hook in hooks:
@@ -196,7 +223,10 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> dict:
     a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     a @ b  # warm-up: thread pool, packing buffers
     best = min(seconds(lambda: a @ b) for _ in range(repeats))
-    return {"gflops": 2 * size**3 / best / 1e9, "what": f"best of {repeats} products of two {size}x{size} float32 matrices"}
+    return {
+        "gflops": 2 * size**3 / best / 1e9,
+        "what": f"best of {repeats} products of two {size}x{size} float32 matrices",
+    }
 
 
 def seconds(work) -> float:
@@ -234,10 +264,18 @@ def time_inference(retrievers: dict, frames: int, videos: int, warmup: int, runs
                 if run < warmup:
                     retriever.frame_features(batch, mask)
                 else:
-                    clocks[name].time(lambda: retriever.frame_features(batch, mask))
-    return {name: {"videos": videos, "warmup_runs": warmup, "runs": runs, "s_per_video": statistics.median(clock.wall_s) / videos,
-                   "run_s": clock.wall_s, "cpu_share": clock.cpu_share()}
-            for name, clock in clocks.items()}
+                    clocks[name].time(lambda timed=retriever: timed.frame_features(batch, mask))
+    return {
+        name: {
+            "videos": videos,
+            "warmup_runs": warmup,
+            "runs": runs,
+            "s_per_video": statistics.median(clock.wall_s) / videos,
+            "run_s": clock.wall_s,
+            "cpu_share": clock.cpu_share(),
+        }
+        for name, clock in clocks.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -258,7 +296,9 @@ def training_step(retriever, loss, frames: torch.Tensor, mask: torch.Tensor, cap
     loss(retriever.scaled(scores)).backward()
 
 
-def run_training_case(geometry: Geometry, variant: str, clip_weights: str, warmup: int, steps: int, threads: int, queue) -> None:
+def run_training_case(
+    geometry: Geometry, variant: str, clip_weights: str, warmup: int, steps: int, threads: int, queue
+) -> None:
     """One case in its own process, so that its peak memory is its own."""
     from tvr.models.losses import create_loss
 
@@ -280,14 +320,22 @@ def run_training_case(geometry: Geometry, variant: str, clip_weights: str, warmu
     clock = Clock()
     for _ in range(steps):
         clock.time(lambda: training_step(retriever, loss, frames, mask, captions))
-    queue.put({
-        "variant": variant, "clip_weights": clip_weights, "videos": geometry.train_videos, "captions": geometry.train_videos,
-        "warmup_steps": warmup, "steps": steps, "s_per_step": statistics.median(clock.wall_s), "step_s": clock.wall_s,
-        "cpu_share": clock.cpu_share(),
-        "peak_extra_mib": (resident_bytes("VmHWM") - before) / 2**20,
-        "trainable_params": sum(p.numel() for p in retriever.parameters() if p.requires_grad),
-        "tower_params": sum(p.numel() for _, p in retriever.head.tower_parameters()),
-    })
+    queue.put(
+        {
+            "variant": variant,
+            "clip_weights": clip_weights,
+            "videos": geometry.train_videos,
+            "captions": geometry.train_videos,
+            "warmup_steps": warmup,
+            "steps": steps,
+            "s_per_step": statistics.median(clock.wall_s),
+            "step_s": clock.wall_s,
+            "cpu_share": clock.cpu_share(),
+            "peak_extra_mib": (resident_bytes("VmHWM") - before) / 2**20,
+            "trainable_params": sum(p.numel() for p in retriever.parameters() if p.requires_grad),
+            "tower_params": sum(p.numel() for _, p in retriever.head.tower_parameters()),
+        }
+    )
 
 
 def in_fresh_process(target, *args) -> dict:
@@ -310,8 +358,11 @@ def count_tower(retriever, frames: int) -> dict:
     seen, by_op = count_one_video(retriever, frames)
     return {
         "tokens": {"plan": plan, "measured": seen, "forward_agrees": seen == plan},
-        "macs": {"gmac_per_video": sum(by_op.values()) / 1e9, "attention_gmac": by_op[str(CPU_ATTENTION)] / 1e9,
-                 "by_op_gmac": {op: value / 1e9 for op, value in by_op.items()}},
+        "macs": {
+            "gmac_per_video": sum(by_op.values()) / 1e9,
+            "attention_gmac": by_op[str(CPU_ATTENTION)] / 1e9,
+            "by_op_gmac": {op: value / 1e9 for op, value in by_op.items()},
+        },
     }
 
 
@@ -320,7 +371,10 @@ def measure_towers(geometry: Geometry, warmup: int, runs: int) -> dict[str, dict
     towers = {variant: count_tower(retriever, geometry.frames) for variant, retriever in retrievers.items()}
     timings = time_inference(retrievers, geometry.frames, geometry.forward_videos, warmup, runs)
     for variant, tower in towers.items():
-        tower["inference"] = {**timings[variant], "gmac_per_s": tower["macs"]["gmac_per_video"] / timings[variant]["s_per_video"]}
+        tower["inference"] = {
+            **timings[variant],
+            "gmac_per_s": tower["macs"]["gmac_per_video"] / timings[variant]["s_per_video"],
+        }
     return towers
 
 
@@ -332,9 +386,18 @@ def measure_geometry(geometry: Geometry, args, matmul_gflops: float) -> dict:
         tower["macs"]["vs_baseline"] = tower["macs"]["gmac_per_video"] / base["macs"]["gmac_per_video"]
         tower["inference"]["speedup_vs_baseline"] = base["inference"]["s_per_video"] / tower["inference"]["s_per_video"]
         tower["inference"]["fraction_of_matmul_rate"] = 2 * tower["inference"]["gmac_per_s"] / matmul_gflops
-    training = {f"{variant}/{clip_weights}": in_fresh_process(run_training_case, geometry, variant, clip_weights,
-                                                              args.warmup_steps, args.train_steps, torch.get_num_threads())
-                for variant, clip_weights in TRAINING_CASES}
+    training = {
+        f"{variant}/{clip_weights}": in_fresh_process(
+            run_training_case,
+            geometry,
+            variant,
+            clip_weights,
+            args.warmup_steps,
+            args.train_steps,
+            torch.get_num_threads(),
+        )
+        for variant, clip_weights in TRAINING_CASES
+    }
     base_step = training[f"{BASELINE}/trainable"]
     for case in training.values():
         case["time_vs_baseline"] = case["s_per_step"] / base_step["s_per_step"]
@@ -342,9 +405,14 @@ def measure_geometry(geometry: Geometry, args, matmul_gflops: float) -> dict:
     peft = training["tempme/frozen"]
     spec = SPEC.get(geometry.name)
     return {
-        "geometry": asdict(geometry), "towers": towers, "training": training,
-        "peft_params": {"trainable": peft["trainable_params"], "tower_params": peft["tower_params"],
-                        "spec": spec["peft_params"] if spec else None},
+        "geometry": asdict(geometry),
+        "towers": towers,
+        "training": training,
+        "peft_params": {
+            "trainable": peft["trainable_params"],
+            "tower_params": peft["tower_params"],
+            "spec": spec["peft_params"] if spec else None,
+        },
         "spec": spec,
     }
 
@@ -362,52 +430,150 @@ def spec_cell(spec: dict | None, key: str, variant: str, fmt: str) -> str:
 
 def report(results: dict) -> None:
     machine = results["machine"]
-    print(f"\nCPU: {machine['cpus']} cores, {machine['torch_threads']} torch threads, torch {machine['torch']}, fp32, random weights; "
-          f"float32 matmul {machine['matmul']['gflops']:.1f} GFLOP/s ({machine['matmul']['what']}); load average "
-          f"{machine['load_average_start'][0]:.1f} at the start, {machine['load_average_end'][0]:.1f} at the end.")
-    print(f"Every ratio ('vs base') is against {BASELINE_WORDS}. 'spec' columns: the spec's measurements of the reference code "
-          "(methods spec §1.4, §1.2).")
+    print(
+        f"\nCPU: {machine['cpus']} cores, {machine['torch_threads']} torch threads, torch {machine['torch']}, fp32, random weights; "
+        f"float32 matmul {machine['matmul']['gflops']:.1f} GFLOP/s ({machine['matmul']['what']}); load average "
+        f"{machine['load_average_start'][0]:.1f} at the start, {machine['load_average_end'][0]:.1f} at the end."
+    )
+    print(
+        f"Every ratio ('vs base') is against {BASELINE_WORDS}. 'spec' columns: the spec's measurements of the reference code "
+        "(methods spec §1.4, §1.2)."
+    )
     geometries = results["geometries"]
-    print("\n### 1. Tokens per video after every vision block (plan; 'forward' = the tokens a forward pass really held)\n")
-    print(table(["geometry", "video tower", "frames", "after block 0, 1, ...", "final", "vs base", "spec final", "forward"],
-                [[g, VARIANT_NAMES[v], str(r["geometry"]["frames"]), ", ".join(map(str, t["tokens"]["plan"])), str(t["tokens"]["plan"][-1]),
-                  f"{t['tokens']['final_vs_baseline']:.3f}", spec_cell(r["spec"], "final_tokens", v, "d"),
-                  "agrees" if t["tokens"]["forward_agrees"] else "DIFFERS"]
-                 for g, r in geometries.items() for v, t in r["towers"].items()]))
+    print(
+        "\n### 1. Tokens per video after every vision block (plan; 'forward' = the tokens a forward pass really held)\n"
+    )
+    print(
+        table(
+            ["geometry", "video tower", "frames", "after block 0, 1, ...", "final", "vs base", "spec final", "forward"],
+            [
+                [
+                    g,
+                    VARIANT_NAMES[v],
+                    str(r["geometry"]["frames"]),
+                    ", ".join(map(str, t["tokens"]["plan"])),
+                    str(t["tokens"]["plan"][-1]),
+                    f"{t['tokens']['final_vs_baseline']:.3f}",
+                    spec_cell(r["spec"], "final_tokens", v, "d"),
+                    "agrees" if t["tokens"]["forward_agrees"] else "DIFFERS",
+                ]
+                for g, r in geometries.items()
+                for v, t in r["towers"].items()
+            ],
+        )
+    )
     print("\n### 2. Video tower multiply-accumulates per video (FlopCounterMode, FLOPs / 2; attention = QK^T + AV)\n")
-    print(table(["geometry", "video tower", "GMAC", "of which attention", "vs base", "spec GMAC", "spec vs base"],
-                [[g, VARIANT_NAMES[v], f"{t['macs']['gmac_per_video']:.4g}", f"{t['macs']['attention_gmac']:.3g}",
-                  f"{t['macs']['vs_baseline']:.3f}", spec_cell(r["spec"], "gmac", v, ".1f"), spec_ratio(r["spec"], v)]
-                 for g, r in geometries.items() for v, t in r["towers"].items()]))
+    print(
+        table(
+            ["geometry", "video tower", "GMAC", "of which attention", "vs base", "spec GMAC", "spec vs base"],
+            [
+                [
+                    g,
+                    VARIANT_NAMES[v],
+                    f"{t['macs']['gmac_per_video']:.4g}",
+                    f"{t['macs']['attention_gmac']:.3g}",
+                    f"{t['macs']['vs_baseline']:.3f}",
+                    spec_cell(r["spec"], "gmac", v, ".1f"),
+                    spec_ratio(r["spec"], v),
+                ]
+                for g, r in geometries.items()
+                for v, t in r["towers"].items()
+            ],
+        )
+    )
     print("\n### 3. Inference: video tower forward (eval, no_grad), median of the timed runs, per video\n")
-    print(table(["geometry", "video tower", "videos per batch", "warm-up + timed runs", "s per video", "speed-up vs base",
-                 "GMAC/s", "of matmul rate", "CPU share"],
-                [[g, VARIANT_NAMES[v], str(i["videos"]), f"{i['warmup_runs']} + {i['runs']}", f"{i['s_per_video']:.3f}",
-                  f"{i['speedup_vs_baseline']:.2f}x", f"{i['gmac_per_s']:.3g}", f"{i['fraction_of_matmul_rate']:.1%}",
-                  f"{i['cpu_share']:.0%}"]
-                 for g, r in geometries.items() for v, i in ((v, t["inference"]) for v, t in r["towers"].items())]))
-    print("\n### 4. Training step: forward + backward (InfoNCE), no optimiser step; memory = peak RSS above the built model and inputs\n")
-    print(table(["geometry", "case", "videos + captions", "trainable params", "warm-up + timed steps", "s per step", "vs base",
-                 "peak extra MiB", "vs base", "CPU share"],
-                [[g, f"{VARIANT_NAMES[c['variant']]}, {MODES[c['clip_weights']]}", f"{c['videos']} + {c['captions']}",
-                  f"{c['trainable_params']:,}", f"{c['warmup_steps']} + {c['steps']}", f"{c['s_per_step']:.2f}",
-                  f"{c['time_vs_baseline']:.2f}", f"{c['peak_extra_mib']:.0f}", f"{c['memory_vs_baseline']:.2f}",
-                  f"{c['cpu_share']:.0%}"]
-                 for g, r in geometries.items() for c in r["training"].values()]))
-    print("\nCPU share: the process's CPU time over wall time x threads while timed; well below 100 % means other "
-          "processes took the cores and that row's time is inflated.")
+    print(
+        table(
+            [
+                "geometry",
+                "video tower",
+                "videos per batch",
+                "warm-up + timed runs",
+                "s per video",
+                "speed-up vs base",
+                "GMAC/s",
+                "of matmul rate",
+                "CPU share",
+            ],
+            [
+                [
+                    g,
+                    VARIANT_NAMES[v],
+                    str(i["videos"]),
+                    f"{i['warmup_runs']} + {i['runs']}",
+                    f"{i['s_per_video']:.3f}",
+                    f"{i['speedup_vs_baseline']:.2f}x",
+                    f"{i['gmac_per_s']:.3g}",
+                    f"{i['fraction_of_matmul_rate']:.1%}",
+                    f"{i['cpu_share']:.0%}",
+                ]
+                for g, r in geometries.items()
+                for v, i in ((v, t["inference"]) for v, t in r["towers"].items())
+            ],
+        )
+    )
+    print(
+        "\n### 4. Training step: forward + backward (InfoNCE), no optimiser step; memory = peak RSS above the built model and inputs\n"
+    )
+    print(
+        table(
+            [
+                "geometry",
+                "case",
+                "videos + captions",
+                "trainable params",
+                "warm-up + timed steps",
+                "s per step",
+                "vs base",
+                "peak extra MiB",
+                "vs base",
+                "CPU share",
+            ],
+            [
+                [
+                    g,
+                    f"{VARIANT_NAMES[c['variant']]}, {MODES[c['clip_weights']]}",
+                    f"{c['videos']} + {c['captions']}",
+                    f"{c['trainable_params']:,}",
+                    f"{c['warmup_steps']} + {c['steps']}",
+                    f"{c['s_per_step']:.2f}",
+                    f"{c['time_vs_baseline']:.2f}",
+                    f"{c['peak_extra_mib']:.0f}",
+                    f"{c['memory_vs_baseline']:.2f}",
+                    f"{c['cpu_share']:.0%}",
+                ]
+                for g, r in geometries.items()
+                for c in r["training"].values()
+            ],
+        )
+    )
+    print(
+        "\nCPU share: the process's CPU time over wall time x threads while timed; well below 100 % means other "
+        "processes took the cores and that row's time is inflated."
+    )
     one_video = [g for g, r in geometries.items() if r["geometry"]["train_videos"] == 1]
     if one_video:
-        print(f"\n{', '.join(one_video)}: one video and one caption per training batch, to keep the run short on a small CPU; "
-              "InfoNCE on a 1x1 matrix is zero with zero gradients, but every forward and backward kernel still runs, "
-              "so the time and memory are those of a real step of that size.")
+        print(
+            f"\n{', '.join(one_video)}: one video and one caption per training batch, to keep the run short on a small CPU; "
+            "InfoNCE on a 1x1 matrix is zero with zero gradients, but every forward and backward kernel still runs, "
+            "so the time and memory are those of a real step of that size."
+        )
     print("\n### 5. Trainable parameters, TempMe parameter-efficient (CLIP frozen)\n")
-    print(table(["geometry", "trainable", "sum of head.tower_parameters()", "spec"],
-                [[g, f"{p['trainable']:,}", f"{p['tower_params']:,}", f"{p['spec']:,}" if p["spec"] else "–"]
-                 for g, r in geometries.items() for p in [r["peft_params"]]]))
-    print("\nNot comparable with these ratios: the paper's -95 % tokens, -51 % GFLOPs and 1.8x speed-up (spec §1.9) are "
-          "against earlier parameter-efficient methods (most likely ViT-B/16 with its own merge schedule), not against "
-          "per-frame CLIP with the reference's default schedule.")
+    print(
+        table(
+            ["geometry", "trainable", "sum of head.tower_parameters()", "spec"],
+            [
+                [g, f"{p['trainable']:,}", f"{p['tower_params']:,}", f"{p['spec']:,}" if p["spec"] else "–"]
+                for g, r in geometries.items()
+                for p in [r["peft_params"]]
+            ],
+        )
+    )
+    print(
+        "\nNot comparable with these ratios: the paper's -95 % tokens, -51 % GFLOPs and 1.8x speed-up (spec §1.9) are "
+        "against earlier parameter-efficient methods (most likely ViT-B/16 with its own merge schedule), not against "
+        "per-frame CLIP with the reference's default schedule."
+    )
 
 
 def spec_ratio(spec: dict | None, variant: str) -> str:
@@ -418,15 +584,22 @@ def spec_ratio(spec: dict | None, variant: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--geometries", nargs="+", default=["b32", "b16"], choices=["b32", "b16"])
-    parser.add_argument("--quick", action="store_true",
-                        help="the tiny 6-block ViT (8 frames) only, one timed run, one thread (unless --threads): seconds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the tiny 6-block ViT (8 frames) only, one timed run, one thread (unless --threads): seconds",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads, in every process (default: torch's)")
     parser.add_argument("--warmup-runs", type=int, default=1, help="untimed inference runs before the timed ones")
     parser.add_argument("--timed-runs", type=int, default=3, help="timed inference runs (the median is reported)")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed training steps before the timed ones")
-    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per case (the median is reported)")
+    parser.add_argument(
+        "--train-steps", type=int, default=2, help="timed training steps per case (the median is reported)"
+    )
     parser.add_argument("--forward-videos", type=int, help="videos per inference batch (default: 2 for b32, 1 for b16)")
-    parser.add_argument("--train-videos", type=int, help="videos (and captions) per training batch (default: 2 for b32, 1 for b16)")
+    parser.add_argument(
+        "--train-videos", type=int, help="videos (and captions) per training batch (default: 2 for b32, 1 for b16)"
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args()
     if args.quick:
@@ -434,15 +607,27 @@ def main() -> None:
         args.timed_runs, args.train_steps, args.threads = 1, 1, args.threads or 1
     if min(args.timed_runs, args.train_steps) < 1 or min(args.warmup_runs, args.warmup_steps) < 0:
         parser.error("--timed-runs and --train-steps must be at least 1, the warm-ups at least 0")
-    overrides = {key: value for key, value in (("forward_videos", args.forward_videos), ("train_videos", args.train_videos)) if value}
+    overrides = {
+        key: value
+        for key, value in (("forward_videos", args.forward_videos), ("train_videos", args.train_videos))
+        if value
+    }
     if args.threads:
         torch.set_num_threads(args.threads)
     geometries = [replace(GEOMETRIES[name], **overrides) for name in (["tiny"] if args.quick else args.geometries)]
     started = time.perf_counter()
-    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "load_average_start": os.getloadavg(), "matmul": matmul_rate()}
-    results = {"baseline": BASELINE_WORDS, "machine": machine,
-               "geometries": {g.name: measure_geometry(g, args, machine["matmul"]["gflops"]) for g in geometries}}
+    machine = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_start": os.getloadavg(),
+        "matmul": matmul_rate(),
+    }
+    results = {
+        "baseline": BASELINE_WORDS,
+        "machine": machine,
+        "geometries": {g.name: measure_geometry(g, args, machine["matmul"]["gflops"]) for g in geometries},
+    }
     machine["load_average_end"] = os.getloadavg()
     results["runtime_s"] = time.perf_counter() - started
     report(results)

@@ -115,7 +115,10 @@ def training_loss(model, batch: dict) -> torch.Tensor:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
 
 
 def plain_fit(model, loader: DataLoader, optimizer, scheduler, clip: float | None, autocast, device, warmup: int):
@@ -139,14 +142,18 @@ def plain_fit(model, loader: DataLoader, optimizer, scheduler, clip: float | Non
     return step_ends, losses
 
 
-def plain_evaluate(model, video_batches: list[dict], text_batches: list[dict], autocast, device, tiles: dict, median: str) -> dict:
+def plain_evaluate(
+    model, video_batches: list[dict], text_batches: list[dict], autocast, device, tiles: dict, median: str
+) -> dict:
     from tvr.evaluation import retrieval_metrics, tiled_similarity
     from tvr.models.heads.base import cat_reprs
 
     model.eval()
     with torch.no_grad():
         with autocast():
-            videos = cat_reprs([model.encode_videos(b["frames"].to(device), b["frame_mask"].to(device)) for b in video_batches])
+            videos = cat_reprs(
+                [model.encode_videos(b["frames"].to(device), b["frame_mask"].to(device)) for b in video_batches]
+            )
             texts = cat_reprs([model.encode_texts(b["tokens"].to(device)) for b in text_batches])
         scores = tiled_similarity(model.head, texts, videos, **tiles)  # outside autocast, as in on_test_epoch_end
     text_to_video = torch.cat([b["video_index"] for b in text_batches]).numpy()
@@ -169,33 +176,53 @@ def compose(args, data_dir: Path, run_dir: Path):
     from tvr.config import compose_config
 
     base = ["trainer=gpu"] if args.device == "cuda" else []
-    base += [f"backbone={args.backbone}", f"head={args.head}", f"paths.data_dir={args.data_dir or data_dir}",
-             f"data.batch_size={args.batch_size}", "trainer.max_epochs=1"]
+    base += [
+        f"backbone={args.backbone}",
+        f"head={args.head}",
+        f"paths.data_dir={args.data_dir or data_dir}",
+        f"data.batch_size={args.batch_size}",
+        "trainer.max_epochs=1",
+    ]
     if args.precision:
         base.append(f"trainer.precision={args.precision}")
     cfg = compose_config([*base, *args.overrides], "train", output_dir=run_dir)
     if cfg.data.name == "synthetic":  # generated for the benchmark: only as large as it reads
-        small = [f"data.source.num_train={DISTINCT_BATCHES * args.batch_size}", "data.source.num_val=8", "data.source.num_test=256"]
+        small = [
+            f"data.source.num_train={DISTINCT_BATCHES * args.batch_size}",
+            "data.source.num_val=8",
+            "data.source.num_test=256",
+        ]
         cfg = compose_config([*base, *small, *args.overrides], "train", output_dir=run_dir)
-    mirrored = {"precision": ("32-true", "bf16-mixed"), "gradient_clip_algorithm": ("norm",), "accumulate_grad_batches": (1,)}
+    mirrored = {
+        "precision": ("32-true", "bf16-mixed"),
+        "gradient_clip_algorithm": ("norm",),
+        "accumulate_grad_batches": (1,),
+    }
     for key, values in mirrored.items():
         if cfg.trainer.get(key, values[0]) not in values:
-            raise SystemExit(f"trainer.{key}={cfg.trainer[key]}: the plain loop mirrors {' or '.join(map(str, values))} only")
+            raise SystemExit(
+                f"trainer.{key}={cfg.trainer[key]}: the plain loop mirrors {' or '.join(map(str, values))} only"
+            )
     return cfg
 
 
 def row(side: str, times: list[float], clips: int, flops: int | None = None, peak_tflops: float | None = None) -> dict:
     """One side's figures from its step times: the median, and the mean beside it."""
     median = statistics.median(times)
-    figures = {"side": side, "steps": len(times), "s_per_step": median, "mean_s_per_step": statistics.mean(times),
-               "clips_per_s": clips / median}
+    figures = {
+        "side": side,
+        "steps": len(times),
+        "s_per_step": median,
+        "mean_s_per_step": statistics.mean(times),
+        "clips_per_s": clips / median,
+    }
     if peak_tflops:
         figures["mfu"] = flops / median / (peak_tflops * 1e12)
     return figures
 
 
 def step_times(step_ends: list[float], warmup: int) -> list[float]:
-    return [end - start for start, end in zip(step_ends[warmup - 1:], step_ends[warmup:])]
+    return [end - start for start, end in zip(step_ends[warmup - 1 :], step_ends[warmup:])]
 
 
 def run(args, scratch: Path) -> dict:
@@ -222,8 +249,14 @@ def run(args, scratch: Path) -> dict:
     video_batches, text_batches = (list(loader) for loader in datamodule.test_dataloader()[:2])
 
     # tvr: the Trainer tvr-train builds, with a stopwatch callback added
-    trainer = build_trainer(cfg.trainer, scratch / "run", cfg.get("logger"), monitor=None, callbacks_cfg=cfg.get("callbacks"),
-                            checkpoint_every_n_steps=cfg.train.get("checkpoint_every_n_steps", 0))
+    trainer = build_trainer(
+        cfg.trainer,
+        scratch / "run",
+        cfg.get("logger"),
+        monitor=None,
+        callbacks_cfg=cfg.get("callbacks"),
+        checkpoint_every_n_steps=cfg.train.get("checkpoint_every_n_steps", 0),
+    )
     stopwatch = Stopwatch(device, args.warmup_steps, total)
     trainer.callbacks.append(stopwatch)
     torch.manual_seed(cfg.seed)  # both sides start from one RNG state (dropout in some heads)
@@ -238,36 +271,58 @@ def run(args, scratch: Path) -> dict:
     plain.trainer = None
     flops = step_flops(plain, to_device(train_batches[0], device), autocast)
     torch.manual_seed(cfg.seed)
-    plain_ends, plain_losses = plain_fit(plain, in_memory_loader(train_batches, total), optimisers["optimizer"],
-                                         optimisers["lr_scheduler"]["scheduler"], cfg.trainer.get("gradient_clip_val"),
-                                         autocast, device, args.warmup_steps)
+    plain_ends, plain_losses = plain_fit(
+        plain,
+        in_memory_loader(train_batches, total),
+        optimisers["optimizer"],
+        optimisers["lr_scheduler"]["scheduler"],
+        cfg.trainer.get("gradient_clip_val"),
+        autocast,
+        device,
+        args.warmup_steps,
+    )
     weight_diff = max((a - b).abs().max().item() for a, b in zip(module.parameters(), plain.parameters()))
 
     # evaluation: both sides score the tvr-trained module, passes alternating so that a busy spell hits both
     eval_loaders = [in_memory_loader(video_batches), in_memory_loader(text_batches)]
-    tiles = {"text_chunk": cfg.evaluation.text_chunk, "video_chunk": cfg.evaluation.video_chunk,
-             "memory_budget_bytes": int(cfg.evaluation.memory_budget_gb * 2**30)}
+    tiles = {
+        "text_chunk": cfg.evaluation.text_chunk,
+        "video_chunk": cfg.evaluation.video_chunk,
+        "memory_budget_bytes": int(cfg.evaluation.memory_budget_gb * 2**30),
+    }
     plain_eval_times = []
     for _ in range(1 + args.eval_passes):
         trainer.test(module, dataloaders=eval_loaders, verbose=False)
         started = clock(device)
-        plain_metrics = plain_evaluate(module, video_batches, text_batches, autocast, device, tiles, cfg.evaluation.median)
+        plain_metrics = plain_evaluate(
+            module, video_batches, text_batches, autocast, device, tiles, cfg.evaluation.median
+        )
         plain_eval_times.append(clock(device) - started)
 
     clips = train_batches[0]["frames"].shape[0]
     num_videos = sum(b["frames"].shape[0] for b in video_batches)
     peak = args.peak_tflops if device.type == "cuda" else None
-    train_rows = [row("tvr", step_times(stopwatch.step_ends, args.warmup_steps), clips, flops, peak),
-                  row("plain", step_times(plain_ends, args.warmup_steps), clips, flops, peak)]
+    train_rows = [
+        row("tvr", step_times(stopwatch.step_ends, args.warmup_steps), clips, flops, peak),
+        row("plain", step_times(plain_ends, args.warmup_steps), clips, flops, peak),
+    ]
     eval_rows = [row("tvr", stopwatch.test_times[1:], num_videos), row("plain", plain_eval_times[1:], num_videos)]
     tvr_metrics = module.eval_results["test"]
     return {
         "config": {
-            "head": cfg.head.name, "backbone": module.backbone.model_name, "batch_size": clips,
-            "frames": datamodule.train_sampler.max_frames, "device": args.device, "precision": cfg.trainer.precision,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": pl.__version__,
-            "eval_texts": sum(b["tokens"].shape[0] for b in text_batches), "eval_videos": num_videos,
-            "flops_per_step": flops, "peak_tflops": peak,
+            "head": cfg.head.name,
+            "backbone": module.backbone.model_name,
+            "batch_size": clips,
+            "frames": datamodule.train_sampler.max_frames,
+            "device": args.device,
+            "precision": cfg.trainer.precision,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lightning": pl.__version__,
+            "eval_texts": sum(b["tokens"].shape[0] for b in text_batches),
+            "eval_videos": num_videos,
+            "flops_per_step": flops,
+            "peak_tflops": peak,
         },
         "train": {
             "tvr": {**train_rows[0], "losses": [loss.item() for loss in stopwatch.losses], "fit_call_s": fit_s},
@@ -285,10 +340,12 @@ def run(args, scratch: Path) -> dict:
 
 def report(results: dict) -> None:
     c = results["config"]
-    print(f"\ntvr vs a plain PyTorch loop: head {c['head']}, backbone {c['backbone']}, batch {c['batch_size']}, "
-          f"{c['frames']} frames, {c['device']}, {c['precision']}, {c['threads']} threads, torch {c['torch']}, "
-          f"lightning {c['lightning']}; {c['flops_per_step'] / 1e9:.2f} GFLOP per training step (forward + backward, "
-          "torch's FlopCounterMode: matmuls, convolutions, attention)")
+    print(
+        f"\ntvr vs a plain PyTorch loop: head {c['head']}, backbone {c['backbone']}, batch {c['batch_size']}, "
+        f"{c['frames']} frames, {c['device']}, {c['precision']}, {c['threads']} threads, torch {c['torch']}, "
+        f"lightning {c['lightning']}; {c['flops_per_step'] / 1e9:.2f} GFLOP per training step (forward + backward, "
+        "torch's FlopCounterMode: matmuls, convolutions, attention)"
+    )
     if c["peak_tflops"]:
         print(f"MFU assumes a peak of {c['peak_tflops']:g} dense bf16 TFLOP/s")
     mfu = c["peak_tflops"] is not None
@@ -303,18 +360,24 @@ def report(results: dict) -> None:
             cells.append(f"{results[phase]['ratio']:.3f}" if side == "tvr" else "")
             print("| " + " | ".join(cells) + " |")
     train, evaluation = results["train"], results["eval"]
-    print(f"\ns/step is the median over the timed steps (the JSON has the mean too).\n"
-          f"train: tvr slower by {(train['ratio'] - 1) * 100:.1f} % (goal: at most 5 %). A step runs from the end of one "
-          "to the end of the next: batch fetch, forward, backward, clipping, optimiser and LR step, logit-scale clamp, "
-          f"and on the tvr side every hook, logging and the progress bar. tvr's fit() call took {train['tvr']['fit_call_s']:.1f} s "
-          "in all (start-up, warm-up steps, checkpoint at the epoch end and teardown are outside the timed steps).")
-    print(f"eval: tvr slower by {(evaluation['ratio'] - 1) * 100:.1f} %. A step is one whole pass over "
-          f"{c['eval_texts']} texts x {c['eval_videos']} videos (encode, tiled_similarity, metrics); clips/s counts videos.")
+    print(
+        f"\ns/step is the median over the timed steps (the JSON has the mean too).\n"
+        f"train: tvr slower by {(train['ratio'] - 1) * 100:.1f} % (goal: at most 5 %). A step runs from the end of one "
+        "to the end of the next: batch fetch, forward, backward, clipping, optimiser and LR step, logit-scale clamp, "
+        f"and on the tvr side every hook, logging and the progress bar. tvr's fit() call took {train['tvr']['fit_call_s']:.1f} s "
+        "in all (start-up, warm-up steps, checkpoint at the epoch end and teardown are outside the timed steps)."
+    )
+    print(
+        f"eval: tvr slower by {(evaluation['ratio'] - 1) * 100:.1f} %. A step is one whole pass over "
+        f"{c['eval_texts']} texts x {c['eval_videos']} videos (encode, tiled_similarity, metrics); clips/s counts videos."
+    )
     same_loss = math.isclose(train["tvr"]["losses"][0], train["plain"]["losses"][0], rel_tol=1e-6)
     same_metrics = all(evaluation["tvr"][d] == evaluation["plain"][d] for d in ("t2v", "v2t"))
-    print(f"like with like: first-step loss tvr {train['tvr']['losses'][0]:.6f}, plain {train['plain']['losses'][0]:.6f} "
-          f"({'equal' if same_loss else 'DIFFERENT'}); largest weight difference after training {train['max_weight_diff']:.2e}; "
-          f"test metrics {'equal' if same_metrics else 'DIFFERENT'}")
+    print(
+        f"like with like: first-step loss tvr {train['tvr']['losses'][0]:.6f}, plain {train['plain']['losses'][0]:.6f} "
+        f"({'equal' if same_loss else 'DIFFERENT'}); largest weight difference after training {train['max_weight_diff']:.2e}; "
+        f"test metrics {'equal' if same_metrics else 'DIFFERENT'}"
+    )
 
 
 def main() -> None:
@@ -326,9 +389,20 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=5, help="untimed training steps before them (at least 1)")
     parser.add_argument("--eval-passes", type=int, default=3, help="timed test passes per side, after one untimed")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads for both sides (default: torch's); 1 on a shared machine")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), help="default: the trainer config's (cpu 32-true, gpu bf16-mixed)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak, for MFU on cuda (H100/H200: 989)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads for both sides (default: torch's); 1 on a shared machine"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        help="default: the trainer config's (cpu 32-true, gpu bf16-mixed)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="the device's dense bf16 peak, for MFU on cuda (H100/H200: 989)",
+    )
     parser.add_argument("--data-dir", type=Path, help="data root (paths.data_dir); default: a scratch folder")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as tvr-train takes them")

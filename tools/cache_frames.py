@@ -20,8 +20,16 @@ from omegaconf import DictConfig
 
 from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.config import compose_config
-from tvr.data.frame_cache import (NO_CACHE, FrameCache, build_frame_caches, cache_mismatch, cached_geometry, caches_in,
-                                  describe_settings, recorded_geometry)
+from tvr.data.frame_cache import (
+    NO_CACHE,
+    FrameCache,
+    build_frame_caches,
+    cache_mismatch,
+    cached_geometry,
+    caches_in,
+    describe_settings,
+    recorded_geometry,
+)
 from tvr.data.transforms import Preprocessing
 
 # tvr-train's default backbone: 32 px, made for the tests and the built-in synthetic data. Its caches are
@@ -50,8 +58,10 @@ def image_size_source(cfg: DictConfig, preprocessing: Preprocessing) -> str:
         )
     for section in ("backbone", "data"):
         if "image_size" in cfg[section]:
-            raise SystemExit(f"{section}.image_size is no longer a setting: backbone={backbone} takes {size} px input, "
-                             f"fixed by its architecture; remove {section}.image_size")
+            raise SystemExit(
+                f"{section}.image_size is no longer a setting: backbone={backbone} takes {size} px input, "
+                f"fixed by its architecture; remove {section}.image_size"
+            )
     return f"backbone={backbone} ({cfg.backbone.model_name})"
 
 
@@ -87,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         plans.append((role, split, path, describe_settings(description, geometry), state, cache))
     built = iter(build_frame_caches(targets, workers=args.workers) if targets else [])
 
-    print(f"Frame caches at {size} px, the input size of {size_source}; a run reads them when its samplers "
-          "and image size (and resize rule) match.\n")
+    print(
+        f"Frame caches at {size} px, the input size of {size_source}; a run reads them when its samplers "
+        "and image size (and resize rule) match.\n"
+    )
     print("| role | split | state | videos | unreadable | settings | cache |\n|---|---|---|---|---|---|---|")
     unreadable = 0
     for role, split, path, settings, state, cache in plans:
@@ -105,10 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     ours = {path for _, _, path, *_ in plans}
     others = [(path, meta) for path, meta in caches_in(datamodule.cache_root) if path not in ours]
     if others:
-        print("\nOther caches in the same folder, not read by a run with these settings (delete them to free disk space):")
+        print(
+            "\nOther caches in the same folder, not read by a run with these settings (delete them to free disk space):"
+        )
         for path, meta in others:
-            print(f"- {path}: split {meta.get('split')}, {describe_settings(meta.get('sampler'), recorded_geometry(meta))}"
-                  + ("" if meta.get("complete") else ", unfinished"))
+            print(
+                f"- {path}: split {meta.get('split')}, {describe_settings(meta.get('sampler'), recorded_geometry(meta))}"
+                + ("" if meta.get("complete") else ", unfinished")
+            )
 
 
 if __name__ == "__main__":

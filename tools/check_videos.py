@@ -24,7 +24,9 @@ from tvr.errors import exit_on_user_error
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for tvr-train (data=..., data.source.root=...)")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, as for tvr-train (data=..., data.source.root=...)"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per video before its decoder is killed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report", type=Path, help="where to write the JSON report")
@@ -34,11 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     datamodule = build_datamodule(cfg.data, preprocessing=backbone_preprocessing(cfg.backbone))
     inventory = VideoInventory.of(datamodule.dataset, datamodule.split_names.values())
     sampler = datamodule.eval_sampler
-    results = check_videos(list(inventory.with_file.values()), datamodule.backend, sampler, workers=args.workers, timeout_s=args.timeout)
+    results = check_videos(
+        list(inventory.with_file.values()), datamodule.backend, sampler, workers=args.workers, timeout_s=args.timeout
+    )
     bad = {r.video_id: r.as_dict() for r in results if r.status != "ok"}
     report_path = args.report or Path(cfg.data.source.root) / "bad_videos.json"
-    report = {"counts": status_counts(results), "distinct_videos": inventory.counts(),
-              "sampler": sampler.describe(), "bad": bad}
+    report = {
+        "counts": status_counts(results),
+        "distinct_videos": inventory.counts(),
+        "sampler": sampler.describe(),
+        "bad": bad,
+    }
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1))
     print(report_table(inventory, results))

@@ -48,8 +48,11 @@ def main() -> None:
     parser.add_argument("--short-side", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--keep-tree", action="store_true", help="mirror sub-folders instead of a flat output folder")
-    parser.add_argument("--portrait-quirk", action="store_true",
-                        help="reproduce CLIP4Clip's scale formula, which squashes portrait videos below the short side")
+    parser.add_argument(
+        "--portrait-quirk",
+        action="store_true",
+        help="reproduce CLIP4Clip's scale formula, which squashes portrait videos below the short side",
+    )
     parser.add_argument("--extensions", nargs="*", default=list(VIDEO_EXTENSIONS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -70,8 +73,10 @@ def main() -> None:
                 failures.append({"source": str(result.source), "error": result.error})
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "compress_failures.json").write_text(json.dumps(failures, indent=1))
-    print(f"{len(jobs)} videos: {counts['done']} compressed, {counts['skipped']} already done, {counts['failed']} failed"
-          + (f" (listed in {args.output_dir / 'compress_failures.json'})" if failures else ""))
+    print(
+        f"{len(jobs)} videos: {counts['done']} compressed, {counts['skipped']} already done, {counts['failed']} failed"
+        + (f" (listed in {args.output_dir / 'compress_failures.json'})" if failures else "")
+    )
 
 
 if __name__ == "__main__":

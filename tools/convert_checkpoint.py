@@ -25,12 +25,16 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="the released checkpoint")
     parser.add_argument("target", type=Path, help="where to write the tvr checkpoint")
     parser.add_argument("overrides", nargs="+", help="experiment=<recipe> and any other Hydra overrides")
-    parser.add_argument("--allow-partial", action="store_true", help="load the matching keys even if some are missing or unexpected")
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="load the matching keys even if some are missing or unexpected"
+    )
     args = parser.parse_args()
     missing, unexpected = convert_checkpoint(args.source, args.target, args.overrides, args.allow_partial)
     if missing or unexpected:
-        print(f"loaded partially: {len(missing)} missing keys {missing[:10]} (left at their initial, random values), "
-              f"{len(unexpected)} unexpected keys {unexpected[:10]} (ignored)")
+        print(
+            f"loaded partially: {len(missing)} missing keys {missing[:10]} (left at their initial, random values), "
+            f"{len(unexpected)} unexpected keys {unexpected[:10]} (ignored)"
+        )
     print(f"wrote {args.target} (evaluate it with: tvr-eval ckpt_path={args.target})")
 
 

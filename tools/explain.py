@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text", required=True, help="the caption")
     parser.add_argument("--video", required=True, type=Path, help="a video file")
-    parser.add_argument("--out", type=Path, default=Path("explain.png"), help="where the PNG goes (default explain.png)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("explain.png"), help="where the PNG goes (default explain.png)"
+    )
     parser.add_argument("--backend", default="decord", choices=["decord", "pyav"])
     args = parser.parse_args([arg for arg in argv if not arg.startswith("ckpt_path=")])
     if len(checkpoints) != 1:
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> Path:
     retriever = Retriever.from_checkpoint(checkpoints[0].split("=", 1)[1])
     explanation = explain_pair(retriever, args.text, args.video, args.backend)
     out = plot_explanation(explanation, args.out, args.text, args.video.name)
-    print(f"wrote {out} ({len(explanation.words)} tokens x {explanation.thumbnails.shape[0]} frames, score {explanation.score:.3f})")
+    print(
+        f"wrote {out} ({len(explanation.words)} tokens x {explanation.thumbnails.shape[0]} frames, score {explanation.score:.3f})"
+    )
     return out
 
 

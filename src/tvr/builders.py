@@ -23,8 +23,9 @@ from tvr.models.backbone import resolve_preprocessing
 from tvr.resume import LastCheckpoint, SlurmRequeue
 
 
-def build_datamodule(data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None, *,
-                     preprocessing: Preprocessing) -> RetrievalDataModule:
+def build_datamodule(
+    data_cfg: DictConfig | dict, evaluation_cfg: DictConfig | dict | None = None, *, preprocessing: Preprocessing
+) -> RetrievalDataModule:
     """``preprocessing``: the model's (``module.backbone.preprocessing``, or :func:`backbone_preprocessing`
     of the run's backbone config before the model is built)."""
     data = to_plain(data_cfg)
@@ -56,7 +57,11 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
 
 
 def build_trainer(
-    trainer_cfg: DictConfig | dict, run_dir: Path, logger_cfg=None, monitor: str | None = None, callbacks_cfg=None,
+    trainer_cfg: DictConfig | dict,
+    run_dir: Path,
+    logger_cfg=None,
+    monitor: str | None = None,
+    callbacks_cfg=None,
     checkpoint_every_n_steps: int = 0,
 ) -> pl.Trainer:
     """A Trainer writing ``checkpoints/last.ckpt`` (every epoch, every ``checkpoint_every_n_steps`` steps,
@@ -65,15 +70,17 @@ def build_trainer(
     loggers = [hydra.utils.instantiate(entry) for entry in (logger_cfg or {}).values()] or False
     callbacks = []
     if monitor:  # first, so that trainer.checkpoint_callback is the one that knows the best checkpoint
-        callbacks.append(ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best",
-            monitor=monitor,
-            mode="max",
-            save_top_k=1,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        ))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor=monitor,
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
     last = LastCheckpoint(run_dir / "checkpoints", every_n_steps=checkpoint_every_n_steps)
     callbacks.append(last)
     plugins = [AtomicCheckpointIO()]

@@ -26,9 +26,11 @@ from tvr.models.weights import (
 # What RetrievalModule.save_hyperparameters stores and tvr.evaluate.module_from_checkpoint rebuilds the model from.
 TVR_HYPER_PARAMETERS = ("backbone", "head", "loss", "optim", "train")
 CHECKPOINT_HINT = "pass a checkpoint written by tvr-train (<run dir>/checkpoints/best.ckpt or last.ckpt) or by tools/convert_checkpoint.py"
-CONVERT_HINT = ("a checkpoint released with a paper (CLIP under 'clip.', like CLIP4Clip's and GLSCL's pytorch_model.bin or "
-                "X-Pool's model_best.pth): convert it with `python tools/convert_checkpoint.py <file> out.ckpt experiment=<recipe>` "
-                "and evaluate out.ckpt")
+CONVERT_HINT = (
+    "a checkpoint released with a paper (CLIP under 'clip.', like CLIP4Clip's and GLSCL's pytorch_model.bin or "
+    "X-Pool's model_best.pth): convert it with `python tools/convert_checkpoint.py <file> out.ckpt experiment=<recipe>` "
+    "and evaluate out.ckpt"
+)
 CLIP_WEIGHTS_HINT = "CLIP weights, not a trained retrieval model: pass them to tvr-train as backbone.weights=<file>"
 
 
@@ -59,8 +61,10 @@ def not_a_tvr_checkpoint(checkpoint) -> str | None:
     if isinstance(hyper_parameters, dict):
         absent = [key for key in TVR_HYPER_PARAMETERS if key not in hyper_parameters]
         if absent:
-            return (f"its hyper_parameters lack {', '.join(absent)} (it has {', '.join(map(str, hyper_parameters)) or 'none'}), "
-                    f"so it is the checkpoint of another model; {CHECKPOINT_HINT}")
+            return (
+                f"its hyper_parameters lack {', '.join(absent)} (it has {', '.join(map(str, hyper_parameters)) or 'none'}), "
+                f"so it is the checkpoint of another model; {CHECKPOINT_HINT}"
+            )
         if not isinstance(state_dict, dict):
             return f"it has tvr's hyper_parameters but no state_dict (an incomplete save?); {CHECKPOINT_HINT}"
         return None
@@ -76,11 +80,17 @@ def describe_state_dict(state_dict: dict) -> str:
     state_dict = strip_module_prefix(state_dict)
     keys = list(state_dict)
     if any(key.startswith(("backbone.", "head.")) for key in keys):
-        return ("it holds tvr model weights without the configuration they were trained with (a bare state_dict); "
-                "evaluate the .ckpt that tvr-train wrote (<run dir>/checkpoints/best.ckpt), which carries both")
+        return (
+            "it holds tvr model weights without the configuration they were trained with (a bare state_dict); "
+            "evaluate the .ckpt that tvr-train wrote (<run dir>/checkpoints/best.ckpt), which carries both"
+        )
     if any(key.startswith(CLIP_PREFIX) for key in keys):
         return f"it is {CONVERT_HINT}"
-    if is_transformers_layout(state_dict) or "token_embedding.weight" in keys or any(key.startswith("visual.") for key in keys):
+    if (
+        is_transformers_layout(state_dict)
+        or "token_embedding.weight" in keys
+        or any(key.startswith("visual.") for key in keys)
+    ):
         return f"it holds {CLIP_WEIGHTS_HINT}"
     return f"it is the state_dict of an unknown model (keys such as {', '.join(keys[:5])}); {CHECKPOINT_HINT}"
 
@@ -99,8 +109,9 @@ class CheckpointMismatchError(CheckpointError):
     """A state_dict whose keys do not match the model it is loaded into."""
 
 
-def load_state_dict_checked(module, state_dict: dict, strict: bool = True, source: str = "checkpoint",
-                            partial_switch: str = "strict=false") -> tuple[list[str], list[str]]:
+def load_state_dict_checked(
+    module, state_dict: dict, strict: bool = True, source: str = "checkpoint", partial_switch: str = "strict=false"
+) -> tuple[list[str], list[str]]:
     """Load ``state_dict`` into ``module``, naming every missing and unexpected key.
 
     With ``strict`` (the default) any mismatch is refused, and the error names ``partial_switch``, the
@@ -113,7 +124,9 @@ def load_state_dict_checked(module, state_dict: dict, strict: bool = True, sourc
         check(state_dict)
     # weights only: a tower's saved identity (a non-tensor ``_extra_state``) was compared just above
     expected = {key: value for key, value in module.state_dict().items() if torch.is_tensor(value)}
-    missing, unexpected, wrong_shape = state_dict_mismatch(expected, {k: v for k, v in state_dict.items() if torch.is_tensor(v)})
+    missing, unexpected, wrong_shape = state_dict_mismatch(
+        expected, {k: v for k, v in state_dict.items() if torch.is_tensor(v)}
+    )
     if wrong_shape:
         details = ", ".join(f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:10])
         raise CheckpointMismatchError(f"{source}: tensors of the wrong shape: {details}")

@@ -74,9 +74,11 @@ def relink_to_data_root(data: dict) -> dict:
 
     def relink(value, is_root: bool = False):
         if isinstance(value, dict):
-            return {key: relink(item, is_root=value is data.get("source") and key == "root") for key, item in value.items()}
+            return {
+                key: relink(item, is_root=value is data.get("source") and key == "root") for key, item in value.items()
+            }
         if root and isinstance(value, str) and not is_root and value.startswith(root + "/"):
-            return "${data.source.root}" + value[len(root):]
+            return "${data.source.root}" + value[len(root) :]
         return value
 
     return relink(data)
@@ -127,7 +129,10 @@ def with_checkpoint_config(overrides: list[str]) -> list[str]:
 
 
 def compose_config(
-    overrides: list[str], config_name: str = "train", output_dir: str | Path | None = None, cwd: str | Path | None = None
+    overrides: list[str],
+    config_name: str = "train",
+    output_dir: str | Path | None = None,
+    cwd: str | Path | None = None,
 ) -> DictConfig:
     """Compose a config outside ``@hydra.main`` (tools, notebooks, tests) so that ``${hydra:...}``
     interpolations resolve: the runtime cwd is the current directory, the output dir as given."""

@@ -29,7 +29,9 @@ class InvalidConfigError(ConfigError):
 
     def __init__(self, problems: list[ConfigError]) -> None:
         # ConfigError formats a single key; this message is the list of their messages instead.
-        UserInputError.__init__(self, f"{len(problems)} config values cannot work:\n" + "\n".join(f"  {p}" for p in problems))
+        UserInputError.__init__(
+            self, f"{len(problems)} config values cannot work:\n" + "\n".join(f"  {p}" for p in problems)
+        )
         self.key = problems[0].key
         self.problems = problems
 
@@ -120,14 +122,26 @@ class ConfigChecker:
         return Section("", {name: cfg[name] for name in names if name in cfg and not OmegaConf.is_missing(cfg, name)})
 
     # ------------------------------------------------------------------ values
-    def number(self, section: Section, name: str, *, integer: bool = False, minimum=None, above=None,
-               maximum=None, optional: bool = False, why: str = "") -> bool:
+    def number(
+        self,
+        section: Section,
+        name: str,
+        *,
+        integer: bool = False,
+        minimum=None,
+        above=None,
+        maximum=None,
+        optional: bool = False,
+        why: str = "",
+    ) -> bool:
         """Whether ``section.name`` is absent or a number in range; a problem otherwise."""
         if name not in section or (optional and section.get(name) is None):
             return True
         value = section.get(name)
         if (_is_integer(value) if integer else _is_number(value)) and (
-            (minimum is None or value >= minimum) and (above is None or value > above) and (maximum is None or value <= maximum)
+            (minimum is None or value >= minimum)
+            and (above is None or value > above)
+            and (maximum is None or value <= maximum)
         ):
             return True
         requirement = ("integer" if integer else "number") + _bounds_text(minimum, above, maximum)
@@ -143,7 +157,11 @@ class ConfigChecker:
             return True
         key = section.key(name)
         shown = list(dict.fromkeys(str(choice) for choice in choices))  # Lightning accepts both 32 and "32"
-        self.fail(key, f"got {section.get(name)!r}, expected one of {', '.join(shown)}{why}", f"pass {key}=<{'|'.join(shown)}>")
+        self.fail(
+            key,
+            f"got {section.get(name)!r}, expected one of {', '.join(shown)}{why}",
+            f"pass {key}=<{'|'.join(shown)}>",
+        )
         return False
 
     def flag(self, section: Section, name: str, optional: bool = False) -> None:
@@ -156,16 +174,22 @@ class ConfigChecker:
             return registry.get(value)
         key = section.key(name)
         names = registry.names()
-        self.fail(key, f"got {value!r}, expected a {registry.kind}: {', '.join(names)}", f"pass {key}=<{'|'.join(names)}>")
+        self.fail(
+            key, f"got {value!r}, expected a {registry.kind}: {', '.join(names)}", f"pass {key}=<{'|'.join(names)}>"
+        )
         return None
 
     def split_name(self, splits: Section, role: str) -> None:
         if not isinstance(splits.get(role), str) or not splits.get(role):
             key = splits.key(role)
-            self.fail(key, f"got {splits.get(role)!r}, expected the name of the {role} split", f"pass {key}=<split name>")
+            self.fail(
+                key, f"got {splits.get(role)!r}, expected the name of the {role} split", f"pass {key}=<split name>"
+            )
 
     # ------------------------------------------------------------------ constructors
-    def options(self, section: Section, options: dict, factory: Callable, what: str, set_by_tvr: tuple[str, ...] = ()) -> bool:
+    def options(
+        self, section: Section, options: dict, factory: Callable, what: str, set_by_tvr: tuple[str, ...] = ()
+    ) -> bool:
         """Whether ``factory(**options, <set_by_tvr>)`` has every argument it needs and no unknown one."""
         signature = inspect.signature(factory).parameters.values()
         parameters = {p.name: p for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -178,7 +202,9 @@ class ConfigChecker:
                 self.fail(key, f"is set by tvr for {what}", f"remove {key}")
                 fine = False
             elif name not in parameters and not takes_any:
-                self.fail(key, f"is not an option of {what}", f"valid options: {', '.join(valid) or 'none'}; remove {key}")
+                self.fail(
+                    key, f"is not an option of {what}", f"valid options: {', '.join(valid) or 'none'}; remove {key}"
+                )
                 fine = False
         for name, parameter in parameters.items():
             if parameter.default is parameter.empty and name not in options and name not in set_by_tvr:
@@ -202,8 +228,15 @@ class ConfigChecker:
                 fine = False
         return fine
 
-    def typed(self, section: Section, options_class: type, what: str, *, unknown: str = "is not a key of",
-              also_known: tuple[str, ...] = ()) -> bool:
+    def typed(
+        self,
+        section: Section,
+        options_class: type,
+        what: str,
+        *,
+        unknown: str = "is not a key of",
+        also_known: tuple[str, ...] = (),
+    ) -> bool:
         """Whether every value of ``section`` fits the options ``options_class`` declares (type, range,
         choices, custom check; see :mod:`tvr.options`); keys it does not declare (nor ``also_known``) are
         problems."""
@@ -224,8 +257,14 @@ class ConfigChecker:
             return self.choice(section, spec.name, (True, False))
         if spec.kind in (int, float):
             facts = spec.facts
-            return self.number(section, spec.name, integer=spec.kind is int, minimum=facts.minimum, above=facts.above,
-                               maximum=facts.maximum)
+            return self.number(
+                section,
+                spec.name,
+                integer=spec.kind is int,
+                minimum=facts.minimum,
+                above=facts.above,
+                maximum=facts.maximum,
+            )
         if spec.facts.check is not None:
             problem = spec.facts.check(value)
             if problem:
@@ -244,4 +283,3 @@ class ConfigChecker:
         except (TypeError, ValueError, KeyError, AssertionError) as error:  # torch asserts some shapes
             self.fail(key, f"{what} refuses these options: {error}", f"fix the options under {key}")
             return None
-

@@ -14,7 +14,9 @@ from tvr.models.convert import convert_reference_state_dict, read_reference_chec
 ALLOW_PARTIAL_SWITCH = "--allow-partial to tools/convert_checkpoint.py (allow_partial=True from Python)"
 
 
-def convert_checkpoint(source: Path, target: Path, overrides: list[str], allow_partial: bool = False) -> tuple[list[str], list[str]]:
+def convert_checkpoint(
+    source: Path, target: Path, overrides: list[str], allow_partial: bool = False
+) -> tuple[list[str], list[str]]:
     """Build the model the overrides describe (e.g. ``experiment=xpool_msrvtt``), load the reference weights
     into it through the key mapping, and write a checkpoint ``tvr-eval`` loads. Returns (missing, unexpected)
     keys; any mismatch raises unless ``allow_partial``."""
@@ -22,12 +24,17 @@ def convert_checkpoint(source: Path, target: Path, overrides: list[str], allow_p
     cfg = compose_config([*overrides, "backbone.weights=null"])
     module = build_module(cfg)
     state_dict = convert_reference_state_dict(cfg.head.name, reference)
-    missing, unexpected = load_state_dict_checked(module, state_dict, strict=not allow_partial, source=str(source),
-                                                  partial_switch=ALLOW_PARTIAL_SWITCH)
+    missing, unexpected = load_state_dict_checked(
+        module, state_dict, strict=not allow_partial, source=str(source), partial_switch=ALLOW_PARTIAL_SWITCH
+    )
     atomic_torch_save(
         # the missing keys are recorded: the file holds them at their initial (random) values, which nothing else shows
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "converted_from": str(Path(source).resolve()),
-         "converted_missing_keys": missing},
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "converted_from": str(Path(source).resolve()),
+            "converted_missing_keys": missing,
+        },
         target,
     )
     return missing, unexpected

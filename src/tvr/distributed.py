@@ -101,6 +101,8 @@ def gather_indexed(parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) ->
     first[1:] = sorted_index[1:] != sorted_index[:-1]
     unique = sorted_index[first]
     if unique.tolist() != list(range(unique.numel())):
-        raise RuntimeError(f"evaluation outputs are missing items: got {unique.numel()} distinct of {int(unique.max()) + 1}")
+        raise RuntimeError(
+            f"evaluation outputs are missing items: got {unique.numel()} distinct of {int(unique.max()) + 1}"
+        )
     keep = order[first]
     return {key: value[keep] for key, value in tensors.items()}

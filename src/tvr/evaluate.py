@@ -19,14 +19,14 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from tvr.evaluation.options import configured_reranker
 from tvr.atomic import write_json
 from tvr.builders import build_datamodule, build_trainer
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, upgrade_saved_config, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
-from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.evaluation.lightning import EvaluationModule
+from tvr.evaluation.options import configured_reranker
+from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.validation import validate_eval_config
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,13 @@ def module_from_config(cfg: DictConfig, checkpoint: dict | None, source: str) ->
     if missing or unexpected:
         log.warning("%s loaded partially: missing %s, unexpected %s", source, missing, unexpected)
     if checkpoint.get("converted_missing_keys"):
-        log.warning("%s was converted with --allow-partial: %d weights were not in the release and keep their random "
-                    "initialisation: %s", source, len(checkpoint["converted_missing_keys"]), checkpoint["converted_missing_keys"][:10])
+        log.warning(
+            "%s was converted with --allow-partial: %d weights were not in the release and keep their random "
+            "initialisation: %s",
+            source,
+            len(checkpoint["converted_missing_keys"]),
+            checkpoint["converted_missing_keys"][:10],
+        )
     return module
 
 
@@ -57,12 +62,15 @@ def evaluation_data_config(data: dict, split_role: str, needs_train_captions: bo
     frame-cache build; a data root that does not exist is an error."""
     split = data["splits"].get(split_role)
     if not split:
-        raise ConfigError(f"data.splits.{split_role}", "this data config has no such split", "choose split=test or set it")
+        raise ConfigError(
+            f"data.splits.{split_role}", "this data config has no such split", "choose split=test or set it"
+        )
     source = dict(data["source"])
     root = source.get("root")
     if root is None or not Path(root).is_dir():
         raise ConfigError(
-            "data.source.root", f"'{root}' (from the checkpoint's config) does not exist",
+            "data.source.root",
+            f"'{root}' (from the checkpoint's config) does not exist",
             "pass data.source.root=<folder holding the dataset> on the tvr-eval command line",
         )
     if source.get("generate"):
@@ -100,26 +108,36 @@ def changed_from_checkpoint(section: str, saved: dict, used: dict) -> dict[str, 
     """``{"data.key": [trained with, evaluated with]}`` for every key of a config section that differs from
     the checkpoint's (overridden on the command line, or another dataset chosen with ``data=<name>``)."""
     before, after = _flatten(saved), _flatten(used)
-    return {f"{section}.{key}": [before.get(key), after.get(key)]
-            for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)}
+    return {
+        f"{section}.{key}": [before.get(key), after.get(key)]
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    }
 
 
 def evaluate(cfg: DictConfig) -> dict:
     validate_eval_config(cfg)  # every key, split included, before the checkpoint or any data is read
     checkpoint = load_tvr_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     if checkpoint is not None and (cfg.get("data") is None or cfg.get("head") is None):
-        raise ConfigError("ckpt_path", f"{cfg.ckpt_path} carries no tvr run config",
-                          "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py")
+        raise ConfigError(
+            "ckpt_path",
+            f"{cfg.ckpt_path} carries no tvr run config",
+            "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py",
+        )
     reranker = configured_reranker(to_plain(cfg.evaluation))
     needs_bank = reranker is not None and reranker.query_bank() is not None
     data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
-    saved = upgrade_saved_config(checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
+    saved = (
+        upgrade_saved_config(checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
+    )
     changed = {}
     for section in ("data", "backbone", "head") if checkpoint is not None else ():
         changed.update(changed_from_checkpoint(section, saved.get(section) or {}, to_plain(cfg[section])))
     if changed:  # said, not silent: a re-evaluation with other settings is another measurement
-        log.warning("evaluating with settings that differ from the checkpoint's (trained with -> now): %s",
-                    "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in changed.items()))
+        log.warning(
+            "evaluating with settings that differ from the checkpoint's (trained with -> now): %s",
+            "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in changed.items()),
+        )
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -133,18 +151,30 @@ def evaluate(cfg: DictConfig) -> dict:
     split_name = datamodule.split_names["test"]
     selected_on, selection = checkpoint_selection(checkpoint, saved)
     facts = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()) if checkpoint is not None else f"none (zero-shot, weights {cfg.backbone.weights})",
+        "checkpoint": str(Path(cfg.ckpt_path).resolve())
+        if checkpoint is not None
+        else f"none (zero-shot, weights {cfg.backbone.weights})",
         "head": module.head.name,
         "backbone": module.backbone.model_name,
         "dataset": datamodule.dataset.name,
         "frames": datamodule.eval_sampler.max_frames,
         "sampler": datamodule.eval_sampler.describe()["sampler"],
     }
-    measured = measured_block(split_name, results, datamodule.records["test"].info.get("missing_videos", 0),
-                              cfg.evaluation.rerank, selected_on, selection)
-    payload = {"split": split_name, **results, "measured": measured,
-               "run": {**facts, "changed_from_checkpoint": changed, "data": datamodule.describe()},
-               "decode_failures": decode_failure_summary(None, {cfg.split: module.decode_failures["test"]})}
+    measured = measured_block(
+        split_name,
+        results,
+        datamodule.records["test"].info.get("missing_videos", 0),
+        cfg.evaluation.rerank,
+        selected_on,
+        selection,
+    )
+    payload = {
+        "split": split_name,
+        **results,
+        "measured": measured,
+        "run": {**facts, "changed_from_checkpoint": changed, "data": datamodule.describe()},
+        "decode_failures": decode_failure_summary(None, {cfg.split: module.decode_failures["test"]}),
+    }
     write_json(run_dir / "metrics.json", payload)
     table = markdown_table({split_name: results}, facts, measured)
     (run_dir / "results.md").write_text(table)

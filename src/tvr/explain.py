@@ -47,13 +47,19 @@ def explain_pair(retriever: Retriever, text: str, video: str | Path, backend: st
     text_repr, video_repr = retriever.encode_texts(tokens), retriever.encode_videos(frames[None], mask[None])
     maps = retriever.head.explain(text_repr, video_repr)
     if not maps:
-        raise UserInputError(f"head '{retriever.head.name}' has no word x frame interaction to show; token-level heads (hbi) offer one")
+        raise UserInputError(
+            f"head '{retriever.head.name}' has no word x frame interaction to show; token-level heads (hbi) offer one"
+        )
     ids = tokenizer.encode(text)
     words = [tokenizer.bpe.decode([token]).strip() or "·" for token in ids]
     words[0], words[-1] = "<sot>", "<eot>"
     score = float(retriever.head.similarity(text_repr, video_repr).reshape(-1)[0])
-    return Explanation(words, resized[:count].permute(0, 2, 3, 1).numpy(),
-                       {title: value[: len(ids), :count].float().cpu().numpy() for title, value in maps.items()}, score)
+    return Explanation(
+        words,
+        resized[:count].permute(0, 2, 3, 1).numpy(),
+        {title: value[: len(ids), :count].float().cpu().numpy() for title, value in maps.items()},
+        score,
+    )
 
 
 def plot_explanation(explanation: Explanation, out: str | Path, caption: str, video_name: str) -> Path:

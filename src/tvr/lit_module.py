@@ -65,7 +65,9 @@ class RetrievalModule(EvaluationModule):
         scores = self.head.similarity(text_repr, video_repr)
         levels = scores.levels if isinstance(scores, ScoreLevels) else {}
         if levels:  # a multi-level head: the configured loss on each level it trains
-            contrastive = {f"contrastive_{name}": self.loss(self.scaled(levels[name])) for name in self.head.trained_levels}
+            contrastive = {
+                f"contrastive_{name}": self.loss(self.scaled(levels[name])) for name in self.head.trained_levels
+            }
             loss = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
         else:
             contrastive, loss = {}, self.loss(self.scaled(scores))
@@ -82,13 +84,17 @@ class RetrievalModule(EvaluationModule):
         batch_size = batch["tokens"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         trainer = self._trainer
-        if trainer is not None and (self.global_step + 1) % trainer.log_every_n_steps == 0:  # Lightning writes step values only then
+        if (
+            trainer is not None and (self.global_step + 1) % trainer.log_every_n_steps == 0
+        ):  # Lightning writes step values only then
             if extras:
                 self.log("train/contrastive_loss", loss, batch_size=batch_size)
                 for name, value in extras.items():
                     self.log(f"train/{name}", value, batch_size=batch_size)
             self.log("train/logit_scale", self.backbone.logit_scale.exp(), batch_size=batch_size)
-            self.log("train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size)
+            self.log(
+                "train/replaced_samples", float(self.train_replaced_samples), reduce_fx="max", batch_size=batch_size
+            )
         return total
 
     def _record_decode_failures(self, batch: dict) -> None:
@@ -106,7 +112,10 @@ class RetrievalModule(EvaluationModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             checked, name = torch.where(self._losses_finite, 0.0, float("nan")), "loss_check"
         elif gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            checked, name = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val), "gradient_norm"  # as Lightning clips
+            checked, name = (
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val),
+                "gradient_norm",
+            )  # as Lightning clips
         else:  # value clipping would hide an inf: take the norm first
             norms = [param.grad.detach().norm() for param in params]
             checked, name = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(()), "gradient_norm"
@@ -125,11 +134,15 @@ class RetrievalModule(EvaluationModule):
         count the step, which the caller then skips."""
         values = ", ".join(f"{name}={float(value.detach()):.6g}" for name, value in terms.items())
         optimizer = self.trainer.optimizers[0]
-        rates = ", ".join(f"{group.get('name', index)}={group['lr']:.3g}" for index, group in enumerate(optimizer.param_groups))
+        rates = ", ".join(
+            f"{group.get('name', index)}={group['lr']:.3g}" for index, group in enumerate(optimizer.param_groups)
+        )
         where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite == "skip":
             self.skipped_nonfinite_steps += 1
-            log.warning("non-finite %s at %s: %s; step skipped (%d so far)", what, where, values, self.skipped_nonfinite_steps)
+            log.warning(
+                "non-finite %s at %s: %s; step skipped (%d so far)", what, where, values, self.skipped_nonfinite_steps
+            )
             return
         raise NonFiniteLossError(
             f"non-finite {what} at {where}: {values}; learning rates {rates}. checkpoints/last.ckpt, if written yet, "
@@ -148,7 +161,7 @@ class RetrievalModule(EvaluationModule):
         metrics = self.finish_evaluation("val", log_metrics=not self.trainer.sanity_checking)
         if metrics is not None and not self.trainer.sanity_checking and self.select_window > 1:
             # X-Pool's selection rule: the mean of the last N text-to-video R@1 evaluations
-            self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window:]
+            self._recent_val_r1 = (self._recent_val_r1 + [metrics["t2v"]["R1"]])[-self.select_window :]
             self.log(WINDOW_METRIC, sum(self._recent_val_r1) / len(self._recent_val_r1))
 
     def gather_train_failures(self) -> tuple[int, list[str]]:
@@ -161,7 +174,9 @@ class RetrievalModule(EvaluationModule):
         # every rank's counters (each saw its own share of the training data) and the selection state,
         # so that a resumed run reports what the uninterrupted one would
         checkpoint["tvr_progress"] = {
-            "ranks": gather_objects({"replaced": self.train_replaced_samples, "failed": list(self.decode_failures["train"])}),
+            "ranks": gather_objects(
+                {"replaced": self.train_replaced_samples, "failed": list(self.decode_failures["train"])}
+            ),
             "skipped_nonfinite_steps": self.skipped_nonfinite_steps,
             "recent_val_r1": list(self._recent_val_r1),
             "val_results": self.eval_results.get("val"),
@@ -176,7 +191,10 @@ class RetrievalModule(EvaluationModule):
         if len(ranks) == trainer.world_size:
             mine = ranks[trainer.global_rank]
         else:  # another number of processes: rank 0 carries the totals on
-            merged = {"replaced": sum(rank["replaced"] for rank in ranks), "failed": [v for rank in ranks for v in rank["failed"]]}
+            merged = {
+                "replaced": sum(rank["replaced"] for rank in ranks),
+                "failed": [v for rank in ranks for v in rank["failed"]],
+            }
             mine = merged if trainer.global_rank == 0 else {"replaced": 0, "failed": []}
         self.train_replaced_samples, self.decode_failures["train"] = mine["replaced"], list(mine["failed"])
         self.skipped_nonfinite_steps = progress["skipped_nonfinite_steps"]

@@ -64,8 +64,19 @@ class BertAdam(torch.optim.Optimizer):
     the learning rate is applied: ``p -= lr * (m / (sqrt(v) + eps) + wd * p)``.
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.0, max_grad_norm: float = 1.0):
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm})
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas=(0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 1.0,
+    ):
+        super().__init__(
+            params,
+            {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm},
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -96,8 +107,11 @@ class BertAdam(torch.optim.Optimizer):
 
 
 def _two_betas(betas) -> str | None:
-    fine = isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
-        isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta < 1 for beta in betas)
+    fine = (
+        isinstance(betas, (list, tuple))
+        and len(betas) == 2
+        and all(isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta < 1 for beta in betas)
+    )
     return None if fine else "expected two numbers in [0, 1)"
 
 
@@ -111,22 +125,35 @@ class OptimOptions:
     """The ``optim`` section. The defaults train the tiny synthetic run from scratch with AdamW
     (conf/optim/adamw.yaml); conf/optim/bertadam.yaml and paper recipes change what they need."""
 
-    name: str = option("adamw", choices=lambda: tuple(OPTIMISERS),
-                       help="adamw | bertadam (CLIP4Clip/DRL parity: no bias correction, per-parameter clipping)")
-    schedule: str = option("warmup_cosine", choices=lambda: tuple(SCHEDULES),
-                           help="warmup_cosine | clip4clip_warmup_cosine (cosine over the whole run, jump at warm-up end)")
-    t_total_epochs: int | None = option(None, minimum=1, help="schedule length in epochs; null = the run (GLSCL hard-codes 5)")
+    name: str = option(
+        "adamw",
+        choices=lambda: tuple(OPTIMISERS),
+        help="adamw | bertadam (CLIP4Clip/DRL parity: no bias correction, per-parameter clipping)",
+    )
+    schedule: str = option(
+        "warmup_cosine",
+        choices=lambda: tuple(SCHEDULES),
+        help="warmup_cosine | clip4clip_warmup_cosine (cosine over the whole run, jump at warm-up end)",
+    )
+    t_total_epochs: int | None = option(
+        None, minimum=1, help="schedule length in epochs; null = the run (GLSCL hard-codes 5)"
+    )
     backbone_lr: float = option(3.0e-3, minimum=0)
     head_lr: float = option(3.0e-3, minimum=0)
-    tower_lr: float | None = option(None, minimum=0, help="what a tower adds inside CLIP (TempMe's LoRA); null = head_lr")
+    tower_lr: float | None = option(
+        None, minimum=0, help="what a tower adds inside CLIP (TempMe's LoRA); null = head_lr"
+    )
     weight_decay: float = option(0.01, minimum=0)
     betas: list[float] = option([0.9, 0.98], check=_two_betas, expected="two numbers in [0, 1)")
     eps: float = option(1.0e-6, above=0)
     warmup_proportion: float = option(0.1, minimum=0, maximum=1)
     no_decay_1d: bool = option(True, help="1-D tensors (biases, LayerNorm affine, logit_scale) get no weight decay")
-    no_decay_names: list[str] = option(["positional_embedding", "position_embedding", "token_embedding", "class_embedding"],
-                                       check=_name_fragments, expected="a list of parameter-name fragments",
-                                       help="parameters whose names contain one of these get no weight decay")
+    no_decay_names: list[str] = option(
+        ["positional_embedding", "position_embedding", "token_embedding", "class_embedding"],
+        check=_name_fragments,
+        expected="a list of parameter-name fragments",
+        help="parameters whose names contain one of these get no weight decay",
+    )
     fused: bool = option(True, help="adamw: single-kernel step in fp32 runs (mixed precision uses the foreach kernel)")
     max_grad_norm: float = option(1.0, minimum=0, help="bertadam: each parameter's gradient is clipped to this norm")
 
@@ -168,14 +195,18 @@ def parameter_groups(
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        owner = "tower" if id(param) in tower_parameter_ids else "head" if id(param) in new_parameter_ids else "backbone"
+        owner = (
+            "tower" if id(param) in tower_parameter_ids else "head" if id(param) in new_parameter_ids else "backbone"
+        )
         buckets.setdefault((owner, is_no_decay(name, param, no_decay_1d, patterns)), []).append(param)
     groups = []
     for (owner, no_decay), params in sorted(buckets.items()):
-        groups.append({
-            "name": owner + ("_no_decay" if no_decay else ""),
-            "params": params,
-            "lr": rates[owner],
-            "weight_decay": 0.0 if no_decay else weight_decay,
-        })
+        groups.append(
+            {
+                "name": owner + ("_no_decay" if no_decay else ""),
+                "params": params,
+                "lr": rates[owner],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            }
+        )
     return groups

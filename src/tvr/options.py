@@ -50,8 +50,17 @@ def limits(*, minimum=None, above=None, maximum=None) -> OptionFacts:
     return OptionFacts(minimum=minimum, above=above, maximum=maximum)
 
 
-def option(default: Any, *, minimum=None, above=None, maximum=None, choices=None, check=None, expected: str = "",
-           help: str = "") -> Any:
+def option(
+    default: Any,
+    *,
+    minimum=None,
+    above=None,
+    maximum=None,
+    choices=None,
+    check=None,
+    expected: str = "",
+    help: str = "",
+) -> Any:
     """A dataclass field with its validation facts (mutable defaults are copied per instance)."""
     facts = OptionFacts(minimum, above, maximum, choices, check, expected, help)
     if isinstance(default, (list, dict)):
@@ -140,8 +149,10 @@ def option_names(options_class: type) -> tuple[str, ...]:
 
 def defaults_of(options_class: type) -> dict[str, Any]:
     """The section's default values, as the config Hydra composes (lists, not tuples)."""
-    return {spec.name: list(spec.default) if isinstance(spec.default, tuple) else spec.default
-            for spec in option_specs(options_class)}
+    return {
+        spec.name: list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        for spec in option_specs(options_class)
+    }
 
 
 def from_config(options_class: type, values: dict | None):

@@ -224,15 +224,25 @@ def count(number: int, noun: str) -> str:
 def header_line(runs: list[Run], folders: list[Path]) -> str:
     """What was collected: how many runs in what state, on which split, over how many texts and videos."""
     statuses = [run.status for run in runs]
-    line = (f"Collected {count(len(runs), 'run')} in {count(len(folders), 'folder')}: {statuses.count(FINISHED)} finished, "
-            f"{statuses.count(FAILED)} failed, {statuses.count(UNFINISHED)} unfinished.")
+    line = (
+        f"Collected {count(len(runs), 'run')} in {count(len(folders), 'folder')}: {statuses.count(FINISHED)} finished, "
+        f"{statuses.count(FAILED)} failed, {statuses.count(UNFINISHED)} unfinished."
+    )
     finished = [run for run in runs if run.status == FINISHED]
     if not finished:
         return line + " No run finished: there is nothing to compare yet."
     splits = sorted({str(run.metrics.get("split", "?")) for run in finished})
-    line += f" Split evaluated: {splits[0]}." if len(splits) == 1 else f" Splits differ between runs: {', '.join(splits)}."
-    sizes = sorted({(measured.get("texts"), measured.get("videos"))
-                    for run in finished if isinstance(measured := run.metrics.get("measured"), dict)}, key=str)
+    line += (
+        f" Split evaluated: {splits[0]}." if len(splits) == 1 else f" Splits differ between runs: {', '.join(splits)}."
+    )
+    sizes = sorted(
+        {
+            (measured.get("texts"), measured.get("videos"))
+            for run in finished
+            if isinstance(measured := run.metrics.get("measured"), dict)
+        },
+        key=str,
+    )
     if len(sizes) == 1:
         line += f" {sizes[0][0]} texts × {sizes[0][1]} videos."
     elif sizes:
@@ -257,7 +267,9 @@ def run_dir_override(folder: Path) -> str:
 
 def resume_command(run: Run) -> str:
     # hydra.run.dir puts the resumed job back in its own folder, where ckpt_path=last finds checkpoints/last.ckpt.
-    kept = [item for item in run.overrides if item.lstrip("+").split("=", 1)[0] != RESUME]  # a resumed job has it already
+    kept = [
+        item for item in run.overrides if item.lstrip("+").split("=", 1)[0] != RESUME
+    ]  # a resumed job has it already
     words = ["tvr-train", *(shlex.quote(item) for item in kept), run_dir_override(run.folder), "ckpt_path=last"]
     return " ".join(words)
 
@@ -285,8 +297,11 @@ def markdown(runs: list[Run], folders: list[Path], keys: list[str], groups: list
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---" for _ in columns) + "|")
         for group in groups:
-            cells = [*group.values, str(len(group.runs)),
-                     *(format_mean_std(group.values_of(direction, key)) for direction, key, _ in METRICS)]
+            cells = [
+                *group.values,
+                str(len(group.runs)),
+                *(format_mean_std(group.values_of(direction, key)) for direction, key, _ in METRICS),
+            ]
             lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + " |")
         lines.append("")
     problems = [run for run in runs if run.status != FINISHED]
@@ -322,8 +337,16 @@ def write_csv(path: Path, runs: list[Run], keys: list[str], groups: list[Configu
         for run in runs:
             if run.status == FINISHED:
                 continue
-            writer.writerow({**{key: run.settings.get(key, DEFAULT) for key in keys}, "status": run.status,
-                             "runs": 0, "seeds": run.seed, "folder": run.label, "error": problem_description(run)})
+            writer.writerow(
+                {
+                    **{key: run.settings.get(key, DEFAULT) for key in keys},
+                    "status": run.status,
+                    "runs": 0,
+                    "seeds": run.seed,
+                    "folder": run.label,
+                    "error": problem_description(run),
+                }
+            )
 
 
 def plot_label(group: Configuration, keys: list[str]) -> str:
@@ -342,8 +365,13 @@ def plot(path: Path, keys: list[str], groups: list[Configuration]) -> None:
     positions = range(len(groups))
     width = min(40.0, max(7.0, 1.1 * len(groups) + 3))
     # Stacked panels share the configuration axis, so the long labels are drawn once, under the bottom one.
-    figure, axes = plt.subplots(len(PLOTTED), 1, sharex=True, figsize=(width, 3.2 * len(PLOTTED) + 0.4 * max(1, len(keys))),
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        len(PLOTTED),
+        1,
+        sharex=True,
+        figsize=(width, 3.2 * len(PLOTTED) + 0.4 * max(1, len(keys))),
+        layout="constrained",
+    )
     for axis, (direction, key, title) in zip(axes, PLOTTED):
         stats = [mean_std(group.values_of(direction, key)) for group in groups]
         means = [mean if mean is not None else 0.0 for mean, _ in stats]
@@ -353,14 +381,21 @@ def plot(path: Path, keys: list[str], groups: list[Configuration]) -> None:
             values = group.values_of(direction, key)
             # A small horizontal spread keeps seeds with equal values from hiding each other.
             offsets = [0.0] if len(values) == 1 else [-0.15 + 0.3 * i / (len(values) - 1) for i in range(len(values))]
-            axis.scatter([position + offset for offset in offsets], values, color="black", s=14, zorder=3,
-                         label="one seed" if position == 0 else None)
+            axis.scatter(
+                [position + offset for offset in offsets],
+                values,
+                color="black",
+                s=14,
+                zorder=3,
+                label="one seed" if position == 0 else None,
+            )
         axis.set_ylabel(title)
         axis.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[-1].set_xticks(list(positions))
-    axes[-1].set_xticklabels([plot_label(group, keys) for group in groups], rotation=30, ha="right",
-                             rotation_mode="anchor", fontsize=8)
+    axes[-1].set_xticklabels(
+        [plot_label(group, keys) for group in groups], rotation=30, ha="right", rotation_mode="anchor", fontsize=8
+    )
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
@@ -373,8 +408,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="tvr-results",
         description="Compare the runs of tvr-train sweeps: results.md, results.csv and results.png.",
     )
-    parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
-                        help="sweep folder(s) (e.g. multirun/<date>_<time>), searched recursively for job folders")
+    parser.add_argument(
+        "folders",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="sweep folder(s) (e.g. multirun/<date>_<time>), searched recursively for job folders",
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write the results (default: the first FOLDER)")
     return parser.parse_args(argv)
 

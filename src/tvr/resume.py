@@ -50,8 +50,12 @@ def capture_rng() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "gauss": float(numpy_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "gauss": float(numpy_state[4]),
+        },
         "python": {"version": python_version, "internal": list(python_internal), "gauss": python_gauss},
     }
 
@@ -61,8 +65,15 @@ def restore_rng(state: dict) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
+    )
     python_state = state["python"]
     random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss"]))
 
@@ -80,12 +91,19 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step == self._saved_at_step:  # e.g. the end of training right after an epoch end
             return
-        trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it: RNG states are gathered in state_dict
+        trainer.save_checkpoint(
+            self.path, weights_only=False
+        )  # every rank calls it: RNG states are gathered in state_dict
         self._saved_at_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and not ends_before_validation(trainer, batch_idx):
+        if (
+            self.every_n_steps
+            and step
+            and step % self.every_n_steps == 0
+            and not ends_before_validation(trainer, batch_idx)
+        ):
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -107,8 +125,12 @@ class LastCheckpoint(Checkpoint):
         if states is None:
             return
         if len(states) != trainer.world_size:
-            log.warning("the checkpoint holds RNG states of %d processes and this run has %d: continuing with "
-                        "fresh RNG streams, so dropout draws differ from the interrupted run's", len(states), trainer.world_size)
+            log.warning(
+                "the checkpoint holds RNG states of %d processes and this run has %d: continuing with "
+                "fresh RNG streams, so dropout draws differ from the interrupted run's",
+                len(states),
+                trainer.world_size,
+            )
             return
         restore_rng(states[trainer.global_rank])
 
@@ -119,7 +141,8 @@ def ends_before_validation(trainer: pl.Trainer, batch_idx: int) -> bool:
     (the epoch end writes its own, after validation)."""
     every = trainer.val_check_batch
     return batch_idx + 1 >= trainer.num_training_batches or (
-        isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0)
+        isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
+    )
 
 
 class SlurmRequeue(Callback):
@@ -146,14 +169,21 @@ class SlurmRequeue(Callback):
             return
         signalled = torch.tensor(float(self._signalled), device=pl_module.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)  # ranks get it at different steps
+            torch.distributed.all_reduce(
+                signalled, op=torch.distributed.ReduceOp.MAX
+            )  # ranks get it at different steps
         if not signalled.item():
             return
         self.last.save(trainer)
         self._requeued = True
         if trainer.is_global_zero:
             job = os.environ["SLURM_JOB_ID"]
-            log.warning("time limit near: saved %s at step %d, requeueing SLURM job %s", self.last.path, trainer.global_step, job)
+            log.warning(
+                "time limit near: saved %s at step %d, requeueing SLURM job %s",
+                self.last.path,
+                trainer.global_step,
+                job,
+            )
             subprocess.run(["scontrol", "requeue", job], check=True)
 
 
@@ -163,7 +193,9 @@ def remove_orphan_temp_files(folder: Path) -> list[Path]:
     anything, so none of them can be a write in progress."""
     orphans = temp_files(folder)
     for orphan in orphans:
-        log.warning("removing %s (%.1f MB), left by a checkpoint write that was killed", orphan, orphan.stat().st_size / 2**20)
+        log.warning(
+            "removing %s (%.1f MB), left by a checkpoint write that was killed", orphan, orphan.stat().st_size / 2**20
+        )
         orphan.unlink()
     return orphans
 
@@ -189,16 +221,27 @@ def resolve_resume(ckpt_path: str | None, run_dir: Path) -> Path | None:
     if ckpt_path:
         path = Path(ckpt_path)
         if not path.is_file():
-            raise ConfigError("ckpt_path", f"'{path}' does not exist", "pass a checkpoint file, or ckpt_path=last to continue the run folder's last.ckpt")
+            raise ConfigError(
+                "ckpt_path",
+                f"'{path}' does not exist",
+                "pass a checkpoint file, or ckpt_path=last to continue the run folder's last.ckpt",
+            )
         last = newest_checkpoint(run_dir)
         if last is not None and last.resolve() != path.resolve() and last.stat().st_mtime_ns > path.stat().st_mtime_ns:
-            log.warning("continuing from %s, which is older than %s: the run goes back to that point and overwrites "
-                        "the newer state (ckpt_path=last continues from the newest)", path, last)
+            log.warning(
+                "continuing from %s, which is older than %s: the run goes back to that point and overwrites "
+                "the newer state (ckpt_path=last continues from the newest)",
+                path,
+                last,
+            )
         return path
     existing = newest_checkpoint(run_dir)
     if existing is not None:
-        raise ConfigError("ckpt_path", f"the run folder {run_dir} already holds {existing.name}, which training from step 0 would overwrite",
-                          "pass ckpt_path=last to continue that run, or choose another hydra.run.dir")
+        raise ConfigError(
+            "ckpt_path",
+            f"the run folder {run_dir} already holds {existing.name}, which training from step 0 would overwrite",
+            "pass ckpt_path=last to continue that run, or choose another hydra.run.dir",
+        )
     return None
 
 
@@ -211,8 +254,10 @@ def check_same_run(checkpoint_path: Path, run_config: dict) -> None:
         if was is not None and was != now:
             differences.append(f"{section}.{key}: checkpoint '{was}', this run '{now}'")
     if differences:
-        raise CheckpointError(f"cannot continue '{checkpoint_path}' as this run: {'; '.join(differences)}. "
-                              "Resume with the checkpoint's own settings, or start a new run without ckpt_path")
+        raise CheckpointError(
+            f"cannot continue '{checkpoint_path}' as this run: {'; '.join(differences)}. "
+            "Resume with the checkpoint's own settings, or start a new run without ckpt_path"
+        )
 
 
 # ------------------------------------------------------------------------------------------ the run folder
@@ -227,8 +272,12 @@ def with_resume_run_dir(argv: list[str]) -> list[str]:
     """
     overrides = parse_overrides(argv)
     ckpt_path = overrides.get("ckpt_path")
-    if not ckpt_path or "hydra.run.dir" in overrides or overrides.get("hydra.mode") == "MULTIRUN" or any(
-            item.startswith("-") for item in argv):
+    if (
+        not ckpt_path
+        or "hydra.run.dir" in overrides
+        or overrides.get("hydra.mode") == "MULTIRUN"
+        or any(item.startswith("-") for item in argv)
+    ):
         return argv
     if ckpt_path == "last":
         run_dir = newest_run_with_checkpoint(argv, overrides)
@@ -245,12 +294,21 @@ def newest_run_with_checkpoint(argv: list[str], overrides: dict[str, str]) -> Pa
         return None
     wanted = comparable(overrides)
     parent = Path("outputs") / run_name
-    runs = sorted((path for path in parent.glob("*") if newest_checkpoint(path) is not None), key=lambda path: path.name)
+    runs = sorted(
+        (path for path in parent.glob("*") if newest_checkpoint(path) is not None), key=lambda path: path.name
+    )
     same = [path for path in runs if comparable(saved_overrides(path)) == wanted]
     if not same:
-        others = f"; the runs there were started with other overrides ({', '.join(path.name for path in runs[-3:])})" if runs else ""
-        print(f"error: ckpt_path=last: no run of '{run_name}' with a checkpoint and these overrides under {parent}/{others}; "
-              "pass ckpt_path=<file> or hydra.run.dir=<run folder>", file=sys.stderr)
+        others = (
+            f"; the runs there were started with other overrides ({', '.join(path.name for path in runs[-3:])})"
+            if runs
+            else ""
+        )
+        print(
+            f"error: ckpt_path=last: no run of '{run_name}' with a checkpoint and these overrides under {parent}/{others}; "
+            "pass ckpt_path=<file> or hydra.run.dir=<run folder>",
+            file=sys.stderr,
+        )
         sys.exit(2)
     log.info("continuing %s", same[-1])
     return same[-1]

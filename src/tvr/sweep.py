@@ -25,7 +25,11 @@ MAX_NAME = 200  # bytes; file systems allow 255 per folder name
 
 def swept_keys(overrides: list[str]) -> set[str]:
     """The keys a sweep's command-line overrides vary (``head=a,b``, ``seed=range(3)``, ``lr=choice(...)``)."""
-    return {override.key_or_group for _, override in read_overrides(overrides) if override is not None and override.is_sweep_override()}
+    return {
+        override.key_or_group
+        for _, override in read_overrides(overrides)
+        if override is not None and override.is_sweep_override()
+    }
 
 
 def sweep_overrides(sweep_dir: str) -> list[str]:

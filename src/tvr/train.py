@@ -24,7 +24,14 @@ from tvr.builders import backbone_preprocessing, build_datamodule, build_module,
 from tvr.config import config_dir, to_plain
 from tvr.errors import exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
-from tvr.resume import CHECKPOINT_DIR, LAST, check_same_run, remove_orphan_temp_files, resolve_resume, with_resume_run_dir
+from tvr.resume import (
+    CHECKPOINT_DIR,
+    LAST,
+    check_same_run,
+    remove_orphan_temp_files,
+    resolve_resume,
+    with_resume_run_dir,
+)
 from tvr.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -59,8 +66,12 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
 
 def train_set_size(datamodule) -> dict:
     records = datamodule.records["train"]
-    return {"split": records.name, "pairs": len(records.texts), "videos": len(records.videos),
-            "missing_videos": records.info.get("missing_videos", 0)}
+    return {
+        "split": records.name,
+        "pairs": len(records.texts),
+        "videos": len(records.videos),
+        "missing_videos": records.info.get("missing_videos", 0),
+    }
 
 
 def train(cfg: DictConfig) -> dict:
@@ -77,8 +88,14 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     module = build_module(cfg)
     monitor = cfg.train.select_metric if datamodule.has_val else None
-    trainer = build_trainer(cfg.trainer, run_dir, cfg.get("logger"), monitor=monitor, callbacks_cfg=cfg.get("callbacks"),
-                            checkpoint_every_n_steps=cfg.train.checkpoint_every_n_steps)
+    trainer = build_trainer(
+        cfg.trainer,
+        run_dir,
+        cfg.get("logger"),
+        monitor=monitor,
+        callbacks_cfg=cfg.get("callbacks"),
+        checkpoint_every_n_steps=cfg.train.checkpoint_every_n_steps,
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_failures = module.gather_train_failures()
     best = trainer.checkpoint_callback.best_model_path if monitor else ""
@@ -93,9 +110,17 @@ def train(cfg: DictConfig) -> dict:
     facts["wall_time_s"] = round(time.perf_counter() - started, 1)
     test_split = datamodule.split_names["test"]
     test_metrics = module.eval_results["test"]
-    measured = measured_block(test_split, test_metrics, datamodule.records["test"].info.get("missing_videos", 0),
-                              cfg.evaluation.rerank, facts["selection_split"], facts["selection"])
-    failures = decode_failure_summary(train_failures, {stage: module.decode_failures[stage] for stage in ("val", "test")})
+    measured = measured_block(
+        test_split,
+        test_metrics,
+        datamodule.records["test"].info.get("missing_videos", 0),
+        cfg.evaluation.rerank,
+        facts["selection_split"],
+        facts["selection"],
+    )
+    failures = decode_failure_summary(
+        train_failures, {stage: module.decode_failures[stage] for stage in ("val", "test")}
+    )
     results = {"split": test_split, **test_metrics, "measured": measured, "run": facts, "decode_failures": failures}
     if cfg.get("expected"):
         results["expected"] = to_plain(cfg.expected)  # the paper's numbers this recipe reproduces
@@ -127,7 +152,9 @@ def failure_recorded(run_dir: Path):
     except Exception as error:
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(error_file, {"type": type(error).__name__, "message": str(error), "step": getattr(error, "step", None)})
+            write_json(
+                error_file, {"type": type(error).__name__, "message": str(error), "step": getattr(error, "step", None)}
+            )
         raise
     if rank_zero_only.rank == 0:
         error_file.unlink(missing_ok=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tvr.evaluation.metrics import DEFAULT_KS
 from tvr.distributed import GATHER_GRAD_MODES
+from tvr.evaluation.metrics import DEFAULT_KS
 from tvr.options import option
 
 # Logged by RetrievalModule when select_window > 1: the mean of the last N val/t2v_R1 evaluations (X-Pool).
@@ -17,21 +17,28 @@ WINDOW_METRIC = "val/t2v_R1_window"
 def selectable_metrics(select_window: int) -> tuple[str, ...]:
     """Validation metrics a checkpoint can be selected on. The best checkpoint is the one with the highest
     value, so only metrics where higher is better qualify: a rank (MdR, MnR) would select the worst epoch."""
-    recalls = tuple(f"val/{direction}_{name}" for direction in ("t2v", "v2t")
-                    for name in (*(f"R{k}" for k in DEFAULT_KS), "RSum"))
+    recalls = tuple(
+        f"val/{direction}_{name}" for direction in ("t2v", "v2t") for name in (*(f"R{k}" for k in DEFAULT_KS), "RSum")
+    )
     return recalls + ((WINDOW_METRIC,) if select_window > 1 else ())
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    gather_grad: str = option("sum", choices=GATHER_GRAD_MODES,
-                              help="sum: DDP gradients = single-process full batch; slice: CLIP4Clip parity")
+    gather_grad: str = option(
+        "sum", choices=GATHER_GRAD_MODES, help="sum: DDP gradients = single-process full batch; slice: CLIP4Clip parity"
+    )
     max_logit_scale: float = option(100.0, above=0, help="exp(logit_scale) is clamped to this after every step")
     select_metric: str = option("val/t2v_R1", help="checkpoint selection (used when the data config has a val split)")
-    select_window: int = option(1, minimum=1, help=f">1: also log {WINDOW_METRIC}, the mean of the last N evaluations (X-Pool)")
-    freeze_layer_num: int = option(-1, minimum=-1,
-                                   help="CLIP4Clip rule: >=0 freezes embeddings + blocks below N in both towers; -1: none")
-    checkpoint_every_n_steps: int = option(0, minimum=0,
-                                           help="also write checkpoints/last.ckpt every N optimiser steps (0: at epoch ends only)")
+    select_window: int = option(
+        1, minimum=1, help=f">1: also log {WINDOW_METRIC}, the mean of the last N evaluations (X-Pool)"
+    )
+    freeze_layer_num: int = option(
+        -1, minimum=-1, help="CLIP4Clip rule: >=0 freezes embeddings + blocks below N in both towers; -1: none"
+    )
+    checkpoint_every_n_steps: int = option(
+        0, minimum=0, help="also write checkpoints/last.ckpt every N optimiser steps (0: at epoch ends only)"
+    )
     nonfinite: Literal["stop", "skip"] = option(
-        "stop", help="NaN/inf loss or gradient: stop (naming the step) | skip (skip the step, count it)")
+        "stop", help="NaN/inf loss or gradient: stop (naming the step) | skip (skip the step, count it)"
+    )

@@ -55,8 +55,23 @@ EVAL_ROLES = ("val", "test")
 # CaptionTokenizer's minimum: SOT, one BPE token, EOT.
 MIN_MAX_WORDS = 3
 # The keys train.yaml, eval.yaml and their groups define (``expected``: a recipe's paper numbers).
-TRAIN_TOP_LEVEL = ("data", "backbone", "head", "loss", "optim", "trainer", "logger", "evaluation", "seed", "run_name",
-                   "paths", "train", "callbacks", "ckpt_path", "expected")
+TRAIN_TOP_LEVEL = (
+    "data",
+    "backbone",
+    "head",
+    "loss",
+    "optim",
+    "trainer",
+    "logger",
+    "evaluation",
+    "seed",
+    "run_name",
+    "paths",
+    "train",
+    "callbacks",
+    "ckpt_path",
+    "expected",
+)
 EVAL_TOP_LEVEL = (*RUN_GROUPS, "ckpt_path", "split", "strict", "seed", "run_name", "paths")
 
 
@@ -105,8 +120,12 @@ def refuse_image_size(checker: ConfigChecker, section: Section, shape: ModelShap
     it (an experiment file, a ``+`` override) is told the size the backbone takes, whatever value it gives."""
     if "image_size" in section:
         key = section.key("image_size")
-        checker.fail(key, f"is no longer a setting: backbone '{shape.model_name}' takes {shape.preprocessing.image_size} px "
-                          "input, fixed by its architecture", f"remove {key}")
+        checker.fail(
+            key,
+            f"is no longer a setting: backbone '{shape.model_name}' takes {shape.preprocessing.image_size} px "
+            "input, fixed by its architecture",
+            f"remove {key}",
+        )
 
 
 def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) -> RetrievalHead | None:
@@ -121,8 +140,9 @@ def check_head(checker: ConfigChecker, head: Section, shape: ModelShape | None) 
         check_tower_keys(checker, head, kind)
     if checker.options(head, options, factory, what, set_by_tvr=("embed_dim",)) and shape is not None:
         with torch.device("meta"):  # builds the layers (shape checks included) without allocating weights
-            return checker.builds(head.path, f"{what} at embedding width {shape.embed_dim}", factory,
-                                  embed_dim=shape.embed_dim, **options)
+            return checker.builds(
+                head.path, f"{what} at embedding width {shape.embed_dim}", factory, embed_dim=shape.embed_dim, **options
+            )
     return None
 
 
@@ -134,13 +154,20 @@ def check_tower_keys(checker: ConfigChecker, head: Section, kind: str) -> None:
         if name is not None:
             tower_class(str(name), kind)
     except (KeyError, ValueError) as error:
-        checker.fail(head.key(name_key), error.args[0], f"pass {head.key(name_key)}=<{'|'.join(tower_names(kind))}>")  # args[0]: unquoted
+        checker.fail(
+            head.key(name_key), error.args[0], f"pass {head.key(name_key)}=<{'|'.join(tower_names(kind))}>"
+        )  # args[0]: unquoted
     if not isinstance(head.get(options_key), (dict, type(None))):
-        checker.fail(head.key(options_key), f"got {head.get(options_key)!r}, expected a mapping of the tower's options",
-                     f"pass {head.key(options_key)}={{<option>:<value>,...}}")
+        checker.fail(
+            head.key(options_key),
+            f"got {head.get(options_key)!r}, expected a mapping of the tower's options",
+            f"pass {head.key(options_key)}={{<option>:<value>,...}}",
+        )
 
 
-def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, shape: ModelShape, data: Section | None) -> None:
+def check_towers(
+    checker: ConfigChecker, head: Section, built: RetrievalHead, shape: ModelShape, data: Section | None
+) -> None:
     """The towers the head reads from (its own, or those the config chooses) must give what the head reads,
     take the options given, fit the backbone (e.g. TempMe's merge schedule: depth, tokens per frame,
     frames per clip) and the clips the data yields (their frame count; full clips for a tower that merges
@@ -160,9 +187,14 @@ def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, sh
         key = head.key(options_key) if chosen.options else head.key(name_key) if chosen.name else head.path
         missing = built.unread_features(kind, tower)
         if missing:
-            checker.fail(head.key(name_key), f"is '{name}', whose {kind} features lack {', '.join(missing)}, which head "
-                         f"'{head.get('name')}' reads", f"choose a {kind} tower that gives them: {', '.join(built.readable_towers(kind))}")
-        if not checker.options(head.child(options_key), chosen.options, tower, f"the '{name}' {kind} tower", set_by_tvr=("backbone",)):
+            checker.fail(
+                head.key(name_key),
+                f"is '{name}', whose {kind} features lack {', '.join(missing)}, which head '{head.get('name')}' reads",
+                f"choose a {kind} tower that gives them: {', '.join(built.readable_towers(kind))}",
+            )
+        if not checker.options(
+            head.child(options_key), chosen.options, tower, f"the '{name}' {kind} tower", set_by_tvr=("backbone",)
+        ):
             continue
         try:
             tower.check_options(**options)
@@ -173,26 +205,43 @@ def check_towers(checker: ConfigChecker, head: Section, built: RetrievalHead, sh
             check_video_tower_fits(checker, head, key, name, tower, options, shape, data)
 
 
-def check_video_tower_fits(checker: ConfigChecker, head: Section, key: str, name: str, tower, options: dict, shape: ModelShape,
-                           data: Section | None) -> None:
+def check_video_tower_fits(
+    checker: ConfigChecker,
+    head: Section,
+    key: str,
+    name: str,
+    tower,
+    options: dict,
+    shape: ModelShape,
+    data: Section | None,
+) -> None:
     """A video tower's ``options`` fit the backbone's ViT, and the samplers give the clips it is built for."""
     try:
         tower.check_fits(shape.vision, **options)
     except ValueError as error:
         vit = f"{shape.vision.depth} blocks, {shape.vision.tokens_per_frame} tokens per frame"
-        checker.fail(key, f"the '{name}' video tower of head '{head.get('name')}' does not fit the backbone's ViT ({vit}): "
-                     f"{error}", f"change the settings under {key}, or choose another backbone")
+        checker.fail(
+            key,
+            f"the '{name}' video tower of head '{head.get('name')}' does not fit the backbone's ViT ({vit}): {error}",
+            f"change the settings under {key}, or choose another backbone",
+        )
     frames = tower.clip_frames(**options)
     video = data.child("video") if data is not None else None
     for role in ("train_sampler", "eval_sampler") if video is not None else ():
         sampler = video.child(role)
         if frames is not None and sampler.get("max_frames") != frames:
-            checker.fail(sampler.key("max_frames"), f"is {sampler.get('max_frames')}, but the '{name}' video tower is built for "
-                         f"clips of {frames} frames", f"sample {frames} frames or build the tower for {sampler.get('max_frames')}")
+            checker.fail(
+                sampler.key("max_frames"),
+                f"is {sampler.get('max_frames')}, but the '{name}' video tower is built for clips of {frames} frames",
+                f"sample {frames} frames or build the tower for {sampler.get('max_frames')}",
+            )
         if tower.needs_full_clips and not sampler_fills_clips(sampler):
-            checker.fail(sampler.key("name"), f"sampler '{sampler.get('name')}' may pad short videos, but the '{name}' video "
-                         "tower merges every frame slot and must get full clips",
-                         f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler)")
+            checker.fail(
+                sampler.key("name"),
+                f"sampler '{sampler.get('name')}' may pad short videos, but the '{name}' video "
+                "tower merges every frame slot and must get full clips",
+                f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler)",
+            )
 
 
 def sampler_fills_clips(sampler: Section) -> bool:
@@ -220,7 +269,9 @@ def check_sampler(checker: ConfigChecker, sampler: Section) -> None:
         return
     what = f"frame sampler '{sampler.get('name')}'"
     # create_sampler drops options set to None, so a config can switch samplers and null the old options
-    options = Section(sampler.path, {name: value for name, value in sampler.values.items() if name != "name" and value is not None})
+    options = Section(
+        sampler.path, {name: value for name, value in sampler.values.items() if name != "name" and value is not None}
+    )
     if checker.typed(options, factory, what, unknown="is not an option of"):  # a value refused there: once
         checker.builds(sampler.path, what, create_sampler, **sampler.values)
 
@@ -230,13 +281,21 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     clips and captions must fit (None if the backbone config gives none)."""
     if shape:
         refuse_image_size(checker, data, shape)  # before the options check, whose generic line it replaces
-    checker.options(data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank", "preprocessing"))
+    checker.options(
+        data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank", "preprocessing")
+    )
     dataset = checker.registered(data, "name", DATASETS)
     if dataset is not None:
         checker.builds(data.key("source"), f"dataset '{data.get('name')}'", dataset, **data.child("source").values)
     context = shape.context_length if shape else None
-    checker.number(data, "max_words", integer=True, minimum=MIN_MAX_WORDS, maximum=context,
-                   why=f" (SOT + caption + EOT, within the backbone's {context}-token context)" if shape else "")
+    checker.number(
+        data,
+        "max_words",
+        integer=True,
+        minimum=MIN_MAX_WORDS,
+        maximum=context,
+        why=f" (SOT + caption + EOT, within the backbone's {context}-token context)" if shape else "",
+    )
     splits = data.child("splits")
     for role in roles:
         checker.split_name(splits, role)
@@ -245,7 +304,9 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     backend = checker.registered(video, "backend", VIDEO_BACKENDS)
     backend_options = video.child("backend_options")
     if checker.number(backend_options, "timeout_s", above=0, optional=True) and backend is not None:
-        checker.builds(backend_options.path, f"video backend '{video.get('backend')}'", backend, **backend_options.values)
+        checker.builds(
+            backend_options.path, f"video backend '{video.get('backend')}'", backend, **backend_options.values
+        )
     skip_list = video.get("skip_list")
     if skip_list and not Path(skip_list).is_file():
         key = video.key("skip_list")
@@ -261,13 +322,21 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
 def check_train(checker: ConfigChecker, train: Section, has_val: bool) -> None:
     window_ok = checker.typed(train, TrainOptions, "the train section")
     if has_val and window_ok:  # without a val split the last epoch is kept and select_metric is unused
-        checker.choice(train, "select_metric", selectable_metrics(train.get("select_window") or 1), why=(
-            f" (the best checkpoint is the one with the highest value; {WINDOW_METRIC} needs train.select_window > 1)"))
+        checker.choice(
+            train,
+            "select_metric",
+            selectable_metrics(train.get("select_window") or 1),
+            why=(
+                f" (the best checkpoint is the one with the highest value; {WINDOW_METRIC} needs train.select_window > 1)"
+            ),
+        )
 
 
 def check_trainer(checker: ConfigChecker, trainer: Section, training: bool) -> None:
     """``training``: tvr-train (max_epochs matters) rather than tvr-eval."""
-    checker.options(trainer, trainer.values, pl.Trainer, "pytorch_lightning.Trainer", set_by_tvr=TRAINER_ARGUMENTS_SET_BY_TVR)
+    checker.options(
+        trainer, trainer.values, pl.Trainer, "pytorch_lightning.Trainer", set_by_tvr=TRAINER_ARGUMENTS_SET_BY_TVR
+    )
     checker.choice(trainer, "precision", PRECISIONS)
     checker.number(trainer, "num_nodes", integer=True, minimum=1)
     if training:  # 0 would test the untrained model; -1 (Lightning's "forever") has no schedule length
@@ -281,12 +350,19 @@ def check_evaluation(checker: ConfigChecker, evaluation: Section) -> None:
     checker.typed(own, EvaluationOptions, "the evaluation section", also_known=rerankers)
     for name in rerankers:
         if name in evaluation:
-            checker.typed(evaluation.child(name), RERANKERS.get(name), f"re-ranker '{name}'", unknown="is not an option of")
+            checker.typed(
+                evaluation.child(name), RERANKERS.get(name), f"re-ranker '{name}'", unknown="is not an option of"
+            )
 
 
 # ---------------------------------------------------------------------- entry points
-def check_run(checker: ConfigChecker, cfg: DictConfig, data_roles: tuple[str, ...], training: bool,
-              groups: tuple[str, ...] = RUN_GROUPS) -> RetrievalHead | None:
+def check_run(
+    checker: ConfigChecker,
+    cfg: DictConfig,
+    data_roles: tuple[str, ...],
+    training: bool,
+    groups: tuple[str, ...] = RUN_GROUPS,
+) -> RetrievalHead | None:
     """The sections a run is built from (those of ``groups``). ``data_roles``: the splits that must be
     named; ``training``: tvr-train (epochs and checkpoint selection matter) rather than tvr-eval.
     Returns the head, built on the meta device, when its options are fine."""
@@ -324,7 +400,9 @@ def check_pretrained_files(checker: ConfigChecker, head: Section, built: Retriev
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming every value of a ``tvr-train`` config that cannot work."""
     checker = ConfigChecker()
-    checker.known_keys(Section("", dict.fromkeys(key for key in cfg if key != "hydra")), TRAIN_TOP_LEVEL, "tvr-train's config")
+    checker.known_keys(
+        Section("", dict.fromkeys(key for key in cfg if key != "hydra")), TRAIN_TOP_LEVEL, "tvr-train's config"
+    )
     check_seed(checker, checker.top_level(cfg, ("seed",)))
     built_head = check_run(checker, cfg, data_roles=("train", "test"), training=True)
     if built_head is not None:
@@ -336,14 +414,19 @@ def validate_eval_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming every value of a ``tvr-eval`` config that cannot work: its own
     keys, and the run config merged in from the checkpoint (with its overrides) when there is one."""
     checker = ConfigChecker()
-    checker.known_keys(Section("", dict.fromkeys(key for key in cfg if key != "hydra")), EVAL_TOP_LEVEL, "tvr-eval's config")
+    checker.known_keys(
+        Section("", dict.fromkeys(key for key in cfg if key != "hydra")), EVAL_TOP_LEVEL, "tvr-eval's config"
+    )
     zero_shot = cfg.get("ckpt_path") is None
     if zero_shot:
         absent = [group for group in ("backbone", "head", "data") if cfg.get(group) is None]
         if absent:
-            checker.fail("ckpt_path", f"has no value and {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not chosen",
-                         "pass ckpt_path=<run dir>/checkpoints/best.ckpt, or evaluate zero-shot with "
-                         "backbone=<name> backbone.weights=<CLIP file> head=meanpool data=<name>")
+            checker.fail(
+                "ckpt_path",
+                f"has no value and {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not chosen",
+                "pass ckpt_path=<run dir>/checkpoints/best.ckpt, or evaluate zero-shot with "
+                "backbone=<name> backbone.weights=<CLIP file> head=meanpool data=<name>",
+            )
     top = checker.top_level(cfg, ("seed", "split", "strict"))
     check_seed(checker, top)
     split_ok = checker.choice(top, "split", EVAL_ROLES)

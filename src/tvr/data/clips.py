@@ -83,8 +83,14 @@ class TrainPairs(Dataset):
     ``video`` (MSR-VTT without sentence expansion), one item per video with a caption drawn at random
     from that video's captions every time it is read."""
 
-    def __init__(self, split: SplitRecords, reader: ClipReader, tokenizer: CaptionTokenizer, max_substitutions: int = 20,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        split: SplitRecords,
+        reader: ClipReader,
+        tokenizer: CaptionTokenizer,
+        max_substitutions: int = 20,
+        seed: int = 0,
+    ) -> None:
         self.split = split
         self.seed = seed  # with the epoch and the index, fixes the sample's random draws (tvr.data.order)
         self.reader = reader
@@ -123,8 +129,15 @@ class TrainPairs(Dataset):
             caption = captions[0] if len(captions) == 1 else random.choice(captions)
             # ``replaced`` counts this sample once however many substitutes it took; ``failed_videos``
             # names every unreadable video met on the way
-            return {"tokens": self.tokenizer(caption), "frames": frames, "frame_mask": mask, "index": candidate,
-                    "video_index": video_index, "replaced": bool(failed), "failed_videos": failed}
+            return {
+                "tokens": self.tokenizer(caption),
+                "frames": frames,
+                "frame_mask": mask,
+                "index": candidate,
+                "video_index": video_index,
+                "replaced": bool(failed),
+                "failed_videos": failed,
+            }
         raise RuntimeError(
             f"{len(failed)} consecutive unreadable training videos ({', '.join(failed[:5])}, ...); "
             "check data.source.root and run tools/check_videos.py"
@@ -148,8 +161,14 @@ class EvalVideos(Dataset):
             log.warning("evaluation video unreadable, scored as empty: %s", error)
             frames, mask = self.reader.empty()
             failed.append(video.video_id)
-        return {"role": VIDEOS, "frames": frames, "frame_mask": mask, "index": index, "unreadable": bool(failed),
-                "failed_videos": failed}
+        return {
+            "role": VIDEOS,
+            "frames": frames,
+            "frame_mask": mask,
+            "index": index,
+            "unreadable": bool(failed),
+            "failed_videos": failed,
+        }
 
 
 class EvalTexts(Dataset):
@@ -162,8 +181,12 @@ class EvalTexts(Dataset):
         return len(self.split.texts)
 
     def __getitem__(self, index: int) -> dict:
-        return {"role": TEXTS, "tokens": self.tokenizer(self.split.texts[index].caption), "index": index,
-                "video_index": self.text_to_video[index]}
+        return {
+            "role": TEXTS,
+            "tokens": self.tokenizer(self.split.texts[index].caption),
+            "index": index,
+            "video_index": self.text_to_video[index],
+        }
 
 
 class QueryBankTexts(Dataset):

@@ -36,7 +36,9 @@ class CompressResult:
     error: str = ""
 
 
-def compress_video(source: Path, target: Path, fps: int = 3, short_side: int = 224, portrait_quirk: bool = False) -> CompressResult:
+def compress_video(
+    source: Path, target: Path, fps: int = 3, short_side: int = 224, portrait_quirk: bool = False
+) -> CompressResult:
     """Transcode one file; an existing non-empty ``target`` is kept (resumable). Written to a temporary
     name and renamed, so an interrupted run never leaves a truncated output that looks finished."""
     import av
@@ -49,7 +51,9 @@ def compress_video(source: Path, target: Path, fps: int = 3, short_side: int = 2
             if not reader.streams.video:
                 raise ValueError("no video stream")
             in_stream = reader.streams.video[0]
-            width, height = output_size(in_stream.codec_context.width, in_stream.codec_context.height, short_side, portrait_quirk)
+            width, height = output_size(
+                in_stream.codec_context.width, in_stream.codec_context.height, short_side, portrait_quirk
+            )
             with av.open(str(tmp), mode="w", format=_format_for(target)) as writer:
                 out_stream = writer.add_stream(writer.default_video_codec, rate=fps)
                 out_stream.width, out_stream.height = width, height
@@ -75,10 +79,28 @@ def _format_for(target: Path) -> str:
 
     suffix = target.suffix.lower().lstrip(".")
     if not suffix:
-        raise ValueError(f"'{target.name}' has no extension, so no container format can be chosen (ffmpeg fails the same way)")
-    aliases = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "avi": "avi", "mkv": "matroska", "webm": "webm", "3gp": "3gp",
-               "3g2": "3g2", "mpg": "mpeg", "mpeg": "mpeg", "wmv": "asf", "asf": "asf", "flv": "flv", "ts": "mpegts",
-               "mts": "mpegts", "m2ts": "mpegts", "qt": "mov"}
+        raise ValueError(
+            f"'{target.name}' has no extension, so no container format can be chosen (ffmpeg fails the same way)"
+        )
+    aliases = {
+        "mp4": "mp4",
+        "m4v": "mp4",
+        "mov": "mov",
+        "avi": "avi",
+        "mkv": "matroska",
+        "webm": "webm",
+        "3gp": "3gp",
+        "3g2": "3g2",
+        "mpg": "mpeg",
+        "mpeg": "mpeg",
+        "wmv": "asf",
+        "asf": "asf",
+        "flv": "flv",
+        "ts": "mpegts",
+        "mts": "mpegts",
+        "m2ts": "mpegts",
+        "qt": "mov",
+    }
     if suffix not in aliases or aliases[suffix] not in av.formats_available:
         raise ValueError(f"no FFmpeg muxer for '.{suffix}'")
     return aliases[suffix]
@@ -88,8 +110,13 @@ def _filter_graph(in_stream, width: int, height: int, fps: int):
     import av
 
     graph = av.filter.Graph()
-    chain = [graph.add_buffer(template=in_stream), graph.add("scale", f"{width}:{height}"),
-             graph.add("fps", f"fps={fps}"), graph.add("format", "yuv420p"), graph.add("buffersink")]
+    chain = [
+        graph.add_buffer(template=in_stream),
+        graph.add("scale", f"{width}:{height}"),
+        graph.add("fps", f"fps={fps}"),
+        graph.add("format", "yuv420p"),
+        graph.add("buffersink"),
+    ]
     for upstream, downstream in zip(chain, chain[1:]):
         upstream.link_to(downstream)
     graph.configure()

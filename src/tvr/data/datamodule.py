@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.trainer.states import TrainerFn
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
 from tvr.data.datasets import create_dataset
 from tvr.data.datasets.common import json_field, read_id_list, read_json
-from tvr.data.frame_cache import FrameCache, build_frame_caches, cache_dir_for, cache_frames_command, unusable_cache_report
+from tvr.data.frame_cache import (
+    FrameCache,
+    build_frame_caches,
+    cache_dir_for,
+    cache_frames_command,
+    unusable_cache_report,
+)
 from tvr.data.order import TrainOrderSampler
 from tvr.data.records import SplitRecords
 from tvr.data.sampling import create_sampler
@@ -43,6 +49,7 @@ def load_skip_list(path: str | None) -> frozenset[str]:
         report = read_json(path, "object", 'a tools/check_videos.py report ({"bad": {video_id: reason}})')
         return frozenset(json_field(path, "the top level", report, "bad", "object"))
     return frozenset(read_id_list(path))
+
 
 CACHE_MODES = ("off", "auto", "build")
 
@@ -125,8 +132,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         if self.cache_mode == "build":
             consequence = f"building the cache for this run's settings at {path}"
         else:
-            consequence = (f"decoding from the video files instead; `{cache_frames_command()}` builds the cache "
-                           "for this run's settings (or set data.frame_cache.mode=build)")
+            consequence = (
+                f"decoding from the video files instead; `{cache_frames_command()}` builds the cache "
+                "for this run's settings (or set data.frame_cache.mode=build)"
+            )
         unusable = unusable_cache_report(path, split, sampler.describe(), self.preprocessing)
         if unusable:
             log.warning("%s; %s", unusable, consequence)
@@ -170,7 +179,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         return cache
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(stage or "fit", ())
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
+            stage or "fit", ()
+        )
         for role in wanted:
             split = self.split_names.get(role)
             if split and role not in self.records:
@@ -187,10 +198,16 @@ class RetrievalDataModule(pl.LightningDataModule):
     def has_val(self) -> bool:
         return bool(self.split_names.get("val"))
 
-    def _reader(self, sampler, cache: FrameCache | None = None, transform: ClipFrameTransform | None = None) -> ClipReader:
-        return ClipReader(self.backend, sampler, transform or ClipFrameTransform(self.preprocessing), cache, self.skip_videos)
+    def _reader(
+        self, sampler, cache: FrameCache | None = None, transform: ClipFrameTransform | None = None
+    ) -> ClipReader:
+        return ClipReader(
+            self.backend, sampler, transform or ClipFrameTransform(self.preprocessing), cache, self.skip_videos
+        )
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -231,8 +248,15 @@ class RetrievalDataModule(pl.LightningDataModule):
         epoch = trainer.current_epoch
         if batches_done >= trainer.num_training_batches:  # saved at the end of an epoch: the next one starts
             epoch, batches_done = epoch + 1, 0
-        return {"train_order": {"epoch": epoch, "batches_done": batches_done, "batch_size": self.batch_size,
-                                "world_size": trainer.world_size, "seed": self.seed}}
+        return {
+            "train_order": {
+                "epoch": epoch,
+                "batches_done": batches_done,
+                "batch_size": self.batch_size,
+                "world_size": trainer.world_size,
+                "seed": self.seed,
+            }
+        }
 
     def load_state_dict(self, state: dict) -> None:
         order = state.get("train_order")
@@ -241,10 +265,16 @@ class RetrievalDataModule(pl.LightningDataModule):
         world_size = self.trainer.world_size if self.trainer is not None else 1
         saved = (order["batch_size"], order["world_size"], order["seed"])
         if saved != (self.batch_size, world_size, self.seed):
-            log.warning("resuming with batch size %d, %d processes and seed %d where the checkpoint had %d, %d and %d: "
-                        "epoch %d continues in a new data order (some of its samples are seen twice, some not at all) "
-                        "and the run is not the one the interrupted run would have been",
-                        self.batch_size, world_size, self.seed, *saved, order["epoch"])
+            log.warning(
+                "resuming with batch size %d, %d processes and seed %d where the checkpoint had %d, %d and %d: "
+                "epoch %d continues in a new data order (some of its samples are seen twice, some not at all) "
+                "and the run is not the one the interrupted run would have been",
+                self.batch_size,
+                world_size,
+                self.seed,
+                *saved,
+                order["epoch"],
+            )
             self._resume_position = (order["epoch"], 0)
             return
         self._resume_position = (order["epoch"], order["batches_done"])
@@ -252,11 +282,21 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _eval_loaders(self, role: str) -> list[DataLoader]:
         split = self.records[role]
         loaders = [
-            self._loader(EvalVideos(split, self._reader(self.eval_sampler, self._cache_for(role))), self.eval_batch_size, shuffle=False),
+            self._loader(
+                EvalVideos(split, self._reader(self.eval_sampler, self._cache_for(role))),
+                self.eval_batch_size,
+                shuffle=False,
+            ),
             self._loader(EvalTexts(split, self.tokenizer), self.eval_batch_size, shuffle=False),
         ]
         if self.query_bank:
-            loaders.append(self._loader(QueryBankTexts(self._bank_split(), self.tokenizer, self.query_bank.get("size")), self.eval_batch_size, shuffle=False))
+            loaders.append(
+                self._loader(
+                    QueryBankTexts(self._bank_split(), self.tokenizer, self.query_bank.get("size")),
+                    self.eval_batch_size,
+                    shuffle=False,
+                )
+            )
         return loaders
 
     def _bank_split(self) -> SplitRecords:

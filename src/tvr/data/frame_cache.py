@@ -55,13 +55,19 @@ UNRECORDED_RESIZE = {"interpolation": "bicubic", "resize_mode": "shortest"}
 def cached_geometry(preprocessing: Preprocessing) -> dict:
     """What of the backbone's preprocessing a cache's content depends on: the stored frames are resized and
     cropped, not yet normalised, so mean/std are not part of it."""
-    return {"image_size": preprocessing.image_size, "interpolation": preprocessing.interpolation,
-            "resize_mode": preprocessing.resize_mode}
+    return {
+        "image_size": preprocessing.image_size,
+        "interpolation": preprocessing.interpolation,
+        "resize_mode": preprocessing.resize_mode,
+    }
 
 
 def recorded_geometry(meta: dict) -> dict:
     """The geometry a cache's meta.json records (a cache from before the resize rule was recorded: the rule then)."""
-    return {"image_size": meta.get("image_size"), **{name: meta.get(name, value) for name, value in UNRECORDED_RESIZE.items()}}
+    return {
+        "image_size": meta.get("image_size"),
+        **{name: meta.get(name, value) for name, value in UNRECORDED_RESIZE.items()},
+    }
 
 
 def cache_key(sampler_description: dict, geometry: dict) -> str:
@@ -70,7 +76,9 @@ def cache_key(sampler_description: dict, geometry: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def cache_dir_for(root: str | Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> Path:
+def cache_dir_for(
+    root: str | Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing
+) -> Path:
     return Path(root) / f"{split.name}-{cache_key(sampler_description, cached_geometry(preprocessing))}"
 
 
@@ -88,7 +96,9 @@ def describe_settings(sampler_description: dict | None, geometry: dict) -> str:
 
 def caches_in(root: str | Path) -> list[tuple[Path, dict]]:
     """Every cache folder under ``root`` (finished or not) with its meta.json, in name order."""
-    return [(meta_path.parent, json.loads(meta_path.read_text())) for meta_path in sorted(Path(root).glob(f"*/{META_FILE}"))]
+    return [
+        (meta_path.parent, json.loads(meta_path.read_text())) for meta_path in sorted(Path(root).glob(f"*/{META_FILE}"))
+    ]
 
 
 def cache_frames_command() -> str:
@@ -100,20 +110,27 @@ def cache_frames_command() -> str:
     return "python tools/cache_frames.py <the overrides of the training run>"
 
 
-def unusable_cache_report(path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> str | None:
+def unusable_cache_report(
+    path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing
+) -> str | None:
     """Why the caches of ``split`` cannot serve a run whose cache belongs at ``path`` (where none is
     valid): the one at ``path`` is stale or unfinished, or the split's caches were built for other
     settings. None when the split has no cache at all."""
     reason = cache_mismatch(path, split, sampler_description, preprocessing)
     if reason != NO_CACHE:
         return f"frame cache {path} not used for split '{split.name}': {reason}"
-    others = [f"{other} was built for {describe_settings(meta.get('sampler'), recorded_geometry(meta))}"
-              + ("" if meta.get("complete") else " (unfinished)")
-              for other, meta in caches_in(path.parent) if meta.get("split") == split.name]
+    others = [
+        f"{other} was built for {describe_settings(meta.get('sampler'), recorded_geometry(meta))}"
+        + ("" if meta.get("complete") else " (unfinished)")
+        for other, meta in caches_in(path.parent)
+        if meta.get("split") == split.name
+    ]
     if not others:
         return None
-    return (f"no frame cache for split '{split.name}' matches this run's settings "
-            f"({describe_settings(sampler_description, cached_geometry(preprocessing))}): {'; '.join(others)}")
+    return (
+        f"no frame cache for split '{split.name}' matches this run's settings "
+        f"({describe_settings(sampler_description, cached_geometry(preprocessing))}): {'; '.join(others)}"
+    )
 
 
 @dataclass
@@ -148,7 +165,9 @@ class FrameCache:
         return torch.from_numpy(np.array(self.frames[row])), int(self.num_valid[row])
 
     @classmethod
-    def open(cls, path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> "FrameCache | None":
+    def open(
+        cls, path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing
+    ) -> "FrameCache | None":
         """The cache at ``path`` if it is complete and matches; otherwise None (:func:`cache_mismatch` and
         :func:`unusable_cache_report` say why; the caller knows what happens instead)."""
         if cache_mismatch(path, split, sampler_description, preprocessing):
@@ -163,7 +182,9 @@ class FrameCache:
         )
 
 
-def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing) -> str | None:
+def cache_mismatch(
+    path: Path, split: SplitRecords, sampler_description: dict, preprocessing: Preprocessing
+) -> str | None:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         return NO_CACHE
@@ -174,8 +195,10 @@ def cache_mismatch(path: Path, split: SplitRecords, sampler_description: dict, p
         return "the cache is incomplete (its build was interrupted)"
     wanted = cached_geometry(preprocessing)
     if meta.get("sampler") != sampler_description or recorded_geometry(meta) != wanted:
-        return (f"built for {describe_settings(meta.get('sampler'), recorded_geometry(meta))}, "
-                f"this run uses {describe_settings(sampler_description, wanted)}")
+        return (
+            f"built for {describe_settings(meta.get('sampler'), recorded_geometry(meta))}, "
+            f"this run uses {describe_settings(sampler_description, wanted)}"
+        )
     if meta.get("video_ids") != [video.video_id for video in split.videos]:
         return "the split's video list changed since the cache was built"
     current = [_fingerprint(video.path) for video in split.videos]
@@ -194,7 +217,9 @@ def build_frame_cache(path: Path, split: SplitRecords, reader, workers: int = 1,
     return build_frame_caches([(path, split, reader)], workers, progress)[0]
 
 
-def build_frame_caches(targets: list[tuple[Path, SplitRecords, object]], workers: int = 1, progress: bool = True) -> list[FrameCache]:
+def build_frame_caches(
+    targets: list[tuple[Path, SplitRecords, object]], workers: int = 1, progress: bool = True
+) -> list[FrameCache]:
     """Build several caches (e.g. train/val/test) with one pool of decoding processes.
 
     ``targets`` are ``(path, split, reader)`` triples; each reader's sampler must be deterministic.
@@ -210,14 +235,25 @@ def build_frame_caches(targets: list[tuple[Path, SplitRecords, object]], workers
         shape = (len(split.videos), reader.max_frames, 3, size, size)
         path.mkdir(parents=True, exist_ok=True)
         meta = {
-            "version": CACHE_VERSION, "complete": False, "split": split.name, "sampler": reader.sampler.describe(),
-            **geometry, "shape": list(shape), "video_ids": [v.video_id for v in split.videos],
-            "fingerprints": [_fingerprint(v.path) for v in split.videos], "num_valid": [0] * len(split.videos), "failed": [],
+            "version": CACHE_VERSION,
+            "complete": False,
+            "split": split.name,
+            "sampler": reader.sampler.describe(),
+            **geometry,
+            "shape": list(shape),
+            "video_ids": [v.video_id for v in split.videos],
+            "fingerprints": [_fingerprint(v.path) for v in split.videos],
+            "num_valid": [0] * len(split.videos),
+            "failed": [],
         }
         _write_meta(path, meta)
         metas.append(meta)
         arrays.append(np.memmap(path / FRAMES_FILE, dtype=np.uint8, mode="w+", shape=shape))
-    jobs = [(target, row, video, reader) for target, (_, split, reader) in enumerate(targets) for row, video in enumerate(split.videos)]
+    jobs = [
+        (target, row, video, reader)
+        for target, (_, split, reader) in enumerate(targets)
+        for row, video in enumerate(split.videos)
+    ]
     names = "+".join(split.name for _, split, _ in targets)
     with tqdm(total=len(jobs), desc=f"frame cache {names}", disable=not progress) as bar:
         for target, row, clip, count, error in _map(jobs, workers):
@@ -263,4 +299,3 @@ def _map(jobs: list, workers: int):
 
 def _write_meta(path: Path, meta: dict) -> None:
     write_text(path / META_FILE, json.dumps(meta))
-

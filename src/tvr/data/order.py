@@ -58,6 +58,6 @@ class TrainOrderSampler(DistributedSampler):
         super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self._skip:]
+        indices = list(super().__iter__())[self._skip :]
         self._skip = 0
         return iter([(index, self.epoch) for index in indices])

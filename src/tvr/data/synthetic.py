@@ -114,7 +114,9 @@ def keyframes(event: Event, seconds: int, frame_size: int, rng: random.Random) -
         offsets = []
         for k in range(seconds):
             first_steps, then_steps = min(k, half - 1), max(k - (half - 1), 0)
-            offsets.append((STEP_PX * (first_steps * dx1 + then_steps * dx2), STEP_PX * (first_steps * dy1 + then_steps * dy2)))
+            offsets.append(
+                (STEP_PX * (first_steps * dx1 + then_steps * dx2), STEP_PX * (first_steps * dy1 + then_steps * dy2))
+            )
         x0, y0 = _centred_path_start(rng, frame_size, offsets)
         return [Keyframe(True, x0 + ox, y0 + oy, side, event.color) for ox, oy in offsets]
     x, y = _random_position(rng, frame_size, side / 2, [(0, 0)])
@@ -264,7 +266,11 @@ def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers:
     wanted = asdict(config)
     if annotation_path.is_file():
         existing = json.loads(annotation_path.read_text())
-        if existing.get("version") == FORMAT_VERSION and existing.get("config") == wanted and _videos_complete(root, existing):
+        if (
+            existing.get("version") == FORMAT_VERSION
+            and existing.get("config") == wanted
+            and _videos_complete(root, existing)
+        ):
             return annotation_path
     video_dir = root / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -278,14 +284,24 @@ def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers:
     from tqdm import tqdm
 
     with process_pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(_render_and_write, jobs, chunksize=16), total=len(jobs), desc="synthetic videos"):
+        for _ in tqdm(
+            pool.imap_unordered(_render_and_write, jobs, chunksize=16), total=len(jobs), desc="synthetic videos"
+        ):
             pass
     annotations = {
         "format": "tvr-synthetic",
         "version": FORMAT_VERSION,
         "config": wanted,
         "splits": {
-            name: [{"video_id": s.video_id, "video": f"videos/{s.video_id}.mp4", "caption": s.event.caption, "event": asdict(s.event)} for s in specs]
+            name: [
+                {
+                    "video_id": s.video_id,
+                    "video": f"videos/{s.video_id}.mp4",
+                    "caption": s.event.caption,
+                    "event": asdict(s.event),
+                }
+                for s in specs
+            ]
             for name, specs in splits.items()
         },
     }

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-
 from typing import Literal, get_args
 
 import numpy as np
@@ -58,9 +57,13 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need one value per RGB channel, got {self.mean} and {self.std}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation '{self.interpolation}' is not implemented; tvr resizes with {', '.join(INTERPOLATIONS)}")
+            raise ValueError(
+                f"interpolation '{self.interpolation}' is not implemented; tvr resizes with {', '.join(INTERPOLATIONS)}"
+            )
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize mode '{self.resize_mode}' is not implemented; tvr resizes with {', '.join(RESIZE_MODES)}")
+            raise ValueError(
+                f"resize mode '{self.resize_mode}' is not implemented; tvr resizes with {', '.join(RESIZE_MODES)}"
+            )
 
     def describe(self) -> dict:
         """JSON-ready, as an index manifest records it."""
@@ -111,8 +114,13 @@ class ClipFrameTransform:
             scale = self.image_size / min(height, width)
             new_h, new_w = max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale))
         if (new_h, new_w) != (height, width):
-            x = F.interpolate(x.float(), size=(new_h, new_w), mode=self.preprocessing.interpolation, align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x.float(),
+                size=(new_h, new_w),
+                mode=self.preprocessing.interpolation,
+                align_corners=False,
+                antialias=True,
+            )
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         top, left = (new_h - self.image_size) // 2, (new_w - self.image_size) // 2
         return x[:, :, top : top + self.image_size, left : left + self.image_size].contiguous()

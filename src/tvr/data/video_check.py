@@ -61,7 +61,10 @@ class VideoInventory:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {"videos", "without_file"}}`` plus ``"all splits"``, where a video shared by splits counts once."""
-        rows = {name: {"videos": len(ids), "without_file": len(self.without_file[name])} for name, ids in self.listed.items()}
+        rows = {
+            name: {"videos": len(ids), "without_file": len(self.without_file[name])}
+            for name, ids in self.listed.items()
+        }
         every = {video for ids in self.listed.values() for video in ids}
         absent = {video for ids in self.without_file.values() for video in ids}
         rows[ALL_SPLITS] = {"videos": len(every), "without_file": len(absent)}
@@ -124,7 +127,9 @@ class _Worker:
         self.process.join()
 
 
-def check_videos(videos: list[VideoRef], backend, sampler, workers: int = 2, timeout_s: float = 30.0, progress: bool = True) -> list[VideoCheck]:
+def check_videos(
+    videos: list[VideoRef], backend, sampler, workers: int = 2, timeout_s: float = 30.0, progress: bool = True
+) -> list[VideoCheck]:
     """Check every video; results in input order."""
     from tqdm import tqdm
 
@@ -152,16 +157,24 @@ def check_videos(videos: list[VideoRef], backend, sampler, workers: int = 2, tim
             for slot, worker in enumerate(pool):
                 if not worker.process.is_alive() and worker.connection not in ready:
                     if not worker.ready:
-                        raise RuntimeError(f"video checker process failed to start (exit code {worker.process.exitcode})")
+                        raise RuntimeError(
+                            f"video checker process failed to start (exit code {worker.process.exitcode})"
+                        )
                     if worker.task:  # the decoder crashed the process (e.g. a segfault in FFmpeg)
                         index, video = worker.task
-                        results[index] = VideoCheck(video.video_id, str(video.path), "unreadable",
-                                                    f"decoder crashed (exit code {worker.process.exitcode})")
+                        results[index] = VideoCheck(
+                            video.video_id,
+                            str(video.path),
+                            "unreadable",
+                            f"decoder crashed (exit code {worker.process.exitcode})",
+                        )
                         bar.update(1)
                     pool[slot] = _Worker(context, backend, sampler)
                 elif worker.task and time.monotonic() - worker.started > timeout_s:
                     index, video = worker.task
-                    results[index] = VideoCheck(video.video_id, str(video.path), "timeout", f"no result after {timeout_s:g}s; decoder killed")
+                    results[index] = VideoCheck(
+                        video.video_id, str(video.path), "timeout", f"no result after {timeout_s:g}s; decoder killed"
+                    )
                     worker.stop()
                     pool[slot] = _Worker(context, backend, sampler)
                     bar.update(1)

@@ -30,6 +30,7 @@ from tvr.models.similarity import tiled_similarity
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class EncodedSplit:
     """Every text and video of a split, encoded once, in split order, with their labels beside them."""
@@ -86,8 +87,9 @@ def gather_lists(items: list) -> list:
     return [item for part in gather_objects(list(items)) for item in part]
 
 
-def shared_similarity(retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu",
-                      levels: bool = False):
+def shared_similarity(
+    retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu", levels: bool = False
+):
     """The full ``[Nt, Nv]`` matrix on every rank (with ``levels``, ``{level: [Nt, Nv]}`` of a multi-level
     head); under DDP each rank scores a contiguous share of the texts and the shares are gathered, so
     text-conditioned heads split their cost across ranks."""
@@ -106,12 +108,19 @@ def item_names(records: SplitRecords | None) -> tuple[list[str] | None, list[str
     """Readable names of a split's texts and videos, for error messages."""
     if records is None:
         return None, None
-    return [f"text {text.text_id} of video {text.video_id}" for text in records.texts], [video.video_id for video in records.videos]
+    return [f"text {text.text_id} of video {text.video_id}" for text in records.texts], [
+        video.video_id for video in records.videos
+    ]
 
 
-def evaluate_encoded(retriever, encoded: EncodedSplit, cfg: dict, stage: str = "test",
-                     names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
-                     device: torch.device | str = "cpu") -> dict:
+def evaluate_encoded(
+    retriever,
+    encoded: EncodedSplit,
+    cfg: dict,
+    stage: str = "test",
+    names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+    device: torch.device | str = "cpu",
+) -> dict:
     """Metrics of an encoded split (both directions; a labelled re-ranked block when ``cfg["rerank"]`` names a re-ranker),
     with what was measured: texts x videos and how many videos were unreadable."""
     check_finite_representations(encoded.texts, encoded.videos, encoded.unreadable, *names, stage=stage)
@@ -121,18 +130,24 @@ def evaluate_encoded(retriever, encoded: EncodedSplit, cfg: dict, stage: str = "
     if encoded.query_bank is not None:
         bank = shared_similarity(retriever, encoded.query_bank, encoded.videos, options.tiles, device)
     unreadable = torch.nonzero(encoded.unreadable).flatten().numpy()
-    metrics = evaluate_scores(scores, encoded.text_to_video, reranker, median=options.median, query_bank=bank,
-                              unreadable_videos=unreadable)
+    metrics = evaluate_scores(
+        scores, encoded.text_to_video, reranker, median=options.median, query_bank=bank, unreadable_videos=unreadable
+    )
     if options.report_levels:  # labelled extra rows; the ranking above is the head's final level
         level_scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device, levels=True)
-        metrics["levels"] = {name: evaluate_scores(level, encoded.text_to_video, median=options.median,
-                                                   unreadable_videos=unreadable)
-                             for name, level in level_scores.items()}
+        metrics["levels"] = {
+            name: evaluate_scores(level, encoded.text_to_video, median=options.median, unreadable_videos=unreadable)
+            for name, level in level_scores.items()
+        }
     metrics["num_texts"], metrics["num_videos"] = int(scores.shape[0]), int(scores.shape[1])
     metrics["unreadable_videos"] = int(encoded.unreadable.sum())
     if encoded.failed:
-        log.warning("%s: %d videos could not be decoded; they stay in the gallery and count as misses: %s",
-                    stage, len(encoded.failed), encoded.failed[:10])
+        log.warning(
+            "%s: %d videos could not be decoded; they stay in the gallery and count as misses: %s",
+            stage,
+            len(encoded.failed),
+            encoded.failed[:10],
+        )
     return metrics
 
 
@@ -141,8 +156,14 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def evaluate_loaders(retriever, loaders: Iterable, cfg: dict, stage: str = "test", records: SplitRecords | None = None,
-                     device: torch.device | str = "cpu") -> tuple[dict, list[str]]:
+def evaluate_loaders(
+    retriever,
+    loaders: Iterable,
+    cfg: dict,
+    stage: str = "test",
+    records: SplitRecords | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[dict, list[str]]:
     """Evaluate ``retriever`` on a split's evaluation loaders (videos, texts, optionally a query bank) in
     one process, without a Trainer. Returns the metrics and the ids of the videos that could not be decoded."""
     device = torch.device(device)

@@ -18,7 +18,9 @@ class EvaluationModule(Retriever, pl.LightningModule):
     def __init__(self, backbone: dict, head: dict, evaluation: dict) -> None:
         super().__init__(backbone, head)
         self.eval_cfg = evaluation
-        self.head.report_levels = bool(evaluation_options(evaluation).report_levels)  # encode every level a head scores at
+        self.head.report_levels = bool(
+            evaluation_options(evaluation).report_levels
+        )  # encode every level a head scores at
         self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.eval_results: dict[str, dict] = {}
         self._collector: EvalCollector | None = None

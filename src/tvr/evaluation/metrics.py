@@ -74,6 +74,7 @@ def summarize_ranks(ranks: np.ndarray, median: Median = "mean", ks: Sequence[int
         raise ValueError("no queries to evaluate")
     if np.isnan(ranks).any():
         raise NonFiniteScoresError(f"{int(np.isnan(ranks).sum())} of {ranks.size} ranks are NaN")
+
     def recall(k: int) -> float:  # same arithmetic as the references: count * 100 / n
         return float(np.sum(ranks <= k)) * 100 / ranks.size
 

@@ -19,18 +19,28 @@ def rerank_choices() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class EvaluationOptions:
-    rerank: str = option(NO_RERANKING, choices=rerank_choices,
-                         help="a re-ranker (its options: evaluation.<name>), labelled separately in every output")
+    rerank: str = option(
+        NO_RERANKING,
+        choices=rerank_choices,
+        help="a re-ranker (its options: evaluation.<name>), labelled separately in every output",
+    )
     median: Median = option("mean", help="mean: np.median | lower: torch.median")
     text_chunk: int = option(1024, minimum=1, help="texts per similarity tile")
     video_chunk: int = option(1024, minimum=1, help="videos per similarity tile")
-    memory_budget_gb: float = option(0.5, above=0, help="per similarity tile; text-conditioned heads shrink their tiles to fit")
-    report_levels: bool | None = option(False, help="heads scoring at several levels (HBI) also report each level as labelled rows")
+    memory_budget_gb: float = option(
+        0.5, above=0, help="per similarity tile; text-conditioned heads shrink their tiles to fit"
+    )
+    report_levels: bool | None = option(
+        False, help="heads scoring at several levels (HBI) also report each level as labelled rows"
+    )
 
     @property
     def tiles(self) -> dict:
-        return {"text_chunk": self.text_chunk, "video_chunk": self.video_chunk,
-                "memory_budget_bytes": int(self.memory_budget_gb * 2**30)}
+        return {
+            "text_chunk": self.text_chunk,
+            "video_chunk": self.video_chunk,
+            "memory_budget_bytes": int(self.memory_budget_gb * 2**30),
+        }
 
 
 def evaluation_defaults() -> dict:
@@ -40,7 +50,9 @@ def evaluation_defaults() -> dict:
 
 def evaluation_options(section: dict | None) -> EvaluationOptions:
     section = section or {}
-    return from_config(EvaluationOptions, {name: section[name] for name in option_names(EvaluationOptions) if name in section})
+    return from_config(
+        EvaluationOptions, {name: section[name] for name in option_names(EvaluationOptions) if name in section}
+    )
 
 
 def configured_reranker(section: dict | None) -> Reranker | None:

@@ -61,7 +61,9 @@ def _row(label: str, direction: str, values: dict) -> str:
     return f"| {label} | {direction} | " + " | ".join(cells) + " |"
 
 
-def measured_block(split: str, metrics: dict, missing_videos: int, rerank: str, selected_on: str | None, selection: str) -> dict:
+def measured_block(
+    split: str, metrics: dict, missing_videos: int, rerank: str, selected_on: str | None, selection: str
+) -> dict:
     """What an evaluation measured, written beside its numbers in ``metrics.json`` and the table.
 
     ``selected_on`` is the split that chose the checkpoint (None when unknown, e.g. a converted release).
@@ -90,14 +92,22 @@ def describe_measurement(measured: dict) -> list[str]:
         f"checkpoint: {measured['checkpoint_selection']}" + (f" on split '{selected}'" if selected else "")
     ]
     if measured["missing_videos"]:
-        lines.append(f"warning: {measured['missing_videos']} of {measured['annotated_videos']} annotated videos are missing "
-                     "from disk and were dropped with their captions: not the protocol's full gallery")
+        lines.append(
+            f"warning: {measured['missing_videos']} of {measured['annotated_videos']} annotated videos are missing "
+            "from disk and were dropped with their captions: not the protocol's full gallery"
+        )
     if measured["unreadable_videos"]:
-        lines.append(f"warning: {measured['unreadable_videos']} unreadable videos stay in the gallery and count as misses")
+        lines.append(
+            f"warning: {measured['unreadable_videos']} unreadable videos stay in the gallery and count as misses"
+        )
     if measured["selected_on_evaluated_split"]:
-        lines.append(f"warning: the checkpoint was selected on the evaluated split '{selected}' itself: not a held-out result")
+        lines.append(
+            f"warning: the checkpoint was selected on the evaluated split '{selected}' itself: not a held-out result"
+        )
     if measured["rerank"] != "none":
-        lines.append(f"note: the re-ranked rows use {measured['rerank'].upper()}, a transductive method that sees all test queries")
+        lines.append(
+            f"note: the re-ranked rows use {measured['rerank'].upper()}, a transductive method that sees all test queries"
+        )
     return lines
 
 

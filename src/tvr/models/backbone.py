@@ -110,7 +110,9 @@ class PretrainedTagError(ValueError):
     """``backbone.pretrained`` is needed, or names no open_clip weights of the model."""
 
 
-def resolve_preprocessing(model_name: str | None, architecture: dict | None = None, pretrained: str | None = None) -> Preprocessing:
+def resolve_preprocessing(
+    model_name: str | None, architecture: dict | None = None, pretrained: str | None = None
+) -> Preprocessing:
     """How frames become the input of this backbone, from its config alone (start-up validation asks before
     anything is built; :class:`CLIPBackbone` asks the same): the image size its architecture fixes, and
     mean/std and resize rule from open_clip's preprocessing config of the pretrained weights: those tagged
@@ -125,17 +127,25 @@ def resolve_preprocessing(model_name: str | None, architecture: dict | None = No
     tags = [] if architecture else open_clip.list_pretrained_tags_by_model(model_name or "")
     if pretrained is not None:
         if not isinstance(pretrained, str) or architecture or not get_pretrained_cfg(model_name or "", pretrained):
-            known = f"its tags: {', '.join(tags)}" if tags else "it has none (an inline architecture or no open_clip weights)"
+            known = (
+                f"its tags: {', '.join(tags)}"
+                if tags
+                else "it has none (an inline architecture or no open_clip weights)"
+            )
             raise PretrainedTagError(f"'{pretrained}' is not a pretrained tag of open_clip's '{model_name}'; {known}")
         tags = [pretrained]
     rules: dict[tuple, list[str]] = {}
     for tag in tags:
         rules.setdefault(_resize_and_normalise(get_pretrained_cfg(model_name, tag)), []).append(tag)
     if len(rules) > 1:
-        listing = "; ".join(f"{', '.join(named[:3])}{f' and {len(named) - 3} more' if len(named) > 3 else ''}: {dict(rule)}"
-                            for rule, named in rules.items())
-        raise PretrainedTagError(f"open_clip's pretrained weights of '{model_name}' are preprocessed differently "
-                                 f"({listing}); say which ones backbone.weights holds with backbone.pretrained=<tag>")
+        listing = "; ".join(
+            f"{', '.join(named[:3])}{f' and {len(named) - 3} more' if len(named) > 3 else ''}: {dict(rule)}"
+            for rule, named in rules.items()
+        )
+        raise PretrainedTagError(
+            f"open_clip's pretrained weights of '{model_name}' are preprocessed differently "
+            f"({listing}); say which ones backbone.weights holds with backbone.pretrained=<tag>"
+        )
     return Preprocessing(int(size), **dict(next(iter(rules), ())))
 
 
@@ -143,8 +153,11 @@ def _resize_and_normalise(pretrained_cfg: dict) -> tuple:
     """The fields of an open_clip pretrained config that :class:`Preprocessing` takes, over open_clip's defaults
     (hashable, to compare the configs of a model's tags)."""
     merged = merge_preprocess_dict(PreprocessCfg(), pretrained_cfg)
-    return tuple((name, tuple(value) if isinstance(value, (list, tuple)) else value) for name, value in sorted(merged.items())
-                 if name in ("mean", "std", "interpolation", "resize_mode"))
+    return tuple(
+        (name, tuple(value) if isinstance(value, (list, tuple)) else value)
+        for name, value in sorted(merged.items())
+        if name in ("mean", "std", "interpolation", "resize_mode")
+    )
 
 
 class CLIPBackbone(nn.Module):
@@ -171,7 +184,9 @@ class CLIPBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if padded_frames not in PADDED_FRAME_MODES:
-            raise ValueError(f"unknown backbone padded_frames '{padded_frames}'; valid choices: {', '.join(PADDED_FRAME_MODES)}")
+            raise ValueError(
+                f"unknown backbone padded_frames '{padded_frames}'; valid choices: {', '.join(PADDED_FRAME_MODES)}"
+            )
         self.text_padding_mask = text_padding_mask
         self.padded_frames = padded_frames
         config = resolve_architecture(model_name, architecture)
@@ -211,7 +226,9 @@ class CLIPBackbone(nn.Module):
     def _load(self, loaded: LoadedWeights) -> None:
         expected = self.clip.state_dict()
         missing, unexpected, wrong_shape = state_dict_mismatch(expected, loaded.state_dict)
-        wrong_shapes = [f"{key} {tuple(loaded.state_dict[key].shape)} vs {tuple(expected[key].shape)}" for key in wrong_shape]
+        wrong_shapes = [
+            f"{key} {tuple(loaded.state_dict[key].shape)} vs {tuple(expected[key].shape)}" for key in wrong_shape
+        ]
         if missing or unexpected or wrong_shapes:
             raise WeightsError(
                 f"weights '{loaded.path}' ({loaded.source}) do not fit backbone '{self.model_name}': "
@@ -302,7 +319,9 @@ class CLIPBackbone(nn.Module):
         sentence = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot]
         return TextFeatures(sentence=sentence, tokens=tokens, mask=token_ids != 0)
 
-    def encode_images(self, images: torch.Tensor, with_patches: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_images(
+        self, images: torch.Tensor, with_patches: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[N, 3, H, W]`` -> projected CLS ``[N, D]`` and, optionally, projected patch tokens ``[N, P, D]``."""
         visual = self.clip.visual
         x = visual._embeds(images.to(visual.conv1.weight.dtype))

@@ -44,7 +44,7 @@ def convert_reference_state_dict(head_name: str, state_dict: dict[str, torch.Ten
     def is_clip(key: str) -> bool:
         return key.startswith(CLIP_PREFIX) and not any(fragment in key for fragment in owned)
 
-    clip = {key[len(CLIP_PREFIX):]: value for key, value in state_dict.items() if is_clip(key)}
+    clip = {key[len(CLIP_PREFIX) :]: value for key, value in state_dict.items() if is_clip(key)}
     head = {key: value for key, value in state_dict.items() if not is_clip(key)}
     # X-Pool's checkpoints hold the transformers (Hugging Face) CLIPModel; CLIP4Clip's may be fp16
     clip = transformers_to_open_clip(clip) if is_transformers_layout(clip) else to_float32(clip)

@@ -60,7 +60,9 @@ class Retriever(nn.Module):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu", strict: bool = True) -> "Retriever":
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", strict: bool = True
+    ) -> "Retriever":
         """The model of any tvr checkpoint (``tvr-train``'s, or a paper's converted by
         ``tools/convert_checkpoint.py``); the file alone suffices: CLIP weights come from it too.
         ``run_config`` is the config it was trained with (None for older files), ``source`` the file."""
@@ -116,10 +118,19 @@ class Retriever(nn.Module):
         return scores * self.backbone.logit_scale.exp() if self.head.uses_logit_scale else scores
 
     @torch.no_grad()
-    def score(self, text_repr: Repr, video_repr: Repr, text_chunk: int = 1024, video_chunk: int = 1024,
-              memory_budget_bytes: int | None = 512 * 2**20, out_device: torch.device | str = "cpu") -> torch.Tensor:
+    def score(
+        self,
+        text_repr: Repr,
+        video_repr: Repr,
+        text_chunk: int = 1024,
+        video_chunk: int = 1024,
+        memory_budget_bytes: int | None = 512 * 2**20,
+        out_device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
         """``[Nt, Nv]`` unscaled scores of every text against every video, tile by tile within the memory budget."""
-        return tiled_similarity(self.head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device)
+        return tiled_similarity(
+            self.head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device
+        )
 
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:

@@ -12,7 +12,9 @@ import torch
 from tvr.models.heads.base import Repr, RetrievalHead, repr_length, slice_repr
 
 
-def tile_shape(head: RetrievalHead, text_chunk: int, video_chunk: int, memory_budget_bytes: int | None) -> tuple[int, int]:
+def tile_shape(
+    head: RetrievalHead, text_chunk: int, video_chunk: int, memory_budget_bytes: int | None
+) -> tuple[int, int]:
     per_pair = head.pair_bytes()
     if per_pair and memory_budget_bytes:
         pairs = max(1, memory_budget_bytes // per_pair)
@@ -35,14 +37,32 @@ def tiled_similarity(
     """The ``[Nt, Nv]`` ranking scores (``head.similarity``); with ``levels``, ``{level: [Nt, Nv]}`` of every
     score level of a multi-level head (``head.level_similarity``; empty for others)."""
     if levels:
-        return _tiled(head.level_similarity, head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device)
-    scores = _tiled(lambda texts, videos: {"final": head.similarity(texts, videos)}, head, text_repr, video_repr,
-                    text_chunk, video_chunk, memory_budget_bytes, out_device)
+        return _tiled(
+            head.level_similarity, head, text_repr, video_repr, text_chunk, video_chunk, memory_budget_bytes, out_device
+        )
+    scores = _tiled(
+        lambda texts, videos: {"final": head.similarity(texts, videos)},
+        head,
+        text_repr,
+        video_repr,
+        text_chunk,
+        video_chunk,
+        memory_budget_bytes,
+        out_device,
+    )
     return scores["final"]
 
 
-def _tiled(score_tile, head: RetrievalHead, text_repr: Repr, video_repr: Repr, text_chunk: int, video_chunk: int,
-           memory_budget_bytes: int | None, out_device) -> dict[str, torch.Tensor]:
+def _tiled(
+    score_tile,
+    head: RetrievalHead,
+    text_repr: Repr,
+    video_repr: Repr,
+    text_chunk: int,
+    video_chunk: int,
+    memory_budget_bytes: int | None,
+    out_device,
+) -> dict[str, torch.Tensor]:
     num_texts, num_videos = repr_length(text_repr), repr_length(video_repr)
     text_chunk, video_chunk = tile_shape(head, text_chunk, video_chunk, memory_budget_bytes)
     out: dict[str, torch.Tensor] = {}

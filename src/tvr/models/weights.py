@@ -128,7 +128,9 @@ def read_state_dict_file(path: Path, hint: str = SUPPORTED_HINT) -> dict[str, to
     return _unwrap(load_tensor_file(path, hint), hint)
 
 
-def load_tensor_file(path: Path, hint: str, error: type[CheckpointError] = WeightsError, map_location: Any = "cpu") -> Any:
+def load_tensor_file(
+    path: Path, hint: str, error: type[CheckpointError] = WeightsError, map_location: Any = "cpu"
+) -> Any:
     """What a ``.safetensors`` file or a ``torch.load(weights_only=True)`` pickle holds. A missing, empty,
     truncated or otherwise unreadable file raises ``error`` naming the file and ending with ``hint``."""
     if not path.is_file():
@@ -141,11 +143,17 @@ def load_tensor_file(path: Path, hint: str, error: type[CheckpointError] = Weigh
         try:
             return load_file(str(path), device="cpu")
         except Exception as failure:  # safetensors raises its own exception types
-            raise error(f"cannot read safetensors file '{path}' (truncated or not safetensors?): {failure}; {hint}") from failure
+            raise error(
+                f"cannot read safetensors file '{path}' (truncated or not safetensors?): {failure}; {hint}"
+            ) from failure
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as failure:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError... by how the bytes are broken
-        raise error(f"cannot read '{path}' with torch.load(weights_only=True): {_load_failure(failure)}; {hint}") from failure
+    except (
+        Exception
+    ) as failure:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError... by how the bytes are broken
+        raise error(
+            f"cannot read '{path}' with torch.load(weights_only=True): {_load_failure(failure)}; {hint}"
+        ) from failure
 
 
 def _load_failure(failure: Exception) -> str:
@@ -153,8 +161,10 @@ def _load_failure(failure: Exception) -> str:
     text = str(failure)
     unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if unsupported:
-        return (f"it holds a pickled Python object ({unsupported[1]}), which weights only loading refuses so that "
-                "opening a file cannot run code")
+        return (
+            f"it holds a pickled Python object ({unsupported[1]}), which weights only loading refuses so that "
+            "opening a file cannot run code"
+        )
     if "Weights only load failed" in text:
         detail = "torch's weights only unpickler cannot parse it"
     else:
@@ -172,11 +182,13 @@ def _unwrap(checkpoint: dict, hint: str) -> dict[str, torch.Tensor]:
 def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the ``module.`` that DistributedDataParallel puts before every key."""
     if state_dict and all(key.startswith("module.") for key in state_dict):
-        return {key[len("module."):]: value for key, value in state_dict.items()}
+        return {key[len("module.") :]: value for key, value in state_dict.items()}
     return state_dict
 
 
-def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+def state_dict_mismatch(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
     """Sorted keys ``given`` lacks, keys it has in excess, and shared keys whose shapes differ."""
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
@@ -238,7 +250,7 @@ def transformers_to_open_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, 
         new_key = key
         for old, new in _TRANSFORMERS_RENAMES:
             if new_key.startswith(old):
-                new_key = new + new_key[len(old):]
+                new_key = new + new_key[len(old) :]
                 break
         else:
             raise WeightsError(f"unexpected key '{key}' in a transformers CLIP checkpoint")

@@ -37,8 +37,24 @@ log = logging.getLogger(__name__)
 
 # Containers FFmpeg (decord's and PyAV's decoder) commonly reads; matched case-insensitively.
 VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
-    ".m2ts", ".ogv", ".vob", ".asf", ".f4v",
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+    ".3gp",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".ogv",
+    ".vob",
+    ".asf",
+    ".f4v",
 )
 
 
@@ -120,7 +136,9 @@ class VideoFiles(Dataset):
     """One item per video file: padded frames and mask, duration and thumbnail, or why it is unreadable
     (``error``, empty for a readable video)."""
 
-    def __init__(self, paths: list[str], backend: VideoBackend, sampler: FrameSampler, preprocessing: Preprocessing) -> None:
+    def __init__(
+        self, paths: list[str], backend: VideoBackend, sampler: FrameSampler, preprocessing: Preprocessing
+    ) -> None:
         self.paths = paths
         self.decoded = _KeepLastClip(backend)
         self.reader = ClipReader(self.decoded, sampler, ClipFrameTransform(preprocessing))
@@ -134,12 +152,24 @@ class VideoFiles(Dataset):
             frames, mask = self.reader.read(VideoRef(video_id=path, path=Path(path)))
             clip = self.decoded.last
             thumbnail = thumbnail_strip(clip.frames[: int(mask.sum())])
-            return {"path": path, "frames": frames, "frame_mask": mask, "duration": clip.num_frames / clip.fps,
-                    "thumbnail": thumbnail, "error": ""}
+            return {
+                "path": path,
+                "frames": frames,
+                "frame_mask": mask,
+                "duration": clip.num_frames / clip.fps,
+                "thumbnail": thumbnail,
+                "error": "",
+            }
         except Exception as error:  # the user's files can fail in ways no decoder promises; one must not stop the build
             frames, mask = self.reader.empty()
-            return {"path": path, "frames": frames, "frame_mask": mask, "duration": 0.0, "thumbnail": b"",
-                    "error": str(error) or type(error).__name__}
+            return {
+                "path": path,
+                "frames": frames,
+                "frame_mask": mask,
+                "duration": 0.0,
+                "thumbnail": b"",
+                "error": str(error) or type(error).__name__,
+            }
 
 
 # ---------------------------------------------------------------------- collecting encoded videos into shards
@@ -156,8 +186,14 @@ class _Pending:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def add(self, paths: list[str], durations: list[float], representation: Repr, summary: torch.Tensor,
-            thumbnails: list[bytes]) -> None:
+    def add(
+        self,
+        paths: list[str],
+        durations: list[float],
+        representation: Repr,
+        summary: torch.Tensor,
+        thumbnails: list[bytes],
+    ) -> None:
         self.paths += paths
         self.durations += durations
         self.representations.append(representation)
@@ -167,8 +203,13 @@ class _Pending:
     def write_shard(self, store: VideoIndexStore, count: int) -> None:
         """Append the first ``count`` pending videos to ``store`` as one shard and keep the rest."""
         representation, summary = cat_reprs(self.representations), torch.cat(self.summaries)
-        store.append_shard(self.paths[:count], torch.tensor(self.durations[:count]), slice_repr(representation, 0, count),
-                           summary[:count], self.thumbnails[:count])
+        store.append_shard(
+            self.paths[:count],
+            torch.tensor(self.durations[:count]),
+            slice_repr(representation, 0, count),
+            summary[:count],
+            self.thumbnails[:count],
+        )
         total = len(self)
         self.representations = [slice_repr(representation, count, total)]
         self.summaries = [summary[count:]]
@@ -179,14 +220,29 @@ class _Pending:
 def index_settings(retriever: Retriever, sampler: FrameSampler, max_words: int) -> dict:
     """What, besides the model's weights, makes two indexes' vectors comparable; and how queries are cut
     (``max_words``, the tokenizer limit the model was trained with)."""
-    return {"sampler": sampler.describe(), "preprocessing": retriever.backbone.preprocessing.describe(), "max_words": max_words,
-            "summary": "exact" if retriever.summary_is_exact else "mean_pooled_frames"}
+    return {
+        "sampler": sampler.describe(),
+        "preprocessing": retriever.backbone.preprocessing.describe(),
+        "max_words": max_words,
+        "summary": "exact" if retriever.summary_is_exact else "mean_pooled_frames",
+    }
 
 
-def build_index(retriever: Retriever, videos_dir: str | Path, out: str | Path, *, sampler: FrameSampler, model: dict,
-                max_words: int = 32,
-                backend: str = "decord", num_workers: int = 2, batch_size: int = 16, shard_size: int = 256,
-                device: str | torch.device = "cpu", progress: bool = True) -> BuildReport:
+def build_index(
+    retriever: Retriever,
+    videos_dir: str | Path,
+    out: str | Path,
+    *,
+    sampler: FrameSampler,
+    model: dict,
+    max_words: int = 32,
+    backend: str = "decord",
+    num_workers: int = 2,
+    batch_size: int = 16,
+    shard_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> BuildReport:
     """Index every video under ``videos_dir`` that the index at ``out`` does not hold yet.
 
     ``model`` says how to rebuild ``retriever`` for searching (stored in the manifest as given). The
@@ -196,11 +252,19 @@ def build_index(retriever: Retriever, videos_dir: str | Path, out: str | Path, *
     started = time.perf_counter()
     videos = find_videos(videos_dir)
     # before any decoding: a mismatching index is refused at once, not after an hour of work
-    store = VideoIndexStore.create_or_open(out, retriever.identity(), model, index_settings(retriever, sampler, max_words))
+    store = VideoIndexStore.create_or_open(
+        out, retriever.identity(), model, index_settings(retriever, sampler, max_words)
+    )
     known = store.known_paths()
     todo = [str(path) for path in videos if str(path) not in known]
-    log.info("%d videos under %s: %d already in the index %s, %d to encode", len(videos), videos_dir,
-             len(videos) - len(todo), store.folder, len(todo))
+    log.info(
+        "%d videos under %s: %d already in the index %s, %d to encode",
+        len(videos),
+        videos_dir,
+        len(videos) - len(todo),
+        store.folder,
+        len(todo),
+    )
     retriever.to(device).eval()
     dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.preprocessing)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
@@ -218,10 +282,19 @@ def build_index(retriever: Retriever, videos_dir: str | Path, out: str | Path, *
         pending.write_shard(store, len(pending))
     if unreadable:
         examples = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:3])
-        log.warning("%d videos could not be read and are not indexed (listed in %s/manifest.json), e.g. %s",
-                    len(unreadable), store.folder, examples)
-    return BuildReport(indexed=len(todo) - len(unreadable), skipped_existing=len(videos) - len(todo),
-                       unreadable=unreadable, total_in_index=len(store), seconds=time.perf_counter() - started)
+        log.warning(
+            "%d videos could not be read and are not indexed (listed in %s/manifest.json), e.g. %s",
+            len(unreadable),
+            store.folder,
+            examples,
+        )
+    return BuildReport(
+        indexed=len(todo) - len(unreadable),
+        skipped_existing=len(videos) - len(todo),
+        unreadable=unreadable,
+        total_in_index=len(store),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _encode_batch(retriever: Retriever, batch: dict, device: str | torch.device, pending: _Pending) -> None:
@@ -233,6 +306,10 @@ def _encode_batch(retriever: Retriever, batch: dict, device: str | torch.device,
     mask = batch["frame_mask"][readable].to(device, non_blocking=True)
     with torch.no_grad():
         representation, summary = retriever.encode_videos_with_summary(frames, mask)
-    pending.add([batch["path"][row] for row in readable], [batch["duration"][row] for row in readable],
-                {key: value.cpu() for key, value in representation.items()}, summary.cpu(),
-                [batch["thumbnail"][row] for row in readable])
+    pending.add(
+        [batch["path"][row] for row in readable],
+        [batch["duration"][row] for row in readable],
+        {key: value.cpu() for key, value in representation.items()},
+        summary.cpu(),
+        [batch["thumbnail"][row] for row in readable],
+    )

@@ -22,7 +22,7 @@ from tvr.errors import UserInputError, exit_on_user_error
 from tvr.search.build import build_index
 from tvr.search.model import data_settings, load_retriever, model_record
 from tvr.search.page import Hit, index_page, results_page
-from tvr.search.searcher import SearchOptions, Searcher
+from tvr.search.searcher import Searcher, SearchOptions
 from tvr.search.store import VideoIndexStore
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,38 @@ def run_index(argv: list[str]) -> dict:
     record = model_record(cfg)  # before any video is opened
     retriever = load_retriever(record)
     sampler, max_words = data_settings(retriever, record, to_plain(cfg.sampler) if cfg.sampler else None)
-    report = build_index(retriever, Path(positional[0]), Path(cfg.index), sampler=sampler, max_words=max_words, model=record,
-                         backend=cfg.backend, num_workers=cfg.num_workers, batch_size=cfg.batch_size,
-                         shard_size=cfg.shard_size, device=cfg.device, progress=cfg.progress)
+    report = build_index(
+        retriever,
+        Path(positional[0]),
+        Path(cfg.index),
+        sampler=sampler,
+        max_words=max_words,
+        model=record,
+        backend=cfg.backend,
+        num_workers=cfg.num_workers,
+        batch_size=cfg.batch_size,
+        shard_size=cfg.shard_size,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
     store = VideoIndexStore.open(cfg.index)
     if cfg.html:
         contents = store.load()
-        videos = [Hit(rank=row + 1, score=float("nan"), path=path, duration=float(contents.durations[row]),
-                      thumbnail=contents.thumbnails[row]) for row, path in enumerate(contents.paths)]
+        videos = [
+            Hit(
+                rank=row + 1,
+                score=float("nan"),
+                path=path,
+                duration=float(contents.durations[row]),
+                thumbnail=contents.thumbnails[row],
+            )
+            for row, path in enumerate(contents.paths)
+        ]
         write_text(Path(cfg.index) / "index.html", index_page(index_summary(store), videos, store.unreadable))
-    print(f"indexed {report.indexed} new videos ({report.skipped_existing} already indexed, {len(report.unreadable)} unreadable) "
-          f"in {report.seconds:.1f} s; {report.total_in_index} videos in {cfg.index}")
+    print(
+        f"indexed {report.indexed} new videos ({report.skipped_existing} already indexed, {len(report.unreadable)} unreadable) "
+        f"in {report.seconds:.1f} s; {report.total_in_index} videos in {cfg.index}"
+    )
     for path, reason in report.unreadable.items():
         print(f"  unreadable: {path}: {reason}")
     return {"indexed": report.indexed, "unreadable": report.unreadable, "total": report.total_in_index}
@@ -72,24 +93,36 @@ def run_index(argv: list[str]) -> dict:
 
 def index_summary(store: VideoIndexStore) -> dict:
     sampler = store.settings["sampler"]
-    return {**store.identity, "videos": len(store), "unreadable": len(store.unreadable),
-            "sampler": f"{sampler.get('sampler')}, {sampler.get('max_frames')} frames",
-            "model": store.model.get("ckpt_path") or f"zero-shot {store.model.get('backbone', {}).get('model_name')}"}
+    return {
+        **store.identity,
+        "videos": len(store),
+        "unreadable": len(store.unreadable),
+        "sampler": f"{sampler.get('sampler')}, {sampler.get('max_frames')} frames",
+        "model": store.model.get("ckpt_path") or f"zero-shot {store.model.get('backbone', {}).get('model_name')}",
+    }
 
 
 def search_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tvr-search", description="Search an index built by tvr-index with text.",
-                                     epilog="index=OUT and ckpt_path=FILE may also be given as key=value.")
+    parser = argparse.ArgumentParser(
+        prog="tvr-search",
+        description="Search an index built by tvr-index with text.",
+        epilog="index=OUT and ckpt_path=FILE may also be given as key=value.",
+    )
     parser.add_argument("query", nargs="?", help="the text to search for")
     parser.add_argument("--index", help="the index folder (tvr-index ... index=OUT)")
     parser.add_argument("--ckpt-path", help="the index's checkpoint, if it has moved")
     parser.add_argument("--queries", help="a file of queries, one per line: JSON lines out")
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--rerank-k", type=int, default=100, help="text-conditioned heads: candidates re-scored per query")
+    parser.add_argument(
+        "--rerank-k", type=int, default=100, help="text-conditioned heads: candidates re-scored per query"
+    )
     parser.add_argument("--factory", default="Flat", help="faiss index: Flat (exact) or e.g. IVF1024,PQ64")
     parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
-    parser.add_argument("--check-recall", action="store_true",
-                        help="two-stage search: also score every video with the head and report the first stage's recall")
+    parser.add_argument(
+        "--check-recall",
+        action="store_true",
+        help="two-stage search: also score every video with the head and report the first stage's recall",
+    )
     parser.add_argument("--html", help="write a page with the results and their thumbnails")
     parser.add_argument("--device", default="cpu")
     return parser
@@ -101,7 +134,9 @@ def run_search(argv: list[str]) -> list:
     keyed = {item.split("=", 1)[0]: item.split("=", 1)[1] for item in argv if "=" in item and not item.startswith("-")}
     unknown = set(keyed) - {"index", "ckpt_path"}
     if unknown:
-        raise UserInputError(f"unknown key {sorted(unknown)[0]}=; tvr-search takes index=OUT and ckpt_path=FILE (see --help)")
+        raise UserInputError(
+            f"unknown key {sorted(unknown)[0]}=; tvr-search takes index=OUT and ckpt_path=FILE (see --help)"
+        )
     args = parser.parse_args([item for item in argv if not ("=" in item and not item.startswith("-"))])
     index = keyed.get("index") or args.index
     if not index:
@@ -111,8 +146,9 @@ def run_search(argv: list[str]) -> list:
     if args.top_k < 1 or args.rerank_k < 1:
         raise UserInputError(f"--top-k ({args.top_k}) and --rerank-k ({args.rerank_k}) must be at least 1")
     queries = [args.query] if args.queries is None else read_queries(Path(args.queries))
-    searcher = Searcher(index, keyed.get("ckpt_path") or args.ckpt_path, factory=args.factory, nprobe=args.nprobe,
-                        device=args.device)
+    searcher = Searcher(
+        index, keyed.get("ckpt_path") or args.ckpt_path, factory=args.factory, nprobe=args.nprobe, device=args.device
+    )
     options = SearchOptions(top_k=args.top_k, rerank_k=args.rerank_k, check_recall=args.check_recall)
     results = searcher.search(queries, options)
     if args.queries is None:

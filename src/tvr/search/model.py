@@ -23,8 +23,11 @@ def model_record(cfg: DictConfig) -> dict:
     if cfg.get("ckpt_path"):
         return {"kind": "checkpoint", "ckpt_path": str(Path(cfg.ckpt_path).resolve())}
     if cfg.get("backbone") is None or cfg.get("head") is None:
-        raise ConfigError("ckpt_path", "has no value and no zero-shot model is chosen",
-                          "pass ckpt_path=<run dir>/checkpoints/best.ckpt, or backbone=<name> backbone.weights=<CLIP file> head=meanpool")
+        raise ConfigError(
+            "ckpt_path",
+            "has no value and no zero-shot model is chosen",
+            "pass ckpt_path=<run dir>/checkpoints/best.ckpt, or backbone=<name> backbone.weights=<CLIP file> head=meanpool",
+        )
     backbone = to_plain(cfg.backbone)
     if backbone.get("weights"):
         backbone["weights"] = str(Path(backbone["weights"]).resolve())
@@ -36,8 +39,11 @@ def load_retriever(record: dict, ckpt_path: str | None = None) -> Retriever:
     if record["kind"] == "checkpoint":
         path = ckpt_path or record["ckpt_path"]
         if not Path(path).is_file():
-            raise ConfigError("ckpt_path", f"the index's checkpoint {path} does not exist",
-                              "pass ckpt_path=<where the checkpoint is now>")
+            raise ConfigError(
+                "ckpt_path",
+                f"the index's checkpoint {path} does not exist",
+                "pass ckpt_path=<where the checkpoint is now>",
+            )
         return Retriever.from_checkpoint(path)
     # A zero-shot head (and a backbone without a weights file) starts from random weights; a fixed seed
     # makes reopening the index rebuild the very model its identity hash names.

@@ -100,8 +100,9 @@ def index_page(
     return _document(title, [_summary_table(index_summary), indexed, not_indexed], strips)
 
 
-def headless_chromium(page: str | os.PathLike[str], *flags: str, profile_dir: str | os.PathLike[str],
-                      timeout: float = CHROMIUM_TIMEOUT_S) -> str:
+def headless_chromium(
+    page: str | os.PathLike[str], *flags: str, profile_dir: str | os.PathLike[str], timeout: float = CHROMIUM_TIMEOUT_S
+) -> str:
     """Load a local page in headless Chromium with extra ``flags`` (e.g. ``--dump-dom``); return its stdout.
 
     ``profile_dir`` is a throwaway ``--user-data-dir`` so runs share no state with each other or a desktop
@@ -114,11 +115,17 @@ def headless_chromium(page: str | os.PathLike[str], *flags: str, profile_dir: st
         raise RuntimeError(f"{CHROMIUM!r} is not on PATH; install it (Debian: apt-get install chromium)")
     for attempt in range(CHROMIUM_ATTEMPTS):
         command = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--run-all-compositor-stages-before-draw", f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--run-all-compositor-stages-before-draw",
+            f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
             # A fresh profile per attempt: a killed attempt may leave its profile locked.
             f"--user-data-dir={Path(profile_dir) / f'attempt-{attempt}'}",
-            *flags, Path(page).resolve().as_uri(),
+            *flags,
+            Path(page).resolve().as_uri(),
         ]
         finished = _run_once(command, timeout / CHROMIUM_ATTEMPTS)
         if finished is not None:
@@ -148,14 +155,14 @@ def _run_once(command: list[str], timeout: float) -> str | None:
         return stdout.read().decode("utf-8", errors="replace")
 
 
-def screenshot(html_path: str | os.PathLike[str], png_path: str | os.PathLike[str],
-               width: int = 1200, height: int = 900) -> None:
+def screenshot(
+    html_path: str | os.PathLike[str], png_path: str | os.PathLike[str], width: int = 1200, height: int = 900
+) -> None:
     """Capture the page as a ``width`` x ``height`` PNG with headless Chromium; RuntimeError if it cannot."""
     png = Path(png_path).resolve()
     png.unlink(missing_ok=True)  # so a stale file cannot pass for a fresh capture
     with tempfile.TemporaryDirectory(prefix="tvr-chromium-") as profile:
-        headless_chromium(html_path, f"--window-size={width},{height}", f"--screenshot={png}",
-                          profile_dir=profile)
+        headless_chromium(html_path, f"--window-size={width},{height}", f"--screenshot={png}", profile_dir=profile)
     if not png.is_file():
         raise RuntimeError(f"chromium reported success but wrote no screenshot at {png}")
 
@@ -171,8 +178,7 @@ def _document(title: str, parts: list[str], strips: int) -> str:
 
 def _summary_table(index_summary: dict[str, object]) -> str:
     rows = [
-        f"<tr><th>{escape(str(key))}</th><td>{escape(str(value))}</td></tr>"
-        for key, value in index_summary.items()
+        f"<tr><th>{escape(str(key))}</th><td>{escape(str(value))}</td></tr>" for key, value in index_summary.items()
     ]
     return _table("summary", rows, "no index summary")
 

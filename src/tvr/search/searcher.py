@@ -38,8 +38,14 @@ class SearchResult(QueryResult):
     first_stage_recall: float | None = None
 
     def as_json(self) -> dict:
-        return {"query": self.query, "note": self.note, "first_stage_recall": self.first_stage_recall,
-                "results": [{"rank": hit.rank, "score": hit.score, "path": hit.path, "duration": hit.duration} for hit in self.hits]}
+        return {
+            "query": self.query,
+            "note": self.note,
+            "first_stage_recall": self.first_stage_recall,
+            "results": [
+                {"rank": hit.rank, "score": hit.score, "path": hit.path, "duration": hit.duration} for hit in self.hits
+            ],
+        }
 
 
 class QueryError(UserInputError):
@@ -56,8 +62,14 @@ class SearchOptions:
 
 
 class Searcher:
-    def __init__(self, index: str | Path, ckpt_path: str | None = None, factory: str = "Flat", nprobe: int = 16,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        index: str | Path,
+        ckpt_path: str | None = None,
+        factory: str = "Flat",
+        nprobe: int = 16,
+        device: str = "cpu",
+    ) -> None:
         self.store = VideoIndexStore.open(index)
         self.retriever = load_retriever(self.store.model, ckpt_path).to(device)
         self.device = torch.device(device)
@@ -65,10 +77,13 @@ class Searcher:
         if found != self.store.identity:
             raise IndexMismatchError(
                 f"index {index} was built with {self.store.identity}, but the model is {found}; search it with the "
-                "checkpoint it was built with (ckpt_path=...), or build another index with this model")
+                "checkpoint it was built with (ckpt_path=...), or build another index with this model"
+            )
         self.contents = self.store.load()
         if not self.contents.paths:
-            raise UserInputError(f"index {index} holds no video yet; add some with tvr-index VIDEOS_DIR ... index={index}")
+            raise UserInputError(
+                f"index {index} holds no video yet; add some with tvr-index VIDEOS_DIR ... index={index}"
+            )
         self.tokenizer = CaptionTokenizer(self.store.settings["max_words"])
         self.vectors = self._vector_index(Path(index), factory, nprobe)
 
@@ -89,15 +104,20 @@ class Searcher:
         limit = self.tokenizer.max_words - 2
         for query in queries:
             if not query.strip():
-                raise QueryError("the query is empty; pass the text to search for, e.g. tvr-search \"a dog runs on the beach\" index=...")
+                raise QueryError(
+                    'the query is empty; pass the text to search for, e.g. tvr-search "a dog runs on the beach" index=...'
+                )
             length = len(self.tokenizer.bpe.encode(query))
             if length > limit:
-                raise QueryError(f"the query '{query[:60]}...' has {length} tokens, but this model reads at most {limit} "
-                                 f"(its data.max_words={self.tokenizer.max_words}, minus start and end); shorten it")
+                raise QueryError(
+                    f"the query '{query[:60]}...' has {length} tokens, but this model reads at most {limit} "
+                    f"(its data.max_words={self.tokenizer.max_words}, minus start and end); shorten it"
+                )
         return torch.stack([self.tokenizer(query) for query in queries]).to(self.device)
 
     @torch.no_grad()
-    def search(self, queries: list[str], options: SearchOptions = SearchOptions()) -> list[SearchResult]:
+    def search(self, queries: list[str], options: SearchOptions | None = None) -> list[SearchResult]:
+        options = options or SearchOptions()
         tokens = self.tokens(queries)
         parts = [self.retriever.encode_texts_with_summary(chunk) for chunk in tokens.split(256)]
         text_repr, summaries = cat_reprs([rep for rep, _ in parts]), torch.cat([summary for _, summary in parts])
@@ -108,25 +128,53 @@ class Searcher:
             recalls = None
         else:
             rerank_k = max(options.rerank_k, options.top_k)
-            scores, ids = two_stage_search(self.retriever.head, text_repr, summaries.cpu(), self.vectors,
-                                           self.contents.representation, rerank_k, options.top_k)
-            note = (f"two stages: {min(rerank_k, len(self.contents.paths))} candidates from a {self.vectors.factory} search "
-                    f"over mean-pooled CLIP frame vectors, re-scored by {self.retriever.head.name}")
+            scores, ids = two_stage_search(
+                self.retriever.head,
+                text_repr,
+                summaries.cpu(),
+                self.vectors,
+                self.contents.representation,
+                rerank_k,
+                options.top_k,
+            )
+            note = (
+                f"two stages: {min(rerank_k, len(self.contents.paths))} candidates from a {self.vectors.factory} search "
+                f"over mean-pooled CLIP frame vectors, re-scored by {self.retriever.head.name}"
+            )
             recalls = None
             if options.check_recall:
-                _, exhaustive_ids = exhaustive_search(self.retriever.head, text_repr, self.contents.representation, options.top_k)
+                _, exhaustive_ids = exhaustive_search(
+                    self.retriever.head, text_repr, self.contents.representation, options.top_k
+                )
                 recalls = [recall_at_k(ids[i : i + 1], exhaustive_ids[i : i + 1]) for i in range(len(queries))]
         results = []
         for row, query in enumerate(queries):
-            hits = [Hit(rank=rank + 1, score=float(scores[row, rank]), path=self.contents.paths[int(video)],
-                        duration=float(self.contents.durations[int(video)]), thumbnail=self.contents.thumbnails[int(video)])
-                    for rank, video in enumerate(ids[row].tolist()) if video >= 0]
+            hits = [
+                Hit(
+                    rank=rank + 1,
+                    score=float(scores[row, rank]),
+                    path=self.contents.paths[int(video)],
+                    duration=float(self.contents.durations[int(video)]),
+                    thumbnail=self.contents.thumbnails[int(video)],
+                )
+                for rank, video in enumerate(ids[row].tolist())
+                if video >= 0
+            ]
             recall = recalls[row] if recalls else None
-            extra = f"; recall@{options.top_k} against exhaustive {self.retriever.head.name} scoring: {recall:.3f}" if recalls else ""
+            extra = (
+                f"; recall@{options.top_k} against exhaustive {self.retriever.head.name} scoring: {recall:.3f}"
+                if recalls
+                else ""
+            )
             results.append(SearchResult(query=query, hits=hits, note=note + extra, first_stage_recall=recall))
         return results
 
     def summary(self) -> dict:
-        return {**self.store.identity, "videos": len(self.contents.paths), "unreadable": len(self.store.unreadable),
-                "sampler": self.store.settings["sampler"].get("sampler"), "frames": self.store.settings["sampler"].get("max_frames"),
-                "vector index": self.vectors.factory}
+        return {
+            **self.store.identity,
+            "videos": len(self.contents.paths),
+            "unreadable": len(self.store.unreadable),
+            "sampler": self.store.settings["sampler"].get("sampler"),
+            "frames": self.store.settings["sampler"].get("max_frames"),
+            "vector index": self.vectors.factory,
+        }

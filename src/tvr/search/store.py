@@ -91,8 +91,16 @@ class VideoIndexStore:
                 "folder as index= (an index writes its own files there)"
             )
         now = _now()
-        manifest = {"format": FORMAT, "identity": identity, "model": _as_json(model), "settings": settings,
-                    "shards": [], "unreadable": {}, "created": now, "updated": now}
+        manifest = {
+            "format": FORMAT,
+            "identity": identity,
+            "model": _as_json(model),
+            "settings": settings,
+            "shards": [],
+            "unreadable": {},
+            "created": now,
+            "updated": now,
+        }
         store = cls(folder, manifest)
         folder.mkdir(parents=True, exist_ok=True)
         store._write_manifest()
@@ -161,8 +169,9 @@ class VideoIndexStore:
     def _paths_in_shards(self) -> set[str]:
         if self._indexed_paths is None:
             # mmap: only the pickled path list is read, not the (possibly gigabytes of) tensors
-            self._indexed_paths = {path for shard in self._manifest["shards"]
-                                   for path in self._read_shard(shard, mmap=True)["paths"]}
+            self._indexed_paths = {
+                path for shard in self._manifest["shards"] for path in self._read_shard(shard, mmap=True)["paths"]
+            }
         return self._indexed_paths
 
     def load(self) -> IndexContents:
@@ -182,9 +191,13 @@ class VideoIndexStore:
         try:
             shard = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except FileNotFoundError as error:
-            raise IndexCorruptError(f"{path} is listed in {self.folder / MANIFEST} but missing; rebuild the index") from error
+            raise IndexCorruptError(
+                f"{path} is listed in {self.folder / MANIFEST} but missing; rebuild the index"
+            ) from error
         except Exception as error:  # torch raises many types for a damaged file
-            raise IndexCorruptError(f"cannot read index shard {path} ({type(error).__name__}: {error}); rebuild the index") from error
+            raise IndexCorruptError(
+                f"cannot read index shard {path} ({type(error).__name__}: {error}); rebuild the index"
+            ) from error
         if len(shard["paths"]) != entry["videos"]:
             raise IndexCorruptError(
                 f"index shard {path} holds {len(shard['paths'])} videos but the manifest says {entry['videos']}; rebuild the index"
@@ -192,12 +205,22 @@ class VideoIndexStore:
         return shard
 
     # ------------------------------------------------------------------ writing
-    def append_shard(self, paths: list[str], durations: torch.Tensor, representation: Repr, summary: torch.Tensor,
-                     thumbnails: list[bytes]) -> None:
+    def append_shard(
+        self,
+        paths: list[str],
+        durations: torch.Tensor,
+        representation: Repr,
+        summary: torch.Tensor,
+        thumbnails: list[bytes],
+    ) -> None:
         """Add videos as one new shard; floating tensors are stored as float32 on the CPU."""
         count = len(paths)
-        sizes = {"durations": len(durations), "summary": len(summary), "thumbnails": len(thumbnails),
-                 **{f"representation[{key!r}]": len(value) for key, value in representation.items()}}
+        sizes = {
+            "durations": len(durations),
+            "summary": len(summary),
+            "thumbnails": len(thumbnails),
+            **{f"representation[{key!r}]": len(value) for key, value in representation.items()},
+        }
         wrong = {name: size for name, size in sizes.items() if size != count}
         if wrong:
             raise ValueError(f"a shard of {count} paths got other item counts: {wrong}")
@@ -236,7 +259,9 @@ def _read_manifest(folder: Path) -> dict:
         raise IndexCorruptError(f"cannot read {path} ({error}); rebuild the index into a new folder") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise IndexCorruptError(f"{path} is not a format-{FORMAT} tvr index manifest (format: {found}); rebuild the index")
+        raise IndexCorruptError(
+            f"{path} is not a format-{FORMAT} tvr index manifest (format: {found}); rebuild the index"
+        )
     settings = manifest.get("settings", {})
     if "image_size" in settings:
         # written before the settings recorded the backbone's whole preprocessing: tvr then fed every model

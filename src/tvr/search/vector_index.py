@@ -144,8 +144,11 @@ class VectorIndex:
         crash never leaves a half-written file under either name."""
         path = Path(path)
         settings = {
-            "factory": self.factory, "nprobe": self.nprobe, "refine_factor": self.refine_factor,
-            "ntotal": self.ntotal, "dim": self.dim,
+            "factory": self.factory,
+            "nprobe": self.nprobe,
+            "refine_factor": self.refine_factor,
+            "ntotal": self.ntotal,
+            "dim": self.dim,
         }
         with replacing(path) as index_tmp:
             faiss.write_index(self._index, str(index_tmp))
@@ -220,7 +223,11 @@ def _train(index: faiss.Index, training: np.ndarray, factory: str) -> None:
         if len(training) < recommended:
             log.warning(
                 "factory=%r trains %d inverted lists on %d vectors; faiss recommends at least %d, so the "
-                "lists (and recall) may be poor", factory, ivf.nlist, len(training), recommended,
+                "lists (and recall) may be poor",
+                factory,
+                ivf.nlist,
+                len(training),
+                recommended,
             )
     try:
         index.train(training)

@@ -86,20 +86,33 @@ class FileDataset(DatasetSource):
         """Raise, naming every absent file and the split that needs it, unless all files of ``splits`` exist."""
         unknown = [split for split in splits if split not in self.splits]
         if unknown:
-            raise ConfigError("data.splits", f"{self.name} has no split {', '.join(map(repr, unknown))}",
-                              f"its splits are {', '.join(self.splits)}")
-        absent = {split: [name for name in self.required_files(split) if not (self.anno_dir / name).is_file()] for split in splits}
+            raise ConfigError(
+                "data.splits",
+                f"{self.name} has no split {', '.join(map(repr, unknown))}",
+                f"its splits are {', '.join(self.splits)}",
+            )
+        absent = {
+            split: [name for name in self.required_files(split) if not (self.anno_dir / name).is_file()]
+            for split in splits
+        }
         needs = [f"  split '{split}' needs {', '.join(names)}" for split, names in absent.items() if names]
         if needs:
-            raise DatasetFileError(f"{self.name}: annotation files not found in {self.anno_dir}:\n" + "\n".join(needs)
-                                   + f"\nexpected layout (set data.source.root=<folder>):\n{self.layout}")
+            raise DatasetFileError(
+                f"{self.name}: annotation files not found in {self.anno_dir}:\n"
+                + "\n".join(needs)
+                + f"\nexpected layout (set data.source.root=<folder>):\n{self.layout}"
+            )
 
     def prepare(self, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
         if not self.root.is_dir():
-            raise DatasetFileError(f"{self.name}: dataset folder not found: {self.root}\nexpected layout:\n{self.layout}")
+            raise DatasetFileError(
+                f"{self.name}: dataset folder not found: {self.root}\nexpected layout:\n{self.layout}"
+            )
         self.require_annotations(tuple(splits))
         if self.check_videos and not self.video_dir.is_dir():
-            raise DatasetFileError(f"{self.name}: video folder not found: {self.video_dir}\nexpected layout:\n{self.layout}")
+            raise DatasetFileError(
+                f"{self.name}: video folder not found: {self.video_dir}\nexpected layout:\n{self.layout}"
+            )
 
     default_extension = ".mp4"
 

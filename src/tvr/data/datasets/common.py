@@ -47,8 +47,9 @@ def read_annotation_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise AnnotationError(f"{path}: line {line}: byte {error.start} is not UTF-8 text ({error.reason}); "
-                              "expected a UTF-8 text file") from error
+        raise AnnotationError(
+            f"{path}: line {line}: byte {error.start} is not UTF-8 text ({error.reason}); expected a UTF-8 text file"
+        ) from error
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
@@ -92,8 +93,9 @@ def read_json(path: Path, kind: str, expected: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: line {error.lineno}, column {error.colno}: invalid JSON ({error.msg}); "
-                              f"expected {expected}") from error
+        raise AnnotationError(
+            f"{path}: line {error.lineno}, column {error.colno}: invalid JSON ({error.msg}); expected {expected}"
+        ) from error
     if json_kind(value) != kind:
         raise AnnotationError(f"{path}: the top level is {a_kind(value)}; expected {expected}")
     return value
@@ -103,13 +105,15 @@ def json_field(path: Path, where: str, record: Any, key: str, kind: str) -> Any:
     """``record[key]``, which must be a JSON ``kind``; ``where`` locates the record in the file (e.g.
     ``record 17`` or ``key "v_QOlSCBRmfWY"``)."""
     if json_kind(record) != "object":
-        raise AnnotationError(f"{path}: {where} is {a_kind(record)}; expected an object with \"{key}\"")
+        raise AnnotationError(f'{path}: {where} is {a_kind(record)}; expected an object with "{key}"')
     if key not in record:
         present = ", ".join(f'"{name}"' for name in record) or "no keys"
-        raise AnnotationError(f"{path}: {where} has no \"{key}\" (it has {present}); expected \"{key}\" to be {with_article(kind)}")
+        raise AnnotationError(
+            f'{path}: {where} has no "{key}" (it has {present}); expected "{key}" to be {with_article(kind)}'
+        )
     value = record[key]
     if json_kind(value) != kind:
-        raise AnnotationError(f"{path}: {where}: \"{key}\" is {a_kind(value)}; expected {with_article(kind)}")
+        raise AnnotationError(f'{path}: {where}: "{key}" is {a_kind(value)}; expected {with_article(kind)}')
     return value
 
 
@@ -134,17 +138,22 @@ def read_csv_columns(path: Path, columns: tuple[str, ...]) -> list[dict[str, str
             raise AnnotationError(f"{path}: the file is empty; expected {expected}")
         absent = [column for column in columns if column not in header]
         if absent:
-            raise AnnotationError(f"{path}: line 1: no column {', '.join(absent)} in the header "
-                                  f"({','.join(header)}); expected {expected}")
+            raise AnnotationError(
+                f"{path}: line 1: no column {', '.join(absent)} in the header ({','.join(header)}); expected {expected}"
+            )
         rows = []
         for row in reader:
             empty = [column for column in columns if not row[column]]
             if empty:
-                raise AnnotationError(f"{path}: line {reader.line_num}: no value for {', '.join(empty)}; expected "
-                                      f"{len(header)} comma-separated fields ({','.join(header)})")
+                raise AnnotationError(
+                    f"{path}: line {reader.line_num}: no value for {', '.join(empty)}; expected "
+                    f"{len(header)} comma-separated fields ({','.join(header)})"
+                )
             rows.append({column: row[column] for column in columns})
     except csv.Error as error:
-        raise AnnotationError(f"{path}: line {reader.line_num}: malformed CSV ({error}); expected {expected}") from error
+        raise AnnotationError(
+            f"{path}: line {reader.line_num}: malformed CSV ({error}); expected {expected}"
+        ) from error
     return rows
 
 
@@ -183,7 +192,9 @@ class VideoIndex:
                 self.by_name.setdefault(name, path)
                 stem = name.rsplit(".", 1)[0] if "." in name else name
                 current = self.by_stem.get(stem)
-                if current is None or (current.suffix.lower() not in VIDEO_EXTENSIONS and path.suffix.lower() in VIDEO_EXTENSIONS):
+                if current is None or (
+                    current.suffix.lower() not in VIDEO_EXTENSIONS and path.suffix.lower() in VIDEO_EXTENSIONS
+                ):
                     self.by_stem[stem] = path
 
     def resolve(self, video_id: str, alias_prefix: str = "") -> Path | None:
@@ -208,8 +219,10 @@ class SplitBuilder:
 
     def build(self, rows: list[Row], train_unit: str = "pair") -> SplitRecords:
         if not rows:  # e.g. a split list and a caption file that share no id: every metric would be empty
-            raise AnnotationError(f"{self.dataset} {self.split}: the annotation files ({self.info.get('file', 'of the split')}) "
-                                  "give no (video, caption) pair; check that the split's files belong together")
+            raise AnnotationError(
+                f"{self.dataset} {self.split}: the annotation files ({self.info.get('file', 'of the split')}) "
+                "give no (video, caption) pair; check that the split's files belong together"
+            )
         videos: dict[str, VideoRef] = {}
         missing: dict[str, None] = {}
         texts: list[TextRef] = []
@@ -231,5 +244,10 @@ class SplitBuilder:
             if not videos:  # dropping them all would leave nothing to train or score on
                 raise DatasetFileError(f"{message}, i.e. none has; check data.source.video_dir and the file names")
             log.warning("%s; their captions are dropped", message)
-        info = {**self.info, "missing_videos": len(missing), "missing_video_ids": list(missing), "train_unit": train_unit}
+        info = {
+            **self.info,
+            "missing_videos": len(missing),
+            "missing_video_ids": list(missing),
+            "train_unit": train_unit,
+        }
         return SplitRecords(self.split, list(videos.values()), texts, info=info)

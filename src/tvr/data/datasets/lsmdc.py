@@ -15,13 +15,20 @@ from tvr.data.datasets.common import Row, read_lines
 from tvr.data.records import SplitRecords
 from tvr.errors import AnnotationError
 
-FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv", "test": "LSMDC16_challenge_1000_publictect.csv"}
+FILES = {
+    "train": "LSMDC16_annos_training.csv",
+    "val": "LSMDC16_annos_val.csv",
+    "test": "LSMDC16_challenge_1000_publictect.csv",
+}
 DEDUP_MODES = ("none", "last")
 CLIP_ID = re.compile(r"^(?P<movie>\d{4}_.+)_(?P<start>\d\d\.\d\d\.\d\d\.\d{3})-(?P<end>\d\d\.\d\d\.\d\d\.\d{3})$")
 CLIP_ID_FORMAT = "<4 digits>_<title>_<hh.mm.ss.mmm>-<hh.mm.ss.mmm>"
 XPOOL_EXCLUDED = ("1012_Unbreakable_00.05.16.065-00.05.21.941",)
-DRL_EXCLUDED = ("0017_Pianist_00.23.28.872-00.23.34.843", "0017_Pianist_00.30.36.767-00.30.38.009",
-                "3064_SPARKLE_2012_01.41.07.000-01.41.11.793")
+DRL_EXCLUDED = (
+    "0017_Pianist_00.23.28.872-00.23.34.843",
+    "0017_Pianist_00.30.36.767-00.30.38.009",
+    "3064_SPARKLE_2012_01.41.07.000-01.41.11.793",
+)
 
 
 def movie_of(clip_id: str) -> str:
@@ -39,10 +46,14 @@ def parse_lsmdc_file(path) -> list[tuple[str, str]]:
     for number, line in read_lines(path):
         fields = line.split("\t")
         if len(fields) != 6:
-            raise AnnotationError(f"{path}: line {number}: expected 6 tab-separated fields "
-                                  f"(clip id, 4 time stamps, sentence), found {len(fields)}")
+            raise AnnotationError(
+                f"{path}: line {number}: expected 6 tab-separated fields "
+                f"(clip id, 4 time stamps, sentence), found {len(fields)}"
+            )
         if not CLIP_ID.match(fields[0]):
-            raise AnnotationError(f"{path}: line {number}: the first field '{fields[0]}' is not a clip id ({CLIP_ID_FORMAT})")
+            raise AnnotationError(
+                f"{path}: line {number}: the first field '{fields[0]}' is not a clip id ({CLIP_ID_FORMAT})"
+            )
         pairs.append((fields[0], fields[5]))
     return pairs
 
@@ -55,7 +66,9 @@ class LSMDC(FileDataset):
     )
     default_extension = ".avi"
 
-    def __init__(self, root, caption_dedup: str = "none", exclude_clips: list[str] | tuple[str, ...] = (), **common) -> None:
+    def __init__(
+        self, root, caption_dedup: str = "none", exclude_clips: list[str] | tuple[str, ...] = (), **common
+    ) -> None:
         super().__init__(root, **common)
         if caption_dedup not in DEDUP_MODES:
             raise ValueError(f"lsmdc caption_dedup must be one of {', '.join(DEDUP_MODES)}, got '{caption_dedup}'")

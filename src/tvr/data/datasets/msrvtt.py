@@ -67,9 +67,13 @@ class MSRVTT(FileDataset):
         path = self.annotation(self.data_json)
         data = read_json(path, "object", 'an object with "sentences": [{"video_id": ..., "caption": ...}, ...]')
         records = json_field(path, "the top level", data, "sentences", "array")
-        return [(json_field(path, f'"sentences" record {index}', record, "video_id", "string"),
-                 json_field(path, f'"sentences" record {index}', record, "caption", "string"))
-                for index, record in enumerate(records)]
+        return [
+            (
+                json_field(path, f'"sentences" record {index}', record, "video_id", "string"),
+                json_field(path, f'"sentences" record {index}', record, "caption", "string"),
+            )
+            for index, record in enumerate(records)
+        ]
 
     def parse_split(self, split: str) -> SplitRecords:
         if split == "train":
@@ -108,5 +112,9 @@ class MSRVTT(FileDataset):
         return [Row(video, caption) for video in video_ids for caption in self.captions_by_video.get(video, [])]
 
     def variant(self) -> dict:
-        return {"split_scheme": self.split_scheme, "expand_sentences": self.expand_sentences, "pair_order": self.pair_order,
-                "test_file": self.test_csv if self.split_scheme != "full" else SCHEMES["full"]["test"]}
+        return {
+            "split_scheme": self.split_scheme,
+            "expand_sentences": self.expand_sentences,
+            "pair_order": self.pair_order,
+            "test_file": self.test_csv if self.split_scheme != "full" else SCHEMES["full"]["test"],
+        }

@@ -29,15 +29,21 @@ def load_raw_captions(path: Path) -> dict[str, list[str]]:
     try:
         with open(path, "rb") as handle:
             raw = _CaptionUnpickler(handle).load()
-    except Exception as error:  # refused code, or a truncated or foreign file (UnpicklingError, EOFError, ValueError...)
-        raise AnnotationError(f"{path}: not a readable caption pickle ({type(error).__name__}: {error}); "
-                              "expected CLIP4Clip's raw-captions.pkl {video_id: [[word, ...], ...]}") from error
+    except (
+        Exception
+    ) as error:  # refused code, or a truncated or foreign file (UnpicklingError, EOFError, ValueError...)
+        raise AnnotationError(
+            f"{path}: not a readable caption pickle ({type(error).__name__}: {error}); "
+            "expected CLIP4Clip's raw-captions.pkl {video_id: [[word, ...], ...]}"
+        ) from error
     return captions_by_video(path, raw, tokenised=True)
 
 
 def load_caption_json(path: Path) -> dict[str, list[str]]:
     """X-Pool's ``{video_id: [caption, ...]}`` JSON."""
-    return captions_by_video(path, read_json(path, "object", 'an object {"<video id>": ["<caption>", ...]}'), tokenised=False)
+    return captions_by_video(
+        path, read_json(path, "object", 'an object {"<video id>": ["<caption>", ...]}'), tokenised=False
+    )
 
 
 def captions_by_video(path: Path, raw, tokenised: bool) -> dict[str, list[str]]:
@@ -45,15 +51,21 @@ def captions_by_video(path: Path, raw, tokenised: bool) -> dict[str, list[str]]:
     are strings in the JSON and lists of words (joined here by spaces) in the pickle."""
     caption = "a list of word strings" if tokenised else "a string"
     if not isinstance(raw, dict):
-        raise AnnotationError(f"{path}: holds {a_kind(raw)}; expected a mapping video id -> list of captions, each {caption}")
+        raise AnnotationError(
+            f"{path}: holds {a_kind(raw)}; expected a mapping video id -> list of captions, each {caption}"
+        )
     captions = {}
     for video, entries in raw.items():
         where = f'key "{video}"'
         if not isinstance(entries, list):
-            raise AnnotationError(f"{path}: {where} holds {a_kind(entries)}; expected a list of captions, each {caption}")
+            raise AnnotationError(
+                f"{path}: {where} holds {a_kind(entries)}; expected a list of captions, each {caption}"
+            )
         if tokenised:
-            captions[video] = [" ".join(require_strings(path, f"{where}, caption {index}", tokens, caption))
-                               for index, tokens in enumerate(entries)]
+            captions[video] = [
+                " ".join(require_strings(path, f"{where}, caption {index}", tokens, caption))
+                for index, tokens in enumerate(entries)
+            ]
         else:
             captions[video] = require_strings(path, where, entries, "a list of caption strings")
     return captions
@@ -81,7 +93,9 @@ class MSVD(FileDataset):
         for name in CAPTION_FILES:  # CLIP4Clip's pickle first
             if (self.anno_dir / name).is_file():
                 return name
-        raise DatasetFileError(f"msvd: neither {' nor '.join(CAPTION_FILES)} found in {self.anno_dir}\nexpected layout:\n{self.layout}")
+        raise DatasetFileError(
+            f"msvd: neither {' nor '.join(CAPTION_FILES)} found in {self.anno_dir}\nexpected layout:\n{self.layout}"
+        )
 
     def required_files(self, split: str) -> list[str]:
         return [self.resolved_caption_file, f"{split}_list.txt"]
@@ -96,7 +110,9 @@ class MSVD(FileDataset):
         video_ids = read_id_list(list_file)
         missing = [video for video in video_ids if video not in self.captions]
         if missing:
-            raise AnnotationError(f"msvd: {len(missing)} videos of {list_file} have no captions in {self.resolved_caption_file} (e.g. {missing[:3]})")
+            raise AnnotationError(
+                f"msvd: {len(missing)} videos of {list_file} have no captions in {self.resolved_caption_file} (e.g. {missing[:3]})"
+            )
         rows = [Row(video, caption) for video in video_ids for caption in self.captions[video]]
         return self.builder(split, info={"file": list_file.name}).build(rows)
 

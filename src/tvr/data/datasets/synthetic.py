@@ -29,22 +29,32 @@ class SyntheticDataset(DatasetSource):
     def annotation_file(self) -> Path:
         path = self.root / ANNOTATION_FILE
         if not path.is_file():
-            raise DatasetFileError(f"synthetic dataset not found: expected {path} and {self.root / 'videos'}/; "
-                                   "set data.source.generate=true to build it")
+            raise DatasetFileError(
+                f"synthetic dataset not found: expected {path} and {self.root / 'videos'}/; "
+                "set data.source.generate=true to build it"
+            )
         return path
 
     def load_split(self, split: str) -> SplitRecords:
         path = self.annotation_file()
-        annotations = read_json(path, "object", 'an object {"splits": {"<split>": [{"video_id": ..., "video": ..., "caption": ...}]}}, '
-                                "as tvr writes it (delete the file and set data.source.generate=true to write it again)")
+        annotations = read_json(
+            path,
+            "object",
+            'an object {"splits": {"<split>": [{"video_id": ..., "video": ..., "caption": ...}]}}, '
+            "as tvr writes it (delete the file and set data.source.generate=true to write it again)",
+        )
         splits = json_field(path, "the top level", annotations, "splits", "object")
         if split not in splits:
-            raise ConfigError("data.splits", f"the synthetic dataset has no split '{split}'", f"valid: {', '.join(splits)}")
+            raise ConfigError(
+                "data.splits", f"the synthetic dataset has no split '{split}'", f"valid: {', '.join(splits)}"
+            )
         entries = json_field(path, '"splits"', splits, split, "array")
         videos, texts = [], []
         for index, entry in enumerate(entries):
             where = f'"splits" / "{split}" record {index}'
-            video_id, video, caption = (json_field(path, where, entry, key, "string") for key in ("video_id", "video", "caption"))
+            video_id, video, caption = (
+                json_field(path, where, entry, key, "string") for key in ("video_id", "video", "caption")
+            )
             videos.append(VideoRef(video_id, self.root / video))
             texts.append(TextRef(index, video_id, caption))
         return SplitRecords(split, videos, texts)

@@ -27,7 +27,9 @@ class FrameSampler:
     max_frames: int = option(12, minimum=1, help="frames per clip; every sampler takes it")
 
     deterministic: ClassVar[bool] = True  # the same indices every call (a frame cache can hold them)
-    always_full: ClassVar[bool] = False  # every clip has exactly max_frames frames, never padded (TempMe's merging needs it)
+    always_full: ClassVar[bool] = (
+        False  # every clip has exactly max_frames frames, never padded (TempMe's merging needs it)
+    )
 
     def __call__(
         self,

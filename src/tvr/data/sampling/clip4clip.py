@@ -80,5 +80,3 @@ class Clip4ClipSampler(FrameSampler):
             "slice_framepos": self.slice_framepos,
             "frame_order": self.frame_order,
         }
-
-

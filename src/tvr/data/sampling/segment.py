@@ -65,5 +65,3 @@ class SegmentRandomSampler(FrameSampler):
 
     def describe(self) -> dict:
         return {"sampler": "segment_random", "max_frames": self.max_frames}
-
-

@@ -12,5 +12,14 @@ from tvr.data.video.base import (
     sample_indices,
 )
 
-__all__ = ["VIDEO_BACKENDS", "DecodedClip", "VideoBackend", "VideoReadError", "check_readable_file", "create_backend",
-           "deadline", "gather_in_order", "sample_indices"]
+__all__ = [
+    "VIDEO_BACKENDS",
+    "DecodedClip",
+    "VideoBackend",
+    "VideoReadError",
+    "check_readable_file",
+    "create_backend",
+    "deadline",
+    "gather_in_order",
+    "sample_indices",
+]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tvr.data.video.base import VIDEO_BACKENDS, DecodedClip, VideoBackend, VideoReadError, gather_in_order, sample_indices
+from tvr.data.video.base import (
+    VIDEO_BACKENDS,
+    DecodedClip,
+    VideoBackend,
+    VideoReadError,
+    gather_in_order,
+    sample_indices,
+)
 
 
 @VIDEO_BACKENDS.register("decord")

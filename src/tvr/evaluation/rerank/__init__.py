@@ -1,5 +1,12 @@
 """Re-rankers, one module each, registered by name (see :mod:`tvr.evaluation.rerank.base`)."""
 
-from tvr.evaluation.rerank.base import DIRECTIONS, RERANKERS, QueryBankNeed, Reranker, create_reranker, register_reranker
+from tvr.evaluation.rerank.base import (
+    DIRECTIONS,
+    RERANKERS,
+    QueryBankNeed,
+    Reranker,
+    create_reranker,
+    register_reranker,
+)
 
 __all__ = ["DIRECTIONS", "RERANKERS", "QueryBankNeed", "Reranker", "create_reranker", "register_reranker"]

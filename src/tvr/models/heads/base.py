@@ -280,14 +280,16 @@ def masked_mean_of_unit_frames(frames: torch.Tensor, mask: torch.Tensor) -> torc
     return F.normalize(mean, dim=-1)
 
 
-def rename_reference_keys(state_dict: dict[str, torch.Tensor], renames, ignored: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def rename_reference_keys(
+    state_dict: dict[str, torch.Tensor], renames, ignored: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():
         if ignored and key.startswith(ignored):
             continue
         for old, new in renames:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     return out

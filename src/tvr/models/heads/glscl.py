@@ -58,13 +58,22 @@ def margin_ranking_loss(gram: torch.Tensor, margin: float) -> torch.Tensor:
 @register_head("glscl")
 class GLSCLHead(RetrievalHead):
     query_independent = False
-    reads = {**RetrievalHead.reads, "text": frozenset({"sentence", "tokens", "mask"})}  # the concepts come from the words
+    reads = {
+        **RetrievalHead.reads,
+        "text": frozenset({"sentence", "tokens", "mask"}),
+    }  # the concepts come from the words
     reference_key_renames = (
         ("spatial_queries", "queries"),
         *prefixed_renames("temporal."),
         ("transformer_decoder_noun.", "decoder."),
     )
-    reference_ignored_keys = ("noun_queries", "weight_fc.", "decoder_layer_noun.", "decoder_layer_spatial.", "transformer_decoder_spatial.")
+    reference_ignored_keys = (
+        "noun_queries",
+        "weight_fc.",
+        "decoder_layer_noun.",
+        "decoder_layer_spatial.",
+        "transformer_decoder_spatial.",
+    )
 
     def __init__(
         self,
@@ -127,7 +136,9 @@ class GLSCLHead(RetrievalHead):
         return torch.einsum("tkd,vkd->tv", text_repr["concepts"], video_repr["concepts"]) / self.queries.shape[0]
 
     def similarity(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
-        return self.global_similarity(text_repr, video_repr) + self.local_weight * self.local_similarity(text_repr, video_repr)
+        return self.global_similarity(text_repr, video_repr) + self.local_weight * self.local_similarity(
+            text_repr, video_repr
+        )
 
     def extra_losses(self, text_repr: Repr, video_repr: Repr, context: LossContext) -> dict[str, torch.Tensor]:
         video, text = video_repr["concepts"], text_repr["concepts"]

@@ -22,8 +22,12 @@ from tvr.models.heads.registry import register_head
 from tvr.models.towers.tempme import TempMeTower
 
 # The reference's own weights live inside its CLIP modules, under these names (spec §1.2).
-_REFERENCE_LORA = re.compile(r"^(clip\.)?(?P<tower>visual\.)?transformer\.resblocks\.(?P<block>\d+)\.attn\.TVPt_LoRA_(?P<part>[ab])$")
-_REFERENCE_PE = re.compile(r"^(clip\.)?visual\.transformer\.resblocks\.(?P<block>\d+)\.TVPt_Video_Positional_embedding$")
+_REFERENCE_LORA = re.compile(
+    r"^(clip\.)?(?P<tower>visual\.)?transformer\.resblocks\.(?P<block>\d+)\.attn\.TVPt_LoRA_(?P<part>[ab])$"
+)
+_REFERENCE_PE = re.compile(
+    r"^(clip\.)?visual\.transformer\.resblocks\.(?P<block>\d+)\.TVPt_Video_Positional_embedding$"
+)
 
 
 @register_head("tempme")
@@ -62,5 +66,7 @@ class TempMeHead(MeanPoolHead):
             elif pe := _REFERENCE_PE.match(key):
                 out[f"video_tower.temporal_embeddings.{pe['block']}"] = value.reshape(value.shape[1], value.shape[-1])
             else:
-                raise KeyError(f"'{key}' is not one of TempMe's reference weights (TVPt_LoRA_a/b, TVPt_Video_Positional_embedding)")
+                raise KeyError(
+                    f"'{key}' is not one of TempMe's reference weights (TVPt_LoRA_a/b, TVPt_Video_Positional_embedding)"
+                )
         return out

@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 INIT_FROM_CLIP_CHOICES = (True, False, "auto")
 MASK_BIAS = -1e6  # finite, so a fully padded video stays finite
 TF_LAYERNORM_EPS = 1e-12
-REFERENCE_KEY_RENAMES = (("frame_position_embeddings.", "position_embedding."), ("transformerClip.resblocks.", "blocks."))
+REFERENCE_KEY_RENAMES = (
+    ("frame_position_embeddings.", "position_embedding."),
+    ("transformerClip.resblocks.", "blocks."),
+)
 
 
 class TemporalTransformer(nn.Module):
@@ -29,7 +32,9 @@ class TemporalTransformer(nn.Module):
         super().__init__()
         if layers < 1 or (heads is not None and heads < 1):
             # zero layers would silently make seqTransf/GLSCL a model without its temporal transformer
-            raise ValueError(f"the temporal transformer needs layers >= 1 and heads >= 1 (or null), got layers={layers}, heads={heads}")
+            raise ValueError(
+                f"the temporal transformer needs layers >= 1 and heads >= 1 (or null), got layers={layers}, heads={heads}"
+            )
         self.num_heads = heads or max(width // 64, 1)
         self.position_embedding = nn.Embedding(max_positions, width)
         norm = partial(LayerNorm, eps=TF_LAYERNORM_EPS)
@@ -46,7 +51,9 @@ class TemporalTransformer(nn.Module):
         if init_from_clip == "auto":
             init_from_clip = backbone.weights_source != "random"
             if not init_from_clip:
-                log.info("temporal transformer: random backbone, so its blocks keep PyTorch's initialisation (init_from_clip=auto)")
+                log.info(
+                    "temporal transformer: random backbone, so its blocks keep PyTorch's initialisation (init_from_clip=auto)"
+                )
         if init_from_clip:
             self.init_from_clip_text(backbone)
 
@@ -76,7 +83,9 @@ class TemporalTransformer(nn.Module):
         """``frames [B, T, D]``, ``mask [B, T]`` -> ``[B, T, D]``."""
         batch, num_frames, _ = frames.shape
         if num_frames > self.position_embedding.num_embeddings:
-            raise ValueError(f"the temporal transformer supports at most {self.position_embedding.num_embeddings} frames, got {num_frames}")
+            raise ValueError(
+                f"the temporal transformer supports at most {self.position_embedding.num_embeddings} frames, got {num_frames}"
+            )
         positions = torch.arange(num_frames, device=frames.device)
         hidden = frames + self.position_embedding(positions).unsqueeze(0)
         key_bias = (1.0 - mask.to(frames.dtype)) * MASK_BIAS

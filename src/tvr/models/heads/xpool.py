@@ -49,7 +49,12 @@ class XPoolHead(RetrievalHead):
     reference_key_renames = (("pool_frames.", ""),)
 
     def __init__(
-        self, embed_dim: int, num_heads: int = 1, dropout: float = 0.3, mask_padded_frames: bool = True, pooling: str = "text"
+        self,
+        embed_dim: int,
+        num_heads: int = 1,
+        dropout: float = 0.3,
+        mask_padded_frames: bool = True,
+        pooling: str = "text",
     ) -> None:
         super().__init__(embed_dim)
         if embed_dim % num_heads:

@@ -21,5 +21,14 @@ def list_towers() -> list[str]:
     return TOWERS.names()
 
 
-__all__ = ["TOWERS", "TextTower", "Tower", "TowerMismatchError", "VideoTower", "VisionGeometry", "check_state_dict_towers",
-           "create_tower", "list_towers"]
+__all__ = [
+    "TOWERS",
+    "TextTower",
+    "Tower",
+    "TowerMismatchError",
+    "VideoTower",
+    "VisionGeometry",
+    "check_state_dict_towers",
+    "create_tower",
+    "list_towers",
+]

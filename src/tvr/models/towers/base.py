@@ -63,7 +63,9 @@ class Tower(nn.Module):
         """Raise ``ValueError`` naming the option if a given value cannot work. Needs no backbone, so start-up
         validation calls it on the configured options; constructors call it too."""
         if "clip_weights" in options and options["clip_weights"] not in CLIP_WEIGHTS:
-            raise ValueError(f"tower clip_weights must be one of {', '.join(CLIP_WEIGHTS)}, got '{options['clip_weights']}'")
+            raise ValueError(
+                f"tower clip_weights must be one of {', '.join(CLIP_WEIGHTS)}, got '{options['clip_weights']}'"
+            )
 
     @property
     def freezes_clip(self) -> bool:
@@ -136,15 +138,21 @@ class VisionGeometry:
         image = vision.get("image_size", CLIPVisionCfg.image_size)
         patch = vision.get("patch_size", CLIPVisionCfg.patch_size)
         image, patch = (v if isinstance(v, (list, tuple)) else (v, v) for v in (image, patch))
-        return cls(depth=int(vision.get("layers", CLIPVisionCfg.layers)), width=int(vision.get("width", CLIPVisionCfg.width)),
-                   tokens_per_frame=(image[0] // patch[0]) * (image[1] // patch[1]) + 1)
+        return cls(
+            depth=int(vision.get("layers", CLIPVisionCfg.layers)),
+            width=int(vision.get("width", CLIPVisionCfg.width)),
+            tokens_per_frame=(image[0] // patch[0]) * (image[1] // patch[1]) + 1,
+        )
 
     @classmethod
     def of_model(cls, visual) -> "VisionGeometry":
         """From a built open_clip ``VisionTransformer``."""
         grid = visual.grid_size
-        return cls(depth=len(visual.transformer.resblocks), width=int(visual.transformer.width),
-                   tokens_per_frame=grid[0] * grid[1] + 1)
+        return cls(
+            depth=len(visual.transformer.resblocks),
+            width=int(visual.transformer.width),
+            tokens_per_frame=grid[0] * grid[1] + 1,
+        )
 
 
 class VideoTower(Tower):

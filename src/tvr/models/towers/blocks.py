@@ -71,8 +71,9 @@ class AttentionOutput:
     key_mean: torch.Tensor  # [N, L, head_dim] keys averaged over heads (ToMe's matching metric)
 
 
-def attention(block: ResidualAttentionBlock, u: torch.Tensor, lora: LoRA | None = None,
-              bias: torch.Tensor | None = None) -> AttentionOutput:
+def attention(
+    block: ResidualAttentionBlock, u: torch.Tensor, lora: LoRA | None = None, bias: torch.Tensor | None = None
+) -> AttentionOutput:
     """Multi-head self-attention of ``u`` (already ``ln_1``-normalised, ``[N, L, W]``) with the block's weights.
 
     ``lora`` adds its delta to q, k and v before q is scaled; ``bias`` is added to the logits (broadcast to
@@ -93,8 +94,9 @@ def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, lora: LoRA | None = None,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
+def block_forward(
+    block: ResidualAttentionBlock, x: torch.Tensor, lora: LoRA | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """The whole block, as open_clip computes it, with an optional LoRA delta and logit bias."""
     x = x + block.ls_1(attention(block, block.ln_1(x), lora, bias).out)
     return mlp_residual(block, x)

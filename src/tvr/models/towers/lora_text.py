@@ -25,8 +25,10 @@ class LoRATextTower(SavesIdentity, TextTower):
     def check_options(cls, **options) -> None:
         super().check_options(**options)
         if "lora_rank" in options and not (isinstance(options["lora_rank"], int) and options["lora_rank"] >= 1):
-            raise ValueError(f"lora_text lora_rank must be an integer >= 1 (clip_text is the text tower without adapters), "
-                             f"got {options['lora_rank']!r}")
+            raise ValueError(
+                f"lora_text lora_rank must be an integer >= 1 (clip_text is the text tower without adapters), "
+                f"got {options['lora_rank']!r}"
+            )
 
     def settings(self) -> dict:
         return {"lora_rank": self.lora_rank}

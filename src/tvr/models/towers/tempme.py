@@ -24,7 +24,13 @@ from torch import nn
 
 from tvr.models.backbone import FrameFeatures
 from tvr.models.towers.base import SavesIdentity, VideoTower, VisionGeometry, register_tower
-from tvr.models.towers.blocks import UnsupportedBlockError, attention, check_standard_blocks, mlp_residual, qkv_lora_adapters
+from tvr.models.towers.blocks import (
+    UnsupportedBlockError,
+    attention,
+    check_standard_blocks,
+    mlp_residual,
+    qkv_lora_adapters,
+)
 from tvr.models.towers.token_merging import BlockPlan, match, merge, plan_schedule
 
 
@@ -35,7 +41,9 @@ def join_clips(t: torch.Tensor | None, group: int, protected: int) -> torch.Tens
         return None
     grouped = rearrange(t, "(s g) n ... -> s g n ...", g=group)
     cls, patches = grouped[:, :, :protected], grouped[:, :, protected:]
-    return torch.cat([rearrange(cls, "s g n ... -> s (g n) ..."), rearrange(patches, "s g n ... -> s (g n) ...")], dim=1)
+    return torch.cat(
+        [rearrange(cls, "s g n ... -> s (g n) ..."), rearrange(patches, "s g n ... -> s (g n) ...")], dim=1
+    )
 
 
 @register_tower("tempme")
@@ -62,7 +70,9 @@ class TempMeTower(SavesIdentity, VideoTower):
         visual = backbone.clip.visual
         check_standard_blocks(visual.transformer.resblocks, "vision")
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
-            raise UnsupportedBlockError("the TempMe tower needs a ViT pooled by its CLS token (open_clip pool_type 'tok', no attentional pooler)")
+            raise UnsupportedBlockError(
+                "the TempMe tower needs a ViT pooled by its CLS token (open_clip pool_type 'tok', no attentional pooler)"
+            )
         self.geometry = VisionGeometry.of_model(visual)
         self.frames, self.lora_rank, self.tome_r = int(frames), int(lora_rank), int(tome_r)
         self.clip_layers, self.clip_groups = [int(v) for v in clip_layers], [int(v) for v in clip_groups]
@@ -71,10 +81,13 @@ class TempMeTower(SavesIdentity, VideoTower):
         self.plan: list[BlockPlan] = self.plan_for(self.geometry, **self.settings())
         self.lora = qkv_lora_adapters(visual.transformer.resblocks, self.lora_rank) if self.lora_rank > 0 else None
         # one embedding per clip entering each clip layer; zero at start (the reference), so it begins as a no-op
-        self.temporal_embeddings = nn.ParameterDict({
-            str(step.index): nn.Parameter(torch.zeros(step.clips_in, self.geometry.width))
-            for step in self.plan if step.kind == "clip" and self.use_temporal_pe
-        })
+        self.temporal_embeddings = nn.ParameterDict(
+            {
+                str(step.index): nn.Parameter(torch.zeros(step.clips_in, self.geometry.width))
+                for step in self.plan
+                if step.kind == "clip" and self.use_temporal_pe
+            }
+        )
 
     @classmethod
     def with_defaults(cls, **options) -> dict:
@@ -87,9 +100,16 @@ class TempMeTower(SavesIdentity, VideoTower):
     def plan_for(cls, geometry: VisionGeometry, **options) -> list[BlockPlan]:
         """The token schedule these options give on this ViT; raises :class:`ScheduleError` if it does not fit."""
         o = cls.with_defaults(**options)
-        return plan_schedule(geometry.depth, geometry.tokens_per_frame, int(o["frames"]), int(o["tome_r"]),
-                             [int(v) for v in o["clip_layers"]], [int(v) for v in o["clip_groups"]],
-                             float(o["cross_clip_ratio"]), float(o["intra_clip_ratio"]))
+        return plan_schedule(
+            geometry.depth,
+            geometry.tokens_per_frame,
+            int(o["frames"]),
+            int(o["tome_r"]),
+            [int(v) for v in o["clip_layers"]],
+            [int(v) for v in o["clip_groups"]],
+            float(o["cross_clip_ratio"]),
+            float(o["intra_clip_ratio"]),
+        )
 
     @classmethod
     def check_options(cls, **options) -> None:
@@ -106,19 +126,31 @@ class TempMeTower(SavesIdentity, VideoTower):
         return int(cls.with_defaults(**options)["frames"])
 
     def settings(self) -> dict:
-        return {"frames": self.frames, "lora_rank": self.lora_rank, "tome_r": self.tome_r, "clip_layers": self.clip_layers,
-                "clip_groups": self.clip_groups, "cross_clip_ratio": self.cross_clip_ratio, "intra_clip_ratio": self.intra_clip_ratio,
-                "temporal_pe": self.use_temporal_pe, "prop_attn": self.prop_attn}
+        return {
+            "frames": self.frames,
+            "lora_rank": self.lora_rank,
+            "tome_r": self.tome_r,
+            "clip_layers": self.clip_layers,
+            "clip_groups": self.clip_groups,
+            "cross_clip_ratio": self.cross_clip_ratio,
+            "intra_clip_ratio": self.intra_clip_ratio,
+            "temporal_pe": self.use_temporal_pe,
+            "prop_attn": self.prop_attn,
+        }
 
     def tokens_per_video(self) -> list[int]:
         """Tokens per video after every block (the spec's table: 576, ..., 97 for ViT-B/32)."""
         return [step.tokens_out * step.clips_out for step in self.plan]
 
-    def forward(self, backbone, frames: torch.Tensor, mask: torch.Tensor | None = None, with_tokens: bool = False) -> FrameFeatures:
+    def forward(
+        self, backbone, frames: torch.Tensor, mask: torch.Tensor | None = None, with_tokens: bool = False
+    ) -> FrameFeatures:
         batch, num_frames = frames.shape[:2]
         if num_frames != self.frames:
-            raise ValueError(f"the TempMe tower was built for clips of {self.frames} frames, got {num_frames}; "
-                             "its sampler must always yield exactly that many (data.video.*_sampler.max_frames)")
+            raise ValueError(
+                f"the TempMe tower was built for clips of {self.frames} frames, got {num_frames}; "
+                "its sampler must always yield exactly that many (data.video.*_sampler.max_frames)"
+            )
         if mask is None:
             mask = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
         visual = backbone.clip.visual
@@ -128,7 +160,9 @@ class TempMeTower(SavesIdentity, VideoTower):
             x, size = self._block(step, block, x, size, batch)
         last = self.plan[-1]
         tokens = visual.ln_post(rearrange(x, "(b s) n w -> b s n w", b=batch))  # s: the clips left
-        cls = rearrange(tokens[:, :, : last.protected_out], "b s n w -> b (s n) w")  # [B, T, W]: one CLS per frame, in order
+        cls = rearrange(
+            tokens[:, :, : last.protected_out], "b s n w -> b (s n) w"
+        )  # [B, T, W]: one CLS per frame, in order
         projected = cls @ visual.proj if visual.proj is not None else cls
         features = FrameFeatures(frames=projected, mask=mask.bool())
         if with_tokens:
@@ -140,7 +174,9 @@ class TempMeTower(SavesIdentity, VideoTower):
     def _block(self, step: BlockPlan, block, x: torch.Tensor, size: torch.Tensor | None, batch: int):
         if step.kind == "clip":
             protected_in = step.protected_out // step.group
-            metric = join_clips(x, step.group, protected_in).detach()  # matching sees the clips before the temporal embedding
+            metric = join_clips(
+                x, step.group, protected_in
+            ).detach()  # matching sees the clips before the temporal embedding
             key = str(step.index)
             if key in self.temporal_embeddings and step.cross > 0:
                 clips = rearrange(x, "(b s) n w -> b s n w", b=batch)

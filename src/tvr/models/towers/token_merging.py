@@ -38,7 +38,7 @@ def match(metric: torch.Tensor, protected: int, r: int) -> MergeDecision:
         m = metric[:, protected:]
         m = m / m.norm(dim=-1, keepdim=True)
         a_offset = protected % 2
-        a, b = m[:, a_offset::2], m[:, 1 - a_offset::2]
+        a, b = m[:, a_offset::2], m[:, 1 - a_offset :: 2]
         best_score, best_b = (a @ b.transpose(-1, -2)).max(dim=-1)
         order = best_score.argsort(dim=-1, descending=True)
         src = order[:, :r]
@@ -54,7 +54,7 @@ def merge(decision: MergeDecision, x: torch.Tensor, size: torch.Tensor | None) -
     c, offset = decision.protected, decision.a_offset
     weighted = torch.cat([x * size[..., None], size[..., None]], dim=-1)  # merge value and size in one pass
     head, rest = weighted[:, :c], weighted[:, c:]
-    a, b = rest[:, offset::2], rest[:, 1 - offset::2]
+    a, b = rest[:, offset::2], rest[:, 1 - offset :: 2]
     channels = weighted.shape[-1]
     kept = a.gather(1, decision.unm[..., None].expand(-1, -1, channels))
     moved = a.gather(1, decision.src[..., None].expand(-1, -1, channels))
@@ -90,8 +90,16 @@ def mergeable(tokens: int, protected: int) -> int:
     return (tokens + 1) // 2 - (protected + 1) // 2
 
 
-def plan_schedule(depth: int, tokens_per_frame: int, frames: int, tome_r: int, clip_layers: list[int],
-                  clip_groups: list[int], cross_ratio: float, intra_ratio: float) -> list[BlockPlan]:
+def plan_schedule(
+    depth: int,
+    tokens_per_frame: int,
+    frames: int,
+    tome_r: int,
+    clip_layers: list[int],
+    clip_groups: list[int],
+    cross_ratio: float,
+    intra_ratio: float,
+) -> list[BlockPlan]:
     """TempMe's token budget per block (spec §1.4), with Python's ``int()`` truncation of the float products
     evaluated left to right as the reference does. Raises :class:`ScheduleError` naming the reason and a
     schedule that would fit."""
@@ -144,7 +152,9 @@ def _largest_fitting_tome_r(tokens_per_frame: int, image_blocks: int) -> int:
 
 def _check_layers(depth: int, layers: list[int], groups: list[int]) -> None:
     if len(layers) != len(groups):
-        raise ScheduleError(f"clip_layers {layers} and clip_groups {groups} must have the same length (one group size per clip layer)")
+        raise ScheduleError(
+            f"clip_layers {layers} and clip_groups {groups} must have the same length (one group size per clip layer)"
+        )
     if any(g < 1 for g in groups):
         raise ScheduleError(f"clip_groups {groups} must be positive")
     if layers != sorted(set(layers)) or (layers and (layers[0] < 0 or layers[-1] >= depth)):

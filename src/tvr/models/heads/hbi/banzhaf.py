@@ -56,14 +56,21 @@ def _coalition_weights(weights: torch.Tensor, members: torch.Tensor) -> torch.Te
     return weights.masked_fill(~members, MASKED_LOGIT).softmax(dim=-1)
 
 
-def _coalition_value(maps: torch.Tensor, words: torch.Tensor, frames: torch.Tensor, text_weights: torch.Tensor,
-                     video_weights: torch.Tensor) -> torch.Tensor:
+def _coalition_value(
+    maps: torch.Tensor,
+    words: torch.Tensor,
+    frames: torch.Tensor,
+    text_weights: torch.Tensor,
+    video_weights: torch.Tensor,
+) -> torch.Tensor:
     """WTI of the coalition: cells outside ``words x frames`` are zeroed (and still take part in the max)."""
     kept = maps * (words[..., :, None] & frames[..., None, :])
     return wti_scores(kept, _coalition_weights(text_weights, words), _coalition_weights(video_weights, frames))
 
 
-def _with_player_weight(coalition_weights: torch.Tensor, members: torch.Tensor, weights: torch.Tensor, player: int) -> torch.Tensor:
+def _with_player_weight(
+    coalition_weights: torch.Tensor, members: torch.Tensor, weights: torch.Tensor, player: int
+) -> torch.Tensor:
     """v1's weights: the coalition's softmaxed weights, re-masked, entry ``player`` set back to its
     original weight, softmaxed once more."""
     logits = coalition_weights.masked_fill(~members, MASKED_LOGIT)
@@ -71,8 +78,15 @@ def _with_player_weight(coalition_weights: torch.Tensor, members: torch.Tensor, 
     return logits.softmax(dim=-1)
 
 
-def _pair_interaction(maps: torch.Tensor, words: torch.Tensor, frames: torch.Tensor, text_weights: torch.Tensor,
-                      video_weights: torch.Tensor, i: int, j: int) -> torch.Tensor:
+def _pair_interaction(
+    maps: torch.Tensor,
+    words: torch.Tensor,
+    frames: torch.Tensor,
+    text_weights: torch.Tensor,
+    video_weights: torch.Tensor,
+    i: int,
+    j: int,
+) -> torch.Tensor:
     """``v1 - v2 - v3 + v4`` of word i and frame j for coalitions ``[S, B, L]`` / ``[S, B, F]`` that
     exclude them, with the reference's definitions: v4 = f(C), v2 = f(C + word i), v3 = f(C + frame j),
     and v1 restores, on top of C, only the cell (i, j) of the map (not row i and column j)."""
@@ -86,13 +100,17 @@ def _pair_interaction(maps: torch.Tensor, words: torch.Tensor, frames: torch.Ten
     coalition_text, coalition_video = _coalition_weights(text_weights, words), _coalition_weights(video_weights, frames)
     v4 = wti_scores(kept, coalition_text, coalition_video)
     kept[..., i, j] = maps[..., i, j]
-    v1 = wti_scores(kept, _with_player_weight(coalition_text, words, text_weights, i),
-                    _with_player_weight(coalition_video, frames, video_weights, j))
+    v1 = wti_scores(
+        kept,
+        _with_player_weight(coalition_text, words, text_weights, i),
+        _with_player_weight(coalition_video, frames, video_weights, j),
+    )
     return v1 - v2 - v3 + v4
 
 
-def _draw_coalitions(num_samples: int, text_mask: torch.Tensor, video_mask: torch.Tensor,
-                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw_coalitions(
+    num_samples: int, text_mask: torch.Tensor, video_mask: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_samples`` random coalitions (each player kept with probability 1/2): ``[S, B, L]``, ``[S, B, F]``.
 
     One draw in the reference's order (per sample: the words of every item, then the frames), so a CPU
@@ -103,13 +121,22 @@ def _draw_coalitions(num_samples: int, text_mask: torch.Tensor, video_mask: torc
     device = generator.device if generator is not None else text_mask.device
     draws = torch.rand(num_samples, batch * (words + frames), generator=generator, dtype=torch.float32, device=device)
     draws = draws.to(text_mask.device) > 0.5
-    return draws[:, : batch * words].view(num_samples, batch, words), draws[:, batch * words:].view(num_samples, batch, frames)
+    return draws[:, : batch * words].view(num_samples, batch, words), draws[:, batch * words :].view(
+        num_samples, batch, frames
+    )
 
 
 @torch.no_grad()
-def banzhaf_interaction(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor, text_weights: torch.Tensor,
-                        video_weights: torch.Tensor, num_samples: int = 100, generator: torch.Generator | None = None,
-                        coalitions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def banzhaf_interaction(
+    maps: torch.Tensor,
+    text_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    text_weights: torch.Tensor,
+    video_weights: torch.Tensor,
+    num_samples: int = 100,
+    generator: torch.Generator | None = None,
+    coalitions: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Monte-Carlo Banzhaf interaction ``[B, L, F]`` (x1000 scale) of every word-frame pair of the
     positive-pair maps ``[B, L, F]`` (masked), given the masks and the *softmaxed* WTI weights.
 

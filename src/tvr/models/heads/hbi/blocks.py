@@ -24,12 +24,21 @@ _REFERENCE_LEVEL_SUFFIXES = ("", "0", "1")  # text_weight_fc, text_weight_fc0, t
 class HBIBlocks(nn.Module):
     """The WTI weight MLPs, token merges and Banzhaf networks of HBI (no forward: a head composes them)."""
 
-    def __init__(self, dim: int, text_rates: tuple[float, float] = (0.25, 0.5), video_rates: tuple[float, float] = (0.25, 0.5),
-                 dpc_k: int = 3, merge_heads: int = 8, banzhaf_planes: int = 64) -> None:
+    def __init__(
+        self,
+        dim: int,
+        text_rates: tuple[float, float] = (0.25, 0.5),
+        video_rates: tuple[float, float] = (0.25, 0.5),
+        dpc_k: int = 3,
+        merge_heads: int = 8,
+        banzhaf_planes: int = 64,
+    ) -> None:
         super().__init__()
         merges = len(LEVELS) - 1
         if len(text_rates) != merges or len(video_rates) != merges:
-            raise ValueError(f"hbi needs {merges} text and {merges} video merge rates, got {list(text_rates)} and {list(video_rates)}")
+            raise ValueError(
+                f"hbi needs {merges} text and {merges} video merge rates, got {list(text_rates)} and {list(video_rates)}"
+            )
         self.text_weights = nn.ModuleList(WeightMLP(dim) for _ in LEVELS)
         self.video_weights = nn.ModuleList(WeightMLP(dim) for _ in LEVELS)
         self.text_merges = nn.ModuleList(TokenMerge(dim, rate, dpc_k, merge_heads) for rate in text_rates)

@@ -38,7 +38,10 @@ class HBIEstimatorHead(HBIHead):
         self.blocks.teacher.bn.requires_grad_(False)
 
     def default_towers(self) -> dict[str, dict]:
-        return {"video": {"name": "per_frame", "clip_weights": "frozen"}, "text": {"name": "clip_text", "clip_weights": "frozen"}}
+        return {
+            "video": {"name": "per_frame", "clip_weights": "frozen"},
+            "text": {"name": "clip_text", "clip_weights": "frozen"},
+        }
 
     def _levels_needed(self) -> int:
         return 1  # the estimator learns from the entity level alone
@@ -47,9 +50,18 @@ class HBIEstimatorHead(HBIHead):
         if repr_rows(text_repr) != repr_rows(video_repr):
             raise ValueError("the Banzhaf estimator learns from paired batches (text i with video i)")
         maps = self.positive_pair_maps(text_repr, video_repr, 0).detach()
-        target = banzhaf_interaction(maps, text_repr["mask"], video_repr["mask"], text_repr["weights0"], video_repr["weights0"],
-                                     self.num_samples, self.noise)
-        predicted = self.blocks.teacher(maps.unsqueeze(1)).squeeze(1) * pair_cell_mask(text_repr["mask"], video_repr["mask"])
+        target = banzhaf_interaction(
+            maps,
+            text_repr["mask"],
+            video_repr["mask"],
+            text_repr["weights0"],
+            video_repr["weights0"],
+            self.num_samples,
+            self.noise,
+        )
+        predicted = self.blocks.teacher(maps.unsqueeze(1)).squeeze(1) * pair_cell_mask(
+            text_repr["mask"], video_repr["mask"]
+        )
         return {"banzhaf_mse": F.mse_loss(predicted, target)}
 
     def check_pretrained(self) -> None:

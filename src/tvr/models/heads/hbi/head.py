@@ -32,8 +32,10 @@ from tvr.models.heads.temporal import TemporalTransformer, prefixed_renames
 from tvr.models.weights import load_tensor_file
 
 ESTIMATOR_FORMAT = "tvr-hbi-estimator"
-MAKE_ESTIMATOR = ("pre-train one with `tvr-train experiment=hbi_estimator_<dataset>` (it writes <run dir>/estimator.pt), "
-                  "or pass the estimator released with the paper")
+MAKE_ESTIMATOR = (
+    "pre-train one with `tvr-train experiment=hbi_estimator_<dataset>` (it writes <run dir>/estimator.pt), "
+    "or pass the estimator released with the paper"
+)
 
 
 @register_head("hbi")
@@ -65,7 +67,9 @@ class HBIHead(RetrievalHead):
         if bi_transpose not in BI_TRANSPOSES:
             raise ValueError(f"hbi bi_transpose must be one of {', '.join(BI_TRANSPOSES)}, got '{bi_transpose}'")
         if len(level_weights) != len(LEVELS) or not any(level_weights):
-            raise ValueError(f"hbi level_weights needs one weight per level {list(LEVELS)}, not all zero; got {list(level_weights)}")
+            raise ValueError(
+                f"hbi level_weights needs one weight per level {list(LEVELS)}, not all zero; got {list(level_weights)}"
+            )
         self.init_from_clip = init_from_clip
         self.temporal = TemporalTransformer(embed_dim, temporal_layers, temporal_heads)
         self.blocks = HBIBlocks(embed_dim, tuple(text_rates), tuple(video_rates), dpc_k, merge_heads, banzhaf_planes)
@@ -109,11 +113,20 @@ class HBIHead(RetrievalHead):
     # ------------------------------------------------------------------ pairwise
     def _level(self, text_repr: Repr, video_repr: Repr, level: int) -> torch.Tensor:
         masks = (text_repr["mask"], video_repr["mask"]) if level == 0 else (None, None)
-        return wti_similarity(text_repr[f"tokens{level}"], video_repr[f"tokens{level}"], text_repr[f"weights{level}"],
-                              video_repr[f"weights{level}"], *masks)
+        return wti_similarity(
+            text_repr[f"tokens{level}"],
+            video_repr[f"tokens{level}"],
+            text_repr[f"weights{level}"],
+            video_repr[f"weights{level}"],
+            *masks,
+        )
 
     def level_similarity(self, text_repr: Repr, video_repr: Repr) -> dict[str, torch.Tensor]:
-        return {name: self._level(text_repr, video_repr, level) for level, name in enumerate(LEVELS) if f"tokens{level}" in text_repr}
+        return {
+            name: self._level(text_repr, video_repr, level)
+            for level, name in enumerate(LEVELS)
+            if f"tokens{level}" in text_repr
+        }
 
     def similarity(self, text_repr: Repr, video_repr: Repr):
         if self.training:
@@ -121,10 +134,16 @@ class HBIHead(RetrievalHead):
             final = sum(weight * levels[name] for name, weight in zip(LEVELS, self.level_weights) if weight)
             return ScoreLevels(final=final, levels=levels)
         # evaluation: only the weighted levels (the reference computes all and discards the others)
-        return sum(weight * self._level(text_repr, video_repr, level) for level, weight in enumerate(self.level_weights) if weight)
+        return sum(
+            weight * self._level(text_repr, video_repr, level)
+            for level, weight in enumerate(self.level_weights)
+            if weight
+        )
 
     def pair_bytes(self) -> int:
-        return 4 * 3 * self._cells * self._cells  # a [t, v, L, F] map and its two maxima, fp32, at the largest sizes seen
+        return (
+            4 * 3 * self._cells * self._cells
+        )  # a [t, v, L, F] map and its two maxima, fp32, at the largest sizes seen
 
     # ------------------------------------------------------------------ training
     def positive_pair_maps(self, text_repr: Repr, video_repr: Repr, level: int) -> torch.Tensor:
@@ -139,8 +158,9 @@ class HBIHead(RetrievalHead):
         for level, name in enumerate(LEVELS):
             maps = self.positive_pair_maps(text_repr, video_repr, level)
             cells = pair_cell_mask(text_repr["mask"], video_repr["mask"]) if level == 0 else None
-            terms[f"banzhaf_{name}"] = self.skl * banzhaf_distillation(maps, self.blocks.students[level], self.blocks.teacher, cells,
-                                                                        self.bi_transpose)
+            terms[f"banzhaf_{name}"] = self.skl * banzhaf_distillation(
+                maps, self.blocks.students[level], self.blocks.teacher, cells, self.bi_transpose
+            )
         terms["self_distillation"] = self.kl * self_distillation(*(context.levels[name] for name in LEVELS))
         return terms
 
@@ -153,7 +173,9 @@ class HBIHead(RetrievalHead):
 
     def _estimator_weights(self) -> dict[str, torch.Tensor]:
         if not self.estimator_ckpt:
-            raise ConfigError("head.estimator_ckpt", "is not set; HBI distils from a pre-trained Banzhaf estimator", MAKE_ESTIMATOR)
+            raise ConfigError(
+                "head.estimator_ckpt", "is not set; HBI distils from a pre-trained Banzhaf estimator", MAKE_ESTIMATOR
+            )
         return read_estimator(self.estimator_ckpt, self.blocks.teacher.state_dict())
 
     # ------------------------------------------------------------------ checkpoints
@@ -188,11 +210,21 @@ def read_estimator(path: str | Path, expected: dict[str, torch.Tensor]) -> dict[
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if isinstance(state, dict):
         state = {key.removeprefix("module.").removeprefix("banzhafteacher."): value for key, value in state.items()}
-    fits = isinstance(state, dict) and state.keys() == expected.keys() and all(
-        torch.is_tensor(state[key]) and state[key].shape == value.shape for key, value in expected.items())
+    fits = (
+        isinstance(state, dict)
+        and state.keys() == expected.keys()
+        and all(torch.is_tensor(state[key]) and state[key].shape == value.shape for key, value in expected.items())
+    )
     if not fits:
         shapes = {key: tuple(value.shape) for key, value in expected.items() if value.ndim}
-        found = {key: tuple(value.shape) for key, value in state.items() if torch.is_tensor(value)} if isinstance(state, dict) else type(loaded).__name__
-        raise ConfigError("head.estimator_ckpt", f"{path} is not a Banzhaf estimator of this head (expected {shapes}, found {found})",
-                          MAKE_ESTIMATOR + "; head.banzhaf_planes must match the estimator's")
+        found = (
+            {key: tuple(value.shape) for key, value in state.items() if torch.is_tensor(value)}
+            if isinstance(state, dict)
+            else type(loaded).__name__
+        )
+        raise ConfigError(
+            "head.estimator_ckpt",
+            f"{path} is not a Banzhaf estimator of this head (expected {shapes}, found {found})",
+            MAKE_ESTIMATOR + "; head.banzhaf_planes must match the estimator's",
+        )
     return state

@@ -20,7 +20,9 @@ def kl_mean(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.
     sides unless the caller detaches the target."""
     # "sum" / numel is the reference's "mean" without PyTorch's warning about it; log-probability targets
     # keep a target probability that underflows to 0 from turning into 0 * log 0 = NaN
-    divergence = F.kl_div(student_logits.log_softmax(dim=-1), target_logits.log_softmax(dim=-1), reduction="sum", log_target=True)
+    divergence = F.kl_div(
+        student_logits.log_softmax(dim=-1), target_logits.log_softmax(dim=-1), reduction="sum", log_target=True
+    )
     return divergence / student_logits.numel()
 
 
@@ -34,11 +36,18 @@ def _transposed(maps: torch.Tensor, transpose: str) -> torch.Tensor:
 
 def banzhaf_kl(student_maps: torch.Tensor, teacher_maps: torch.Tensor, transpose: str = "reverse_all") -> torch.Tensor:
     """``KL(P, Y) + KL(P^T, Y^T)`` of student and teacher interaction maps ``[B, L, F]``."""
-    return kl_mean(student_maps, teacher_maps) + kl_mean(_transposed(student_maps, transpose), _transposed(teacher_maps, transpose))
+    return kl_mean(student_maps, teacher_maps) + kl_mean(
+        _transposed(student_maps, transpose), _transposed(teacher_maps, transpose)
+    )
 
 
-def banzhaf_distillation(maps: torch.Tensor, student: nn.Module, teacher: nn.Module, cell_mask: torch.Tensor | None = None,
-                         transpose: str = "reverse_all") -> torch.Tensor:
+def banzhaf_distillation(
+    maps: torch.Tensor,
+    student: nn.Module,
+    teacher: nn.Module,
+    cell_mask: torch.Tensor | None = None,
+    transpose: str = "reverse_all",
+) -> torch.Tensor:
     """One level's Banzhaf loss from its positive-pair maps ``[B, L, F]``.
 
     The student sees the maps with gradient (into itself and the features); the teacher (the frozen
@@ -56,5 +65,8 @@ def self_distillation(entity: torch.Tensor, action: torch.Tensor, event: torch.T
     """Coarse levels towards the entity level, both directions, on the unscaled ``[B, B]`` similarities;
     the entity target is not detached (reference)."""
     return (
-        kl_mean(action.t(), entity.t()) + kl_mean(event.t(), entity.t()) + kl_mean(action, entity) + kl_mean(event, entity)
+        kl_mean(action.t(), entity.t())
+        + kl_mean(event.t(), entity.t())
+        + kl_mean(action, entity)
+        + kl_mean(event, entity)
     )

@@ -45,8 +45,14 @@ def _density_noise(shape: torch.Size, like: torch.Tensor, generator: torch.Gener
 
 
 @torch.no_grad()
-def dpc_knn_clusters(tokens: torch.Tensor, cluster_num: int, k: int = 3, mask: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None, density_noise: torch.Tensor | None = None) -> torch.Tensor:
+def dpc_knn_clusters(
+    tokens: torch.Tensor,
+    cluster_num: int,
+    k: int = 3,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    density_noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cluster ids ``[B, N]`` of DPC-KNN (density peaks clustering with k-nearest-neighbour densities).
 
     Centres are the tokens of highest ``density * distance to the nearest denser token``; every other
@@ -89,12 +95,16 @@ def cluster_shares(weights: torch.Tensor, cluster_ids: torch.Tensor, cluster_num
     return weights / (totals.gather(1, cluster_ids) + MERGE_EPS)
 
 
-def merge_clusters(tokens: torch.Tensor, weights: torch.Tensor, cluster_ids: torch.Tensor, cluster_num: int) -> torch.Tensor:
+def merge_clusters(
+    tokens: torch.Tensor, weights: torch.Tensor, cluster_ids: torch.Tensor, cluster_num: int
+) -> torch.Tensor:
     """``x'_c = sum_{i in c} w_i x_i / (sum_{i in c} w_i + 1e-6)`` ``[B, C, D]``; differentiable in
     ``tokens`` and ``weights``."""
     normalised = cluster_shares(weights, cluster_ids, cluster_num)
     index = cluster_ids[:, :, None].expand_as(tokens)
-    return tokens.new_zeros(tokens.shape[0], cluster_num, tokens.shape[2]).scatter_add(1, index, normalised[:, :, None] * tokens)
+    return tokens.new_zeros(tokens.shape[0], cluster_num, tokens.shape[2]).scatter_add(
+        1, index, normalised[:, :, None] * tokens
+    )
 
 
 class TokenConv(nn.Module):
@@ -122,8 +132,13 @@ class CTM(nn.Module):
     def cluster_num(self, num_tokens: int) -> int:
         return max(math.ceil(num_tokens * self.rate), 1)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                density_noise: torch.Tensor | None = None) -> ClusteredTokens:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        density_noise: torch.Tensor | None = None,
+    ) -> ClusteredTokens:
         tokens = self.norm(self.conv(tokens))
         scores = self.score(tokens).squeeze(-1)
         if mask is not None:
@@ -186,6 +201,7 @@ class TokenMerge(nn.Module):
         self.ctm = CTM(dim, rate, k)
         self.block = TCBlock(dim, num_heads)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return self.block(self.ctm(tokens, mask, generator))

@@ -51,8 +51,12 @@ def pair_cell_mask(text_mask: torch.Tensor, video_mask: torch.Tensor) -> torch.T
     return text_mask[:, :, None] * video_mask[:, None, :]
 
 
-def token_similarity_maps(text_tokens: torch.Tensor, video_tokens: torch.Tensor, text_mask: torch.Tensor | None = None,
-                          video_mask: torch.Tensor | None = None) -> torch.Tensor:
+def token_similarity_maps(
+    text_tokens: torch.Tensor,
+    video_tokens: torch.Tensor,
+    text_mask: torch.Tensor | None = None,
+    video_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``R [Nt, Nv, L, F]`` of every text against every video, from unit-normalised ``[Nt, L, D]`` and
     ``[Nv, F, D]`` tokens; with masks (given together), cells of padded tokens are 0."""
     maps = torch.einsum("atd,bvd->abtv", text_tokens, video_tokens)
@@ -61,8 +65,12 @@ def token_similarity_maps(text_tokens: torch.Tensor, video_tokens: torch.Tensor,
     return maps * text_mask.to(maps.dtype)[:, None, :, None] * video_mask.to(maps.dtype)[None, :, None, :]
 
 
-def positive_pair_maps(text_tokens: torch.Tensor, video_tokens: torch.Tensor, text_mask: torch.Tensor | None = None,
-                       video_mask: torch.Tensor | None = None) -> torch.Tensor:
+def positive_pair_maps(
+    text_tokens: torch.Tensor,
+    video_tokens: torch.Tensor,
+    text_mask: torch.Tensor | None = None,
+    video_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``R [B, L, F]`` of text b against video b only (the diagonal of :func:`token_similarity_maps`),
     the maps the Banzhaf losses read, without building the ``B x B`` pairs."""
     maps = torch.einsum("btd,bvd->btv", text_tokens, video_tokens)
@@ -78,9 +86,14 @@ def wti_scores(maps: torch.Tensor, text_weights: torch.Tensor, video_weights: to
     return (text_to_video + video_to_text) / 2
 
 
-def wti_similarity(text_tokens: torch.Tensor, video_tokens: torch.Tensor, text_weights: torch.Tensor,
-                   video_weights: torch.Tensor, text_mask: torch.Tensor | None = None,
-                   video_mask: torch.Tensor | None = None) -> torch.Tensor:
+def wti_similarity(
+    text_tokens: torch.Tensor,
+    video_tokens: torch.Tensor,
+    text_weights: torch.Tensor,
+    video_weights: torch.Tensor,
+    text_mask: torch.Tensor | None = None,
+    video_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``S [Nt, Nv]`` of a tile of texts against a tile of videos (unit tokens, softmaxed weights).
 
     Holds one ``[Nt, Nv, L, F]`` map, so callers size their tiles by ``L * F`` per pair."""
