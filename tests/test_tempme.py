@@ -235,6 +235,49 @@ def test_schedule_that_does_not_fit_the_frames_names_one_that_does():
     )
 
 
+def test_a_clip_layer_of_group_one_only_merges_within_clips_as_the_reference():
+    """The reference's ToMeBlock skips the join, the temporal embedding and the cross merge when r_f = 1 and
+    runs only the intra merge, whose budget still subtracts the unused cross budget. By hand, 12 frames of 50
+    tokens, tome_r 2, groups [1, 4, 3] at blocks 8-10: 34 tokens enter block 8; r_c = min(int(34 * 0.3), 33 // 2)
+    = 10 (not applied), r_i = min(int((34 - 10) * 0.1), (33 - 10) // 2) = 2 -> 32 tokens, 1 CLS, 12 clips.
+    Block 9 (g 4): r_c = min(int(128 * 0.3), 124 // 2) = 38, r_i = min(int(90 * 0.1), 86 // 2) = 9 -> 81.
+    Block 10 (g 3): r_c = min(int(243 * 0.3), 231 // 2) = 72, r_i = min(int(171 * 0.1), 159 // 2) = 17 -> 154.
+    Block 11: r_i = min(int(154 * 0.1), 142 // 2) = 15 -> 139 tokens per video."""
+    options = {"clip_groups": [1, 4, 3]}
+    plan = plan_schedule(12, 50, 12, 2, [8, 9, 10], options["clip_groups"], 0.3, 0.1)
+    assert [(s.kind, s.cross, s.intra, s.tokens_out, s.protected_out, s.clips_out) for s in plan[8:]] == [
+        ("clip", 0, 2, 32, 1, 12),
+        ("clip", 38, 9, 81, 4, 3),
+        ("clip", 72, 17, 154, 12, 1),
+        ("intra", 0, 15, 139, 12, 1),
+    ]
+    torch.manual_seed(0)
+    model = Retriever({"model_name": None, "architecture": ARCHITECTURE}, {"name": "tempme", **options}).eval()
+    tower = model.head.video_tower
+    assert sorted(tower.temporal_embeddings) == ["10", "9"]  # none for the block that joins nothing
+    decisions = []
+
+    def recording_match(metric, protected, r):
+        decisions.append((protected, r, metric.shape))
+        return match(metric, protected, r)
+
+    video = torch.randn(2, 12, 3, 42, 42)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempme_tower, "match", recording_match)
+        features = tower(model.backbone, video, with_tokens=True)
+    # 8 image merges, then block 8's intra merge alone: on the 24 frames' own 34 tokens, keys of 32 channels
+    assert decisions[8] == (1, 2, torch.Size([24, 34, 32])) and len(decisions) == 8 + 1 + 2 + 2 + 1
+    assert decisions[9][:2] == (4, 38) and features.tokens.shape[1] == 139
+    assert features.frames.shape == (2, 12, 32)
+
+
+def test_suggested_groups_join_clips_unless_groups_of_one_are_asked_for():
+    assert suggest_groups(4, 3) == [2, 2] and suggest_groups(7, 2) == [7] and suggest_groups(1, 2) == []
+    assert suggest_groups(4, 3, allow_single=True) == [1, 2, 2]
+    with pytest.raises(ScheduleError, match=r"fits 4 frames: clip_groups=\[2, 2\] with clip_layers=\[1, 2\]"):
+        plan_schedule(4, 50, 4, 2, [1, 2, 3], [2, 2, 2], 0.3, 0.1)
+
+
 def test_schedule_that_removes_more_tokens_than_a_frame_holds():
     with pytest.raises(ScheduleError, match=r"tome_r=5 removes more tokens than block \d+ can merge.*use tome_r=1 "):
         plan_schedule(12, 17, 8, 5, [8, 9, 10], [2, 2, 2], 0.3, 0.1)  # 16 patches, 8 image blocks

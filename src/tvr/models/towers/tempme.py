@@ -46,6 +46,11 @@ def join_clips(t: torch.Tensor | None, group: int, protected: int) -> torch.Tens
     )
 
 
+def joins_clips(step: BlockPlan) -> bool:
+    """A ClipMe block of group 1 joins nothing: the reference runs no temporal embedding or cross merge there."""
+    return step.kind == "clip" and step.group > 1
+
+
 @register_tower("tempme")
 class TempMeTower(SavesIdentity, VideoTower):
     needs_full_clips = True  # every frame slot is merged; padding would be merged into real tokens
@@ -85,7 +90,7 @@ class TempMeTower(SavesIdentity, VideoTower):
             {
                 str(step.index): nn.Parameter(torch.zeros(step.clips_in, self.geometry.width))
                 for step in self.plan
-                if step.kind == "clip" and self.use_temporal_pe
+                if joins_clips(step) and self.use_temporal_pe
             }
         )
 
@@ -172,7 +177,7 @@ class TempMeTower(SavesIdentity, VideoTower):
         return features
 
     def _block(self, step: BlockPlan, block, x: torch.Tensor, size: torch.Tensor | None, batch: int):
-        if step.kind == "clip":
+        if joins_clips(step):
             protected_in = step.protected_out // step.group
             metric = join_clips(
                 x, step.group, protected_in

@@ -73,9 +73,9 @@ class ScheduleError(ValueError):
 class BlockPlan:
     index: int
     kind: str  # "image" (ImgMe, before the first ClipMe), "clip" (ClipMe), "intra" (after the first ClipMe)
-    group: int  # clips joined at the start of a ClipMe block (1 otherwise)
+    group: int  # clips joined at the start of a ClipMe block (1 otherwise, or a ClipMe block that joins nothing)
     clips_in: int  # clips per video entering the block
-    cross: int  # tokens removed by cross-clip merging (ClipMe only)
+    cross: int  # tokens removed by cross-clip merging (ClipMe joining 2 or more clips only)
     intra: int  # tokens removed after the attention
     protected_out: int  # CLS tokens per clip after the block
     tokens_out: int  # tokens per clip (CLS included) after the block
@@ -118,6 +118,13 @@ def plan_schedule(
             g = group_at[index]
             cross = min(int(n * g * cross_ratio), ((n - c) * g) // 2)
             intra = min(int((n * g - cross) * intra_ratio), ((n - c) * g - cross) // 2)
+            if g == 1:
+                # The reference (ToMeBlock.forward, `if r_f > 1`) skips the join, the temporal embedding and the
+                # cross-clip merge of a group of one clip, yet its intra budget above still has the unused cross
+                # budget subtracted; the block still opens the clip stage (later blocks merge within clips).
+                plan.append(BlockPlan(index, "clip", 1, clips, 0, intra, c, n - intra))
+                n -= intra
+                continue
             plan.append(BlockPlan(index, "clip", g, clips, cross, intra, c * g, n * g - cross - intra))
             n, c, clips = n * g - cross - intra, c * g, clips // g
             continue
@@ -169,16 +176,25 @@ def _check_groups(frames: int, layers: list[int], groups: list[int]) -> None:
     clips = frames
     for layer, g in zip(layers, groups):
         if clips % g:
+            fitting = suggest_groups(frames, len(groups))
+            advice = f"clip_groups={fitting}"
+            if len(fitting) < len(groups):
+                advice += (
+                    f" with clip_layers={layers[: len(fitting)]} ({frames} frames allow only {len(fitting)} clip layers "
+                    "that join clips; a clip layer of group 1 joins nothing and merges within clips only)"
+                )
             raise ScheduleError(
                 f"clip_groups {groups} do not fit {frames} frames: block {layer} joins groups of {g} clips, but "
-                f"{clips} clips enter it; a schedule that fits {frames} frames: clip_groups={suggest_groups(frames, len(groups))}"
+                f"{clips} clips enter it; a schedule that fits {frames} frames: {advice}"
             )
         clips //= g
 
 
-def suggest_groups(frames: int, count: int) -> list[int]:
-    """Factor ``frames`` into ``count`` group sizes as evenly as possible, smallest first (12, 3 -> [2, 2, 3];
-    64, 3 -> [4, 4, 4]); 1s fill in when ``frames`` has fewer prime factors than ``count``."""
+def suggest_groups(frames: int, count: int, allow_single: bool = False) -> list[int]:
+    """Factor ``frames`` into at most ``count`` group sizes as evenly as possible, smallest first (12, 3 ->
+    [2, 2, 3]; 64, 3 -> [4, 4, 4]). When ``frames`` has fewer prime factors than ``count``, the list is shorter
+    (4, 3 -> [2, 2]): a group of 1 is no clip join (the reference treats it specially, see :func:`plan_schedule`),
+    so 1s fill in to ``count`` only with ``allow_single``."""
     if count == 0:
         return []
     primes, rest, p = [], frames, 2
@@ -187,7 +203,7 @@ def suggest_groups(frames: int, count: int) -> list[int]:
             primes.append(p)
             rest //= p
         p += 1
-    bins = [1] * count
+    bins = [1] * (count if allow_single else min(count, len(primes)))
     for prime in sorted(primes, reverse=True):
         bins[bins.index(min(bins))] *= prime
     return sorted(bins)
