@@ -172,14 +172,23 @@ def test_paper_recipes_build_the_papers_models(recipe, head_parameters, tmp_path
             1e-4,
             "slice",
         )
+    frozen = [n for n, p in module.backbone.named_parameters() if not p.requires_grad]
     if recipe.startswith("clip4clip"):
-        frozen = [n for n, p in module.backbone.named_parameters() if not p.requires_grad]
         assert "clip.visual.conv1.weight" in frozen and "clip.transformer.resblocks.0.attn.in_proj_weight" not in frozen
+    if recipe.startswith("glscl"):  # the reference freezes the patch embedding alone; token_embedding trains
+        assert frozen == ["clip.visual.conv1.weight"]
     if recipe == "xpool_msrvtt":
         assert cfg.optim.head_lr == 3e-5 and cfg.data.train_augment == "xpool" and cfg.train.select_window == 5
         assert build_datamodule(
             cfg.data, preprocessing=backbone_preprocessing(cfg.backbone)
         ).eval_sampler.describe() == {"sampler": "segment_uniform", "max_frames": 12}
+
+
+@pytest.mark.parametrize("recipe", ["glscl_msrvtt", "hbi_msrvtt", "hbi_estimator_msrvtt", "clip4clip_meanp_msrvtt"])
+def test_recipes_freeze_the_patch_embedding_as_their_references(recipe, tmp_path):
+    """GLSCL's and HBI's CLIP modules never train visual.conv1; CLIP4Clip's (freeze_layer_num aside) do."""
+    cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
+    assert cfg.train.freeze_patch_embedding == (not recipe.startswith("clip4clip"))
 
 
 def test_tempme_recipe_builds_the_reference_model(tmp_path):

@@ -25,7 +25,12 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
             "optim.schedule=clip4clip_warmup_cosine",
             "train.freeze_layer_num=0",
         ],
-        ["experiment=synthetic_glscl", "train.select_window=3", "train.select_metric=val/t2v_R1_window"],
+        [
+            "experiment=synthetic_glscl",
+            "train.select_window=3",
+            "train.select_metric=val/t2v_R1_window",
+            "train.freeze_patch_embedding=true",
+        ],
     ],
     ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl", "xpool-bertadam", "glscl-window"],
 )
@@ -41,6 +46,9 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)  # the parameters around the second optimiser step
     changed = {name for name, before in weights["before"].items() if not torch.equal(before, weights["after"][name])}
     assert any(name.startswith("backbone.") for name in changed), "the step left every CLIP weight as it was"
+    # the patch embedding trains unless a recipe freezes it (the GLSCL/HBI references, CLIP4Clip's rule)
+    patch_embedding_frozen = cfg.train.freeze_patch_embedding or cfg.train.freeze_layer_num >= 0
+    assert ("backbone.clip.visual.conv1.weight" in changed) == (not patch_embedding_frozen)
     assert all(torch.isfinite(value).all() for value in weights["after"].values())
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["t2v"] == pytest.approx(results["t2v"])
@@ -54,6 +62,7 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
         and facts["sampler"] == "clip4clip"
     )
     assert facts["rerank"] == cfg.evaluation.rerank
+    assert facts["freeze_patch_embedding"] == cfg.train.freeze_patch_embedding
     assert written["decode_failures"]["train_replaced_samples"] == 0
     table = (tmp_path / "results.md").read_text()
     assert "| test | t2v |" in table

@@ -42,7 +42,7 @@ class RetrievalModule(EvaluationModule):
         super().__init__(backbone, head, evaluation)
         self.save_hyperparameters()
         options = from_config(TrainOptions, train)
-        self.freeze_for_training(options.freeze_layer_num)
+        self.freeze_for_training(options.freeze_layer_num, options.freeze_patch_embedding)
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
         self.optim_options = from_config(OptimOptions, optim)

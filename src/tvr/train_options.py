@@ -36,6 +36,10 @@ class TrainOptions:
     freeze_layer_num: int = option(
         -1, minimum=-1, help="CLIP4Clip rule: >=0 freezes embeddings + blocks below N in both towers; -1: none"
     )
+    freeze_patch_embedding: bool = option(
+        False,
+        help="freeze CLIP's patch embedding (visual.conv1), as the GLSCL, HBI, DiffusionRet and TempMe references",
+    )
     checkpoint_every_n_steps: int = option(
         0, minimum=0, help="also write checkpoints/last.ckpt every N optimiser steps (0: at epoch ends only)"
     )

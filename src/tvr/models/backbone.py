@@ -252,6 +252,15 @@ class CLIPBackbone(nn.Module):
                 frozen.append(name)
         return frozen
 
+    def freeze_patch_embedding(self) -> list[str]:
+        """Freeze the ViT's patch embedding (``visual.conv1``), as the CLIP modules of the GLSCL, HBI, DiffusionRet
+        and TempMe references do. Those modules also set ``token_embedding.requires_grad = False``, but on the
+        ``nn.Embedding`` module, where it is a plain attribute that freezes nothing: its weight trains there, so it
+        trains here too. Returns the frozen names."""
+        for param in self.clip.visual.conv1.parameters():
+            param.requires_grad_(False)
+        return [f"visual.conv1.{name}" for name, _ in self.clip.visual.conv1.named_parameters()]
+
     def freeze(self) -> list[str]:
         """Freeze every CLIP weight, ``logit_scale`` included (parameter-efficient towers). Returns the names."""
         for param in self.clip.parameters():

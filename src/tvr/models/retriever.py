@@ -41,14 +41,16 @@ class Retriever(nn.Module):
         self.head.attach_towers(self.backbone, towers)
         self.head.init_from_backbone(self.backbone)
 
-    def freeze_for_training(self, freeze_layer_num: int = -1) -> list[str]:
+    def freeze_for_training(self, freeze_layer_num: int = -1, freeze_patch_embedding: bool = False) -> list[str]:
         """Freeze what the method keeps fixed: all of CLIP (``logit_scale`` included) when a tower says so
-        (parameter-efficient methods), else CLIP4Clip's ``freeze_layer_num`` rule when it is >= 0."""
+        (parameter-efficient methods), else CLIP4Clip's ``freeze_layer_num`` rule when it is >= 0, and the patch
+        embedding when ``freeze_patch_embedding`` (the GLSCL and HBI references). Returns the frozen names."""
         if any(tower.freezes_clip for tower in self.head.towers().values()):
             return self.backbone.freeze()
-        if freeze_layer_num >= 0:
-            return self.backbone.freeze_like_clip4clip(freeze_layer_num)
-        return []
+        frozen = self.backbone.freeze_like_clip4clip(freeze_layer_num) if freeze_layer_num >= 0 else []
+        if freeze_patch_embedding:
+            frozen += [name for name in self.backbone.freeze_patch_embedding() if name not in frozen]
+        return frozen
 
     def check_state_dict(self, state_dict: dict) -> None:
         """Refuse weights saved with other towers or tower settings, naming both (before any key is compared)."""
