@@ -70,6 +70,28 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
         assert written["reranked"]["method"] == "dsl" and "(DSL re-ranked)" in table
 
 
+def test_a_batch_larger_than_the_training_set_is_recorded_as_trained(data_dir, tmp_path, caplog):
+    """data.batch_size beyond the training set: one short batch per epoch, warned about, and the batch the
+    steps really saw (the 32 training pairs), not the configured one, in metrics.json."""
+    record = [
+        "+callbacks.weights._target_=helpers.WeightsAroundStep",
+        "+callbacks.weights.step=0",
+        f"+callbacks.weights.path={tmp_path / 'weights.pt'}",
+    ]
+    cfg = compose_train(
+        ["+trainer.fast_dev_run=1", *SMALL_OVERRIDES, "data.batch_size=100000000", *record, *QUIET], data_dir, tmp_path
+    )
+    with caplog.at_level("WARNING", logger="tvr.data.datamodule"):
+        train(cfg)
+    facts = json.loads((tmp_path / "metrics.json").read_text())["run"]
+    pairs = facts["train_set"]["pairs"]
+    assert pairs == 32 and facts["global_batch"] == facts["contrastive_batch"] == pairs
+    assert "data.batch_size=100000000 is larger than the 32 training items" in caplog.text
+    assert "set data.batch_size<=32" in caplog.text
+    weights = torch.load(tmp_path / "weights.pt", weights_only=True)  # the one step did train
+    assert any(not torch.equal(before, weights["after"][name]) for name, before in weights["before"].items())
+
+
 @pytest.mark.slow
 def test_checkpoint_reloads_and_eval_reproduces_its_metrics(data_dir, tmp_path):
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"

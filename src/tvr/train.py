@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
     data = datamodule.describe()
-    contrastive_batch = cfg.data.batch_size * trainer.world_size  # pairs each loss sees (its negatives)
+    # pairs each loss sees (its negatives): data.batch_size, or each process's share when the set is smaller
+    contrastive_batch = datamodule.train_batch * trainer.world_size
     global_batch = contrastive_batch * trainer.accumulate_grad_batches  # pairs per optimiser step
     return {
         "tvr_version": __version__,

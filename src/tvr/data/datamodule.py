@@ -87,6 +87,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.split_names = {stage: splits.get(stage) for stage in ("train", "val", "test")}
         self.select_on = select_on or self.split_names["val"]  # recorded; splits.val already follows it
         self.batch_size = batch_size
+        self.train_batch: int | None = None  # the batch each process really trains on, known with its loader
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -235,6 +236,17 @@ class RetrievalDataModule(pl.LightningDataModule):
             epoch, batches_done = self._resume_position
             order.resume_at(epoch, batches_done * self.batch_size)
             self._resume_position = None
+        self.train_batch = min(self.batch_size, len(order))
+        if self.train_batch < self.batch_size and rank == 0:
+            log.warning(
+                "data.batch_size=%d is larger than the %d training items each of the %d processes trains on: "
+                "each epoch trains on one batch of %d, the batch the run records; set data.batch_size<=%d",
+                self.batch_size,
+                len(order),
+                world_size,
+                self.train_batch,
+                self.train_batch,
+            )
         drop_last = len(order) > self.batch_size
         return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=order, persistent=True)
 
