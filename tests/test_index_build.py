@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from tvr.errors import UserInputError
 from tvr.models.retriever import Retriever
 from tvr.search import build as build_module
 from tvr.search.build import build_index, find_videos, thumbnail_strip
-from tvr.search.store import IndexMismatchError, IndexNotFoundError, VideoIndexStore
+from tvr.search.store import IndexBusyError, IndexMismatchError, IndexNotFoundError, VideoIndexStore
 
 FPS = 8
 HEIGHT, WIDTH = 48, 64
@@ -350,3 +352,33 @@ def test_thumbnail_strip_is_a_jpeg_of_evenly_chosen_frames_side_by_side(count, s
     pixels = np.asarray(image.convert("L"))
     first, last = pixels[36, tile_width // 2], pixels[36, -tile_width // 2]
     assert abs(int(first) - 0) <= 3 and abs(int(last) - 20 * (count - 1)) <= 3
+
+
+# ---------------------------------------------------------------------- two builds at once
+HOLD_THE_LOCK = """
+import sys
+from tvr.search.store import build_lock
+with build_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_second_build_is_refused_naming_the_first_while_it_runs(videos_dir, tmp_path, retriever, sampler):
+    out = tmp_path / "index"
+    build(retriever, videos_dir, out, sampler)
+    before = (out / "manifest.json").read_text()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        write_video(videos_dir / "late.mp4", (200, 200, 30), 1)
+        with pytest.raises(IndexBusyError, match=rf"another tvr-index build .* \(pid {holder.pid} on "):
+            build(retriever, videos_dir, out, sampler)
+        assert (out / "manifest.json").read_text() == before  # the refused build wrote nothing
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    report = build(retriever, videos_dir, out, sampler)  # once the first has finished, the second runs
+    assert report.indexed == 1 and report.total_in_index == len(VIDEOS) + 1

@@ -31,7 +31,7 @@ from tvr.data.video import DecodedClip, VideoBackend, create_backend
 from tvr.errors import UserInputError
 from tvr.models.heads.base import Repr, cat_reprs, slice_repr
 from tvr.models.retriever import Retriever
-from tvr.search.store import VideoIndexStore
+from tvr.search.store import VideoIndexStore, build_lock
 
 log = logging.getLogger(__name__)
 
@@ -251,50 +251,51 @@ def build_index(
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     started = time.perf_counter()
     videos = find_videos(videos_dir)
-    # before any decoding: a mismatching index is refused at once, not after an hour of work
-    store = VideoIndexStore.create_or_open(
-        out, retriever.identity(), model, index_settings(retriever, sampler, max_words)
-    )
-    known = store.known_paths()
-    todo = [str(path) for path in videos if str(path) not in known]
-    log.info(
-        "%d videos under %s: %d already in the index %s, %d to encode",
-        len(videos),
-        videos_dir,
-        len(videos) - len(todo),
-        store.folder,
-        len(todo),
-    )
-    retriever.to(device).eval()
-    dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.preprocessing)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    pending, unreadable = _Pending(), {}
-    with tqdm(total=len(todo), desc="indexing", unit="video", file=sys.stderr, disable=not progress) as bar:
-        for batch in loader:
-            failed = {path: error for path, error in zip(batch["path"], batch["error"]) if error}
-            store.add_unreadable(failed)  # recorded at once: an interrupted build does not retry them
-            unreadable.update(failed)
-            _encode_batch(retriever, batch, device, pending)
-            while len(pending) >= shard_size:
-                pending.write_shard(store, shard_size)
-            bar.update(len(batch["path"]))
-    if len(pending):
-        pending.write_shard(store, len(pending))
-    if unreadable:
-        examples = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:3])
-        log.warning(
-            "%d videos could not be read and are not indexed (listed in %s/manifest.json), e.g. %s",
-            len(unreadable),
-            store.folder,
-            examples,
+    with build_lock(out):  # held until the last shard is listed: two builds never mix their shards
+        # before any decoding: a mismatching index is refused at once, not after an hour of work
+        store = VideoIndexStore.create_or_open(
+            out, retriever.identity(), model, index_settings(retriever, sampler, max_words)
         )
-    return BuildReport(
-        indexed=len(todo) - len(unreadable),
-        skipped_existing=len(videos) - len(todo),
-        unreadable=unreadable,
-        total_in_index=len(store),
-        seconds=time.perf_counter() - started,
-    )
+        known = store.known_paths()
+        todo = [str(path) for path in videos if str(path) not in known]
+        log.info(
+            "%d videos under %s: %d already in the index %s, %d to encode",
+            len(videos),
+            videos_dir,
+            len(videos) - len(todo),
+            store.folder,
+            len(todo),
+        )
+        retriever.to(device).eval()
+        dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.preprocessing)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+        pending, unreadable = _Pending(), {}
+        with tqdm(total=len(todo), desc="indexing", unit="video", file=sys.stderr, disable=not progress) as bar:
+            for batch in loader:
+                failed = {path: error for path, error in zip(batch["path"], batch["error"]) if error}
+                store.add_unreadable(failed)  # recorded at once: an interrupted build does not retry them
+                unreadable.update(failed)
+                _encode_batch(retriever, batch, device, pending)
+                while len(pending) >= shard_size:
+                    pending.write_shard(store, shard_size)
+                bar.update(len(batch["path"]))
+        if len(pending):
+            pending.write_shard(store, len(pending))
+        if unreadable:
+            examples = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:3])
+            log.warning(
+                "%d videos could not be read and are not indexed (listed in %s/manifest.json), e.g. %s",
+                len(unreadable),
+                store.folder,
+                examples,
+            )
+        return BuildReport(
+            indexed=len(todo) - len(unreadable),
+            skipped_existing=len(videos) - len(todo),
+            unreadable=unreadable,
+            total_in_index=len(store),
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _encode_batch(retriever: Retriever, batch: dict, device: str | torch.device, pending: _Pending) -> None:

@@ -9,18 +9,24 @@ An index is one folder::
 The manifest is the single source of truth: a shard counts only once the manifest lists it. A shard is
 written first and the manifest after it, both atomically, so a build killed at any moment leaves either
 the old index or the new one, plus at worst an unlisted shard file that the next build overwrites or
-removes; a video is never listed twice. Every shard loads with ``torch.load(weights_only=True)`` (JPEG
+removes; a video is never listed twice. Only one build at a time may write to a folder (:func:`build_lock`),
+so two builds never interleave their shards and manifest updates. Every shard loads with ``torch.load(weights_only=True)`` (JPEG
 bytes are uint8 tensors, strings are plain lists), so opening an index cannot run code.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from tvr.atomic import atomic_torch_save, write_json
 from tvr.data.transforms import Preprocessing
@@ -30,6 +36,9 @@ from tvr.models.heads.base import Repr, cat_reprs
 FORMAT = 1
 MANIFEST = "manifest.json"
 SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".pt"
+# Held for the whole of a build; the holder file beside it says who holds it (the lock file itself is the
+# lock library's to open and truncate).
+BUILD_LOCK, BUILD_HOLDER = ".build.lock", ".build.lock.holder.json"
 # Temporary files of the atomic writes (tvr.atomic): ".<target name>.<random>.tmp".
 TMP_PREFIXES = (f".{SHARD_PREFIX}", f".{MANIFEST}.")
 
@@ -44,6 +53,53 @@ class IndexNotFoundError(UserInputError):
 
 class IndexCorruptError(UserInputError):
     """An index whose manifest or shard files cannot be read, or disagree with each other."""
+
+
+class IndexBusyError(UserInputError):
+    """Another build is writing to the index folder."""
+
+
+@contextmanager
+def build_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the index folder ``folder`` (created if missing) for one build; a second build, in this or any
+    other process on a file system with working locks, is refused with who holds it (pid, host, start)."""
+    folder = Path(folder).resolve()
+    _refuse_foreign_folder(folder)  # before the lock file is put there
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / BUILD_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise IndexBusyError(
+            f"another tvr-index build is writing to {folder} ({_describe_holder(folder)}); wait for it to finish "
+            "and run this build again (it adds only what is missing), or use another index folder"
+        ) from error
+    holder = folder / BUILD_HOLDER
+    try:
+        write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}, indent=None)
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _refuse_foreign_folder(folder: Path) -> None:
+    """Refuse a folder that holds files but no index: an index would mix its files with the user's."""
+    if (folder / MANIFEST).is_file() or not folder.exists():
+        return
+    if any(path.name not in (BUILD_LOCK, BUILD_HOLDER) for path in folder.iterdir()):
+        raise IndexNotFoundError(
+            f"{folder} is not empty but holds no {MANIFEST}, so it is not a tvr index; pass a new or empty "
+            "folder as index= (an index writes its own files there)"
+        )
+
+
+def _describe_holder(folder: Path) -> str:
+    try:
+        holder = json.loads((folder / BUILD_HOLDER).read_text(encoding="utf-8"))
+        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder is between taking the lock and writing this
+        return "its pid, host and start time are not written yet"
 
 
 @dataclass
@@ -85,11 +141,7 @@ class VideoIndexStore:
                 store._manifest["model"] = _as_json(model)
                 store._write_manifest()
             return store
-        if folder.exists() and any(folder.iterdir()):
-            raise IndexNotFoundError(
-                f"{folder} is not empty but holds no {MANIFEST}, so it is not a tvr index; pass a new or empty "
-                "folder as index= (an index writes its own files there)"
-            )
+        _refuse_foreign_folder(folder)
         now = _now()
         manifest = {
             "format": FORMAT,
