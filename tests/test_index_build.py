@@ -24,11 +24,17 @@ from tvr.data.sampling import create_sampler
 from tvr.data.synthetic import write_mp4
 from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import create_backend
-from tvr.errors import UserInputError
+from tvr.errors import NonFiniteScoresError, UserInputError
 from tvr.models.retriever import Retriever
 from tvr.search import build as build_module
 from tvr.search.build import build_index, find_videos, thumbnail_strip
-from tvr.search.store import IndexBusyError, IndexMismatchError, IndexNotFoundError, VideoIndexStore
+from tvr.search.store import (
+    IndexBusyError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    VideoIndexStore,
+)
 
 FPS = 8
 HEIGHT, WIDTH = 48, 64
@@ -382,3 +388,55 @@ def test_a_second_build_is_refused_naming_the_first_while_it_runs(videos_dir, tm
     assert holder.returncode == 0
     report = build(retriever, videos_dir, out, sampler)  # once the first has finished, the second runs
     assert report.indexed == 1 and report.total_in_index == len(VIDEOS) + 1
+
+
+# ---------------------------------------------------------------------- damaged shards
+def small_store(folder: Path, retriever, sampler) -> VideoIndexStore:
+    return VideoIndexStore.create_or_open(folder, retriever.identity(), MODEL, {"sampler": sampler.describe()})
+
+
+def one_video(summary: torch.Tensor, thumbnail: bytes = b"\xff\xd8thumbnail\xff\xd9") -> dict:
+    return {
+        "durations": torch.ones(1),
+        "representation": {"video": summary.clone()},
+        "summary": summary,
+        "thumbnails": [thumbnail],
+    }
+
+
+@pytest.mark.parametrize("damage", ["summary", "thumbnail"])
+def test_a_damaged_shard_is_refused_naming_it(tmp_path, retriever, sampler, damage):
+    store = small_store(tmp_path / "index", retriever, sampler)
+    summary = torch.nn.functional.normalize(torch.arange(1.0, 33.0).reshape(1, 32), dim=-1)
+    thumbnail = bytes(range(1, 200))
+    store.append_shard(["/videos/a.mp4"], **one_video(summary, thumbnail))
+    shard = shard_files(tmp_path / "index")[0]
+    data = bytearray(shard.read_bytes())
+    if damage == "summary":  # 64 bytes of the stored vector overwritten (stays finite: only the checksum sees it)
+        start = data.find(summary.numpy().tobytes())
+        data[start : start + 64] = np.full(16, 0.5, dtype=np.float32).tobytes()
+    else:
+        start = data.find(thumbnail)
+        data[start : start + len(thumbnail)] = bytes(len(thumbnail))
+    assert start > 0
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match=rf"{shard.name} is damaged: its sha256 .* rebuild the index"):
+        VideoIndexStore.open(tmp_path / "index").load()
+
+
+def test_non_finite_vectors_are_refused_when_written_and_when_loaded(tmp_path, retriever, sampler):
+    store = small_store(tmp_path / "index", retriever, sampler)
+    with pytest.raises(NonFiniteScoresError, match="summary"):
+        store.append_shard(["/videos/a.mp4"], **one_video(torch.tensor([[float("nan"), 1.0]])))
+    assert len(VideoIndexStore.open(tmp_path / "index")) == 0 and not shard_files(tmp_path / "index")
+    # a shard written before the checks (no checksum in its manifest entry) is still checked for NaN/inf
+    store.append_shard(["/videos/b.mp4"], **one_video(torch.tensor([[0.0, 1.0]])))
+    shard = shard_files(tmp_path / "index")[0]
+    stored = torch.load(shard, weights_only=True)
+    stored["summary"][0, 0] = float("inf")
+    torch.save(stored, shard)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    del manifest["shards"][0]["sha256"]
+    (tmp_path / "index" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match=rf"{shard.name} holds NaN or infinite values in summary"):
+        VideoIndexStore.open(tmp_path / "index").load()

@@ -9,13 +9,15 @@ An index is one folder::
 The manifest is the single source of truth: a shard counts only once the manifest lists it. A shard is
 written first and the manifest after it, both atomically, so a build killed at any moment leaves either
 the old index or the new one, plus at worst an unlisted shard file that the next build overwrites or
-removes; a video is never listed twice. Only one build at a time may write to a folder (:func:`build_lock`),
+removes; a video is never listed twice. The manifest records each shard's sha256, checked whenever a
+shard is loaded whole, so a damaged shard is refused rather than searched. Only one build at a time may write to a folder (:func:`build_lock`),
 so two builds never interleave their shards and manifest updates. Every shard loads with ``torch.load(weights_only=True)`` (JPEG
 bytes are uint8 tensors, strings are plain lists), so opening an index cannot run code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -30,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from tvr.atomic import atomic_torch_save, write_json
 from tvr.data.transforms import Preprocessing
-from tvr.errors import UserInputError
+from tvr.errors import NonFiniteScoresError, UserInputError
 from tvr.models.heads.base import Repr, cat_reprs
 
 FORMAT = 1
@@ -254,6 +256,17 @@ class VideoIndexStore:
             raise IndexCorruptError(
                 f"index shard {path} holds {len(shard['paths'])} videos but the manifest says {entry['videos']}; rebuild the index"
             )
+        if not mmap:
+            if "sha256" in entry and _sha256(path) != entry["sha256"]:  # indexes from before checksums lack it
+                raise IndexCorruptError(
+                    f"index shard {path} is damaged: its sha256 differs from the one {self.folder / MANIFEST} "
+                    "recorded when it was written; rebuild the index into a new folder"
+                )
+            bad = _non_finite_fields(shard)
+            if bad:
+                raise IndexCorruptError(
+                    f"index shard {path} holds NaN or infinite values in {', '.join(bad)}; rebuild the index"
+                )
         return shard
 
     # ------------------------------------------------------------------ writing
@@ -287,8 +300,11 @@ class VideoIndexStore:
             "summary": _cpu_float32(summary),
             "thumbnails": [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in thumbnails],
         }
+        bad = _non_finite_fields(shard)
+        if bad:  # refused here, not found by a search that ranks a NaN video first or last
+            raise NonFiniteScoresError(f"NaN or infinite values in {', '.join(bad)} of videos {paths[:5]}...")
         atomic_torch_save(shard, self.folder / name)
-        self._manifest["shards"].append({"file": name, "videos": count})
+        self._manifest["shards"].append({"file": name, "videos": count, "sha256": _sha256(self.folder / name)})
         self._write_manifest()
         self._indexed_paths.update(shard["paths"])
 
@@ -320,6 +336,24 @@ def _read_manifest(folder: Path) -> dict:
         # open_clip's default preprocessing (OpenAI CLIP's mean/std, bicubic, short side) at that size
         settings["preprocessing"] = Preprocessing(settings.pop("image_size")).describe()
     return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _non_finite_fields(shard: dict) -> list[str]:
+    """The float fields of a shard holding NaN or inf: a score against them would be NaN or +-inf."""
+    fields = {
+        "durations": shard["durations"],
+        "summary": shard["summary"],
+        **{f"representation[{key!r}]": value for key, value in shard["representation"].items()},
+    }
+    return [name for name, value in fields.items() if value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def _as_json(value: dict) -> dict:
