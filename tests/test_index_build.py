@@ -127,7 +127,7 @@ def test_every_video_is_indexed_once_and_the_corrupt_one_is_listed_unreadable(vi
     broken = str((videos_dir / "trips" / "broken.mp4").resolve())
     contents = VideoIndexStore.open(out).load()
     assert sorted(contents.paths) == expected and len(contents.paths) == len(set(contents.paths))
-    assert (report.indexed, report.skipped_existing, report.total_in_index) == (3, 0, 3)
+    assert (report.indexed, report.new, report.unchanged, report.total_in_index) == (3, 4, 0, 3)
     assert list(report.unreadable) == [broken] and report.unreadable[broken]
     for path, duration in zip(contents.paths, contents.durations.tolist()):
         seconds = next(s for name, (_, s) in VIDEOS.items() if str((videos_dir / name).resolve()) == path)
@@ -197,14 +197,43 @@ def test_rebuilding_encodes_only_videos_the_index_has_not_seen(videos_dir, tmp_p
 
     counting = spy(monkeypatch, retriever)
     again = build(retriever, videos_dir, out, sampler)
-    assert (counting.videos, again.indexed, again.skipped_existing, again.total_in_index) == (0, 0, 4, 3)
+    assert (counting.videos, again.indexed, again.new, again.unchanged, again.total_in_index) == (0, 0, 0, 3, 3)
+    assert again.unreadable_skipped == 1 and again.retried == 0
     assert again.unreadable == {}  # the corrupt file was recorded last time and is not retried
 
     write_video(videos_dir / "trips" / "new.mp4", (200, 200, 0), 1)
     grown = build(retriever, videos_dir, out, sampler)
-    assert (counting.videos, grown.indexed, grown.skipped_existing, grown.total_in_index) == (1, 1, 4, 4)
+    assert (counting.videos, grown.indexed, grown.new, grown.unchanged, grown.total_in_index) == (1, 1, 1, 3, 4)
     paths = VideoIndexStore.open(out).load().paths
     assert len(paths) == len(set(paths)) == 4 and str((videos_dir / "trips" / "new.mp4").resolve()) in paths
+
+
+def test_a_replaced_video_is_encoded_again_and_unreadable_ones_are_retried_on_request(
+    videos_dir, tmp_path, retriever, sampler, monkeypatch
+):
+    out = tmp_path / "index"
+    build(retriever, videos_dir, out, sampler)
+    red, broken = (str((videos_dir / name).resolve()) for name in ("red.mp4", "trips/broken.mp4"))
+    write_video(Path(red), (250, 250, 0), 2)  # another video at the same path
+    build(retriever, videos_dir, tmp_path / "fresh", sampler)
+    counting = spy(monkeypatch, retriever)
+    report = build(retriever, videos_dir, out, sampler, shard_size=2)
+    assert (counting.videos, report.indexed, report.new, report.changed, report.unchanged) == (1, 1, 0, 1, 2)
+    assert report.unreadable_skipped == 1 and report.total_in_index == 3
+    contents = VideoIndexStore.open(out).load()
+    fresh = VideoIndexStore.open(tmp_path / "fresh").load()
+    assert sorted(contents.paths) == fresh.paths and contents.paths.count(red) == 1
+    row, fresh_row = contents.paths.index(red), fresh.paths.index(red)
+    torch.testing.assert_close(contents.summary[row], fresh.summary[fresh_row], atol=1e-6, rtol=0)
+    assert contents.durations[row] == pytest.approx(2.0, abs=0.15)
+    listed = [shard["file"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
+    assert [path.name for path in shard_files(out)] == sorted(listed)  # the replaced shard file is gone
+
+    write_video(Path(broken), (0, 90, 90), 1)  # the unreadable file, repaired
+    assert build(retriever, videos_dir, out, sampler).unreadable_skipped == 1 and counting.videos == 1
+    retried = build(retriever, videos_dir, out, sampler, retry_unreadable=True)
+    assert (counting.videos, retried.retried, retried.indexed, retried.unreadable) == (2, 1, 1, {})
+    assert retried.total_in_index == 4 and VideoIndexStore.open(out).unreadable == {}
 
 
 def test_an_interrupted_build_resumes_without_duplicates(videos_dir, tmp_path, retriever, sampler, monkeypatch):
@@ -225,7 +254,7 @@ def test_an_interrupted_build_resumes_without_duplicates(videos_dir, tmp_path, r
     assert not (out / ".shard-00001.pt.abc123.tmp").exists()
     contents = VideoIndexStore.open(out).load()
     assert len(contents.paths) == len(set(contents.paths)) == report.total_in_index == 6
-    assert resumed.videos == report.indexed == 4 and report.skipped_existing == 2
+    assert resumed.videos == report.indexed == 4 and report.unchanged == 2
     listed = [shard["file"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
     assert [path.name for path in shard_files(out)] == listed
     for shard in shard_files(out):

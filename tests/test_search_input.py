@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from test_index_build import write_video
 from tvr.search import searcher as searcher_module
 from tvr.search.cli import run_index, run_search
+from tvr.search.searcher import Searcher
 
 ZERO_SHOT = ["backbone=tiny", "head=meanpool", "num_workers=0", "progress=false"]
 
@@ -80,3 +82,22 @@ def test_bad_search_settings_end_in_one_error_line(
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "Traceback" not in error
     assert error.startswith("error: ") and re.search(message, error.splitlines()[0])
+
+
+def test_a_cached_trained_index_is_not_reused_after_a_video_is_replaced(tmp_path):
+    videos = tmp_path / "videos"
+    for number in range(4):
+        write_video(videos / f"clip{number}.mp4", (60 * number, 100, 200 - 40 * number), 1)
+    index = tmp_path / "index"
+
+    def assert_ivf_matches_exact():
+        # IVF2 visiting both lists is exhaustive: a fresh (or rightly cached) index scores as Flat does
+        exact, ivf = Searcher(index), Searcher(index, factory="IVF2,Flat", nprobe=2)
+        query = exact.contents.summary[:1]
+        torch.testing.assert_close(ivf.vectors.search(query, 4)[0], exact.vectors.search(query, 4)[0])
+
+    run_index([str(videos), *ZERO_SHOT, f"index={index}"])
+    assert_ivf_matches_exact()
+    write_video(videos / "clip0.mp4", (250, 250, 250), 2)  # replaced in place: same count of videos
+    run_index([str(videos), *ZERO_SHOT, f"index={index}"])
+    assert_ivf_matches_exact()

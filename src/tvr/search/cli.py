@@ -50,12 +50,14 @@ def split_arguments(argv: list[str], usage: str) -> tuple[list[str], list[str]]:
     return positional, overrides
 
 
-INDEX_USAGE = "tvr-index VIDEOS_DIR ckpt_path=<checkpoint> index=<folder> [key=value ...]"
+INDEX_USAGE = "tvr-index VIDEOS_DIR ckpt_path=<checkpoint> index=<folder> [--retry-unreadable] [key=value ...]"
+RETRY_UNREADABLE = "--retry-unreadable"  # decode again the videos earlier builds could not read
 
 
 @exit_on_user_error
 def run_index(argv: list[str]) -> dict:
-    positional, overrides = split_arguments(argv, INDEX_USAGE)
+    retry_unreadable = RETRY_UNREADABLE in argv
+    positional, overrides = split_arguments([item for item in argv if item != RETRY_UNREADABLE], INDEX_USAGE)
     if len(positional) != 1:
         raise UserInputError(f"give exactly one folder of videos (got {len(positional)}); usage: {INDEX_USAGE}")
     try:
@@ -80,6 +82,7 @@ def run_index(argv: list[str]) -> dict:
         shard_size=cfg.shard_size,
         device=cfg.device,
         progress=cfg.progress,
+        retry_unreadable=retry_unreadable,
     )
     store = VideoIndexStore.open(cfg.index)
     if cfg.html:
@@ -95,9 +98,15 @@ def run_index(argv: list[str]) -> dict:
             for row, path in enumerate(contents.paths)
         ]
         write_text(Path(cfg.index) / "index.html", index_page(index_summary(store), videos, store.unreadable))
+    retry = (
+        f", {report.unreadable_skipped} unreadable before (not retried: pass --retry-unreadable)"
+        if report.unreadable_skipped
+        else ""
+    )
     print(
-        f"indexed {report.indexed} new videos ({report.skipped_existing} already indexed, {len(report.unreadable)} unreadable) "
-        f"in {report.seconds:.1f} s; {report.total_in_index} videos in {cfg.index}"
+        f"indexed {report.indexed} videos ({report.new} new, {report.changed} changed since indexed, "
+        f"{report.retried} unreadable retried) in {report.seconds:.1f} s; {report.unchanged} unchanged{retry}; "
+        f"{len(report.unreadable)} unreadable now; {report.total_in_index} videos in {cfg.index}"
     )
     for path, reason in report.unreadable.items():
         print(f"  unreadable: {path}: {reason}")
