@@ -3,17 +3,20 @@
 An index is one folder::
 
     OUT/manifest.json      which model and settings built it, its shards, the videos that could not be read
-    OUT/shard-00000.pt     up to ``shard_size`` videos: paths, file fingerprints, durations, representation, summary, thumbnails
+    OUT/shard-00000.pt     up to ``shard_size`` videos: paths, file fingerprints, durations,
+                           representation, summary, thumbnails
     OUT/shard-00001.pt     ...
 
 The manifest is the single source of truth: a shard counts only once the manifest lists it. A shard is
 written first and the manifest after it, both atomically, so a build killed at any moment leaves either
 the old index or the new one, plus at worst an unlisted shard file that the next build overwrites or
 removes; a video is never listed twice. Each video is stored with its file's fingerprint (size and
-modification time), so a build can tell a video replaced at the same path and re-encode it. The manifest records each shard's sha256, checked whenever a
-shard is loaded whole, so a damaged shard is refused rather than searched. Only one build at a time may write to a folder (:func:`build_lock`),
-so two builds never interleave their shards and manifest updates. Every shard loads with ``torch.load(weights_only=True)`` (JPEG
-bytes are uint8 tensors, strings are plain lists), so opening an index cannot run code.
+modification time), so a build can tell a video replaced at the same path and re-encode it. The manifest
+records each shard's sha256, checked whenever a shard is loaded whole, so a damaged shard is refused
+rather than searched. Only one build at a time may write to a folder (:func:`build_lock`), so two builds
+never interleave their shards and manifest updates. Every shard loads with
+``torch.load(weights_only=True)`` (JPEG bytes are uint8 tensors, strings are plain lists), so opening an
+index cannot run code.
 """
 
 from __future__ import annotations
