@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,17 @@ from tvr.data.sampling import create_sampler
 from tvr.data.synthetic import write_mp4
 from tvr.data.transforms import ClipFrameTransform, Preprocessing
 from tvr.data.video import create_backend
-from tvr.errors import UserInputError
+from tvr.errors import NonFiniteScoresError, UserInputError
 from tvr.models.retriever import Retriever
 from tvr.search import build as build_module
 from tvr.search.build import build_index, find_videos, thumbnail_strip
-from tvr.search.store import IndexMismatchError, IndexNotFoundError, VideoIndexStore
+from tvr.search.store import (
+    IndexBusyError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    VideoIndexStore,
+)
 
 FPS = 8
 HEIGHT, WIDTH = 48, 64
@@ -119,7 +127,7 @@ def test_every_video_is_indexed_once_and_the_corrupt_one_is_listed_unreadable(vi
     broken = str((videos_dir / "trips" / "broken.mp4").resolve())
     contents = VideoIndexStore.open(out).load()
     assert sorted(contents.paths) == expected and len(contents.paths) == len(set(contents.paths))
-    assert (report.indexed, report.skipped_existing, report.total_in_index) == (3, 0, 3)
+    assert (report.indexed, report.new, report.unchanged, report.total_in_index) == (3, 4, 0, 3)
     assert list(report.unreadable) == [broken] and report.unreadable[broken]
     for path, duration in zip(contents.paths, contents.durations.tolist()):
         seconds = next(s for name, (_, s) in VIDEOS.items() if str((videos_dir / name).resolve()) == path)
@@ -189,14 +197,43 @@ def test_rebuilding_encodes_only_videos_the_index_has_not_seen(videos_dir, tmp_p
 
     counting = spy(monkeypatch, retriever)
     again = build(retriever, videos_dir, out, sampler)
-    assert (counting.videos, again.indexed, again.skipped_existing, again.total_in_index) == (0, 0, 4, 3)
+    assert (counting.videos, again.indexed, again.new, again.unchanged, again.total_in_index) == (0, 0, 0, 3, 3)
+    assert again.unreadable_skipped == 1 and again.retried == 0
     assert again.unreadable == {}  # the corrupt file was recorded last time and is not retried
 
     write_video(videos_dir / "trips" / "new.mp4", (200, 200, 0), 1)
     grown = build(retriever, videos_dir, out, sampler)
-    assert (counting.videos, grown.indexed, grown.skipped_existing, grown.total_in_index) == (1, 1, 4, 4)
+    assert (counting.videos, grown.indexed, grown.new, grown.unchanged, grown.total_in_index) == (1, 1, 1, 3, 4)
     paths = VideoIndexStore.open(out).load().paths
     assert len(paths) == len(set(paths)) == 4 and str((videos_dir / "trips" / "new.mp4").resolve()) in paths
+
+
+def test_a_replaced_video_is_encoded_again_and_unreadable_ones_are_retried_on_request(
+    videos_dir, tmp_path, retriever, sampler, monkeypatch
+):
+    out = tmp_path / "index"
+    build(retriever, videos_dir, out, sampler)
+    red, broken = (str((videos_dir / name).resolve()) for name in ("red.mp4", "trips/broken.mp4"))
+    write_video(Path(red), (250, 250, 0), 2)  # another video at the same path
+    build(retriever, videos_dir, tmp_path / "fresh", sampler)
+    counting = spy(monkeypatch, retriever)
+    report = build(retriever, videos_dir, out, sampler, shard_size=2)
+    assert (counting.videos, report.indexed, report.new, report.changed, report.unchanged) == (1, 1, 0, 1, 2)
+    assert report.unreadable_skipped == 1 and report.total_in_index == 3
+    contents = VideoIndexStore.open(out).load()
+    fresh = VideoIndexStore.open(tmp_path / "fresh").load()
+    assert sorted(contents.paths) == fresh.paths and contents.paths.count(red) == 1
+    row, fresh_row = contents.paths.index(red), fresh.paths.index(red)
+    torch.testing.assert_close(contents.summary[row], fresh.summary[fresh_row], atol=1e-6, rtol=0)
+    assert contents.durations[row] == pytest.approx(2.0, abs=0.15)
+    listed = [shard["file"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
+    assert [path.name for path in shard_files(out)] == sorted(listed)  # the replaced shard file is gone
+
+    write_video(Path(broken), (0, 90, 90), 1)  # the unreadable file, repaired
+    assert build(retriever, videos_dir, out, sampler).unreadable_skipped == 1 and counting.videos == 1
+    retried = build(retriever, videos_dir, out, sampler, retry_unreadable=True)
+    assert (counting.videos, retried.retried, retried.indexed, retried.unreadable) == (2, 1, 1, {})
+    assert retried.total_in_index == 4 and VideoIndexStore.open(out).unreadable == {}
 
 
 def test_an_interrupted_build_resumes_without_duplicates(videos_dir, tmp_path, retriever, sampler, monkeypatch):
@@ -217,7 +254,7 @@ def test_an_interrupted_build_resumes_without_duplicates(videos_dir, tmp_path, r
     assert not (out / ".shard-00001.pt.abc123.tmp").exists()
     contents = VideoIndexStore.open(out).load()
     assert len(contents.paths) == len(set(contents.paths)) == report.total_in_index == 6
-    assert resumed.videos == report.indexed == 4 and report.skipped_existing == 2
+    assert resumed.videos == report.indexed == 4 and report.unchanged == 2
     listed = [shard["file"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
     assert [path.name for path in shard_files(out)] == listed
     for shard in shard_files(out):
@@ -350,3 +387,85 @@ def test_thumbnail_strip_is_a_jpeg_of_evenly_chosen_frames_side_by_side(count, s
     pixels = np.asarray(image.convert("L"))
     first, last = pixels[36, tile_width // 2], pixels[36, -tile_width // 2]
     assert abs(int(first) - 0) <= 3 and abs(int(last) - 20 * (count - 1)) <= 3
+
+
+# ---------------------------------------------------------------------- two builds at once
+HOLD_THE_LOCK = """
+import sys
+from tvr.search.store import build_lock
+with build_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_second_build_is_refused_naming_the_first_while_it_runs(videos_dir, tmp_path, retriever, sampler):
+    out = tmp_path / "index"
+    build(retriever, videos_dir, out, sampler)
+    before = (out / "manifest.json").read_text()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        write_video(videos_dir / "late.mp4", (200, 200, 30), 1)
+        with pytest.raises(IndexBusyError, match=rf"another tvr-index build .* \(pid {holder.pid} on "):
+            build(retriever, videos_dir, out, sampler)
+        assert (out / "manifest.json").read_text() == before  # the refused build wrote nothing
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    report = build(retriever, videos_dir, out, sampler)  # once the first has finished, the second runs
+    assert report.indexed == 1 and report.total_in_index == len(VIDEOS) + 1
+
+
+# ---------------------------------------------------------------------- damaged shards
+def small_store(folder: Path, retriever, sampler) -> VideoIndexStore:
+    return VideoIndexStore.create_or_open(folder, retriever.identity(), MODEL, {"sampler": sampler.describe()})
+
+
+def one_video(summary: torch.Tensor, thumbnail: bytes = b"\xff\xd8thumbnail\xff\xd9") -> dict:
+    return {
+        "durations": torch.ones(1),
+        "representation": {"video": summary.clone()},
+        "summary": summary,
+        "thumbnails": [thumbnail],
+    }
+
+
+@pytest.mark.parametrize("damage", ["summary", "thumbnail"])
+def test_a_damaged_shard_is_refused_naming_it(tmp_path, retriever, sampler, damage):
+    store = small_store(tmp_path / "index", retriever, sampler)
+    summary = torch.nn.functional.normalize(torch.arange(1.0, 33.0).reshape(1, 32), dim=-1)
+    thumbnail = bytes(range(1, 200))
+    store.append_shard(["/videos/a.mp4"], **one_video(summary, thumbnail))
+    shard = shard_files(tmp_path / "index")[0]
+    data = bytearray(shard.read_bytes())
+    if damage == "summary":  # 64 bytes of the stored vector overwritten (stays finite: only the checksum sees it)
+        start = data.find(summary.numpy().tobytes())
+        data[start : start + 64] = np.full(16, 0.5, dtype=np.float32).tobytes()
+    else:
+        start = data.find(thumbnail)
+        data[start : start + len(thumbnail)] = bytes(len(thumbnail))
+    assert start > 0
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match=rf"{shard.name} is damaged: its sha256 .* rebuild the index"):
+        VideoIndexStore.open(tmp_path / "index").load()
+
+
+def test_non_finite_vectors_are_refused_when_written_and_when_loaded(tmp_path, retriever, sampler):
+    store = small_store(tmp_path / "index", retriever, sampler)
+    with pytest.raises(NonFiniteScoresError, match="summary"):
+        store.append_shard(["/videos/a.mp4"], **one_video(torch.tensor([[float("nan"), 1.0]])))
+    assert len(VideoIndexStore.open(tmp_path / "index")) == 0 and not shard_files(tmp_path / "index")
+    # a shard written before the checks (no checksum in its manifest entry) is still checked for NaN/inf
+    store.append_shard(["/videos/b.mp4"], **one_video(torch.tensor([[0.0, 1.0]])))
+    shard = shard_files(tmp_path / "index")[0]
+    stored = torch.load(shard, weights_only=True)
+    stored["summary"][0, 0] = float("inf")
+    torch.save(stored, shard)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    del manifest["shards"][0]["sha256"]
+    (tmp_path / "index" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match=rf"{shard.name} holds NaN or infinite values in summary"):
+        VideoIndexStore.open(tmp_path / "index").load()

@@ -112,14 +112,16 @@ def test_cli_prints_ranked_videos_json_lines_and_a_page(meanpool, test_videos, d
         tmp_path,
     )
     assert built.returncode == 0, built.stderr[-3000:]
-    assert "indexed 12 new videos (0 already indexed, 0 unreadable)" in built.stdout
+    assert "indexed 12 videos (12 new, 0 changed since indexed, 0 unreadable retried)" in built.stdout
+    assert "; 0 unchanged; 0 unreadable now; 12 videos in" in built.stdout
     again = run_cli(
         "tvr-index",
         [str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET],
         data_dir,
         tmp_path,
     )
-    assert "indexed 0 new videos (12 already indexed" in again.stdout
+    assert "indexed 0 videos (0 new, 0 changed since indexed, 0 unreadable retried)" in again.stdout
+    assert "; 12 unchanged; 0 unreadable now; 12 videos in" in again.stdout
     one = run_cli(
         "tvr-search",
         [captions[0][0], f"index={tmp_path / 'index'}", "--top-k", "3", "--html", str(tmp_path / "page.html")],

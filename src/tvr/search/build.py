@@ -4,7 +4,9 @@ encode them with a :class:`~tvr.models.retriever.Retriever` and append them to a
 
 A build only encodes what the index has not seen yet, so re-running it on a folder that gained videos
 encodes the new ones only, and a build that was interrupted resumes where its last shard ended. A video
-that cannot be decoded never stops a build: it is recorded in the index as unreadable, with the reason.
+replaced at the same path (another size or modification time) is encoded again and its old entry
+dropped. A video that cannot be decoded never stops a build: it is recorded in the index as unreadable,
+with the reason, and skipped by later builds unless they are asked to retry it (``retry_unreadable``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tvr.data.video import DecodedClip, VideoBackend, create_backend
 from tvr.errors import UserInputError
 from tvr.models.heads.base import Repr, cat_reprs, slice_repr
 from tvr.models.retriever import Retriever
-from tvr.search.store import VideoIndexStore
+from tvr.search.store import VideoIndexStore, build_lock, file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,14 @@ VIDEO_EXTENSIONS = (
 
 @dataclass
 class BuildReport:
-    indexed: int  # videos encoded and added by this build
-    skipped_existing: int  # videos the index already held (indexed or unreadable) before this build
+    """What a build did with each video found; ``new + changed + retried`` were decoded."""
+
+    indexed: int  # videos encoded and added by this build (new, changed or retried)
+    new: int  # videos the index had not seen
+    changed: int  # indexed videos whose file changed since: encoded again, old entry dropped
+    unchanged: int  # indexed videos whose file is as it was: skipped
+    unreadable_skipped: int  # videos an earlier build could not read: skipped (not retried)
+    retried: int  # videos an earlier build could not read, decoded again (retry_unreadable)
     unreadable: dict[str, str]  # videos this build could not decode: path -> reason
     total_in_index: int  # indexed videos after this build
     seconds: float
@@ -200,8 +208,9 @@ class _Pending:
         self.summaries.append(summary)
         self.thumbnails += thumbnails
 
-    def write_shard(self, store: VideoIndexStore, count: int) -> None:
-        """Append the first ``count`` pending videos to ``store`` as one shard and keep the rest."""
+    def write_shard(self, store: VideoIndexStore, count: int, fingerprints: dict[str, str]) -> None:
+        """Append the first ``count`` pending videos to ``store`` as one shard and keep the rest;
+        ``fingerprints`` (path -> file fingerprint) were taken before the files were decoded."""
         representation, summary = cat_reprs(self.representations), torch.cat(self.summaries)
         store.append_shard(
             self.paths[:count],
@@ -209,6 +218,7 @@ class _Pending:
             slice_repr(representation, 0, count),
             summary[:count],
             self.thumbnails[:count],
+            [fingerprints[path] for path in self.paths[:count]],
         )
         total = len(self)
         self.representations = [slice_repr(representation, count, total)]
@@ -242,8 +252,11 @@ def build_index(
     shard_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    retry_unreadable: bool = False,
 ) -> BuildReport:
-    """Index every video under ``videos_dir`` that the index at ``out`` does not hold yet.
+    """Index every video under ``videos_dir`` that the index at ``out`` does not hold as it is now (new
+    files, and files changed since they were encoded); ``retry_unreadable``: also decode again the videos
+    earlier builds could not read.
 
     ``model`` says how to rebuild ``retriever`` for searching (stored in the manifest as given). The
     retriever is moved to ``device`` and put in eval mode."""
@@ -251,50 +264,74 @@ def build_index(
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     started = time.perf_counter()
     videos = find_videos(videos_dir)
-    # before any decoding: a mismatching index is refused at once, not after an hour of work
-    store = VideoIndexStore.create_or_open(
-        out, retriever.identity(), model, index_settings(retriever, sampler, max_words)
-    )
-    known = store.known_paths()
-    todo = [str(path) for path in videos if str(path) not in known]
-    log.info(
-        "%d videos under %s: %d already in the index %s, %d to encode",
-        len(videos),
-        videos_dir,
-        len(videos) - len(todo),
-        store.folder,
-        len(todo),
-    )
-    retriever.to(device).eval()
-    dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.preprocessing)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    pending, unreadable = _Pending(), {}
-    with tqdm(total=len(todo), desc="indexing", unit="video", file=sys.stderr, disable=not progress) as bar:
-        for batch in loader:
-            failed = {path: error for path, error in zip(batch["path"], batch["error"]) if error}
-            store.add_unreadable(failed)  # recorded at once: an interrupted build does not retry them
-            unreadable.update(failed)
-            _encode_batch(retriever, batch, device, pending)
-            while len(pending) >= shard_size:
-                pending.write_shard(store, shard_size)
-            bar.update(len(batch["path"]))
-    if len(pending):
-        pending.write_shard(store, len(pending))
-    if unreadable:
-        examples = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:3])
-        log.warning(
-            "%d videos could not be read and are not indexed (listed in %s/manifest.json), e.g. %s",
-            len(unreadable),
-            store.folder,
-            examples,
+    with build_lock(out):  # held until the last shard is listed: two builds never mix their shards
+        # before any decoding: a mismatching index is refused at once, not after an hour of work
+        store = VideoIndexStore.create_or_open(
+            out, retriever.identity(), model, index_settings(retriever, sampler, max_words)
         )
-    return BuildReport(
-        indexed=len(todo) - len(unreadable),
-        skipped_existing=len(videos) - len(todo),
-        unreadable=unreadable,
-        total_in_index=len(store),
-        seconds=time.perf_counter() - started,
-    )
+        # taken before decoding: a file replaced while it is decoded counts as changed on the next build
+        fingerprints = {str(path): file_fingerprint(path) for path in videos}
+        indexed, unreadable_before = store.fingerprints(), store.unreadable
+        new, changed, unchanged, skipped, retried = [], [], [], [], []
+        for path, fingerprint in fingerprints.items():
+            if path in unreadable_before:
+                (retried if retry_unreadable else skipped).append(path)
+            elif path not in indexed:
+                new.append(path)
+            elif indexed[path] and indexed[path] != fingerprint:  # "": encoded before fingerprints were kept
+                changed.append(path)
+            else:
+                unchanged.append(path)
+        store.remove_videos(set(changed))
+        store.forget_unreadable(retried)
+        todo = sorted(new + changed + retried)
+        log.info(
+            "%d videos under %s for the index %s: %d new, %d changed, %d unchanged, %d unreadable skipped, "
+            "%d unreadable retried; %d to decode",
+            len(videos),
+            videos_dir,
+            store.folder,
+            len(new),
+            len(changed),
+            len(unchanged),
+            len(skipped),
+            len(retried),
+            len(todo),
+        )
+        retriever.to(device).eval()
+        dataset = VideoFiles(todo, create_backend(backend), sampler, retriever.backbone.preprocessing)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+        pending, unreadable = _Pending(), {}
+        with tqdm(total=len(todo), desc="indexing", unit="video", file=sys.stderr, disable=not progress) as bar:
+            for batch in loader:
+                failed = {path: error for path, error in zip(batch["path"], batch["error"]) if error}
+                store.add_unreadable(failed)  # recorded at once: an interrupted build does not retry them
+                unreadable.update(failed)
+                _encode_batch(retriever, batch, device, pending)
+                while len(pending) >= shard_size:
+                    pending.write_shard(store, shard_size, fingerprints)
+                bar.update(len(batch["path"]))
+        if len(pending):
+            pending.write_shard(store, len(pending), fingerprints)
+        if unreadable:
+            examples = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:3])
+            log.warning(
+                "%d videos could not be read and are not indexed (listed in %s/manifest.json), e.g. %s",
+                len(unreadable),
+                store.folder,
+                examples,
+            )
+        return BuildReport(
+            indexed=len(todo) - len(unreadable),
+            new=len(new),
+            changed=len(changed),
+            unchanged=len(unchanged),
+            unreadable_skipped=len(skipped),
+            retried=len(retried),
+            unreadable=unreadable,
+            total_in_index=len(store),
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _encode_batch(retriever: Retriever, batch: dict, device: str | torch.device, pending: _Pending) -> None:

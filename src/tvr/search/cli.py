@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,21 +30,34 @@ from tvr.search.store import VideoIndexStore
 log = logging.getLogger(__name__)
 
 
+# A Hydra override's key: a config path, optionally with +/~/++ (a path like /data/run=1/videos is not one).
+OVERRIDE_KEY = re.compile(r"[+~]{0,2}[A-Za-z_][\w.@/-]*")
+
+
+def is_override(item: str) -> bool:
+    """Whether a command-line argument is a ``key=value`` override rather than a path that holds ``=``
+    (an existing file or folder is always a path)."""
+    key, equals, _ = item.partition("=")
+    return bool(equals) and OVERRIDE_KEY.fullmatch(key) is not None and not Path(item).exists()
+
+
 def split_arguments(argv: list[str], usage: str) -> tuple[list[str], list[str]]:
     """Positional arguments and ``key=value`` overrides, in order."""
-    positional = [item for item in argv if "=" not in item or item.startswith("-")]
+    positional = [item for item in argv if item.startswith("-") or not is_override(item)]
     overrides = [item for item in argv if item not in positional]
     if any(item.startswith("-") for item in positional):
         raise UserInputError(f"unknown option {next(i for i in positional if i.startswith('-'))}; usage: {usage}")
     return positional, overrides
 
 
-INDEX_USAGE = "tvr-index VIDEOS_DIR ckpt_path=<checkpoint> index=<folder> [key=value ...]"
+INDEX_USAGE = "tvr-index VIDEOS_DIR ckpt_path=<checkpoint> index=<folder> [--retry-unreadable] [key=value ...]"
+RETRY_UNREADABLE = "--retry-unreadable"  # decode again the videos earlier builds could not read
 
 
 @exit_on_user_error
 def run_index(argv: list[str]) -> dict:
-    positional, overrides = split_arguments(argv, INDEX_USAGE)
+    retry_unreadable = RETRY_UNREADABLE in argv
+    positional, overrides = split_arguments([item for item in argv if item != RETRY_UNREADABLE], INDEX_USAGE)
     if len(positional) != 1:
         raise UserInputError(f"give exactly one folder of videos (got {len(positional)}); usage: {INDEX_USAGE}")
     try:
@@ -67,6 +82,7 @@ def run_index(argv: list[str]) -> dict:
         shard_size=cfg.shard_size,
         device=cfg.device,
         progress=cfg.progress,
+        retry_unreadable=retry_unreadable,
     )
     store = VideoIndexStore.open(cfg.index)
     if cfg.html:
@@ -82,9 +98,15 @@ def run_index(argv: list[str]) -> dict:
             for row, path in enumerate(contents.paths)
         ]
         write_text(Path(cfg.index) / "index.html", index_page(index_summary(store), videos, store.unreadable))
+    retry = (
+        f", {report.unreadable_skipped} unreadable before (not retried: pass --retry-unreadable)"
+        if report.unreadable_skipped
+        else ""
+    )
     print(
-        f"indexed {report.indexed} new videos ({report.skipped_existing} already indexed, {len(report.unreadable)} unreadable) "
-        f"in {report.seconds:.1f} s; {report.total_in_index} videos in {cfg.index}"
+        f"indexed {report.indexed} videos ({report.new} new, {report.changed} changed since indexed, "
+        f"{report.retried} unreadable retried) in {report.seconds:.1f} s; {report.unchanged} unchanged{retry}; "
+        f"{len(report.unreadable)} unreadable now; {report.total_in_index} videos in {cfg.index}"
     )
     for path, reason in report.unreadable.items():
         print(f"  unreadable: {path}: {reason}")
@@ -128,23 +150,27 @@ def search_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SEARCH_KEYS = ("index", "ckpt_path")
+
+
 @exit_on_user_error
 def run_search(argv: list[str]) -> list:
     parser = search_parser()
-    keyed = {item.split("=", 1)[0]: item.split("=", 1)[1] for item in argv if "=" in item and not item.startswith("-")}
-    unknown = set(keyed) - {"index", "ckpt_path"}
-    if unknown:
-        raise UserInputError(
-            f"unknown key {sorted(unknown)[0]}=; tvr-search takes index=OUT and ckpt_path=FILE (see --help)"
-        )
-    args = parser.parse_args([item for item in argv if not ("=" in item and not item.startswith("-"))])
+    # Only these keys are overrides: anything else with "=" is query text ("E=mc2 physics lecture").
+    is_keyed = ["=" in item and item.partition("=")[0] in SEARCH_KEYS for item in argv]
+    keyed = dict(item.split("=", 1) for item, is_key in zip(argv, is_keyed) if is_key)
+    args = parser.parse_args([item for item, is_key in zip(argv, is_keyed) if not is_key])
     index = keyed.get("index") or args.index
     if not index:
-        raise UserInputError("no index given; pass index=<folder written by tvr-index>")
+        raise UserInputError("no index given; pass index=<folder written by tvr-index> (or --index)")
     if (args.query is None) == (args.queries is None):
         raise UserInputError("give either a query or --queries FILE (one query per line)")
     if args.top_k < 1 or args.rerank_k < 1:
         raise UserInputError(f"--top-k ({args.top_k}) and --rerank-k ({args.rerank_k}) must be at least 1")
+    if args.nprobe < 1:  # before the model loads
+        raise UserInputError(f"--nprobe ({args.nprobe}) must be at least 1 (inverted lists visited per query)")
+    if args.html:
+        check_writable(Path(args.html), "--html")
     queries = [args.query] if args.queries is None else read_queries(Path(args.queries))
     searcher = Searcher(
         index, keyed.get("ckpt_path") or args.ckpt_path, factory=args.factory, nprobe=args.nprobe, device=args.device
@@ -157,7 +183,10 @@ def run_search(argv: list[str]) -> list:
         for result in results:
             print(json.dumps(result.as_json()))
     if args.html:
-        write_text(args.html, results_page(results, searcher.summary()))
+        try:
+            write_text(args.html, results_page(results, searcher.summary()))
+        except OSError as error:  # what check_writable cannot foresee (a full disk, a read-only mount)
+            raise UserInputError(f"--html {args.html}: cannot write it ({error}); pass another file") from error
         print(f"wrote {args.html}", file=sys.stderr)
     return results
 
@@ -165,10 +194,29 @@ def run_search(argv: list[str]) -> list:
 def read_queries(path: Path) -> list[str]:
     if not path.is_file():
         raise UserInputError(f"--queries {path}: no such file")
-    queries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserInputError(
+            f"--queries {path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from error
+    queries = [line.strip() for line in text.splitlines() if line.strip()]
     if not queries:
         raise UserInputError(f"--queries {path}: the file holds no query (one per line)")
     return queries
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, a file that cannot be written: its nearest existing folder above must be a
+    writable folder (the missing ones are created when it is written)."""
+    if path.is_dir():
+        raise UserInputError(f"{option} {path} is a folder; pass a file name, e.g. {path / 'results.html'}")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        problem = "is not a folder" if not parent.is_dir() else "is not writable"
+        raise UserInputError(f"{option} {path}: cannot write there ({parent} {problem}); pass another file")
 
 
 def print_ranked(result) -> None:

@@ -88,10 +88,12 @@ class Searcher:
         self.vectors = self._vector_index(Path(index), factory, nprobe)
 
     def _vector_index(self, folder: Path, factory: str, nprobe: int) -> VectorIndex:
-        """Exact indexes are rebuilt in moments; trained ones are cached beside the shards, per size."""
+        """Exact indexes are rebuilt in moments; trained ones are cached beside the shards, per contents (a
+        video re-encoded in place keeps the count, so the count alone would serve its old vector)."""
         if factory == "Flat":
             return VectorIndex.build(self.contents.summary, factory="Flat")
-        cached = folder / f"vectors_{factory.replace(',', '_')}_{len(self.contents.paths)}.faiss"
+        name = f"vectors_{factory.replace(',', '_')}_{len(self.contents.paths)}_{self.store.contents_digest()}.faiss"
+        cached = folder / name
         if cached.exists():
             index = VectorIndex.load(cached)
             index.nprobe = nprobe

@@ -19,12 +19,18 @@ import numpy as np
 import torch
 
 from tvr.atomic import replacing, write_json
+from tvr.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 # faiss's k-means warns below this many training vectors per centroid (Clustering's default
 # max_points_per_centroid is 256; its warning threshold is 39 per centroid).
 RECOMMENDED_TRAINING_VECTORS_PER_LIST = 39
+
+
+class VectorIndexSettingsError(UserInputError):
+    """A factory string, nprobe or refine factor that cannot work (on these vectors); a user's setting, so
+    ``tvr-search`` reports it in one line."""
 
 
 def as_float32_matrix(vectors: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
@@ -175,12 +181,16 @@ def _settings_path(path: Path) -> Path:
 
 def _check_nprobe(nprobe: int) -> None:
     if nprobe < 1:
-        raise ValueError(f"nprobe={nprobe} must be at least 1 (the number of inverted lists searched per query)")
+        raise VectorIndexSettingsError(
+            f"nprobe={nprobe} must be at least 1 (the number of inverted lists searched per query)"
+        )
 
 
 def _check_refine_factor(refine_factor: int) -> None:
     if refine_factor < 1:
-        raise ValueError(f"refine_factor={refine_factor} must be at least 1 (candidates re-scored per result)")
+        raise VectorIndexSettingsError(
+            f"refine_factor={refine_factor} must be at least 1 (candidates re-scored per result)"
+        )
 
 
 def _flat_vectors(index: faiss.IndexFlat) -> np.ndarray:
@@ -191,7 +201,7 @@ def _create(dim: int, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        raise ValueError(
+        raise VectorIndexSettingsError(
             f"factory={factory!r} is not a faiss index factory string ({_faiss_reason(error)}); "
             "use e.g. 'Flat' for exact search or 'IVF1024,PQ64' for an approximate one"
         ) from error
@@ -215,7 +225,7 @@ def _train(index: faiss.Index, training: np.ndarray, factory: str) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         if len(training) < ivf.nlist:
-            raise ValueError(
+            raise VectorIndexSettingsError(
                 f"factory={factory!r} has {ivf.nlist} inverted lists but only {len(training)} training vectors; "
                 f"index at least {ivf.nlist} vectors (or raise train_size), or use fewer lists"
             )
@@ -233,7 +243,7 @@ def _train(index: faiss.Index, training: np.ndarray, factory: str) -> None:
         index.train(training)
     except RuntimeError as error:
         # Quantizers inside the factory (e.g. PQ's 256 codewords per sub-vector) have minimums of their own.
-        raise ValueError(
+        raise VectorIndexSettingsError(
             f"factory={factory!r} cannot be trained on {len(training)} vectors ({_faiss_reason(error)}); "
             "index more vectors (or raise train_size), or choose a smaller factory"
         ) from error
