@@ -243,7 +243,8 @@ def test_runs_that_measured_different_galleries_are_flagged(tmp_path):
 def test_a_single_run_folder_is_a_sweep_of_one(tmp_path):
     job = write_finished(tmp_path / "sweep", "meanpool", 0, 10.0)
     main([str(job)])
-    assert table_rows((job / "results.md").read_text())[1][:2] == ["1", "10.0"]
+    # written beside the run's own records (test_run_records checks those stay)
+    assert table_rows((job / "tvr-results" / "results.md").read_text())[1][:2] == ["1", "10.0"]
 
 
 def test_png_is_written_and_readable(sweep):

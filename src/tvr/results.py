@@ -3,7 +3,8 @@
 A sweep (``tvr-train -m head=meanpool,seqtransf seed=0,1,2``) leaves one job folder per run, each holding
 ``.hydra/overrides.yaml`` and, when it finished, ``metrics.json`` (or ``error.json`` when it failed).
 This collects every such folder under the given folders, groups the runs into configurations (the
-overrides without ``seed``), and writes to ``--out`` (default: the first folder):
+overrides without ``seed``), and writes to ``--out`` (default: the first folder, or its ``tvr-results/`` when it
+is a single run folder, whose own ``results.md`` stays):
 
 - ``results.md``: what was collected, a table with one row per configuration (the settings that differ
   between configurations, the number of finished seeds, ``mean ± std`` over the seeds), and the failed
@@ -28,6 +29,7 @@ import yaml
 
 from tvr.errors import UserInputError, exit_on_user_error
 from tvr.overrides import hydra_quote, parse_overrides
+from tvr.run_folder import run_records
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 DEFAULT = "(default)"
@@ -35,6 +37,7 @@ SEED = "seed"
 RESUME = "ckpt_path"
 MESSAGE_CHARS = 200
 PLOT_LABEL_CHARS = 40
+REPORT_FOLDER = "tvr-results"  # inside a single run folder, beside the run's own records
 
 # (direction, key in metrics.json, column title); the CSV names are f"{direction}_{key}".
 METRICS = [
@@ -415,8 +418,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FOLDER",
         help="sweep folder(s) (e.g. multirun/<date>_<time>), searched recursively for job folders",
     )
-    parser.add_argument("--out", type=Path, default=None, help="where to write the results (default: the first FOLDER)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write the results (default: the first FOLDER; its {REPORT_FOLDER}/ when it is a run folder)",
+    )
     return parser.parse_args(argv)
+
+
+def report_folder(args: argparse.Namespace) -> Path:
+    """Where the report goes: never over a run folder's own ``results.md`` (the one ``tvr-train`` wrote)."""
+    if args.out is not None:
+        if run_records(args.out):
+            raise UserInputError(
+                f"--out {args.out} holds the records of a run ({', '.join(run_records(args.out))}), which the "
+                "report would replace; pass another folder"
+            )
+        return args.out
+    first = args.folders[0]
+    return first / REPORT_FOLDER if run_records(first) else first
 
 
 @exit_on_user_error
@@ -425,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect_runs(args.folders)
     keys = differing_keys(runs)
     groups = configurations(runs, keys)
-    out = args.out or args.folders[0]
+    out = report_folder(args)
     out.mkdir(parents=True, exist_ok=True)
 
     text = markdown(runs, args.folders, keys, groups)

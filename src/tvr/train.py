@@ -22,16 +22,18 @@ from tvr import __version__
 from tvr.atomic import write_json
 from tvr.builders import backbone_preprocessing, build_datamodule, build_module, build_trainer
 from tvr.config import config_dir, to_plain
-from tvr.errors import exit_on_user_error
+from tvr.errors import UserInputError, exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.resume import (
     CHECKPOINT_DIR,
     LAST,
     check_same_run,
+    newest_checkpoint,
     remove_orphan_temp_files,
     resolve_resume,
     with_resume_run_dir,
 )
+from tvr.run_folder import hydra_record_kept
 from tvr.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -145,12 +147,15 @@ def train(cfg: DictConfig) -> dict:
 @contextlib.contextmanager
 def failure_recorded(run_dir: Path):
     """``error.json`` in the run folder when the run fails, so that ``tvr-results`` lists the failure with
-    its error beside the finished runs of a sweep; a later successful resume removes it."""
+    its error beside the finished runs of a sweep; a later successful resume removes it. Bad input refused in a
+    folder that already holds a run (``ckpt_path`` missing, another head) is not that run's failure: its
+    records stay as they were."""
     error_file = run_dir / "error.json"
+    holds_earlier_run = newest_checkpoint(run_dir) is not None or (run_dir / "metrics.json").is_file()
     try:
         yield
     except Exception as error:
-        if rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0 and not (holds_earlier_run and isinstance(error, UserInputError)):
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(
                 error_file, {"type": type(error).__name__, "message": str(error), "step": getattr(error, "step", None)}
@@ -170,7 +175,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry: a resumed run (``ckpt_path=...``) continues in its own run folder."""
     sys.argv = [sys.argv[0], *with_resume_run_dir(sys.argv[1:])]
-    _hydra_main()
+    with hydra_record_kept(sys.argv[1:]):
+        _hydra_main()
 
 
 if __name__ == "__main__":
