@@ -37,6 +37,10 @@ SEED = "seed"
 RESUME = "ckpt_path"
 MESSAGE_CHARS = 200
 PLOT_LABEL_CHARS = 40
+# facts of metrics.json's "run" section that always tell runs apart, whatever their overrides say (runs of two
+# datasets started with equal overrides, e.g. TVR_DATA_DIR changed between them); a column "run.<fact>"
+RUN_FACTS = ("dataset", "head")
+FACT_PREFIX = "run."
 REPORT_FOLDER = "tvr-results"  # inside a single run folder, beside the run's own records
 
 # (direction, key in metrics.json, column title); the CSV names are f"{direction}_{key}".
@@ -72,6 +76,13 @@ class Run:
             return self.settings[SEED]
         seed = ((self.metrics or {}).get("run") or {}).get(SEED)
         return "?" if seed is None else str(seed)
+
+    def value(self, key: str) -> str:
+        """The run's value of a grouping key: an override, or ``run.<fact>`` from metrics.json."""
+        if key.startswith(FACT_PREFIX):
+            fact = ((self.metrics or {}).get("run") or {}).get(key.removeprefix(FACT_PREFIX))
+            return DEFAULT if fact is None else str(fact)
+        return self.settings.get(key, DEFAULT)
 
     def metric(self, direction: str, key: str) -> float | None:
         value = ((self.metrics or {}).get(direction) or {}).get(key)
@@ -175,9 +186,18 @@ def collect_runs(folders: list[Path]) -> list[Run]:
 
 def differing_keys(runs: list[Run]) -> list[str]:
     """Override keys (but ``seed``, and ``ckpt_path``, which a resumed job gains) whose value is not the
-    same in every run; absent counts as a value."""
+    same in every run; absent counts as a value. Then ``run.dataset`` and ``run.head`` where the finished runs'
+    own facts separate runs that those overrides do not: numbers of two datasets or heads are never averaged."""
     keys = sorted({key for run in runs for key in run.settings} - {SEED, RESUME})
-    return [key for key in keys if len({run.settings.get(key, DEFAULT) for run in runs}) > 1]
+    keys = [key for key in keys if len({run.value(key) for run in runs}) > 1]
+    finished = [run for run in runs if run.status == FINISHED]
+    for fact in RUN_FACTS:
+        with_fact = [*keys, FACT_PREFIX + fact]
+        if len({tuple(map(run.value, with_fact)) for run in finished}) > len(
+            {tuple(map(run.value, keys)) for run in finished}
+        ):
+            keys = with_fact
+    return keys
 
 
 def natural_key(value: str) -> tuple:
@@ -196,7 +216,7 @@ def configurations(runs: list[Run], keys: list[str]) -> list[Configuration]:
     for run in runs:
         if run.status != FINISHED:
             continue
-        values = tuple(run.settings.get(key, DEFAULT) for key in keys)
+        values = tuple(run.value(key) for key in keys)
         groups.setdefault(values, Configuration(values)).runs.append(run)
     for configuration in groups.values():
         configuration.runs.sort(key=lambda run: natural_key(run.seed))
@@ -342,7 +362,7 @@ def write_csv(path: Path, runs: list[Run], keys: list[str], groups: list[Configu
                 continue
             writer.writerow(
                 {
-                    **{key: run.settings.get(key, DEFAULT) for key in keys},
+                    **{key: run.value(key) for key in keys},
                     "status": run.status,
                     "runs": 0,
                     "seeds": run.seed,
