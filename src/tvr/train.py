@@ -89,6 +89,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     module = build_module(cfg)
+    module.part_started = started  # the data preparation above is part of the run's time
     monitor = cfg.train.select_metric if datamodule.has_val else None
     trainer = build_trainer(
         cfg.trainer,
@@ -109,7 +110,7 @@ def train(cfg: DictConfig) -> dict:
     facts["checkpoint"] = best or str(run_dir / CHECKPOINT_DIR / LAST)
     facts["resumed_from"] = str(resume_from) if resume_from else None
     facts["skipped_nonfinite_steps"] = module.skipped_nonfinite_steps
-    facts["wall_time_s"] = round(time.perf_counter() - started, 1)
+    facts["wall_time_s"] = round(module.wall_time_s(), 1)  # every part of a resumed run
     test_split = datamodule.split_names["test"]
     test_metrics = module.eval_results["test"]
     measured = measured_block(
