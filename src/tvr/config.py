@@ -38,6 +38,8 @@ store_declared_defaults()  # likewise
 
 # The parts of a run's config a checkpoint carries into tvr-eval, where each key stays overridable.
 CHECKPOINT_CONFIG_SECTIONS = ("data", "backbone", "head", "loss", "optim", "train", "evaluation")
+# sections that tvr-eval's data=<name> / head=<name> replace whole instead of the checkpoint's
+REPLACEABLE_SECTIONS = ("data", "head")
 
 
 def config_dir() -> str:
@@ -117,9 +119,10 @@ def with_checkpoint_config(overrides: list[str]) -> list[str]:
         return overrides
     saved = upgrade_saved_config(saved)
     sections = {key: saved[key] for key in CHECKPOINT_CONFIG_SECTIONS if key in saved}
-    if any(item.lstrip("+").startswith("data=") for item in overrides):
-        sections.pop("data", None)
-    elif "data" in sections:
+    for group in REPLACEABLE_SECTIONS:  # the named config, not a mix of it and the checkpoint's
+        if any(item.lstrip("+").startswith(f"{group}=") for item in overrides):
+            sections.pop(group, None)
+    if "data" in sections:
         sections["data"] = relink_to_data_root(sections["data"])
     folder = Path(tempfile.mkdtemp(prefix="tvr-eval-config-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
