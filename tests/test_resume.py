@@ -215,8 +215,11 @@ def test_resuming_another_heads_or_datasets_checkpoint_is_refused_naming_both(
 
 
 def test_a_missing_checkpoint_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"^ckpt_path: '.*nowhere.ckpt' does not exist"):
+    with pytest.raises(ConfigError, match=r"^ckpt_path: '.*nowhere.ckpt' not found"):
         resolve_resume(str(tmp_path / "nowhere.ckpt"), tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ConfigError, match=r"^ckpt_path: '.*' is a folder, not a file; pass a checkpoint file"):
+        resolve_resume(str(tmp_path / "checkpoints"), tmp_path)
     assert resolve_resume("last", tmp_path) is None  # a job's first attempt: nothing to continue yet
     assert resolve_resume(None, tmp_path) is None
 
