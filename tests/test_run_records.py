@@ -75,3 +75,11 @@ def test_results_of_one_run_folder_are_written_beside_its_own(tmp_path, capsys):
     assert contents(run) == before
     assert "seqtransf" not in capsys.readouterr().out
     assert (run / "tvr-results" / "results.md").is_file()
+
+
+def test_a_run_folder_inside_the_data_root_is_refused_before_hydra_writes(tmp_path):
+    inside = tmp_path / "no-data" / "synthetic" / "runs" / "mine"
+    result = run_cli("tvr-train", [f"hydra.run.dir={inside}"], tmp_path)
+    assert result.returncode == 2
+    assert f"lies inside the data root data.source.root={tmp_path / 'no-data' / 'synthetic'}" in result.stderr
+    assert not inside.exists()

@@ -27,7 +27,7 @@ from tvr.errors import ConfigError, exit_on_user_error
 from tvr.evaluation.lightning import EvaluationModule
 from tvr.evaluation.options import configured_reranker
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
-from tvr.run_folder import refuse_run_records
+from tvr.run_folder import refuse_run_dir_inside_data, refuse_run_records
 from tvr.validation import validate_eval_config
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry: merge the checkpoint's config into the composition, then run as Hydra does."""
     refuse_run_records(sys.argv[1:], "tvr-eval")  # before Hydra writes its record there
+    refuse_run_dir_inside_data(sys.argv[1:], "eval")
     sys.argv = [sys.argv[0], *with_checkpoint_config(sys.argv[1:])]
     _hydra_main()
 

@@ -15,7 +15,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from tvr.atomic import replacing
+from tvr.config import compose_config
 from tvr.overrides import parse_overrides
 
 HYDRA_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
@@ -47,6 +50,26 @@ def refuse_run_records(argv: list[str], command: str) -> None:
         print(
             f"error: hydra.run.dir: {folder} holds the records of an earlier run ({', '.join(found)}), which "
             f"{command} would replace; pass a new folder, e.g. hydra.run.dir={folder / command.replace('tvr-', '')}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def refuse_run_dir_inside_data(argv: list[str], config_name: str) -> None:
+    """Exit (status 2, one ``error:`` line) when ``hydra.run.dir`` lies inside the data root the command reads
+    (``data.source.root``): a run's records would mix with the dataset's files, where a cache rebuild or a
+    dataset copy takes them along or away."""
+    value = parse_overrides(argv).get("hydra.run.dir")
+    if not value or "${" in value:
+        return
+    try:
+        root = OmegaConf.select(compose_config([item for item in argv if "=" in item], config_name), "data.source.root")
+    except Exception:  # a bad override or an unreadable checkpoint: the command itself reports it by name
+        return
+    if root and Path(value).resolve().is_relative_to(Path(root).resolve()):
+        print(
+            f"error: hydra.run.dir: {value} lies inside the data root data.source.root={root}; "
+            "pass a run folder outside it (e.g. under outputs/)",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -33,7 +33,7 @@ from tvr.resume import (
     resolve_resume,
     with_resume_run_dir,
 )
-from tvr.run_folder import hydra_record_kept
+from tvr.run_folder import hydra_record_kept, refuse_run_dir_inside_data
 from tvr.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry: a resumed run (``ckpt_path=...``) continues in its own run folder."""
     sys.argv = [sys.argv[0], *with_resume_run_dir(sys.argv[1:])]
+    refuse_run_dir_inside_data(sys.argv[1:], "train")  # before Hydra writes its record there
     with hydra_record_kept(sys.argv[1:]):
         _hydra_main()
 
