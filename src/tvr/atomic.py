@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tvr.errors import DiskFullError, is_disk_full
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -38,8 +40,10 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(descriptor)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            raise DiskFullError(path) from error  # the file and the disk named, not the writer's own words
         raise
 
 
