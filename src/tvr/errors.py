@@ -63,18 +63,6 @@ class DiskFullError(OSError):
         )
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` or an error it was raised from or during is ENOSPC: torch reports a full disk as its
-    own ``RuntimeError`` ("unexpected pos ...") raised while handling the ``OSError``."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def exit_on_user_error(task):
     """Wrap an entry point's task: a :class:`UserInputError` or a non-finite score or loss ends the run with
     its message alone (exit status 2; a full disk too) instead of a traceback, unless ``HYDRA_FULL_ERROR=1``. In a sweep
