@@ -56,10 +56,13 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         at_step = f" (the checkpoint of step {self.step})" if self.step is not None else ""
+        kept = (
+            f"{self.path.name} keeps its previous content" if self.path.exists() else f"no {self.path.name} was written"
+        )
         return (
-            f"no space left on the disk holding {self.path.parent}: writing {self.path}{at_step} failed, and "
-            f"{self.path.name} keeps its previous content; free space on that disk, then run the command again "
-            "(a training run continues from its last checkpoint with ckpt_path=last)"
+            f"no space left on the disk holding {self.path.parent}: writing {self.path}{at_step} failed, and {kept}; "
+            "free space on that disk, then run the command again (a training run continues from its last "
+            "checkpoint with ckpt_path=last)"
         )
 
 
