@@ -38,8 +38,6 @@ store_declared_defaults()  # likewise
 
 # The parts of a run's config a checkpoint carries into tvr-eval, where each key stays overridable.
 CHECKPOINT_CONFIG_SECTIONS = ("data", "backbone", "head", "loss", "optim", "train", "evaluation")
-# sections that tvr-eval's data=<name> / head=<name> replace whole instead of the checkpoint's
-REPLACEABLE_SECTIONS = ("data", "head")
 
 
 def config_dir() -> str:
@@ -119,9 +117,13 @@ def with_checkpoint_config(overrides: list[str]) -> list[str]:
         return overrides
     saved = upgrade_saved_config(saved)
     sections = {key: saved[key] for key in CHECKPOINT_CONFIG_SECTIONS if key in saved}
-    for group in REPLACEABLE_SECTIONS:  # the named config, not a mix of it and the checkpoint's
-        if any(item.lstrip("+").startswith(f"{group}=") for item in overrides):
-            sections.pop(group, None)
+    named = {item.lstrip("+").split("=", 1)[0]: item.split("=", 1)[1] for item in overrides if "=" in item}
+    # data=<name> / head=<another head> choose that config whole, not a mix of it and the checkpoint's
+    # (head=<the checkpoint's own head> keeps the settings it was trained with)
+    if "data" in named:
+        sections.pop("data", None)
+    if "head" in named and named["head"] != (sections.get("head") or {}).get("name"):
+        sections.pop("head", None)
     if "data" in sections:
         sections["data"] = relink_to_data_root(sections["data"])
     folder = Path(tempfile.mkdtemp(prefix="tvr-eval-config-"))
