@@ -52,6 +52,15 @@ def test_every_group_option_composes_and_resolves(group, option, data_dir, tmp_p
     assert leaves_like(composed, own) == own, f"{group}={option}"
 
 
+def test_eval_naming_the_checkpoints_own_head_keeps_its_trained_settings(data_dir, tmp_path):
+    saved = compose_train(["head=seqtransf", "head.layers=2"], data_dir, tmp_path)
+    torch.save({"hyper_parameters": {"run_config": OmegaConf.to_container(saved, resolve=True)}}, tmp_path / "run.ckpt")
+    cfg = compose_train(
+        [f"ckpt_path={tmp_path / 'run.ckpt'}", "head=seqtransf"], data_dir, tmp_path, config_name="eval"
+    )
+    assert cfg.head.name == "seqtransf" and cfg.head.layers == 2  # not the head config's default
+
+
 def test_eval_config_composes_over_the_checkpoints_own_config(data_dir, tmp_path):
     cfg = compose_train(["ckpt_path=/some/best.ckpt", "split=val"], data_dir, tmp_path, config_name="eval")
     assert (

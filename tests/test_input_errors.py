@@ -239,6 +239,12 @@ def safetensors_file(path, tensors):
 NOT_TVR = {
     "missing": (lambda p: p, r"best.ckpt' not found; pass a checkpoint written by tvr-train"),
     "empty": (lambda p: written(p, b""), r"best.ckpt' is empty \(0 bytes"),
+    "a run folder": (
+        lambda p: (
+            (p / "checkpoints").mkdir(parents=True) or written(p / "checkpoints" / "last.ckpt", b"x").parent.parent
+        ),
+        r"best.ckpt' is a folder, not a file \(files in it: .*checkpoints/last.ckpt\); pass a checkpoint",
+    ),
     "truncated": (
         truncated,
         r"best.ckpt' with torch.load\(weights_only=True\): it is truncated, damaged or not a torch file",

@@ -35,8 +35,8 @@ LAYERS = {
     "tvr.checkpoint": 1,
     # 2, evaluation: metrics, re-ranking and reports over what the models score on the data.
     "tvr.evaluation": 2,
-    # 3, a run: configuration, start-up validation, the Lightning module and trainer, optimisation, resume and
-    # sweeps.
+    # 3, a run: configuration, start-up validation, the Lightning module and trainer, optimisation, resume, the
+    # run folder's records and sweeps.
     "tvr.config": 3,
     "tvr.sweep": 3,
     "tvr.validation": 3,
@@ -45,6 +45,7 @@ LAYERS = {
     "tvr.lit_module": 3,
     "tvr.builders": 3,
     "tvr.resume": 3,
+    "tvr.run_folder": 3,
     # 4, commands: the console scripts and the tools' library code, which assemble everything below.
     "tvr.train": 4,
     "tvr.evaluate": 4,

@@ -1,8 +1,11 @@
 """A checkpoint written by an older main still loads, validates for tvr-eval and scores as it did."""
 
+import pytest
 import torch
 
 from conftest import FIXTURES, compose_train
+from tvr.errors import ConfigError
+from tvr.evaluate import evaluate
 from tvr.models.retriever import Retriever
 from tvr.validation import validate_eval_config
 
@@ -38,3 +41,10 @@ def test_the_models_own_preprocessing_gives_the_recorded_frames():
     for clip, frames, mask in zip(inputs["raw_frames"].numpy(), inputs["frames"], inputs["frame_mask"]):
         real = mask.bool()
         torch.testing.assert_close(transform(clip)[real], frames[real], rtol=0, atol=0)
+
+
+def test_another_head_than_the_checkpoints_is_named_as_such(tmp_path):
+    cfg = compose_train([f"ckpt_path={CHECKPOINT}", "head=meanpool"], tmp_path, tmp_path / "eval", config_name="eval")
+    assert cfg.head.name == "meanpool"  # head=meanpool's own config, not the checkpoint's head over it
+    with pytest.raises(ConfigError, match=r"^head: .* trained with head 'xpool', and head=meanpool replaced it"):
+        evaluate(cfg)

@@ -243,7 +243,8 @@ def test_runs_that_measured_different_galleries_are_flagged(tmp_path):
 def test_a_single_run_folder_is_a_sweep_of_one(tmp_path):
     job = write_finished(tmp_path / "sweep", "meanpool", 0, 10.0)
     main([str(job)])
-    assert table_rows((job / "results.md").read_text())[1][:2] == ["1", "10.0"]
+    # written beside the run's own records (test_run_records checks those stay)
+    assert table_rows((job / "tvr-results" / "results.md").read_text())[1][:2] == ["1", "10.0"]
 
 
 def test_png_is_written_and_readable(sweep):
@@ -318,3 +319,21 @@ def test_resume_command_is_one_valid_hydra_override_per_shell_word(tmp_path, swe
     assert parsed["hydra.run.dir"].value() == str(job.resolve())
     assert not parsed["hydra.run.dir"].is_sweep_override()
     assert parsed["head"].value() == "seqtransf" and parsed["logger"].is_delete()
+
+
+def test_runs_of_two_datasets_with_equal_overrides_are_never_averaged(tmp_path):
+    # the same command run against two data folders (TVR_DATA_DIR changed): equal overrides, other datasets
+    first = write_finished(tmp_path / "a", "meanpool", 0, 10.0)
+    second = write_finished(tmp_path / "b", "meanpool", 1, 30.0)
+    for folder, dataset in ((first, "msrvtt"), (second, "synthetic")):
+        recorded = json.loads((folder / "metrics.json").read_text())
+        recorded["run"]["dataset"] = dataset
+        (folder / "metrics.json").write_text(json.dumps(recorded))
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report")])
+    rows = table_rows((tmp_path / "report" / "results.md").read_text())
+    assert rows[0][:2] == ["run.dataset", "runs"]
+    assert [row[:3] for row in rows[1:]] == [["msrvtt", "1", "10.0"], ["synthetic", "1", "30.0"]]
+
+
+def test_the_sweep_column_already_separating_heads_gets_no_duplicate(sweep):
+    assert differing_keys(collect_runs([sweep])) == ["head"]

@@ -185,6 +185,18 @@ def test_training_into_a_folder_with_a_checkpoint_is_refused_not_overwritten(fin
     assert (finished_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
 
 
+def test_a_resumed_runs_wall_time_counts_every_part(finished_run, data_dir, tmp_path):
+    checkpoint = load_checkpoint_file(finished_run / "checkpoints" / "last.ckpt")
+    assert checkpoint["tvr_progress"]["wall_time_s"] > 0  # what the first part had spent
+    checkpoint["tvr_progress"]["wall_time_s"] = 1000.0  # an earlier part far longer than this one
+    run_dir = tmp_path / "continued"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
+    overrides = ["trainer.max_epochs=2", "ckpt_path=last"] + SMALL_OVERRIDES + QUIET
+    wall_time = train(compose_train(overrides, data_dir, run_dir))["run"]["wall_time_s"]
+    assert 1000.0 < wall_time < 1000.0 + 600
+
+
 @pytest.mark.parametrize(
     "override, named",
     [
@@ -203,8 +215,11 @@ def test_resuming_another_heads_or_datasets_checkpoint_is_refused_naming_both(
 
 
 def test_a_missing_checkpoint_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"^ckpt_path: '.*nowhere.ckpt' does not exist"):
+    with pytest.raises(ConfigError, match=r"^ckpt_path: '.*nowhere.ckpt' not found"):
         resolve_resume(str(tmp_path / "nowhere.ckpt"), tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ConfigError, match=r"^ckpt_path: '.*' is a folder, not a file; pass a checkpoint file"):
+        resolve_resume(str(tmp_path / "checkpoints"), tmp_path)
     assert resolve_resume("last", tmp_path) is None  # a job's first attempt: nothing to continue yet
     assert resolve_resume(None, tmp_path) is None
 

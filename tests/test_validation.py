@@ -94,6 +94,16 @@ def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key,
     assert_nothing_written(data_dir, run_dir)
 
 
+def test_a_data_root_that_is_a_file_fails_naming_its_key(tmp_path):
+    a_file = tmp_path / "videos.tar"
+    a_file.write_bytes(b"not a folder")
+    cfg, data_dir, run_dir = compose_with_empty_data_folder([f"data.source.root={a_file}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^data.source.root: '.*videos.tar' is a file; pass data.source.root="):
+        train(cfg)
+    assert_nothing_written(data_dir, run_dir)
+    assert a_file.read_bytes() == b"not a folder"
+
+
 @pytest.mark.parametrize(
     "override, key, shown",
     [

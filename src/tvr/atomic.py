@@ -12,15 +12,20 @@ would be 0600).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tvr.errors import DiskFullError
+
 TEMP_SUFFIX = ".tmp"
+FULL_BELOW_BYTES = 2**20  # free space under which a failed write is taken for a full disk
 
 
 @contextmanager
@@ -38,9 +43,28 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(descriptor)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        full = not isinstance(error, DiskFullError) and disk_full(error, path.parent)  # before the space is freed
         tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(path) from error  # the file and the disk named, not the writer's own words
         raise
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a write into ``folder`` failed because its disk is full: ENOSPC in the error or the errors it was
+    raised from or during, or no space left there now. torch's writer reports a full disk as its own
+    ``RuntimeError`` ("unexpected pos ...", during "iostream error"), without the errno."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

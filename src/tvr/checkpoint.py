@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from tvr.atomic import atomic_torch_save
-from tvr.errors import CheckpointError
+from tvr.errors import CheckpointError, DiskFullError
 from tvr.models.weights import (
     CLIP_PREFIX,
     is_torchscript_archive,
@@ -99,7 +99,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O with atomic writes and ``weights_only=True`` reads."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except DiskFullError as error:
+            raise DiskFullError(error.path, checkpoint.get("global_step")) from error.__cause__
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
         return load_checkpoint_file(path, map_location or "cpu")

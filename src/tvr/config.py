@@ -117,9 +117,14 @@ def with_checkpoint_config(overrides: list[str]) -> list[str]:
         return overrides
     saved = upgrade_saved_config(saved)
     sections = {key: saved[key] for key in CHECKPOINT_CONFIG_SECTIONS if key in saved}
-    if any(item.lstrip("+").startswith("data=") for item in overrides):
+    named = {item.lstrip("+").split("=", 1)[0]: item.split("=", 1)[1] for item in overrides if "=" in item}
+    # data=<name> / head=<another head> choose that config whole, not a mix of it and the checkpoint's
+    # (head=<the checkpoint's own head> keeps the settings it was trained with)
+    if "data" in named:
         sections.pop("data", None)
-    elif "data" in sections:
+    if "head" in named and named["head"] != (sections.get("head") or {}).get("name"):
+        sections.pop("head", None)
+    if "data" in sections:
         sections["data"] = relink_to_data_root(sections["data"])
     folder = Path(tempfile.mkdtemp(prefix="tvr-eval-config-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

@@ -6,9 +6,11 @@ without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one). Anything else keeps
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
+from pathlib import Path
 
 
 class UserInputError(ValueError):
@@ -44,9 +46,29 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
 
 
+class DiskFullError(OSError):
+    """No space left on the disk while writing ``path``, which keeps its previous content; ``step`` is the
+    training step whose checkpoint it was (None for other files)."""
+
+    def __init__(self, path: str | os.PathLike, step: int | None = None) -> None:
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.path, self.step = Path(path), step
+
+    def __str__(self) -> str:
+        at_step = f" (the checkpoint of step {self.step})" if self.step is not None else ""
+        kept = (
+            f"{self.path.name} keeps its previous content" if self.path.exists() else f"no {self.path.name} was written"
+        )
+        return (
+            f"no space left on the disk holding {self.path.parent}: writing {self.path}{at_step} failed, and {kept}; "
+            "free space on that disk, then run the command again (a training run continues from its last "
+            "checkpoint with ckpt_path=last)"
+        )
+
+
 def exit_on_user_error(task):
     """Wrap an entry point's task: a :class:`UserInputError` or a non-finite score or loss ends the run with
-    its message alone (exit status 2) instead of a traceback, unless ``HYDRA_FULL_ERROR=1``. In a sweep
+    its message alone (exit status 2; a full disk too) instead of a traceback, unless ``HYDRA_FULL_ERROR=1``. In a sweep
     (``-m``) the error is raised on after its message, so that Hydra records the job as failed and runs
     the others."""
 
@@ -54,7 +76,7 @@ def exit_on_user_error(task):
     def wrapper(*args, **kwargs):
         try:
             return task(*args, **kwargs)
-        except (UserInputError, NonFiniteScoresError, NonFiniteLossError) as error:
+        except (UserInputError, NonFiniteScoresError, NonFiniteLossError, DiskFullError) as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {error}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)

@@ -27,6 +27,7 @@ from tvr.errors import ConfigError, exit_on_user_error
 from tvr.evaluation.lightning import EvaluationModule
 from tvr.evaluation.options import configured_reranker
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
+from tvr.run_folder import refuse_run_dir_inside_data, refuse_run_records
 from tvr.validation import validate_eval_config
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,18 @@ def changed_from_checkpoint(section: str, saved: dict, used: dict) -> dict[str, 
     }
 
 
+def check_same_head(cfg: DictConfig, saved: dict) -> None:
+    """A ``head=<name>`` other than the checkpoint's is refused under ``strict``: its weights would not fit."""
+    trained_with = (saved.get("head") or {}).get("name")
+    if cfg.strict and trained_with is not None and trained_with != cfg.head.name:
+        raise ConfigError(
+            "head",
+            f"{cfg.ckpt_path} was trained with head '{trained_with}', and head={cfg.head.name} replaced it",
+            f"leave head= out to evaluate the checkpoint's own head, or add strict=false to load the weights "
+            f"that fit head '{cfg.head.name}' (the rest keep their initialisation)",
+        )
+
+
 def evaluate(cfg: DictConfig) -> dict:
     validate_eval_config(cfg)  # every key, split included, before the checkpoint or any data is read
     checkpoint = load_tvr_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
@@ -124,12 +137,13 @@ def evaluate(cfg: DictConfig) -> dict:
             f"{cfg.ckpt_path} carries no tvr run config",
             "evaluate a checkpoint written by tvr-train or tools/convert_checkpoint.py",
         )
-    reranker = configured_reranker(to_plain(cfg.evaluation))
-    needs_bank = reranker is not None and reranker.query_bank() is not None
-    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
     saved = (
         upgrade_saved_config(checkpoint["hyper_parameters"].get("run_config") or {}) if checkpoint is not None else {}
     )
+    check_same_head(cfg, saved)
+    reranker = configured_reranker(to_plain(cfg.evaluation))
+    needs_bank = reranker is not None and reranker.query_bank() is not None
+    data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
     changed = {}
     for section in ("data", "backbone", "head") if checkpoint is not None else ():
         changed.update(changed_from_checkpoint(section, saved.get(section) or {}, to_plain(cfg[section])))
@@ -191,6 +205,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry: merge the checkpoint's config into the composition, then run as Hydra does."""
+    refuse_run_records(sys.argv[1:], "tvr-eval")  # before Hydra writes its record there
+    refuse_run_dir_inside_data(sys.argv[1:], "eval")
     sys.argv = [sys.argv[0], *with_checkpoint_config(sys.argv[1:])]
     _hydra_main()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
@@ -55,6 +56,14 @@ class RetrievalModule(EvaluationModule):
         self._losses_finite: torch.Tensor | None = None  # over the micro-batches of the optimiser step so far
         self.nonfinite = options.nonfinite
         self.skipped_nonfinite_steps = 0
+        # wall time: this part of the run counts from part_started (tvr-train sets its own start), and a resumed
+        # run adds what its earlier parts had spent up to the checkpoint it continues
+        self.part_started = time.perf_counter()
+        self.earlier_wall_time_s = 0.0
+
+    def wall_time_s(self) -> float:
+        """Seconds the run has taken so far, over every part of a resumed run."""
+        return self.earlier_wall_time_s + time.perf_counter() - self.part_started
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -180,6 +189,7 @@ class RetrievalModule(EvaluationModule):
             "skipped_nonfinite_steps": self.skipped_nonfinite_steps,
             "recent_val_r1": list(self._recent_val_r1),
             "val_results": self.eval_results.get("val"),
+            "wall_time_s": self.wall_time_s(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -201,6 +211,7 @@ class RetrievalModule(EvaluationModule):
         self._recent_val_r1 = list(progress["recent_val_r1"])
         if progress["val_results"] is not None:
             self.eval_results["val"] = progress["val_results"]
+        self.earlier_wall_time_s = progress.get("wall_time_s", 0.0)  # checkpoints before 24 do not carry it
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

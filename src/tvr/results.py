@@ -3,7 +3,8 @@
 A sweep (``tvr-train -m head=meanpool,seqtransf seed=0,1,2``) leaves one job folder per run, each holding
 ``.hydra/overrides.yaml`` and, when it finished, ``metrics.json`` (or ``error.json`` when it failed).
 This collects every such folder under the given folders, groups the runs into configurations (the
-overrides without ``seed``), and writes to ``--out`` (default: the first folder):
+overrides without ``seed``), and writes to ``--out`` (default: the first folder, or its ``tvr-results/`` when it
+is a single run folder, whose own ``results.md`` stays):
 
 - ``results.md``: what was collected, a table with one row per configuration (the settings that differ
   between configurations, the number of finished seeds, ``mean ± std`` over the seeds), and the failed
@@ -28,6 +29,7 @@ import yaml
 
 from tvr.errors import UserInputError, exit_on_user_error
 from tvr.overrides import hydra_quote, parse_overrides
+from tvr.run_folder import run_records
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 DEFAULT = "(default)"
@@ -35,6 +37,11 @@ SEED = "seed"
 RESUME = "ckpt_path"
 MESSAGE_CHARS = 200
 PLOT_LABEL_CHARS = 40
+# facts of metrics.json's "run" section that always tell runs apart, whatever their overrides say (runs of two
+# datasets started with equal overrides, e.g. TVR_DATA_DIR changed between them); a column "run.<fact>"
+RUN_FACTS = ("dataset", "head")
+FACT_PREFIX = "run."
+REPORT_FOLDER = "tvr-results"  # inside a single run folder, beside the run's own records
 
 # (direction, key in metrics.json, column title); the CSV names are f"{direction}_{key}".
 METRICS = [
@@ -69,6 +76,13 @@ class Run:
             return self.settings[SEED]
         seed = ((self.metrics or {}).get("run") or {}).get(SEED)
         return "?" if seed is None else str(seed)
+
+    def value(self, key: str) -> str:
+        """The run's value of a grouping key: an override, or ``run.<fact>`` from metrics.json."""
+        if key.startswith(FACT_PREFIX):
+            fact = ((self.metrics or {}).get("run") or {}).get(key.removeprefix(FACT_PREFIX))
+            return DEFAULT if fact is None else str(fact)
+        return self.settings.get(key, DEFAULT)
 
     def metric(self, direction: str, key: str) -> float | None:
         value = ((self.metrics or {}).get(direction) or {}).get(key)
@@ -172,9 +186,18 @@ def collect_runs(folders: list[Path]) -> list[Run]:
 
 def differing_keys(runs: list[Run]) -> list[str]:
     """Override keys (but ``seed``, and ``ckpt_path``, which a resumed job gains) whose value is not the
-    same in every run; absent counts as a value."""
+    same in every run; absent counts as a value. Then ``run.dataset`` and ``run.head`` where the finished runs'
+    own facts separate runs that those overrides do not: numbers of two datasets or heads are never averaged."""
     keys = sorted({key for run in runs for key in run.settings} - {SEED, RESUME})
-    return [key for key in keys if len({run.settings.get(key, DEFAULT) for run in runs}) > 1]
+    keys = [key for key in keys if len({run.value(key) for run in runs}) > 1]
+    finished = [run for run in runs if run.status == FINISHED]
+    for fact in RUN_FACTS:
+        with_fact = [*keys, FACT_PREFIX + fact]
+        if len({tuple(map(run.value, with_fact)) for run in finished}) > len(
+            {tuple(map(run.value, keys)) for run in finished}
+        ):
+            keys = with_fact
+    return keys
 
 
 def natural_key(value: str) -> tuple:
@@ -193,7 +216,7 @@ def configurations(runs: list[Run], keys: list[str]) -> list[Configuration]:
     for run in runs:
         if run.status != FINISHED:
             continue
-        values = tuple(run.settings.get(key, DEFAULT) for key in keys)
+        values = tuple(run.value(key) for key in keys)
         groups.setdefault(values, Configuration(values)).runs.append(run)
     for configuration in groups.values():
         configuration.runs.sort(key=lambda run: natural_key(run.seed))
@@ -339,7 +362,7 @@ def write_csv(path: Path, runs: list[Run], keys: list[str], groups: list[Configu
                 continue
             writer.writerow(
                 {
-                    **{key: run.settings.get(key, DEFAULT) for key in keys},
+                    **{key: run.value(key) for key in keys},
                     "status": run.status,
                     "runs": 0,
                     "seeds": run.seed,
@@ -415,8 +438,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FOLDER",
         help="sweep folder(s) (e.g. multirun/<date>_<time>), searched recursively for job folders",
     )
-    parser.add_argument("--out", type=Path, default=None, help="where to write the results (default: the first FOLDER)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write the results (default: the first FOLDER; its {REPORT_FOLDER}/ when it is a run folder)",
+    )
     return parser.parse_args(argv)
+
+
+def report_folder(args: argparse.Namespace) -> Path:
+    """Where the report goes: never over a run folder's own ``results.md`` (the one ``tvr-train`` wrote)."""
+    if args.out is not None:
+        if run_records(args.out):
+            raise UserInputError(
+                f"--out {args.out} holds the records of a run ({', '.join(run_records(args.out))}), which the "
+                "report would replace; pass another folder"
+            )
+        return args.out
+    first = args.folders[0]
+    return first / REPORT_FOLDER if run_records(first) else first
 
 
 @exit_on_user_error
@@ -425,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect_runs(args.folders)
     keys = differing_keys(runs)
     groups = configurations(runs, keys)
-    out = args.out or args.folders[0]
+    out = report_folder(args)
     out.mkdir(parents=True, exist_ok=True)
 
     text = markdown(runs, args.folders, keys, groups)

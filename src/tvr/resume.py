@@ -32,6 +32,7 @@ from tvr.checkpoint import load_tvr_checkpoint
 from tvr.config import compose_config
 from tvr.distributed import gather_objects
 from tvr.errors import CheckpointError, ConfigError
+from tvr.models.weights import not_a_file
 from tvr.overrides import hydra_quote, parse_overrides
 
 log = logging.getLogger(__name__)
@@ -220,10 +221,11 @@ def resolve_resume(ckpt_path: str | None, run_dir: Path) -> Path | None:
         return found
     if ckpt_path:
         path = Path(ckpt_path)
-        if not path.is_file():
+        problem = not_a_file(path)
+        if problem:
             raise ConfigError(
                 "ckpt_path",
-                f"'{path}' does not exist",
+                problem,
                 "pass a checkpoint file, or ckpt_path=last to continue the run folder's last.ckpt",
             )
         last = newest_checkpoint(run_dir)

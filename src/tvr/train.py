@@ -22,16 +22,18 @@ from tvr import __version__
 from tvr.atomic import write_json
 from tvr.builders import backbone_preprocessing, build_datamodule, build_module, build_trainer
 from tvr.config import config_dir, to_plain
-from tvr.errors import exit_on_user_error
+from tvr.errors import UserInputError, exit_on_user_error
 from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
 from tvr.resume import (
     CHECKPOINT_DIR,
     LAST,
     check_same_run,
+    newest_checkpoint,
     remove_orphan_temp_files,
     resolve_resume,
     with_resume_run_dir,
 )
+from tvr.run_folder import hydra_record_kept, refuse_run_dir_inside_data
 from tvr.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
     module = build_module(cfg)
+    module.part_started = started  # the data preparation above is part of the run's time
     monitor = cfg.train.select_metric if datamodule.has_val else None
     trainer = build_trainer(
         cfg.trainer,
@@ -109,7 +112,7 @@ def train(cfg: DictConfig) -> dict:
     facts["checkpoint"] = best or str(run_dir / CHECKPOINT_DIR / LAST)
     facts["resumed_from"] = str(resume_from) if resume_from else None
     facts["skipped_nonfinite_steps"] = module.skipped_nonfinite_steps
-    facts["wall_time_s"] = round(time.perf_counter() - started, 1)
+    facts["wall_time_s"] = round(module.wall_time_s(), 1)  # every part of a resumed run
     test_split = datamodule.split_names["test"]
     test_metrics = module.eval_results["test"]
     measured = measured_block(
@@ -147,12 +150,15 @@ def train(cfg: DictConfig) -> dict:
 @contextlib.contextmanager
 def failure_recorded(run_dir: Path):
     """``error.json`` in the run folder when the run fails, so that ``tvr-results`` lists the failure with
-    its error beside the finished runs of a sweep; a later successful resume removes it."""
+    its error beside the finished runs of a sweep; a later successful resume removes it. Bad input refused in a
+    folder that already holds a run (``ckpt_path`` missing, another head) is not that run's failure: its
+    records stay as they were."""
     error_file = run_dir / "error.json"
+    holds_earlier_run = newest_checkpoint(run_dir) is not None or (run_dir / "metrics.json").is_file()
     try:
         yield
     except Exception as error:
-        if rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0 and not (holds_earlier_run and isinstance(error, UserInputError)):
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(
                 error_file, {"type": type(error).__name__, "message": str(error), "step": getattr(error, "step", None)}
@@ -172,7 +178,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry: a resumed run (``ckpt_path=...``) continues in its own run folder."""
     sys.argv = [sys.argv[0], *with_resume_run_dir(sys.argv[1:])]
-    _hydra_main()
+    refuse_run_dir_inside_data(sys.argv[1:], "train")  # before Hydra writes its record there
+    with hydra_record_kept(sys.argv[1:]):
+        _hydra_main()
 
 
 if __name__ == "__main__":

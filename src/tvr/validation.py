@@ -284,9 +284,15 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     checker.options(
         data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank", "preprocessing")
     )
+    source = data.child("source")
+    root = source.get("root")
+    if root is not None and Path(root).exists() and not Path(root).is_dir():
+        checker.fail(
+            source.key("root"), f"'{root}' is a file", f"pass {source.key('root')}=<the folder that holds the dataset>"
+        )
     dataset = checker.registered(data, "name", DATASETS)
     if dataset is not None:
-        checker.builds(data.key("source"), f"dataset '{data.get('name')}'", dataset, **data.child("source").values)
+        checker.builds(data.key("source"), f"dataset '{data.get('name')}'", dataset, **source.values)
     context = shape.context_length if shape else None
     checker.number(
         data,

@@ -128,13 +128,32 @@ def read_state_dict_file(path: Path, hint: str = SUPPORTED_HINT) -> dict[str, to
     return _unwrap(load_tensor_file(path, hint), hint)
 
 
+WEIGHT_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a weights or checkpoint file (None when it is a file): not found, or a
+    folder, with the weight files in it (or in its ``checkpoints/``, a run folder) that may have been meant."""
+    if path.is_dir():
+        inside = sorted(
+            found
+            for pattern in ("*", "checkpoints/*")
+            for found in path.glob(pattern)
+            if found.suffix in WEIGHT_FILE_SUFFIXES
+        )
+        listed = f" (files in it: {', '.join(str(found) for found in inside[:3])})" if inside else ""
+        return f"'{path}' is a folder, not a file{listed}"
+    return None if path.is_file() else f"'{path}' not found"
+
+
 def load_tensor_file(
     path: Path, hint: str, error: type[CheckpointError] = WeightsError, map_location: Any = "cpu"
 ) -> Any:
     """What a ``.safetensors`` file or a ``torch.load(weights_only=True)`` pickle holds. A missing, empty,
     truncated or otherwise unreadable file raises ``error`` naming the file and ending with ``hint``."""
-    if not path.is_file():
-        raise error(f"'{path}' not found; {hint}")
+    problem = not_a_file(path)
+    if problem:
+        raise error(f"{problem}; {hint}")
     if path.stat().st_size == 0:
         raise error(f"'{path}' is empty (0 bytes: an interrupted copy or save?); {hint}")
     if path.suffix == ".safetensors":
