@@ -406,7 +406,7 @@ def test_readme_search_lines_run_as_written(readme_run, data_dir, tmp_path):
         result = run_cli(script, args + (["progress=false"] if script == "tvr-index" else []), data_dir, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(result.stdout)
-    assert "indexed 6 new videos (0 already indexed, 0 unreadable)" in outputs[0]
+    assert "indexed 6 videos (6 new, 0 changed since indexed, 0 unreadable retried)" in outputs[0]
     ranked = [line for line in outputs[1].splitlines() if not line.startswith("#")]
     assert len(ranked) == 6 and all(line.endswith(".mp4") for line in ranked)  # top 10 of a 6-video index
     answers = [json.loads(line) for line in outputs[2].splitlines()]
