@@ -101,6 +101,15 @@ def _kind_of(annotation) -> tuple[type, bool, tuple | None]:
     return (origin if isinstance(origin, type) else object), nullable, None
 
 
+def _spec(name: str, default: Any, annotation, facts: OptionFacts) -> OptionSpec:
+    """An option from its annotation and facts; a ``Literal`` annotation gives the choices unless the facts name
+    their own."""
+    kind, nullable, literal = _kind_of(annotation)
+    if literal is not None and facts.choices is None:
+        facts = dataclasses.replace(facts, choices=literal)
+    return OptionSpec(name, default, kind, nullable, facts)
+
+
 @cache
 def option_specs(options_class: type) -> tuple[OptionSpec, ...]:
     """The declared options of a dataclass, in declaration order (``ClassVar`` facts excluded)."""
@@ -109,12 +118,8 @@ def option_specs(options_class: type) -> tuple[OptionSpec, ...]:
     for field in dataclasses.fields(options_class):
         if not field.init:
             continue
-        kind, nullable, literal = _kind_of(hints[field.name])
-        facts = field.metadata.get(_METADATA, OptionFacts())
-        if literal is not None and facts.choices is None:
-            facts = dataclasses.replace(facts, choices=literal)
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        specs.append(OptionSpec(field.name, default, kind, nullable, facts))
+        specs.append(_spec(field.name, default, hints[field.name], field.metadata.get(_METADATA, OptionFacts())))
     return tuple(specs)
 
 
@@ -135,11 +140,8 @@ def signature_specs(factory: Callable) -> tuple[OptionSpec, ...]:
         if get_origin(annotation) is Annotated:
             annotation, *extras = get_args(annotation)
             facts = next((extra for extra in extras if isinstance(extra, OptionFacts)), facts)
-        kind, nullable, literal = _kind_of(annotation)
-        if literal is not None:
-            facts = dataclasses.replace(facts, choices=literal)
         default = None if parameter.default is parameter.empty else parameter.default
-        specs.append(OptionSpec(name, default, kind, nullable, facts))
+        specs.append(_spec(name, default, annotation, facts))
     return tuple(specs)
 
 
