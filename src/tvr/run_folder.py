@@ -24,14 +24,17 @@ from tvr.overrides import parse_overrides
 HYDRA_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
-def named_run_dir(argv: list[str]) -> Path | None:
-    """The existing folder ``hydra.run.dir=`` names on the command line; None when Hydra makes a new one
-    (no such override, or one with an interpolation such as ``${now:...}``)."""
+def run_dir_override(argv: list[str]) -> Path | None:
+    """The folder ``hydra.run.dir=`` names on the command line; None when Hydra chooses one (no such override,
+    or one with an interpolation such as ``${now:...}``)."""
     value = parse_overrides(argv).get("hydra.run.dir")
-    if not value or "${" in value:
-        return None
-    folder = Path(value)
-    return folder if folder.is_dir() else None
+    return None if not value or "${" in value else Path(value)
+
+
+def named_run_dir(argv: list[str]) -> Path | None:
+    """The existing folder ``hydra.run.dir=`` names on the command line (see :func:`run_dir_override`)."""
+    folder = run_dir_override(argv)
+    return folder if folder is not None and folder.is_dir() else None
 
 
 def run_records(folder: Path) -> list[str]:
@@ -59,16 +62,16 @@ def refuse_run_dir_inside_data(argv: list[str], config_name: str) -> None:
     """Exit (status 2, one ``error:`` line) when ``hydra.run.dir`` lies inside the data root the command reads
     (``data.source.root``): a run's records would mix with the dataset's files, where a cache rebuild or a
     dataset copy takes them along or away."""
-    value = parse_overrides(argv).get("hydra.run.dir")
-    if not value or "${" in value:
+    run_dir = run_dir_override(argv)
+    if run_dir is None:
         return
     try:
         root = OmegaConf.select(compose_config([item for item in argv if "=" in item], config_name), "data.source.root")
     except Exception:  # a bad override or an unreadable checkpoint: the command itself reports it by name
         return
-    if root and Path(value).resolve().is_relative_to(Path(root).resolve()):
+    if root and run_dir.resolve().is_relative_to(Path(root).resolve()):
         print(
-            f"error: hydra.run.dir: {value} lies inside the data root data.source.root={root}; "
+            f"error: hydra.run.dir: {run_dir} lies inside the data root data.source.root={root}; "
             "pass a run folder outside it (e.g. under outputs/)",
             file=sys.stderr,
         )
