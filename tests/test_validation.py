@@ -82,6 +82,7 @@ def assert_nothing_written(data_dir: Path, run_dir: Path) -> None:
         ("head=xpool head.dropout=high", "head.dropout", "got 'high', expected a number"),
         ("+optim.coef_lr=0.001", "optim.coef_lr", "is not a key of the optim section"),
         ("evaluation.dsl.temperature=0", "evaluation.dsl.temperature", "got 0, expected a number > 0"),
+        ("data.source.frame_size=63", "data.source", "frame_size must be an even number of pixels, got 63"),
     ],
 )
 def test_a_bad_value_fails_naming_its_key_before_any_data_is_made(override, key, shown, tmp_path):

@@ -11,7 +11,8 @@ Why it looks like this:
     CLIP4Clip sampler and the segment samplers see exactly the keyframes, and twin clips have identical
     frame sets.
   * Captions are unique within each evaluation split, so R@1 is well defined; chance is 1/N.
-Everything is deterministic given the seed (x264 runs single-threaded for byte-identical output).
+Everything is deterministic given the seed, byte for byte (see ``write_mp4`` for the x264 settings that
+make it so).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tvr.data.parallel import process_pool
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: x264 without mbtree (version 1 files differed between generations)
 ANNOTATION_FILE = "annotations.json"
+PENDING_FILE = ".generating.json"  # names the version and config of a generation still in progress
 SHAPES = ("square", "circle", "triangle")
 COLORS = {"red": (225, 45, 45), "green": (40, 200, 70), "blue": (55, 95, 240), "yellow": (235, 215, 45)}
 SIZES = {"small": 10, "large": 18}
@@ -172,7 +174,10 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast", "g": str(fps), "threads": "1"}
+        # mbtree off: with it on, x264 encoded the same frames differently now and then within one process
+        # (3 in 60 encodes of one clip), so two generations differed; threads=1 for the same reason
+        options = {"crf": "20", "preset": "veryfast", "g": str(fps), "threads": "1", "x264-params": "mbtree=0"}
+        stream.options = options
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -190,6 +195,10 @@ class SyntheticConfig:
     fps: int = 2
     frame_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frame_size < 2 or self.frame_size % 2:  # 4:2:0 chroma halves each side
+            raise ValueError(f"frame_size must be an even number of pixels, got {self.frame_size}")
 
 
 @dataclass(frozen=True)
@@ -247,10 +256,10 @@ def render_clip(spec: ClipSpec, config: SyntheticConfig) -> list[np.ndarray]:
     return frames
 
 
-def _render_and_write(job: tuple[ClipSpec, SyntheticConfig, str]) -> str:
-    spec, config, video_dir = job
+def _render_and_write(job: tuple[ClipSpec, SyntheticConfig, str, bool]) -> str:
+    spec, config, video_dir, keep_existing = job
     path = Path(video_dir) / f"{spec.video_id}.mp4"
-    if not (path.is_file() and path.stat().st_size > 0):
+    if not (keep_existing and path.is_file() and path.stat().st_size > 0):
         write_mp4(path, render_clip(spec, config), config.fps)
     return spec.video_id
 
@@ -258,27 +267,26 @@ def _render_and_write(job: tuple[ClipSpec, SyntheticConfig, str]) -> str:
 def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers: int | None = None) -> Path:
     """Generate the dataset into ``root`` unless an identical one is already there; return the annotation path.
 
-    Re-running is cheap and safe: finished videos are kept, missing ones are rendered, and the annotation
-    file (written last, atomically) marks a complete dataset.
+    Re-running is cheap and safe: videos of the same generation (version and config) are kept, missing
+    ones are rendered, and the annotation file (written last, atomically) marks a complete dataset.
     """
     root = Path(root)
-    annotation_path = root / ANNOTATION_FILE
-    wanted = asdict(config)
-    if annotation_path.is_file():
-        existing = json.loads(annotation_path.read_text())
-        if (
-            existing.get("version") == FORMAT_VERSION
-            and existing.get("config") == wanted
-            and _videos_complete(root, existing)
-        ):
-            return annotation_path
+    annotation_path, pending_path = root / ANNOTATION_FILE, root / PENDING_FILE
+    wanted = {"version": FORMAT_VERSION, "config": asdict(config)}
+    finished = _read_identity(annotation_path)
+    if finished == wanted and _videos_complete(root, json.loads(annotation_path.read_text())):
+        return annotation_path
+    # Videos already on disk are kept only when they belong to this very generation (an interrupted one,
+    # or a finished one with files missing); those of another version or config are rendered again.
+    keep_existing = wanted in (finished, _read_identity(pending_path))
     video_dir = root / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
+    write_text(pending_path, json.dumps(wanted))
     splits = {
         name: plan_split(name, count, config)
         for name, count in (("train", config.num_train), ("val", config.num_val), ("test", config.num_test))
     }
-    jobs = [(spec, config, str(video_dir)) for specs in splits.values() for spec in specs]
+    jobs = [(spec, config, str(video_dir), keep_existing) for specs in splits.values() for spec in specs]
     log.info("generating %d synthetic videos into %s", len(jobs), video_dir)
     workers = workers or min(4, os.cpu_count() or 1)
     from tqdm import tqdm
@@ -290,8 +298,7 @@ def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers:
             pass
     annotations = {
         "format": "tvr-synthetic",
-        "version": FORMAT_VERSION,
-        "config": wanted,
+        **wanted,
         "splits": {
             name: [
                 {
@@ -306,7 +313,17 @@ def ensure_synthetic_dataset(root: str | Path, config: SyntheticConfig, workers:
         },
     }
     write_text(annotation_path, json.dumps(annotations, indent=1))
+    pending_path.unlink()
     return annotation_path
+
+
+def _read_identity(path: Path) -> dict | None:
+    """The version and config a generation record names, or None when there is no readable record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {"version": record.get("version"), "config": record.get("config")} if isinstance(record, dict) else None
 
 
 def _videos_complete(root: Path, annotations: dict) -> bool:
