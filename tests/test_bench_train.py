@@ -62,6 +62,7 @@ def test_bench_train_end_to_end(data_dir, tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "| train | tvr |" in result.stdout and "| eval | plain |" in result.stdout
+    assert "| backward |" in result.stdout  # the per-segment attribution table
     figures = json.loads(out.read_text())
     for phase, steps in (("train", 3), ("eval", 1)):
         for side in ("tvr", "plain"):
@@ -73,6 +74,9 @@ def test_bench_train_end_to_end(data_dir, tmp_path):
             figures[phase]["tvr"]["s_per_step"] / figures[phase]["plain"]["s_per_step"]
         )
     assert "mfu" not in figures["train"]["tvr"]  # CPU: no MFU column
+    for side in ("tvr", "plain"):  # every segment stamped on both sides, in order
+        segments = figures["train"]["segments_s"][side]
+        assert list(segments) == list(load_bench().MARKS) and all(value >= 0 for value in segments.values())
     assert figures["config"]["flops_per_step"] > 0
     # like with like: the same losses step by step, the same weights after training, the same test metrics
     train = figures["train"]

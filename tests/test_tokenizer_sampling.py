@@ -21,6 +21,14 @@ def test_tokenizer_truncates_to_max_words_and_pads_with_zero():
     assert tokenizer("A DOG").tolist() == short.tolist()  # lower-cased like CLIP's BPE
 
 
+def test_a_caption_tokenised_again_is_the_same_and_a_new_tensor():
+    tokenizer = CaptionTokenizer(max_words=8)
+    first = tokenizer("a dog runs")
+    first[1] = -1  # a caller changing its copy in place (e.g. word masking) changes nothing else
+    again = tokenizer("a dog runs")
+    assert again.tolist() == [SOT, *tokenizer.bpe.encode("a dog runs"), EOT, 0, 0, 0]
+
+
 def test_clip4clip_sampler_one_frame_per_second():
     sampler = create_sampler("clip4clip", max_frames=12)
     assert sampler(num_frames=30, fps=3.0) == list(range(0, 30, 3))  # 10 s at 3 fps -> 10 frames

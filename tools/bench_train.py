@@ -17,6 +17,11 @@ warm-up steps, Lightning's start-up and the checkpoint written at the end of the
 (checkpoints every ``train.checkpoint_every_n_steps`` steps, when set, are inside). The table gives the
 median step: other processes sharing a CPU stall single steps now and then.
 
+Where the difference goes: both sides also stamp the same points inside every step (batch start, before
+and after backward, before the optimiser step, step end), and a second table gives each segment's median
+on both sides, so tvr's extra milliseconds are attributed to the Lightning loop, tvr's training_step
+bookkeeping (logging, the finite-loss check), or the clipping/guard/optimiser segment.
+
 Evaluation: tvr's ``trainer.test`` (encode every video and text, ``tiled_similarity`` through the head,
 ``evaluate_scores``), timed from the test epoch's start to the end of the metrics, against a plain
 ``torch.no_grad`` loop calling the same encoders, ``tiled_similarity`` and ``retrieval_metrics`` on the
@@ -82,21 +87,71 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+# The points both sides stamp inside a training step, in order; a segment runs from one to the next (the
+# first from the previous step's end). Host clock only: on a GPU the queue makes the inner segments
+# approximate, while the step total is synchronised at its edges.
+MARKS = ("batch_start", "before_backward", "after_backward", "before_optimizer_step", "step_end")
+SEGMENTS = {
+    "batch_start": "fetch the batch (tvr: and the loop's bookkeeping, the LR schedule)",
+    "before_backward": "forward + loss (tvr: training_step with logging and the finite check, zero_grad)",
+    "after_backward": "backward",
+    "before_optimizer_step": "after backward until the optimiser step (tvr: Lightning's closure bookkeeping)",
+    "step_end": "clip + optimiser step + logit-scale clamp (tvr: + non-finite guard, hooks; plain: + LR step)",
+}
+
+
+class StepMarks:
+    """Per-step time stamps at :data:`MARKS`."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        if name == MARKS[0]:
+            self.steps.append({})
+        self.steps[-1][name] = time.perf_counter() if at is None else at
+
+    def segments(self, warmup: int) -> dict[str, list[float]]:
+        """Each segment's durations over the timed steps (those after ``warmup``)."""
+        out: dict[str, list[float]] = {name: [] for name in MARKS}
+        for previous, step in zip(self.steps[warmup - 1 :], self.steps[warmup:]):
+            start = previous["step_end"]
+            for name in MARKS:
+                out[name].append(step[name] - start)
+                start = step[name]
+        return out
+
+
 class Stopwatch(pl.Callback):
     """Time marks inside the Trainer: at the end of every training step (before the module's own
-    on_train_batch_end, which the next interval then includes), and around each test epoch (from its
-    start to ``on_test_end``, which follows the metrics of ``on_test_epoch_end``)."""
+    on_train_batch_end, which the next interval then includes), at the :data:`MARKS` inside it, and
+    around each test epoch (from its start to ``on_test_end``, which follows the metrics of
+    ``on_test_epoch_end``)."""
 
     def __init__(self, device: torch.device, warmup: int, total: int) -> None:
         self.device, self.synced_steps = device, {warmup - 1, total - 1}
         self.step_ends: list[float] = []
+        self.marks = StepMarks()
         self.losses: list[torch.Tensor] = []
         self.test_times: list[float] = []
         self.test_started = 0.0
 
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.marks.mark("batch_start")
+
+    def on_before_backward(self, trainer, module, loss) -> None:
+        self.marks.mark("before_backward")
+
+    def on_after_backward(self, trainer, module) -> None:
+        self.marks.mark("after_backward")
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.marks.mark("before_optimizer_step")
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.losses.append(outputs["loss"].detach())
         self.step_ends.append(clock(self.device) if batch_idx in self.synced_steps else time.perf_counter())
+        self.marks.mark("step_end", self.step_ends[-1])
 
     def on_test_epoch_start(self, trainer, module) -> None:
         self.test_started = clock(self.device)
@@ -123,14 +178,18 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def plain_fit(model, loader: DataLoader, optimizer, scheduler, clip: float | None, autocast, device, warmup: int):
     params = [param for group in optimizer.param_groups for param in group["params"]]
-    step_ends, losses = [], []
+    step_ends, losses, marks = [], [], StepMarks()
     model.train()
     for index, batch in enumerate(loader):
         batch = to_device(batch, device)
+        marks.mark("batch_start")
         with autocast():
             loss = training_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
+        marks.mark("before_backward")
         loss.backward()
+        marks.mark("after_backward")
+        marks.mark("before_optimizer_step")
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
@@ -139,7 +198,8 @@ def plain_fit(model, loader: DataLoader, optimizer, scheduler, clip: float | Non
             model.backbone.logit_scale.clamp_(max=model.max_log_logit_scale)
         losses.append(loss.detach())
         step_ends.append(clock(device) if index in (warmup - 1, len(loader) - 1) else time.perf_counter())
-    return step_ends, losses
+        marks.mark("step_end", step_ends[-1])
+    return step_ends, losses, marks
 
 
 def plain_evaluate(
@@ -271,7 +331,7 @@ def run(args, scratch: Path) -> dict:
     plain.trainer = None
     flops = step_flops(plain, to_device(train_batches[0], device), autocast)
     torch.manual_seed(cfg.seed)
-    plain_ends, plain_losses = plain_fit(
+    plain_ends, plain_losses, plain_marks = plain_fit(
         plain,
         in_memory_loader(train_batches, total),
         optimisers["optimizer"],
@@ -308,6 +368,10 @@ def run(args, scratch: Path) -> dict:
     ]
     eval_rows = [row("tvr", stopwatch.test_times[1:], num_videos), row("plain", plain_eval_times[1:], num_videos)]
     tvr_metrics = module.eval_results["test"]
+    segments = {
+        side: {name: statistics.median(times) for name, times in marks.segments(args.warmup_steps).items()}
+        for side, marks in (("tvr", stopwatch.marks), ("plain", plain_marks))
+    }
     return {
         "config": {
             "head": cfg.head.name,
@@ -329,6 +393,7 @@ def run(args, scratch: Path) -> dict:
             "plain": {**train_rows[1], "losses": [loss.item() for loss in plain_losses]},
             "ratio": train_rows[0]["s_per_step"] / train_rows[1]["s_per_step"],
             "max_weight_diff": weight_diff,
+            "segments_s": segments,
         },
         "eval": {
             "tvr": {**eval_rows[0], "t2v": tvr_metrics["t2v"], "v2t": tvr_metrics["v2t"]},
@@ -371,6 +436,12 @@ def report(results: dict) -> None:
         f"eval: tvr slower by {(evaluation['ratio'] - 1) * 100:.1f} %. A step is one whole pass over "
         f"{c['eval_texts']} texts x {c['eval_videos']} videos (encode, tiled_similarity, metrics); clips/s counts videos."
     )
+    segments = train["segments_s"]
+    print("\nwhere a training step's time goes (median per segment, ms; the medians need not add up to the step's):")
+    print("| segment | plain | tvr | tvr - plain |\n|---|---|---|---|")
+    for name, what in SEGMENTS.items():
+        plain_ms, tvr_ms = segments["plain"][name] * 1e3, segments["tvr"][name] * 1e3
+        print(f"| {what} | {plain_ms:.2f} | {tvr_ms:.2f} | {tvr_ms - plain_ms:+.2f} |")
     same_loss = math.isclose(train["tvr"]["losses"][0], train["plain"]["losses"][0], rel_tol=1e-6)
     same_metrics = all(evaluation["tvr"][d] == evaluation["plain"][d] for d in ("t2v", "v2t"))
     print(

@@ -16,6 +16,9 @@ class CaptionTokenizer:
             raise ValueError("max_words must leave room for SOT, one token and EOT")
         self.max_words = max_words
         self._bpe = None
+        # caption -> padded ids: a training epoch tokenises every caption again, and BPE with ftfy costs
+        # about as much as reading the clip's frames from the frame cache
+        self._ids: dict[str, torch.Tensor] = {}
 
     @property
     def bpe(self):
@@ -26,7 +29,7 @@ class CaptionTokenizer:
         return self._bpe
 
     def __getstate__(self) -> dict:
-        return {"max_words": self.max_words, "_bpe": None}
+        return {"max_words": self.max_words, "_bpe": None, "_ids": {}}
 
     def encode(self, caption: str) -> list[int]:
         bpe = self.bpe
@@ -34,7 +37,11 @@ class CaptionTokenizer:
         return [bpe.sot_token_id, *content, bpe.eot_token_id]
 
     def __call__(self, caption: str) -> torch.Tensor:
-        ids = self.encode(caption)
-        out = torch.zeros(self.max_words, dtype=torch.long)
-        out[: len(ids)] = torch.tensor(ids)
-        return out
+        """Padded ids ``[max_words]``: a new tensor each call, so a caller may change it in place."""
+        padded = self._ids.get(caption)
+        if padded is None:
+            ids = self.encode(caption)
+            padded = torch.zeros(self.max_words, dtype=torch.long)
+            padded[: len(ids)] = torch.tensor(ids)
+            self._ids[caption] = padded
+        return padded.clone()
