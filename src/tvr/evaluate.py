@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from tvr.atomic import write_json
-from tvr.builders import build_datamodule, build_trainer
+from tvr.builders import bank_needs, build_datamodule, build_trainer
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, upgrade_saved_config, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
@@ -142,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     check_same_head(cfg, saved)
     reranker = configured_reranker(to_plain(cfg.evaluation))
-    needs_bank = reranker is not None and reranker.query_bank() is not None
+    needs_bank = bool(bank_needs(reranker))
     data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
     changed = {}
     for section in ("data", "backbone", "head") if checkpoint is not None else ():

@@ -282,7 +282,11 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     if shape:
         refuse_image_size(checker, data, shape)  # before the options check, whose generic line it replaces
     checker.options(
-        data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank", "preprocessing")
+        data,
+        data.values,
+        RetrievalDataModule,
+        "the data module",
+        set_by_tvr=("query_bank", "video_bank", "preprocessing"),
     )
     source = data.child("source")
     root = source.get("root")
