@@ -138,8 +138,13 @@ class RetrievalHead(nn.Module):
         """Hook for heads initialised from CLIP weights (e.g. seqTransf copies text-transformer blocks)."""
 
     def check_fits(self, vision: VisionGeometry) -> None:
-        """Raise ``ValueError`` saying why if this head's options do not fit the backbone's ViT (UCoFiA's top-k
-        of the patch grid); start-up validation calls it, before any data work."""
+        """Raise :class:`~tvr.errors.ConfigError` naming the head option if this head's options do not fit the
+        backbone's ViT (UCoFiA's top-k of the patch grid); start-up validation calls it, before any data work."""
+
+    @property
+    def has_levels(self) -> bool:
+        """Whether this head scores at several levels (:meth:`level_similarity`), which level-aware re-rankers read."""
+        return type(self).level_similarity is not RetrievalHead.level_similarity
 
     def clip_lengths(self) -> dict[str, int]:
         """``{"max_words": n, "max_frames": n}`` where the head's parameters are built for captions or clips

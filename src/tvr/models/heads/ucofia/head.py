@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tvr.errors import ConfigError
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads.base import FINAL_LEVEL, Repr, RetrievalHead, ScoreLevels, masked_mean_of_unit_frames
 from tvr.models.heads.registry import register_head
@@ -132,7 +133,11 @@ class UCoFiAHead(RetrievalHead):
     def check_fits(self, vision: VisionGeometry) -> None:
         patches = vision.tokens_per_frame - 1
         if self.topk > patches:
-            raise ValueError(f"topk {self.topk} exceeds the {patches} patch tokens per frame of the backbone's ViT")
+            raise ConfigError(
+                "head.topk",
+                f"is {self.topk}, more than the {patches} patch tokens per frame of the backbone's ViT",
+                f"select at most {patches} patches per frame",
+            )
 
     def clip_lengths(self) -> dict[str, int]:
         return {"max_words": self.max_words, "max_frames": self.max_frames}
