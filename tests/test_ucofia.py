@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SMALL_OVERRIDES, compose_train
+from conftest import SMALL_OVERRIDES, compose_train, recorded_scores
 from tvr.config_checker import InvalidConfigError
 from tvr.errors import ConfigError
+from tvr.evaluate import evaluate
 from tvr.evaluation.engine import EvalCollector, evaluate_encoded
 from tvr.evaluation.options import encodes_every_level
 from tvr.models.backbone import FrameFeatures, TextFeatures
@@ -208,14 +209,39 @@ def test_ucofia_and_sknorm_pass_start_up_on_the_built_in_set(tmp_path):
     validate_train_config(compose(tmp_path, "evaluation.rerank=sknorm"))
 
 
-# ---------------------------------------------------------------------- a short run
-def test_a_short_run_trains_and_reports_sknorm_rows_labelled(tmp_path, data_dir):
-    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.max_epochs=1"]
-    overrides = [*SMALL_OVERRIDES, *quiet, "head=ucofia", "head.topk_samples=16", "evaluation.rerank=sknorm"]
-    results = train(compose_train(overrides, data_dir, tmp_path / "run"))
+# ---------------------------------------------------------------------- a short run, and tvr-eval over seeds
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="module")
+def ucofia_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("ucofia_run")
+    overrides = [*SMALL_OVERRIDES, *QUIET, "trainer.max_epochs=1", "head=ucofia", "head.topk_samples=16"]
+    return run_dir, train(compose_train([*overrides, "evaluation.rerank=sknorm"], data_dir, run_dir))
+
+
+def test_a_short_run_trains_and_reports_sknorm_rows_labelled(ucofia_run):
+    run_dir, results = ucofia_run
     assert results["measured"]["rerank"] == "sknorm"
     reranked = results["reranked"]
     assert reranked["method"] == "sknorm" and isinstance(reranked["t2v"], dict) and isinstance(reranked["v2t"], dict)
-    train_captions = SMALL_OVERRIDES[0]  # data.source.num_train=...: one caption per training video
-    assert reranked["bank_size"] == round(int(train_captions.split("=")[1]) * reranked["bank_fraction"])
-    assert "transductive" in (tmp_path / "run" / "results.md").read_text()
+    assert "transductive" in (run_dir / "results.md").read_text()
+
+
+@pytest.mark.parametrize("noise", ["per_batch", "per_item_seeded"])
+def test_tvr_eval_over_seeds_reports_mean_and_std_and_each_seed_is_reproducible(ucofia_run, data_dir, tmp_path, noise):
+    run_dir, _ = ucofia_run
+    overrides = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"head.topk_noise={noise}", *QUIET]
+    with recorded_scores() as calls:
+        evaluated = evaluate(
+            compose_train([*overrides, "evaluation.seeds=[5,6,5]"], data_dir, tmp_path / "eval", config_name="eval")
+        )
+    scores = [matrix for matrix, _ in calls]
+    assert len(scores) == 3
+    torch.testing.assert_close(scores[2], scores[0], rtol=0, atol=0)  # seed 5 twice: the same draws
+    assert not torch.equal(scores[1], scores[0])  # seed 6: other draws
+    spread = evaluated["over_seeds"]
+    assert spread["seeds"] == [5, 6, 5] and len(spread["per_seed"]) == 3
+    r1 = [run["t2v"]["R1"] for run in spread["per_seed"]]
+    assert spread["t2v"]["R1"]["mean"] == pytest.approx(sum(r1) / 3)
+    assert "| test (mean ± std, evaluation seeds 5, 6, 5) | t2v |" in (tmp_path / "eval" / "results.md").read_text()

@@ -39,6 +39,11 @@ class EvaluationOptions:
         help="seeds the random draws a head makes while encoding at evaluation (UCoFiA's patch selection), "
         "per item, so batching, processes and caching do not change them",
     )
+    seeds: list[int] | None = option(
+        None,
+        help="tvr-eval: evaluate once per seed (each replacing evaluation.seed) and report the mean and standard "
+        "deviation over them, for heads whose evaluation draws (UCoFiA); null: one evaluation with evaluation.seed",
+    )
 
     @property
     def tiles(self) -> dict:

@@ -75,6 +75,36 @@ def evaluate_scores(
     return result
 
 
+def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """Mean and sample standard deviation of every metric over evaluations that differ only in the evaluation
+    seed (``{"seeds", "t2v": {metric: {"mean", "std"}}, "v2t": ..., "reranked": {...}}``), and each run's rows."""
+
+    def spread(blocks: list[dict]) -> dict:
+        return {
+            key: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+            for key, _ in METRIC_COLUMNS
+            for values in [[block[key] for block in blocks]]
+        }
+
+    summary = {
+        "seeds": list(seeds),
+        **{direction: spread([run[direction] for run in runs]) for direction in DIRECTIONS},
+    }
+    if "reranked" in runs[0]:
+        summary["reranked"] = {
+            direction: spread([run["reranked"][direction] for run in runs])
+            for direction in DIRECTIONS
+            if isinstance(runs[0]["reranked"][direction], dict)
+        }
+    summary["per_seed"] = [{direction: run[direction] for direction in DIRECTIONS} for run in runs]
+    return summary
+
+
+def _spread_row(label: str, direction: str, values: dict) -> str:
+    cells = [f"{values[key]['mean']:.1f} ± {values[key]['std']:.1f}" for key, _ in METRIC_COLUMNS]
+    return f"| {label} | {direction} | " + " | ".join(cells) + " |"
+
+
 def _row(label: str, direction: str, values: dict) -> str:
     cells = [f"{values[key]:.1f}" for key, _ in METRIC_COLUMNS]
     return f"| {label} | {direction} | " + " | ".join(cells) + " |"
@@ -153,6 +183,13 @@ def markdown_table(results: dict[str, dict], facts: dict | None = None, measured
             for direction in ("t2v", "v2t"):
                 if isinstance(reranked[direction], dict):
                     lines.append(_row(label, direction, reranked[direction]))
+        seeds = metrics.get("over_seeds")
+        if seeds:  # rows above: the first seed's; these: mean ± std over every seed
+            label = f"{split} (mean ± std, evaluation seeds {', '.join(map(str, seeds['seeds']))})"
+            for direction in ("t2v", "v2t"):
+                lines.append(_spread_row(label, direction, seeds[direction]))
+            for direction, values in seeds.get("reranked", {}).items():
+                lines.append(_spread_row(f"{label} ({reranked['method'].upper()} re-ranked)", direction, values))
     return "\n".join(lines) + "\n"
 
 
