@@ -17,6 +17,8 @@ from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.draws import EvaluationDraws
 from tvr.models.heads import create_head
 from tvr.models.retriever import Retriever
+from tvr.search.two_stage import exhaustive_search, two_stage_search
+from tvr.search.vector_index import VectorIndex
 from tvr.train import train
 from tvr.validation import validate_train_config
 
@@ -245,3 +247,23 @@ def test_tvr_eval_over_seeds_reports_mean_and_std_and_each_seed_is_reproducible(
     r1 = [run["t2v"]["R1"] for run in spread["per_seed"]]
     assert spread["t2v"]["R1"]["mean"] == pytest.approx(sum(r1) / 3)
     assert "| test (mean ± std, evaluation seeds 5, 6, 5) | t2v |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------- search
+@torch.no_grad()
+def test_two_stage_search_proposes_by_the_video_sentence_level_and_reranks_by_the_mean():
+    retriever = tiny_retriever("ucofia", **{**TINY_OPTIONS, "topk_samples": 8, "topk_noise": "none"})
+    generator = torch.Generator().manual_seed(1)
+    frames, mask = torch.randn(12, F, 3, 32, 32, generator=generator), torch.ones(12, F, dtype=torch.bool)
+    tokens = torch.randint(1, 400, (5, L), generator=generator)
+    tokens[:, 0], tokens[:, -1] = 49406, 49407
+    video_repr, video_summary = retriever.encode_videos_with_summary(frames, mask)
+    text_repr, text_summary = retriever.encode_texts_with_summary(tokens)
+    levels = retriever.head.level_similarity(text_repr, video_repr)
+    index = VectorIndex.build(video_summary)
+    _, proposed = index.search(text_summary, 4)
+    assert torch.equal(proposed, levels["video_sentence"].topk(4, dim=1).indices)  # stage one: that level's ranking
+    scores, ids = two_stage_search(retriever.head, text_repr, text_summary, index, video_repr, rerank_k=12, top_k=3)
+    reference = exhaustive_search(retriever.head, text_repr, video_repr, top_k=3)
+    assert torch.equal(ids, reference[1])
+    torch.testing.assert_close(scores, reference[0])

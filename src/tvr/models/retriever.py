@@ -104,17 +104,26 @@ class Retriever(nn.Module):
         :meth:`summary_is_exact`): the head's own text embedding, or CLIP's sentence embedding."""
         features = self.text_features(tokens)
         rep = self.head.encode_text(features)
-        summary = self.head.text_embedding(rep) if self.summary_is_exact else F.normalize(features.sentence, dim=-1)
+        summary = (
+            self.head.text_embedding(rep) if self.summary_is_head_level else F.normalize(features.sentence, dim=-1)
+        )
         return rep, summary
 
     def encode_videos_with_summary(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[Repr, torch.Tensor]:
-        """The representation and a ``[N, D]`` unit vector for a first-stage vector search: the head's own
-        video embedding, or, for a text-conditioned head, CLIP's mean-pooled frames (CLIP4Clip's meanP)."""
+        """The representation and a ``[N, D]`` vector for a first-stage vector search: the head's own video
+        embedding (of its indexable level, for a text-conditioned head that has one), or, for other
+        text-conditioned heads, CLIP's mean-pooled unit frames (CLIP4Clip's meanP)."""
         features = self.frame_features(frames, frame_mask)
         rep = self.head.encode_video(features)
-        if self.summary_is_exact:
+        if self.summary_is_head_level:
             return rep, self.head.video_embedding(rep)
         return rep, masked_mean_of_unit_frames(features.frames, features.mask)
+
+    @property
+    def summary_is_head_level(self) -> bool:
+        """True when the summaries are the head's own vectors: its scores (:attr:`summary_is_exact`) or one of
+        its levels (``head.indexable_level``, whose ranking the first stage of a two-stage search then follows)."""
+        return self.summary_is_exact or self.head.indexable_level is not None
 
     @property
     def summary_is_exact(self) -> bool:

@@ -113,6 +113,10 @@ class RetrievalHead(nn.Module):
     #: True when ``similarity`` is a plain dot product of per-item vectors, so galleries can be indexed
     #: (e.g. with faiss) without the head; text-conditioned heads set it False.
     query_independent: bool = True
+    #: For a text-conditioned head: a score level that is a dot product of per-item vectors
+    #: (:meth:`text_embedding` . :meth:`video_embedding`, e.g. UCoFiA's video-sentence level), which the first
+    #: stage of a two-stage search indexes instead of CLIP's mean-pooled frames; None: it has none.
+    indexable_level: str | None = None
     uses_logit_scale: bool = True
     #: The feature fields this head reads (of :class:`FrameFeatures` and :class:`TextFeatures`): its towers
     #: must give them (:attr:`Tower.outputs`), which start-up validation and :meth:`attach_towers` check.
@@ -267,7 +271,7 @@ class RetrievalHead(nn.Module):
         return video_repr["video"]
 
     def _require_query_independent(self, what: str) -> None:
-        if not self.query_independent:
+        if not (self.query_independent or self.indexable_level):
             raise ValueError(
                 f"head '{self.name}' is text-conditioned: its video representation depends on the query text, so it "
                 f"has no fixed {what} for a vector index; search it in two stages (tvr.search.two_stage) or score it with "

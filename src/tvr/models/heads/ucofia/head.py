@@ -68,6 +68,7 @@ TOPK_NOISE = ("per_batch", "per_item_seeded", "none")
 @register_head("ucofia")
 class UCoFiAHead(RetrievalHead):
     query_independent = False
+    indexable_level = "video_sentence"  # (c W_g1) . (v W_g2): two-stage search proposes candidates by it
     uses_logit_scale = False  # s scales S1 and S2 only, inside the head
     reads = {"video": frozenset({"frames", "mask", "patches"}), "text": frozenset({"sentence", "tokens", "mask"})}
     trained_levels = (FINAL_LEVEL,)  # symmetric cross-entropy on the mean of the levels (spec §3.6)
@@ -227,14 +228,6 @@ class UCoFiAHead(RetrievalHead):
     def pair_bytes(self) -> int:
         words, tokens = self.max_words, self.max_frames * (1 + self.topk)
         return 4 * 3 * words * tokens  # A [L, P] and the two ISA softmaxes over it, fp32
-
-    # ------------------------------------------------------------------ search
-    def text_embedding(self, text_repr: Repr) -> torch.Tensor:
-        """``c W_g1``: the video-sentence level is a dot product, so a vector index can propose candidates."""
-        return text_repr["text"]
-
-    def video_embedding(self, video_repr: Repr) -> torch.Tensor:
-        return video_repr["video"]
 
     # ------------------------------------------------------------------ checkpoints
     def get_extra_state(self) -> dict:
