@@ -17,13 +17,15 @@ def isa(scores: torch.Tensor, weight: torch.Tensor, dim: int, tau: float, mask: 
     """ISA of ``scores`` along ``dim`` (``weight`` square, of that axis's size); ``mask`` (bool,
     broadcastable to ``scores``) True on the positions that take part."""
     values = scores.movedim(dim, -1)
-    keep = None if mask is None else mask.expand_as(scores).movedim(dim, -1)
+    if mask is None:
+        return (values * ((values / tau).softmax(dim=-1) @ weight / tau).softmax(dim=-1)).sum(dim=-1)
+    keep = mask.expand_as(scores).movedim(dim, -1)
+    lowest = torch.finfo(values.dtype).min  # finite: a fully masked row gets weights 0 and scores 0, not NaN
 
     def softmax(logits: torch.Tensor) -> torch.Tensor:
-        return (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+        return logits.masked_fill(~keep, lowest).softmax(dim=-1) * keep
 
-    importance = softmax((softmax(values / tau) @ weight) / tau)
-    return (values * importance).sum(dim=-1)
+    return (values * softmax(softmax(values / tau) @ weight / tau)).sum(dim=-1)
 
 
 @dataclass
