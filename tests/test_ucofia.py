@@ -267,3 +267,14 @@ def test_two_stage_search_proposes_by_the_video_sentence_level_and_reranks_by_th
     reference = exhaustive_search(retriever.head, text_repr, video_repr, top_k=3)
     assert torch.equal(ids, reference[1])
     torch.testing.assert_close(scores, reference[0])
+
+
+@pytest.mark.parametrize("samples", [3, 8])
+def test_indicators_average_the_samples_one_hots(samples):
+    """Each indicator row is a distribution over the patches in multiples of 1/n_s, and each sample picks k."""
+    head, video = ucofia(topk_samples=samples), videos()
+    noise = torch.randn(head.selector.noise_shape(5, F, PATCHES), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        indicators = head.selector.indicators(head.selector.scores(video.frames, video.patches), noise)
+    torch.testing.assert_close(indicators.sum(dim=-1), torch.ones(5 * F, head.topk))
+    torch.testing.assert_close(indicators * samples, (indicators * samples).round())
