@@ -193,6 +193,8 @@ def bank_rows(split: SplitRecords, size: int | None = None, fraction: float = 1.
     """Evenly spaced caption rows of ``split``: its ``fraction`` of them, at most ``size``; deterministic and
     spanning the whole split."""
     count = len(split.texts)
+    if count == 0:
+        return []
     keep = max(1, round(count * fraction))
     if size:
         keep = min(keep, size)
