@@ -1,5 +1,6 @@
 """Contract every registered head must honour, parametrised over the registry."""
 
+import dataclasses
 import re
 
 import pytest
@@ -27,6 +28,18 @@ HEAD_OPTIONS = {
         "decoder_ffn": 32,
     },
     "hbi": {"temporal_layers": 1, "temporal_heads": 2, "init_from_clip": False, "merge_heads": 2, "banzhaf_planes": 8},
+    # max_words / max_frames: its ISA matrices are sized by them; the deterministic top-k at evaluation, so
+    # that scores are a function of the inputs (its seeded draws are tested in test_ucofia.py)
+    "ucofia": {
+        "max_words": L,
+        "max_frames": T,
+        "temporal_layers": 1,
+        "temporal_heads": 2,
+        "init_from_clip": False,
+        "topk": 2,
+        "topk_samples": 8,
+        "topk_noise": "none",
+    },
     "hbi_estimator": {
         "temporal_layers": 1,
         "temporal_heads": 2,
@@ -45,13 +58,17 @@ ZERO_BY_CONSTRUCTION = (
 # HBI's estimator stage learns from detached similarity maps of frozen features: no gradient reaches them.
 FROZEN_FEATURES = {"hbi_estimator"}
 # GLSCL reproduces its reference, whose decoder attends to padded frames (its GIM softmax sees them too,
-# but only rescales the pooled vector, which the cosine undoes).
-PADDING_SENSITIVE = {"glscl"}
+# but only rescales the pooled vector, which the cosine undoes); so does UCoFiA (spec Q5, mask_padding=false).
+PADDING_SENSITIVE = {"glscl", "ucofia"}
+PATCHES = 4  # per frame, for heads that read patch tokens
 
 
 def make_head(name: str):
     torch.manual_seed(0)
-    return create_head(name, embed_dim=D, **HEAD_OPTIONS.get(name, {}))
+    head = create_head(name, embed_dim=D, **HEAD_OPTIONS.get(name, {}))
+    if hasattr(head, "bind_logit_scale"):  # a head scoring with CLIP's logit scale (UCoFiA): a Retriever binds it
+        head.bind_logit_scale(torch.nn.Parameter(torch.tensor(2.0)))
+    return head
 
 
 def make_inputs(num_texts: int = 5, num_videos: int = 4, seed: int = 1):
@@ -65,7 +82,8 @@ def make_inputs(num_texts: int = 5, num_videos: int = 4, seed: int = 1):
     mask[1, 4:] = False
     mask[3, 2:] = False
     frames = torch.randn(num_videos, T, D, generator=generator) * mask[..., None]
-    return text, FrameFeatures(frames, mask)
+    patches = torch.randn(num_videos, T, PATCHES, D, generator=generator) * mask[..., None, None]
+    return text, FrameFeatures(frames, mask, patches=patches)
 
 
 def score(head, text, video):
@@ -90,9 +108,7 @@ def test_shapes_and_gradients(head):
     for tensor in (text.sentence, text.tokens, video.frames):
         tensor.requires_grad_(True)
     out = head.similarity(head_text := head.encode_text(text), head_video := head.encode_video(video))
-    levels = (
-        {name: out.levels[name] for name in head.trained_levels} if isinstance(out, ScoreLevels) else {"final": out}
-    )
+    levels = out.trained(head.trained_levels) if isinstance(out, ScoreLevels) else {"final": out}
     final = out.final if isinstance(out, ScoreLevels) else out
     assert final.shape == (4, 4) and torch.isfinite(final).all()
     loss = create_loss("infonce")
@@ -116,7 +132,7 @@ def test_padded_frames_are_ignored(head):
     text, video = make_inputs()
     noisy = video.frames.clone()
     noisy[~video.mask] = 100.0 * torch.randn(int((~video.mask).sum()), D)
-    clean, perturbed = score(head, text, video), score(head, text, FrameFeatures(noisy, video.mask))
+    clean, perturbed = score(head, text, video), score(head, text, dataclasses.replace(video, frames=noisy))
     if head.name in PADDING_SENSITIVE:
         assert not torch.allclose(clean, perturbed)  # reference behaviour, documented on the head
         assert torch.equal(clean[:, [0, 2]], perturbed[:, [0, 2]])  # unpadded videos are untouched
@@ -135,7 +151,7 @@ def test_fully_padded_video_scores_finite(head):
 def test_video_permutation_permutes_columns(head):
     text, video = make_inputs()
     perm = torch.tensor([2, 0, 3, 1])
-    permuted = FrameFeatures(video.frames[perm], video.mask[perm])
+    permuted = FrameFeatures(video.frames[perm], video.mask[perm], patches=video.patches[perm])
     torch.testing.assert_close(score(head, text, permuted), score(head, text, video)[:, perm])
 
 

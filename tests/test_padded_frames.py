@@ -109,6 +109,9 @@ PADDED_FEATURE_DEPENDENCE = [
     # HBI ranks on the entity level, which masks padded frames out of the WTI weights and the word x frame map
     ("hbi", {}, set()),
     ("hbi_estimator", {}, set()),
+    # UCoFiA reproduces its reference (spec Q5): the sentence-frame and patch-word levels read every frame slot
+    ("ucofia", {"max_frames": NUM_FRAMES, "max_words": 12}, {1, 2, 3}),
+    ("ucofia", {"max_frames": NUM_FRAMES, "max_words": 12, "mask_padding": True}, set()),
 ]
 
 
@@ -121,15 +124,24 @@ def test_which_videos_depend_on_padded_frame_features(name, options, dependent_v
     frames, mask = padded_clips(lengths=(6, 4, 1, 0))
     tokens = captions(5)
     torch.manual_seed(0)
-    head = create_head(name, embed_dim=64, **HEAD_OPTIONS.get(name, {}), **options).eval()
+    head = create_head(name, embed_dim=64, **{**HEAD_OPTIONS.get(name, {}), **options}).eval()
+    if hasattr(head, "bind_logit_scale"):
+        head.bind_logit_scale(torch.nn.Parameter(torch.tensor(2.0)))
     with torch.no_grad():
-        features = {mode: tiny_backbone(mode).encode_frames(frames, mask) for mode in ("zeros", "encoded_blank")}
+        features = {
+            mode: tiny_backbone(mode).encode_frames(frames, mask, with_patches=head.reads_tokens)
+            for mode in ("zeros", "encoded_blank")
+        }
         noise = features["zeros"].frames.clone()
         noise[~mask] = 10 * torch.randn(int((~mask).sum()), noise.shape[-1], generator=torch.Generator().manual_seed(2))
         text = tiny_backbone("zeros").encode_text(tokens)
         scores = [
-            head.similarity(head.encode_text(text), head.encode_video(FrameFeatures(video, mask)))
-            for video in (features["zeros"].frames, features["encoded_blank"].frames, noise)
+            head.similarity(head.encode_text(text), head.encode_video(FrameFeatures(video, mask, patches=patches)))
+            for video, patches in (
+                (features["zeros"].frames, features["zeros"].patches),
+                (features["encoded_blank"].frames, features["encoded_blank"].patches),
+                (noise, features["zeros"].patches),
+            )
         ]
     changed = set()
     for other in scores[1:]:
@@ -139,6 +151,7 @@ def test_which_videos_depend_on_padded_frame_features(name, options, dependent_v
             if not torch.allclose(scores[0][:, video], other[:, video], atol=1e-6, rtol=0)
         }
     assert changed == dependent_videos
+    assert all(torch.isfinite(matrix).all() for matrix in scores)  # a video with no real frame too
 
 
 def test_glscl_global_pooling_divides_by_the_exact_norm():

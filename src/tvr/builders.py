@@ -30,10 +30,17 @@ def build_datamodule(
     of the run's backbone config before the model is built)."""
     data = to_plain(data_cfg)
     reranker = configured_reranker(to_plain(evaluation_cfg))
-    bank = reranker.query_bank() if reranker is not None else None
-    if bank is not None:  # the other captions a re-ranker reads (QB-Norm's query bank)
-        data["query_bank"] = {"split": bank.split, "size": bank.size}
+    for key, bank in bank_needs(reranker).items():  # the other captions / videos a re-ranker reads
+        data[key] = {"split": bank.split, "size": bank.size, "fraction": bank.fraction}
     return RetrievalDataModule(**data, preprocessing=preprocessing)
+
+
+def bank_needs(reranker) -> dict:
+    """``{"query_bank": need, "video_bank": need}``: the banks the configured re-ranker declares (none: {})."""
+    if reranker is None:
+        return {}
+    needs = {"query_bank": reranker.query_bank(), "video_bank": reranker.video_bank()}
+    return {key: need for key, need in needs.items() if need is not None}
 
 
 def backbone_preprocessing(backbone_cfg: DictConfig | dict) -> Preprocessing:

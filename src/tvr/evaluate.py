@@ -20,13 +20,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from tvr.atomic import write_json
-from tvr.builders import build_datamodule, build_trainer
+from tvr.builders import bank_needs, build_datamodule, build_trainer
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.config import config_dir, to_plain, upgrade_saved_config, with_checkpoint_config
 from tvr.errors import ConfigError, exit_on_user_error
 from tvr.evaluation.lightning import EvaluationModule
-from tvr.evaluation.options import configured_reranker
-from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block
+from tvr.evaluation.options import configured_reranker, evaluation_options
+from tvr.evaluation.report import decode_failure_summary, markdown_table, measured_block, over_seeds
 from tvr.run_folder import refuse_run_dir_inside_data, refuse_run_records
 from tvr.validation import validate_eval_config
 
@@ -142,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     check_same_head(cfg, saved)
     reranker = configured_reranker(to_plain(cfg.evaluation))
-    needs_bank = reranker is not None and reranker.query_bank() is not None
+    needs_bank = bool(bank_needs(reranker))
     data_cfg = evaluation_data_config(to_plain(cfg.data), cfg.split, needs_train_captions=needs_bank)
     changed = {}
     for section in ("data", "backbone", "head") if checkpoint is not None else ():
@@ -158,10 +158,18 @@ def evaluate(cfg: DictConfig) -> dict:
     module = module_from_config(cfg, checkpoint, source=str(cfg.ckpt_path))
     datamodule = build_datamodule(data_cfg, cfg.evaluation, preprocessing=module.backbone.preprocessing)
     trainer = build_trainer(cfg.trainer, run_dir, logger_cfg=None)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    seeds = evaluation_options(module.eval_cfg).seeds
+    runs = []
+    for seed in seeds or [None]:  # one evaluation per evaluation seed (heads whose evaluation draws)
+        if seed is not None:
+            module.eval_cfg = {**module.eval_cfg, "seed": seed}
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        runs.append(module.eval_results["test"])
     if not trainer.is_global_zero:
         return {}
-    results = module.eval_results["test"]
+    results = runs[0]
+    if seeds:
+        results = {**results, "over_seeds": over_seeds(runs, seeds)}
     split_name = datamodule.split_names["test"]
     selected_on, selection = checkpoint_selection(checkpoint, saved)
     facts = {

@@ -75,7 +75,8 @@ class RetrievalModule(EvaluationModule):
         levels = scores.levels if isinstance(scores, ScoreLevels) else {}
         if levels:  # a multi-level head: the configured loss on each level it trains
             contrastive = {
-                f"contrastive_{name}": self.loss(self.scaled(levels[name])) for name in self.head.trained_levels
+                f"contrastive_{name}": self.loss(self.scaled(trained))
+                for name, trained in scores.trained(self.head.trained_levels).items()
             }
             loss = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
         else:

@@ -24,7 +24,7 @@ from lightning_fabric.utilities.seed import max_seed_value, min_seed_value
 from omegaconf import DictConfig
 from open_clip.model import CLIPTextCfg
 
-from tvr.builders import backbone_preprocessing
+from tvr.builders import backbone_preprocessing, bank_needs
 from tvr.config_checker import ConfigChecker, Section
 from tvr.data.datamodule import CACHE_MODES, RetrievalDataModule
 from tvr.data.datasets import DATASETS
@@ -41,6 +41,7 @@ from tvr.models.losses import LOSSES
 from tvr.models.towers import VisionGeometry
 from tvr.models.towers.base import tower_class, tower_names
 from tvr.optim import OptimOptions
+from tvr.options import from_config
 from tvr.train_options import WINDOW_METRIC, TrainOptions, selectable_metrics
 
 # Every value Lightning's Trainer accepts for ``precision`` (its own check flattens the same literals).
@@ -282,7 +283,11 @@ def check_data(checker: ConfigChecker, data: Section, roles: tuple[str, ...], sh
     if shape:
         refuse_image_size(checker, data, shape)  # before the options check, whose generic line it replaces
     checker.options(
-        data, data.values, RetrievalDataModule, "the data module", set_by_tvr=("query_bank", "preprocessing")
+        data,
+        data.values,
+        RetrievalDataModule,
+        "the data module",
+        set_by_tvr=("query_bank", "video_bank", "preprocessing"),
     )
     source = data.child("source")
     root = source.get("root")
@@ -391,7 +396,69 @@ def check_run(
         check_trainer(checker, trainer, training)
     if evaluation:
         check_evaluation(checker, evaluation)
+    if built_head is not None and shape is not None:
+        check_head_fits(checker, head, built_head, shape, data)
+    if evaluation and built_head is not None:
+        check_reranker_needs(checker, evaluation, built_head, data)
     return built_head
+
+
+def check_head_fits(
+    checker: ConfigChecker, head: Section, built: RetrievalHead, shape: ModelShape, data: Section | None
+) -> None:
+    """The head's options fit the backbone's ViT (UCoFiA's top-k of the patch grid), and a head built for
+    captions or clips of a fixed length (:meth:`RetrievalHead.clip_lengths`) gets them from the data."""
+    try:
+        built.check_fits(shape.vision)
+    except UserInputError as error:
+        key = getattr(error, "key", head.path)
+        checker.fail(key, str(error).removeprefix(f"{key}: "))
+    lengths = built.clip_lengths()
+    if data is None or not lengths:
+        return
+    video = data.child("video")
+    given = {"max_words": [data]} | {"max_frames": [video.child(role) for role in ("train_sampler", "eval_sampler")]}
+    for option, length in lengths.items():
+        for section in given[option]:
+            if section.get(option) is not None and section.get(option) != length:
+                checker.fail(
+                    head.key(option),
+                    f"is {length}, but {section.key(option)} is {section.get(option)}; head '{head.get('name')}' "
+                    f"sizes its parameters by it",
+                    f"set {head.key(option)}={section.get(option)} (or the data's to {length})",
+                )
+
+
+def check_reranker_needs(
+    checker: ConfigChecker, evaluation: Section, built: RetrievalHead, data: Section | None
+) -> None:
+    """A level-aware re-ranker (SK-norm) needs a head that scores at several levels, and a re-ranker with a
+    bank needs the split its bank comes from."""
+    name = evaluation.get("rerank")
+    if not isinstance(name, str) or name not in RERANKERS:
+        return  # none, or an unknown name: check_evaluation reports it
+    cls = RERANKERS.get(name)
+    if cls.level_aware and not built.has_levels:
+        checker.fail(
+            evaluation.key("rerank"),
+            f"is '{name}', which normalises each score level of the head, but head '{built.name}' scores at one level",
+            "choose a head with score levels (ucofia, hbi) or another re-ranker",
+        )
+    try:
+        reranker = from_config(cls, evaluation.get(name))
+    except (TypeError, ValueError):
+        return  # its options: check_evaluation reports them
+    if not bank_needs(reranker):
+        return
+    options = evaluation.child(name)
+    bank_split = options.get("bank_split") if "bank_split" in options else None
+    train_split = data.child("splits").get("train") if data is not None else None
+    if bank_split is None and train_split is None:
+        checker.fail(
+            options.key("bank_split") if "bank_split" in options else evaluation.key("rerank"),
+            f"re-ranker '{name}' scores a bank of training items, but no bank split is set and data.splits.train is null",
+            f"pass {options.key('bank_split')}=<split> or set data.splits.train",
+        )
 
 
 def check_pretrained_files(checker: ConfigChecker, head: Section, built: RetrievalHead) -> None:

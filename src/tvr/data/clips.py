@@ -26,7 +26,7 @@ from tvr.data.video import VideoBackend, VideoReadError
 log = logging.getLogger(__name__)
 
 # What an evaluation batch holds (``batch["role"]``): evaluation tells batches apart by it, not by loader order.
-VIDEOS, TEXTS, QUERY_BANK = "videos", "texts", "query_bank"
+VIDEOS, TEXTS, QUERY_BANK, VIDEO_BANK = "videos", "texts", "query_bank", "video_bank"
 
 # Stride used to pick a substitute pair; a large prime so retries spread over the split.
 _SUBSTITUTE_STRIDE = 7919
@@ -189,18 +189,27 @@ class EvalTexts(Dataset):
         }
 
 
+def bank_rows(split: SplitRecords, size: int | None = None, fraction: float = 1.0) -> list[int]:
+    """Evenly spaced caption rows of ``split``: its ``fraction`` of them, at most ``size``; deterministic and
+    spanning the whole split."""
+    count = len(split.texts)
+    if count == 0:
+        return []
+    keep = max(1, round(count * fraction))
+    if size:
+        keep = min(keep, size)
+    step = count / keep
+    return [int(i * step) for i in range(keep)]
+
+
 class QueryBankTexts(Dataset):
-    """Captions of another split (by default train), scored against the gallery for QB-Norm.
+    """Captions of another split (by default train), scored against the gallery for QB-Norm and SK-norm
+    (:func:`bank_rows` keeps ``size`` of them or a ``fraction``)."""
 
-    ``size`` keeps an evenly spaced subset, so the bank is deterministic and spans the whole split.
-    """
-
-    def __init__(self, split: SplitRecords, tokenizer: CaptionTokenizer, size: int | None = None) -> None:
-        texts = split.texts
-        if size and size < len(texts):
-            step = len(texts) / size
-            texts = [texts[int(i * step)] for i in range(size)]
-        self.captions = [text.caption for text in texts]
+    def __init__(
+        self, split: SplitRecords, tokenizer: CaptionTokenizer, size: int | None = None, fraction: float = 1.0
+    ) -> None:
+        self.captions = [split.texts[row].caption for row in bank_rows(split, size, fraction)]
         self.tokenizer = tokenizer
 
     def __len__(self) -> int:
@@ -208,6 +217,27 @@ class QueryBankTexts(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"role": QUERY_BANK, "tokens": self.tokenizer(self.captions[index]), "index": index}
+
+
+class BankVideos(Dataset):
+    """The videos of another split's caption rows (:func:`bank_rows`), scored against the evaluated texts for
+    SK-norm's video-to-text prior: one item per caption row, so a video with several captions appears
+    several times, as in UCoFiA's caption-level bank loader. An unreadable video is an all-padded clip."""
+
+    def __init__(self, split: SplitRecords, reader: ClipReader, size: int | None = None, fraction: float = 1.0) -> None:
+        self.videos = [split.videos[split.text_to_video[row]] for row in bank_rows(split, size, fraction)]
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            frames, mask = self.reader.read(self.videos[index])
+        except VideoReadError as error:
+            log.warning("bank video unreadable, scored as empty: %s", error)
+            frames, mask = self.reader.empty()
+        return {"role": VIDEO_BANK, "frames": frames, "frame_mask": mask, "index": index}
 
 
 def collate(items: list[dict]) -> dict:

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from tvr.data.clips import ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
+from tvr.data.clips import BankVideos, ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
 from tvr.data.datasets import create_dataset
 from tvr.data.datasets.common import json_field, read_id_list, read_json
 from tvr.data.frame_cache import (
@@ -72,6 +72,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         frame_cache: dict | None = None,
         query_bank: dict | None = None,
+        video_bank: dict | None = None,
         shuffle_train: bool = True,
         select_on: str | None = None,
         train_augment: Augmentation = "none",
@@ -103,14 +104,16 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._reported_missing_caches: set[Path] = set()  # Lightning prepares data again for the test stage
         self.shuffle_train = shuffle_train
         self.train_transform = ClipFrameTransform(preprocessing, augment=train_augment)
-        self.query_bank = query_bank  # {"split": ..., "size": ...}: captions QB-Norm normalises against
+        self.query_bank = query_bank  # {"split", "size", "fraction"}: captions a re-ranker normalises against
+        self.video_bank = video_bank  # the same for videos (SK-norm's video-to-text bank)
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by tvr-train's seed_everything
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def prepare_data(self) -> None:
         wanted = [name for name in self.split_names.values() if name]
-        if self.query_bank and self.query_bank.get("split"):
-            wanted.append(self.query_bank["split"])
+        for bank in (self.query_bank, self.video_bank):
+            if bank and bank.get("split"):
+                wanted.append(bank["split"])
         self.dataset.prepare(tuple(dict.fromkeys(wanted)))
         if self.cache_mode == "off" or self.cache_root is None:
             return
@@ -302,18 +305,20 @@ class RetrievalDataModule(pl.LightningDataModule):
             self._loader(EvalTexts(split, self.tokenizer), self.eval_batch_size, shuffle=False),
         ]
         if self.query_bank:
-            loaders.append(
-                self._loader(
-                    QueryBankTexts(self._bank_split(), self.tokenizer, self.query_bank.get("size")),
-                    self.eval_batch_size,
-                    shuffle=False,
-                )
-            )
+            bank = self.query_bank
+            texts = QueryBankTexts(self._bank_split(bank), self.tokenizer, bank.get("size"), bank.get("fraction", 1.0))
+            loaders.append(self._loader(texts, self.eval_batch_size, shuffle=False))
+        if self.video_bank:
+            bank = self.video_bank
+            split = self._bank_split(bank)
+            # decoded with the evaluation sampler: a frame cache of the split was built for its training sampler
+            videos = BankVideos(split, self._reader(self.eval_sampler), bank.get("size"), bank.get("fraction", 1.0))
+            loaders.append(self._loader(videos, self.eval_batch_size, shuffle=False))
         return loaders
 
-    def _bank_split(self) -> SplitRecords:
+    def _bank_split(self, bank: dict) -> SplitRecords:
         if "bank" not in self.records:
-            self.records["bank"] = self._split(self.query_bank.get("split") or self.split_names["train"])
+            self.records["bank"] = self._split(bank.get("split") or self.split_names["train"])
         return self.records["bank"]
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -19,12 +19,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from tvr.data.clips import QUERY_BANK, TEXTS, VIDEOS
+from tvr.data.clips import QUERY_BANK, TEXTS, VIDEO_BANK, VIDEOS
 from tvr.data.records import SplitRecords
 from tvr.distributed import gather_indexed, gather_no_grad, gather_objects, is_distributed
 from tvr.evaluation.checks import check_finite_representations
-from tvr.evaluation.options import configured_reranker, evaluation_options
+from tvr.evaluation.options import configured_reranker, encodes_every_level, evaluation_options
 from tvr.evaluation.report import evaluate_scores
+from tvr.models.draws import EvaluationDraws
 from tvr.models.heads.base import Repr, repr_length, slice_repr
 from tvr.models.similarity import tiled_similarity
 
@@ -40,22 +41,37 @@ class EncodedSplit:
     text_to_video: np.ndarray  # [Nt] column of each text's video
     unreadable: torch.Tensor  # bool [Nv]: videos that could not be decoded (count as misses)
     failed: list[str] = field(default_factory=list)  # their ids, from every rank
-    query_bank: Repr | None = None  # QB-Norm's bank of other captions, when asked for
+    query_bank: Repr | None = None  # a re-ranker's bank of other captions, when asked for
+    video_bank: Repr | None = None  # a re-ranker's bank of other videos, when asked for
 
 
 class EvalCollector:
     """Accumulates one rank's encoded batches; :meth:`gather` joins every rank's share (under DDP each
-    rank sees part of the split, and a DistributedSampler pads with duplicates, dropped by item index)."""
+    rank sees part of the split, and a DistributedSampler pads with duplicates, dropped by item index).
 
-    def __init__(self) -> None:
-        self._parts: dict[str, list] = {VIDEOS: [], "video_labels": [], TEXTS: [], "text_labels": [], QUERY_BANK: []}
+    ``seed`` (``evaluation.seed``) seeds the draws of heads that draw while encoding videos: each batch
+    carries :class:`EvaluationDraws` naming its items, so the draws do not depend on ranks or caching."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._parts: dict[str, list] = {
+            VIDEOS: [],
+            "video_labels": [],
+            TEXTS: [],
+            "text_labels": [],
+            QUERY_BANK: [],
+            VIDEO_BANK: [],
+        }
         self._failed: list[str] = []
+
+    def draws(self, batch: dict, role: str) -> EvaluationDraws:
+        return EvaluationDraws(self.seed, role, tuple(int(index) for index in batch["index"]))
 
     @torch.no_grad()
     def add(self, retriever, batch: dict) -> None:
         role = batch["role"][0]
         if role == VIDEOS:
-            rep = retriever.encode_videos(batch["frames"], batch["frame_mask"])
+            rep = retriever.encode_videos(batch["frames"], batch["frame_mask"], self.draws(batch, role))
             self._parts[VIDEOS].append((batch["index"], rep))
             self._parts["video_labels"].append((batch["index"], {"unreadable": batch["unreadable"]}))
             self._failed.extend(batch["failed_videos"])
@@ -64,6 +80,9 @@ class EvalCollector:
             self._parts["text_labels"].append((batch["index"], {"video_index": batch["video_index"]}))
         elif role == QUERY_BANK:
             self._parts[QUERY_BANK].append((batch["index"], retriever.encode_texts(batch["tokens"])))
+        elif role == VIDEO_BANK:
+            rep = retriever.encode_videos(batch["frames"], batch["frame_mask"], self.draws(batch, role))
+            self._parts[VIDEO_BANK].append((batch["index"], rep))
         else:
             raise ValueError(f"evaluation batch with unknown role '{role}'")
 
@@ -79,6 +98,7 @@ class EvalCollector:
             unreadable=gather_indexed(parts["video_labels"])["unreadable"].bool().cpu(),
             failed=sorted(set(gather_lists(self._failed))),
             query_bank=gather_indexed(parts[QUERY_BANK]) if parts[QUERY_BANK] else None,
+            video_bank=gather_indexed(parts[VIDEO_BANK]) if parts[VIDEO_BANK] else None,
         )
 
 
@@ -104,6 +124,11 @@ def shared_similarity(
     return gather_no_grad(rows).cpu()
 
 
+def transposed(scores):
+    """A matrix, or every level of ``{level: matrix}``, transposed."""
+    return {name: matrix.t() for name, matrix in scores.items()} if isinstance(scores, dict) else scores.t()
+
+
 def item_names(records: SplitRecords | None) -> tuple[list[str] | None, list[str] | None]:
     """Readable names of a split's texts and videos, for error messages."""
     if records is None:
@@ -126,15 +151,29 @@ def evaluate_encoded(
     check_finite_representations(encoded.texts, encoded.videos, encoded.unreadable, *names, stage=stage)
     options, reranker = evaluation_options(cfg), configured_reranker(cfg)
     scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device)
-    bank = None
+    per_level = reranker is not None and reranker.level_aware  # the re-ranker reads every level, banks alike
+    level_scores = None
+    if per_level or options.report_levels:
+        level_scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device, levels=True)
+    bank = video_bank = None
     if encoded.query_bank is not None:
-        bank = shared_similarity(retriever, encoded.query_bank, encoded.videos, options.tiles, device)
+        bank = shared_similarity(retriever, encoded.query_bank, encoded.videos, options.tiles, device, per_level)
+    if encoded.video_bank is not None:  # texts x bank videos, passed as [bank, texts]
+        video_bank = transposed(
+            shared_similarity(retriever, encoded.texts, encoded.video_bank, options.tiles, device, per_level)
+        )
     unreadable = torch.nonzero(encoded.unreadable).flatten().numpy()
     metrics = evaluate_scores(
-        scores, encoded.text_to_video, reranker, median=options.median, query_bank=bank, unreadable_videos=unreadable
+        scores,
+        encoded.text_to_video,
+        reranker,
+        median=options.median,
+        query_bank=bank,
+        unreadable_videos=unreadable,
+        video_bank=video_bank,
+        levels=level_scores if per_level else None,
     )
     if options.report_levels:  # labelled extra rows; the ranking above is the head's final level
-        level_scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device, levels=True)
         metrics["levels"] = {
             name: evaluate_scores(level, encoded.text_to_video, median=options.median, unreadable_videos=unreadable)
             for name, level in level_scores.items()
@@ -169,8 +208,8 @@ def evaluate_loaders(
     device = torch.device(device)
     was_training, was_reporting = retriever.training, retriever.head.report_levels
     retriever.eval().to(device)
-    retriever.head.report_levels = bool(evaluation_options(cfg).report_levels)  # encode every level a head scores at
-    collector = EvalCollector()
+    retriever.head.report_levels = encodes_every_level(cfg)
+    collector = EvalCollector(evaluation_options(cfg).seed)
     try:
         for loader in loaders:
             for batch in loader:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from tvr.evaluation.engine import EvalCollector, evaluate_encoded, item_names
-from tvr.evaluation.options import evaluation_options
+from tvr.evaluation.options import encodes_every_level, evaluation_options
 from tvr.models.retriever import Retriever
 
 
@@ -18,18 +18,16 @@ class EvaluationModule(Retriever, pl.LightningModule):
     def __init__(self, backbone: dict, head: dict, evaluation: dict) -> None:
         super().__init__(backbone, head)
         self.eval_cfg = evaluation
-        self.head.report_levels = bool(
-            evaluation_options(evaluation).report_levels
-        )  # encode every level a head scores at
+        self.head.report_levels = encodes_every_level(evaluation)
         self.decode_failures: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.eval_results: dict[str, dict] = {}
         self._collector: EvalCollector | None = None
 
     def on_validation_epoch_start(self) -> None:
-        self._collector = EvalCollector()
+        self._collector = EvalCollector(evaluation_options(self.eval_cfg).seed)
 
     def on_test_epoch_start(self) -> None:
-        self._collector = EvalCollector()
+        self._collector = EvalCollector(evaluation_options(self.eval_cfg).seed)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collector.add(self, batch)

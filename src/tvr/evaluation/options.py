@@ -33,6 +33,17 @@ class EvaluationOptions:
     report_levels: bool | None = option(
         False, help="heads scoring at several levels (HBI) also report each level as labelled rows"
     )
+    seed: int = option(
+        0,
+        minimum=0,
+        help="seeds the random draws a head makes while encoding at evaluation (UCoFiA's patch selection), "
+        "per item, so batching, processes and caching do not change them",
+    )
+    seeds: list[int] | None = option(
+        None,
+        help="tvr-eval: evaluate once per seed (each replacing evaluation.seed) and report the mean and standard "
+        "deviation over them, for heads whose evaluation draws (UCoFiA); null: one evaluation with evaluation.seed",
+    )
 
     @property
     def tiles(self) -> dict:
@@ -53,6 +64,13 @@ def evaluation_options(section: dict | None) -> EvaluationOptions:
     return from_config(
         EvaluationOptions, {name: section[name] for name in option_names(EvaluationOptions) if name in section}
     )
+
+
+def encodes_every_level(section: dict | None) -> bool:
+    """Whether evaluation needs every score level of a multi-level head: for the labelled level rows
+    (``report_levels``) or for a level-aware re-ranker (SK-norm)."""
+    reranker = configured_reranker(section)
+    return bool(evaluation_options(section).report_levels) or (reranker is not None and reranker.level_aware)
 
 
 def configured_reranker(section: dict | None) -> Reranker | None:

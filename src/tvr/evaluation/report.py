@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tvr.evaluation.metrics import check_finite_scores, retrieval_metrics
-from tvr.evaluation.rerank import DIRECTIONS, Reranker
+from tvr.evaluation.rerank import DIRECTIONS, Reranker, as_levels
 
 METRIC_COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"), ("MnR", "MnR"), ("RSum", "RSum"))
 
@@ -19,12 +19,17 @@ def evaluate_scores(
     text_to_video,
     reranker: Reranker | None = None,
     median: str = "mean",
-    query_bank: torch.Tensor | None = None,
+    query_bank=None,
     unreadable_videos: Sequence[int] = (),
+    video_bank=None,
+    levels: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Metrics of a ``[Nt, Nv]`` cosine matrix; with a ``reranker``, a labelled ``reranked`` block too.
 
-    ``query_bank`` ``[Nb, Nv]`` scores the bank the re-ranker asked for against the same gallery.
+    ``query_bank`` ``[Nb, Nv]`` scores the captions the re-ranker asked for against the same gallery (its
+    text-to-video bank), ``video_bank`` ``[Nb, Nt]`` the videos it asked for against the texts (its
+    video-to-text bank); ``levels`` ``{level: [Nt, Nv]}`` are the head's score levels, which a level-aware
+    re-ranker reads instead of ``cos`` (its banks are then ``{level: matrix}`` too).
     ``unreadable_videos`` (columns) keep their place in the gallery but count as misses (see
     :func:`~tvr.evaluation.metrics.retrieval_metrics`); re-ranking normalises over the readable videos only,
     so an empty clip's score cannot shift anyone else's.
@@ -38,22 +43,66 @@ def evaluate_scores(
         full[:, readable] = rescored
         return retrieval_metrics(full, text_to_video, median=median, unreadable_videos=unreadable_videos)
 
+    def readable_columns(scores):
+        """The readable videos' columns of a matrix, or of every level of ``{level: matrix}``, checked finite."""
+        if scores is None:
+            return None
+        picked = {name: torch.as_tensor(matrix)[:, readable] for name, matrix in as_levels(scores).items()}
+        for matrix in picked.values():
+            check_finite_scores(matrix.double().numpy())
+        return picked if isinstance(scores, dict) else picked["final"]
+
+    def finite(scores):
+        for matrix in as_levels(scores).values() if scores is not None else ():
+            check_finite_scores(torch.as_tensor(matrix).double().numpy())
+        return scores
+
     # first: it refuses non-finite scores before any re-ranking normalises over them
     result = retrieval_metrics(cos, text_to_video, median=median, unreadable_videos=unreadable_videos)
     if reranker is None:
         return result
-    bank = None
-    if query_bank is not None:
-        bank = torch.as_tensor(query_bank)[:, readable]
-        check_finite_scores(bank.double().numpy())
-    gallery = cos[:, readable]
+    if reranker.level_aware and not levels:
+        raise ValueError(f"re-ranker '{reranker.name}' reads the score levels of a head that scores at several")
+    gallery = readable_columns(levels) if reranker.level_aware else cos[:, readable]
+    banks = {"t2v": readable_columns(query_bank), "v2t": finite(video_bank)}
     result["reranked"] = reranker.describe(query_bank)
     for direction in DIRECTIONS:
         if direction in reranker.directions:
-            result["reranked"][direction] = metrics_of(reranker.rerank(gallery, direction, bank))[direction]
+            rescored = reranker.rerank(gallery, direction, banks[direction])
+            result["reranked"][direction] = metrics_of(rescored)[direction]
         else:
             result["reranked"][direction] = f"not re-ranked ({reranker.why_not})"
     return result
+
+
+def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """Mean and sample standard deviation of every metric over evaluations that differ only in the evaluation
+    seed (``{"seeds", "t2v": {metric: {"mean", "std"}}, "v2t": ..., "reranked": {...}}``), and each run's rows."""
+
+    def spread(blocks: list[dict]) -> dict:
+        return {
+            key: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+            for key, _ in METRIC_COLUMNS
+            for values in [[block[key] for block in blocks]]
+        }
+
+    summary = {
+        "seeds": list(seeds),
+        **{direction: spread([run[direction] for run in runs]) for direction in DIRECTIONS},
+    }
+    if "reranked" in runs[0]:
+        summary["reranked"] = {
+            direction: spread([run["reranked"][direction] for run in runs])
+            for direction in DIRECTIONS
+            if isinstance(runs[0]["reranked"][direction], dict)
+        }
+    summary["per_seed"] = [{direction: run[direction] for direction in DIRECTIONS} for run in runs]
+    return summary
+
+
+def _spread_row(label: str, direction: str, values: dict) -> str:
+    cells = [f"{values[key]['mean']:.1f} ± {values[key]['std']:.1f}" for key, _ in METRIC_COLUMNS]
+    return f"| {label} | {direction} | " + " | ".join(cells) + " |"
 
 
 def _row(label: str, direction: str, values: dict) -> str:
@@ -134,6 +183,13 @@ def markdown_table(results: dict[str, dict], facts: dict | None = None, measured
             for direction in ("t2v", "v2t"):
                 if isinstance(reranked[direction], dict):
                     lines.append(_row(label, direction, reranked[direction]))
+        seeds = metrics.get("over_seeds")
+        if seeds:  # rows above: the first seed's; these: mean ± std over every seed
+            label = f"{split} (mean ± std, evaluation seeds {', '.join(map(str, seeds['seeds']))})"
+            for direction in ("t2v", "v2t"):
+                lines.append(_spread_row(label, direction, seeds[direction]))
+            for direction, values in seeds.get("reranked", {}).items():
+                lines.append(_spread_row(f"{label} ({reranked['method'].upper()} re-ranked)", direction, values))
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from torch import nn
 
 from tvr.data.transforms import Preprocessing
+from tvr.models.draws import EvaluationDraws
 from tvr.models.weights import LoadedWeights, WeightsError, read_clip_weights, state_dict_mismatch
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class FrameFeatures:
     patches: ``[B, T, P, D]`` projected patch tokens of each frame, when requested from the per-frame tower.
     tokens:  ``[B, N, D]`` projected token set of a tower that does not keep frames apart (TempMe's merged
              tokens), with ``token_mask`` ``[B, N]``, when requested.
+    draws:   at evaluation, where a head that draws while encoding takes its random numbers from
+             (:class:`~tvr.models.draws.EvaluationDraws`); None in training and search.
     """
 
     frames: torch.Tensor
@@ -86,6 +89,7 @@ class FrameFeatures:
     patches: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None
+    draws: EvaluationDraws | None = None
 
 
 def list_architectures() -> list[str]:

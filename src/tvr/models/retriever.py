@@ -24,6 +24,7 @@ from torch import nn
 
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
+from tvr.models.draws import EvaluationDraws
 from tvr.models.heads import create_head
 from tvr.models.heads.base import Repr, masked_mean_of_unit_frames, split_tower_choice
 from tvr.models.similarity import tiled_similarity
@@ -79,8 +80,13 @@ class Retriever(nn.Module):
         return retriever.eval()
 
     # ------------------------------------------------------------------ encoding
-    def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
-        return self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
+    def frame_features(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor, draws: EvaluationDraws | None = None
+    ) -> FrameFeatures:
+        """The video tower's features; ``draws`` (evaluation) say where a head's random draws come from."""
+        features = self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
+        features.draws = draws
+        return features
 
     def text_features(self, tokens: torch.Tensor) -> TextFeatures:
         return self.head.text_tower(self.backbone, tokens)
@@ -88,25 +94,36 @@ class Retriever(nn.Module):
     def encode_texts(self, tokens: torch.Tensor) -> Repr:
         return self.head.encode_text(self.text_features(tokens))
 
-    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Repr:
-        return self.head.encode_video(self.frame_features(frames, frame_mask))
+    def encode_videos(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor, draws: EvaluationDraws | None = None
+    ) -> Repr:
+        return self.head.encode_video(self.frame_features(frames, frame_mask, draws))
 
     def encode_texts_with_summary(self, tokens: torch.Tensor) -> tuple[Repr, torch.Tensor]:
         """The representation and a ``[N, D]`` unit vector for a first-stage vector search (see
         :meth:`summary_is_exact`): the head's own text embedding, or CLIP's sentence embedding."""
         features = self.text_features(tokens)
         rep = self.head.encode_text(features)
-        summary = self.head.text_embedding(rep) if self.summary_is_exact else F.normalize(features.sentence, dim=-1)
+        summary = (
+            self.head.text_embedding(rep) if self.summary_is_head_level else F.normalize(features.sentence, dim=-1)
+        )
         return rep, summary
 
     def encode_videos_with_summary(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[Repr, torch.Tensor]:
-        """The representation and a ``[N, D]`` unit vector for a first-stage vector search: the head's own
-        video embedding, or, for a text-conditioned head, CLIP's mean-pooled frames (CLIP4Clip's meanP)."""
+        """The representation and a ``[N, D]`` vector for a first-stage vector search: the head's own video
+        embedding (of its indexable level, for a text-conditioned head that has one), or, for other
+        text-conditioned heads, CLIP's mean-pooled unit frames (CLIP4Clip's meanP)."""
         features = self.frame_features(frames, frame_mask)
         rep = self.head.encode_video(features)
-        if self.summary_is_exact:
+        if self.summary_is_head_level:
             return rep, self.head.video_embedding(rep)
         return rep, masked_mean_of_unit_frames(features.frames, features.mask)
+
+    @property
+    def summary_is_head_level(self) -> bool:
+        """True when the summaries are the head's own vectors: its scores (:attr:`summary_is_exact`) or one of
+        its levels (``head.indexable_level``, whose ranking the first stage of a two-stage search then follows)."""
+        return self.summary_is_exact or self.head.indexable_level is not None
 
     @property
     def summary_is_exact(self) -> bool:

@@ -227,6 +227,15 @@ class _Pending:
 
 
 # ---------------------------------------------------------------------- the build
+def summary_kind(retriever: Retriever) -> str:
+    """What the indexed vectors are: the head's scores, one of its levels, or CLIP's mean-pooled frames."""
+    if retriever.summary_is_exact:
+        return "exact"
+    if retriever.head.indexable_level:
+        return f"level {retriever.head.indexable_level}"
+    return "mean_pooled_frames"
+
+
 def index_settings(retriever: Retriever, sampler: FrameSampler, max_words: int) -> dict:
     """What, besides the model's weights, makes two indexes' vectors comparable; and how queries are cut
     (``max_words``, the tokenizer limit the model was trained with)."""
@@ -234,7 +243,7 @@ def index_settings(retriever: Retriever, sampler: FrameSampler, max_words: int) 
         "sampler": sampler.describe(),
         "preprocessing": retriever.backbone.preprocessing.describe(),
         "max_words": max_words,
-        "summary": "exact" if retriever.summary_is_exact else "mean_pooled_frames",
+        "summary": summary_kind(retriever),
     }
 
 

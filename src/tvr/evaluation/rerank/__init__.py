@@ -5,8 +5,9 @@ from tvr.evaluation.rerank.base import (
     RERANKERS,
     QueryBankNeed,
     Reranker,
+    as_levels,
     create_reranker,
     register_reranker,
 )
 
-__all__ = ["DIRECTIONS", "RERANKERS", "QueryBankNeed", "Reranker", "create_reranker", "register_reranker"]
+__all__ = ["DIRECTIONS", "RERANKERS", "QueryBankNeed", "Reranker", "as_levels", "create_reranker", "register_reranker"]

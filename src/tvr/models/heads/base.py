@@ -42,7 +42,7 @@ from torch import nn
 from tvr.distributed import gather_no_grad
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.towers import TOWERS, TextTower, VideoTower, check_state_dict_towers, create_tower
-from tvr.models.towers.base import ON_REQUEST, tower_class, tower_names, tower_option_names
+from tvr.models.towers.base import ON_REQUEST, VisionGeometry, tower_class, tower_names, tower_option_names
 
 Repr = dict[str, torch.Tensor]
 TOWER_KINDS = ("video", "text")
@@ -74,12 +74,21 @@ def split_tower_choice(head_config: dict) -> tuple[dict, dict[str, TowerChoice]]
     return options, choice
 
 
+#: The name by which :attr:`RetrievalHead.trained_levels` asks for the loss on the ranking scores themselves
+#: (``ScoreLevels.final``, e.g. UCoFiA's mean of its levels) rather than on one of its levels.
+FINAL_LEVEL = "final"
+
+
 @dataclass
 class ScoreLevels:
     """Scores of one batch at several semantic levels: ``levels`` by name, ``final`` the ranking scores."""
 
     final: torch.Tensor
     levels: dict[str, torch.Tensor]
+
+    def trained(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The scores the loss applies to, by name: a level, or :data:`FINAL_LEVEL` for the ranking scores."""
+        return {name: self.final if name == FINAL_LEVEL else self.levels[name] for name in names}
 
 
 @dataclass
@@ -104,6 +113,10 @@ class RetrievalHead(nn.Module):
     #: True when ``similarity`` is a plain dot product of per-item vectors, so galleries can be indexed
     #: (e.g. with faiss) without the head; text-conditioned heads set it False.
     query_independent: bool = True
+    #: For a text-conditioned head: a score level that is a dot product of per-item vectors
+    #: (:meth:`text_embedding` . :meth:`video_embedding`, e.g. UCoFiA's video-sentence level), which the first
+    #: stage of a two-stage search indexes instead of CLIP's mean-pooled frames; None: it has none.
+    indexable_level: str | None = None
     uses_logit_scale: bool = True
     #: The feature fields this head reads (of :class:`FrameFeatures` and :class:`TextFeatures`): its towers
     #: must give them (:attr:`Tower.outputs`), which start-up validation and :meth:`attach_towers` check.
@@ -112,7 +125,8 @@ class RetrievalHead(nn.Module):
     reference_key_renames: tuple[tuple[str, str], ...] = ()
     #: Key prefixes present in the reference's checkpoints but unused by its forward pass (dropped).
     reference_ignored_keys: tuple[str, ...] = ()
-    #: Score levels the contrastive loss applies to when ``similarity`` returns :class:`ScoreLevels`.
+    #: Score levels the contrastive loss applies to when ``similarity`` returns :class:`ScoreLevels`
+    #: (:data:`FINAL_LEVEL` names the ranking scores).
     trained_levels: tuple[str, ...] = ()
     #: Set by evaluation (``evaluation.report_levels``): encode every level, not only the ranking ones.
     report_levels: bool = False
@@ -126,6 +140,20 @@ class RetrievalHead(nn.Module):
 
     def init_from_backbone(self, backbone: CLIPBackbone) -> None:
         """Hook for heads initialised from CLIP weights (e.g. seqTransf copies text-transformer blocks)."""
+
+    def check_fits(self, vision: VisionGeometry) -> None:
+        """Raise :class:`~tvr.errors.ConfigError` naming the head option if this head's options do not fit the
+        backbone's ViT (UCoFiA's top-k of the patch grid); start-up validation calls it, before any data work."""
+
+    @property
+    def has_levels(self) -> bool:
+        """Whether this head scores at several levels (:meth:`level_similarity`), which level-aware re-rankers read."""
+        return type(self).level_similarity is not RetrievalHead.level_similarity
+
+    def clip_lengths(self) -> dict[str, int]:
+        """``{"max_words": n, "max_frames": n}`` where the head's parameters are built for captions or clips
+        of a fixed length (UCoFiA's ISA matrices); start-up validation compares them with the data's."""
+        return {}
 
     def default_towers(self) -> dict[str, dict]:
         """``{"video": {"name": ..., **options}, "text": {...}}``: the towers this head reads from when the
@@ -243,7 +271,7 @@ class RetrievalHead(nn.Module):
         return video_repr["video"]
 
     def _require_query_independent(self, what: str) -> None:
-        if not self.query_independent:
+        if not (self.query_independent or self.indexable_level):
             raise ValueError(
                 f"head '{self.name}' is text-conditioned: its video representation depends on the query text, so it "
                 f"has no fixed {what} for a vector index; search it in two stages (tvr.search.two_stage) or score it with "
