@@ -25,8 +25,13 @@ from torch import nn
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
-from tvr.models.heads.base import Repr, masked_mean_of_unit_frames, split_tower_choice
+from tvr.models.heads.base import Repr, RetrievalHead, masked_mean_of_unit_frames, split_tower_choice
 from tvr.models.similarity import tiled_similarity
+
+
+def scaled_scores(head: RetrievalHead, scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """A head's unscaled scores as training logits: times CLIP's ``exp(logit_scale)`` for heads that use it."""
+    return scores * logit_scale.exp() if head.uses_logit_scale else scores
 
 
 class Retriever(nn.Module):
@@ -117,7 +122,7 @@ class Retriever(nn.Module):
     # ------------------------------------------------------------------ scoring
     def scaled(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores as training logits: times CLIP's ``exp(logit_scale)`` for heads that use it."""
-        return scores * self.backbone.logit_scale.exp() if self.head.uses_logit_scale else scores
+        return scaled_scores(self.head, scores, self.backbone.logit_scale)
 
     @torch.no_grad()
     def score(
