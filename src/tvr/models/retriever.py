@@ -142,9 +142,12 @@ class Retriever(nn.Module):
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:
         """What an index built with this model must be searched with: head, backbone and a hash of every
-        weight (two checkpoints of one run differ in it; a re-saved copy of one does not)."""
+        weight (two checkpoints of one run differ in it; a re-saved copy of one does not). A head's extra state
+        (the generator of HBI's noise or DRL's CDCR draws) is training state, not a weight: it scores nothing."""
         digest = hashlib.sha256()
         for key, value in sorted(self.state_dict().items()):
+            if not torch.is_tensor(value):
+                continue
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return {"head": self.head.name, "backbone": self.backbone.model_name, "weights_sha256": digest.hexdigest()[:16]}
