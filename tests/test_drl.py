@@ -19,6 +19,7 @@ from tvr.lit_module import training_objective
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.convert import map_reference_head_keys
 from tvr.models.heads import create_head
+from tvr.models.heads.token_wise import TokenWiseInteraction
 from tvr.models.losses import create_loss
 from tvr.models.retriever import Retriever
 from tvr.search.cli import run_index
@@ -87,6 +88,15 @@ def test_the_hbi_mask_value_gives_the_same_weights_while_every_item_has_a_real_t
         text_features, video_features = features("eval", torch.float64)
         scores[value] = head.similarity(head.encode_text(text_features), head.encode_video(video_features))
     torch.testing.assert_close(scores[float("-inf")], scores[-9e15], atol=0, rtol=0)
+
+
+def test_the_mask_value_decides_the_weights_of_an_item_without_a_real_token():
+    """-inf would give NaN there: the item gets zero weights; -9e15 (HBI) gives uniform weights over its padding."""
+    logits, mask = torch.randn(2, 5), torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    for value, empty_item in ((float("-inf"), torch.zeros(5)), (-9e15, torch.full((5,), 0.2))):
+        weights = TokenWiseInteraction(mask_value=value).weights(logits, mask)
+        torch.testing.assert_close(weights[1], empty_item)
+        torch.testing.assert_close(weights[0], torch.cat((logits[0, :2].softmax(dim=0), torch.zeros(3))))
 
 
 @pytest.mark.parametrize("wti_arch, widths", [(1, [(1, D)]), (2, [(D, D), (1, D)]), (3, [(D, D), (D, D), (1, D)])])
