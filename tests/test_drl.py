@@ -4,13 +4,17 @@ start-up, the recipes' model, the backbone end to end, a training run, and searc
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from conftest import SMALL_OVERRIDES, compose_train
+from test_cli import run_cli
 from test_drl_golden import features, golden_head
 from test_index_build import write_video
 from test_padded_frames import captions, padded_clips
+from test_resume import BATCHES_PER_EPOCH, killed_mid_run
 from test_validation import assert_nothing_written, compose_with_empty_data_folder
 from tvr.builders import build_module
 from tvr.checkpoint import load_checkpoint_file
@@ -248,15 +252,29 @@ def test_backbone_and_head_score_a_padded_batch_as_each_item_alone(interaction, 
     assert retriever.backbone.clip.transformer.resblocks[0].attn.in_proj_weight.grad.abs().sum() > 0
 
 
-def test_a_training_run_writes_the_cdcr_generator_into_its_checkpoint(data_dir, tmp_path):
-    overrides = ["experiment=synthetic_drl", "head.cdcr=1", "head.cdcr_seed=5", "trainer.max_epochs=1"]
-    results = train(compose_train(overrides + SMALL_OVERRIDES + QUIET, data_dir, tmp_path))
-    assert all(value == value for value in results["t2v"].values())  # no NaN metric
-    state = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]["head._extra_state"]
-    untrained = small_head("wti", 1, cdcr_seed=5).cdcr_generator.get_state()
-    assert not torch.equal(
-        state["cdcr_generator"], untrained
-    )  # the run drew, and the checkpoint holds where it stopped
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_cdcr1s_draws_exactly(data_dir, tmp_path):
+    """Killed mid-epoch and resumed, a CDCR 1 run ends with the uninterrupted run's weights, generator state and
+    metrics. CDCR weighs much here, so draws that restarted from the seed would change the weights."""
+    args = ["experiment=synthetic_drl", "head.cdcr=1", "head.cdcr_lambda=1.0", "head.cdcr_alpha1=1.0"]
+    args += ["trainer.max_epochs=2", "train.checkpoint_every_n_steps=1", *SMALL_OVERRIDES, *QUIET]
+    reference = run_cli("tvr-train", args + [f"hydra.run.dir={tmp_path / 'reference'}"], data_dir, tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    killed_mid_run(args, data_dir, tmp_path, run_dir, step=BATCHES_PER_EPOCH + 1)
+    resumed = run_cli("tvr-train", args + ["ckpt_path=last", f"hydra.run.dir={run_dir}"], data_dir, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (run_dir, tmp_path / "reference")]
+    assert metrics[0]["t2v"] == metrics[1]["t2v"] and metrics[0]["v2t"] == metrics[1]["v2t"]
+    states = [
+        load_checkpoint_file(folder / "checkpoints" / "last.ckpt")["state_dict"]
+        for folder in (run_dir, tmp_path / "reference")
+    ]
+    generator = states[1].pop("head._extra_state")["cdcr_generator"]
+    assert torch.equal(states[0].pop("head._extra_state")["cdcr_generator"], generator)
+    assert not torch.equal(generator, small_head("wti", 1).cdcr_generator.get_state())  # the run drew
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
 
 
 # ------------------------------------------------------------------------------ search
