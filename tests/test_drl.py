@@ -215,6 +215,19 @@ def test_the_msrvtt_recipe_builds_the_papers_model(tmp_path):
     assert script.head.cdcr_alpha1 == 0.14 and script.expected.t2v.R1 == 47.4 and cfg.expected.t2v.R1 == 47.6
 
 
+def test_seqtransf_and_the_cross_encoder_start_from_clips_text_blocks():
+    """Spec §1.3: the copy trick fills transformerClip, the frame PE and, for xti, the cross encoder."""
+    options = {"interaction": "xti", "cdcr": 0, "temporal_layers": 2, "temporal_heads": 2, "xti_layers": 2}
+    retriever = Retriever(
+        {"model_name": "tvr-tiny"}, {"name": "drl", **options, "xti_heads": 2, "init_from_clip": True}
+    )
+    clip = retriever.backbone.clip
+    for encoder in (retriever.head.temporal, retriever.head.cross.encoder):
+        torch.testing.assert_close(encoder.position_embedding.weight, clip.positional_embedding, rtol=0, atol=0)
+        for block, source in zip(encoder.blocks, clip.transformer.resblocks):
+            torch.testing.assert_close(block.mlp.c_fc.weight, source.mlp.c_fc.weight, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("interaction, cdcr", MODES)
 def test_backbone_and_head_score_a_padded_batch_as_each_item_alone(interaction, cdcr):

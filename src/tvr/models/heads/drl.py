@@ -78,7 +78,10 @@ class CDCRTerms:
 
 class CrossEncoder(nn.Module):
     """DRL's ``xti`` cross model: ``[EOT_a; V_b] + positions`` -> dropout -> transformer blocks (seqTransf's,
-    key mask ``[1; video_mask_b]``) -> ``QuickGELU(dense(LN(h)[0]))`` -> ``Linear(D, 1)``."""
+    key mask ``[1; video_mask_b]``) -> ``QuickGELU(dense(LN(h)[0]))`` -> ``Linear(D, 1)``.
+
+    The reference runs it twice per pair in training (text-major and video-major, Q10), each pass with its own
+    dropout draw; tvr runs it once and the loss reads that matrix both ways (identical without dropout)."""
 
     def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_positions: int) -> None:
         super().__init__()
@@ -165,10 +168,11 @@ class DRLHead(RetrievalHead):
 
     def init_from_backbone(self, backbone: CLIPBackbone) -> None:
         """seqTransf and the cross encoder start from CLIP's first text blocks and positional embedding."""
-        for module in (self.temporal, getattr(self, "cross", None)):
-            if module is not None:
-                encoder = module.encoder if isinstance(module, CrossEncoder) else module
-                encoder.init_as_configured(backbone, self.init_from_clip)
+        encoders = [self.temporal] if self.temporal is not None else []
+        if self.interaction == "xti":
+            encoders.append(self.cross.encoder)
+        for encoder in encoders:
+            encoder.init_as_configured(backbone, self.init_from_clip)
 
     @classmethod
     def map_reference_keys(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
