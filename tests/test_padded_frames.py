@@ -109,6 +109,11 @@ PADDED_FEATURE_DEPENDENCE = [
     # HBI ranks on the entity level, which masks padded frames out of the WTI weights and the word x frame map
     ("hbi", {}, set()),
     ("hbi_estimator", {}, set()),
+    # DRL's scores mask padded frames in every interaction (only CDCR's padded argmax reads them, Q3)
+    ("drl", {}, set()),
+    ("drl", {"interaction": "ti", "cdcr": 2}, set()),
+    ("drl", {"interaction": "dp", "cdcr": 1}, set()),
+    ("drl", {"interaction": "xti", "cdcr": 0}, set()),
 ]
 
 
