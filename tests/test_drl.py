@@ -228,6 +228,23 @@ def test_seqtransf_and_the_cross_encoder_start_from_clips_text_blocks():
             torch.testing.assert_close(block.mlp.c_fc.weight, source.mlp.c_fc.weight, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("interaction, titles", [("wti", 2), ("ti", 1), ("dp", 0), ("xti", 0)])
+def test_token_wise_interactions_explain_their_first_pair(interaction, titles):
+    head = small_head(interaction, 0).eval()
+    text, video = batch([5, 7], [3, 6])
+    text_repr, video_repr = head.encode_text(text), head.encode_video(video)
+    maps = head.explain(text_repr, video_repr)
+    assert len(maps) == titles
+    if maps:
+        similarity = maps["word x frame similarity"]
+        assert similarity.shape == (7, 6) and not similarity[5:].any() and not similarity[:, 3:].any()
+        unit_text, unit_frames = (
+            torch.nn.functional.normalize(x, dim=-1)
+            for x in (text.tokens[0], head.video_tokens(video.frames, video.mask)[0])
+        )
+        torch.testing.assert_close(similarity[:5, :3], (unit_text @ unit_frames.t())[:5, :3])
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("interaction, cdcr", MODES)
 def test_backbone_and_head_score_a_padded_batch_as_each_item_alone(interaction, cdcr):

@@ -301,6 +301,23 @@ class DRLHead(RetrievalHead):
         off_diag = correlation[off].square().sum()
         return CDCRTerms(on_diag, off_diag, self.cdcr_alpha1 * on_diag + self.cdcr_alpha2 * off_diag)
 
+    # ------------------------------------------------------------------ explanation
+    def explain(self, text_repr: Repr, video_repr: Repr) -> dict[str, torch.Tensor]:
+        """wti/ti: the word x frame map of the first (text, video) pair and, for wti, each cell weighted by its
+        word's and frame's weights (``[L, F]`` each, padded cells 0); dp and xti have no such map."""
+        if self.interaction not in ("wti", "ti"):
+            return {}
+        pair = (
+            {key: value[:1] for key, value in text_repr.items()},
+            {key: value[:1] for key, value in video_repr.items()},
+        )
+        maps = positive_pair_maps(pair[0]["tokens"], pair[1]["tokens"], pair[0]["mask"], pair[1]["mask"])[0]
+        explained = {"word x frame similarity": maps}
+        if self.interaction == "wti":
+            weights = pair[0]["weights"][0][:, None] * pair[1]["weights"][0][None, :]
+            explained["word x frame weights (WTI)"] = weights / weights.max().clamp(min=torch.finfo(weights.dtype).tiny)
+        return explained
+
     # ------------------------------------------------------------------ checkpoints
     def get_extra_state(self) -> dict:
         return {"cdcr_generator": self.cdcr_generator.get_state()}
