@@ -112,6 +112,11 @@ PADDED_FEATURE_DEPENDENCE = [
     # UCoFiA reproduces its reference (spec Q5): the sentence-frame and patch-word levels read every frame slot
     ("ucofia", {"max_frames": NUM_FRAMES, "max_words": 12}, {1, 2, 3}),
     ("ucofia", {"max_frames": NUM_FRAMES, "max_words": 12, "mask_padding": True}, set()),
+    # DRL's scores mask padded frames in every interaction (only CDCR's padded argmax reads them, Q3)
+    ("drl", {}, set()),
+    ("drl", {"interaction": "ti", "cdcr": 2}, set()),
+    ("drl", {"interaction": "dp", "cdcr": 1}, set()),
+    ("drl", {"interaction": "xti", "cdcr": 0}, set()),
 ]
 
 
@@ -214,9 +219,9 @@ def recipes() -> list[str]:
 
 @pytest.mark.parametrize("recipe", recipes())
 def test_drl_recipes_encode_padded_frames_like_their_references_and_others_keep_zeros(recipe, tmp_path):
-    """GLSCL and HBI encode their zero-filled padded frames with CLIP (their readers pad; TempMe's never does)."""
+    """GLSCL, HBI and DRL encode their zero-filled padded frames with CLIP (their readers pad; TempMe's never does)."""
     cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
-    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator")
+    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator", "drl")
     assert cfg.backbone.padded_frames == ("encoded_blank" if encodes_padding else "zeros")
 
 

@@ -48,7 +48,7 @@ def explain_pair(retriever: Retriever, text: str, video: str | Path, backend: st
     maps = retriever.head.explain(text_repr, video_repr)
     if not maps:
         raise UserInputError(
-            f"head '{retriever.head.name}' has no word x frame interaction to show; token-level heads (hbi) offer one"
+            f"head '{retriever.head.name}' has no word x frame interaction to show; token-level heads (hbi; drl with head.interaction=wti or ti) offer one"
         )
     ids = tokenizer.encode(text)
     words = [tokenizer.bpe.decode([token]).strip() or "·" for token in ids]

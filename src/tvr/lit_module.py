@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Callable
 
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
@@ -20,13 +21,46 @@ from tvr.distributed import gather_objects, gather_with_grad
 from tvr.errors import NonFiniteLossError
 from tvr.evaluation.engine import gather_lists
 from tvr.evaluation.lightning import EvaluationModule
-from tvr.models.heads.base import LossContext, ScoreLevels
+from tvr.models.heads.base import LossContext, Repr, RetrievalHead, ScoreLevels
 from tvr.models.losses import create_loss
+from tvr.models.retriever import scaled_scores
 from tvr.optim import OPTIMISERS, SCHEDULES, OptimOptions, parameter_groups
 from tvr.options import from_config
 from tvr.train_options import WINDOW_METRIC, TrainOptions
 
 log = logging.getLogger(__name__)
+
+
+def training_objective(
+    head: RetrievalHead,
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    logit_scale: torch.Tensor,
+    text_repr: Repr,
+    video_repr: Repr,
+    local_video_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of a (gathered) batch's representations: the configured contrastive ``loss`` on the
+    head's scores times ``exp(logit_scale)`` (when the head uses it), on each trained level for a multi-level
+    head, plus the head's extra losses. Returns the total, the contrastive part and the named terms."""
+    scores = head.similarity(text_repr, video_repr)
+
+    def scaled(values: torch.Tensor) -> torch.Tensor:
+        return scaled_scores(head, values, logit_scale)
+
+    levels = scores.levels if isinstance(scores, ScoreLevels) else {}
+    if levels:  # a multi-level head: the configured loss on each level it trains
+        contrastive = {
+            f"contrastive_{name}": loss(scaled(trained))
+            for name, trained in scores.trained(head.trained_levels).items()
+        }
+        total = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
+    else:
+        contrastive, total = {}, loss(scaled(scores))
+    head_terms = head.extra_losses(text_repr, video_repr, LossContext(logit_scale, loss, levels, local_video_ids))
+    contrastive_total = total
+    if head_terms:
+        total = total + sum(head_terms.values())
+    return total, contrastive_total, {**contrastive, **head_terms}  # the terms are logged by name
 
 
 class RetrievalModule(EvaluationModule):
@@ -71,20 +105,9 @@ class RetrievalModule(EvaluationModule):
         video_repr = self.encode_videos(batch["frames"], batch["frame_mask"])
         text_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in text_repr.items()}
         video_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in video_repr.items()}
-        scores = self.head.similarity(text_repr, video_repr)
-        levels = scores.levels if isinstance(scores, ScoreLevels) else {}
-        if levels:  # a multi-level head: the configured loss on each level it trains
-            contrastive = {
-                f"contrastive_{name}": self.loss(self.scaled(trained))
-                for name, trained in scores.trained(self.head.trained_levels).items()
-            }
-            loss = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
-        else:
-            contrastive, loss = {}, self.loss(self.scaled(scores))
-        context = LossContext(self.backbone.logit_scale, self.loss, levels, batch.get("video_index"))
-        head_terms = self.head.extra_losses(text_repr, video_repr, context)
-        total = loss + sum(head_terms.values()) if head_terms else loss
-        extras = {**contrastive, **head_terms}  # logged by name
+        total, loss, extras = training_objective(
+            self.head, self.loss, self.backbone.logit_scale, text_repr, video_repr, batch.get("video_index")
+        )
         self._record_decode_failures(batch)
         # checked with the gradient norm in configure_gradient_clipping: one device sync per step, not two;
         # under gradient accumulation over every micro-batch of the step (the message shows the last one's terms)

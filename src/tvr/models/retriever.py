@@ -26,8 +26,13 @@ from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.draws import EvaluationDraws
 from tvr.models.heads import create_head
-from tvr.models.heads.base import Repr, masked_mean_of_unit_frames, split_tower_choice
+from tvr.models.heads.base import Repr, RetrievalHead, masked_mean_of_unit_frames, split_tower_choice
 from tvr.models.similarity import tiled_similarity
+
+
+def scaled_scores(head: RetrievalHead, scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """A head's unscaled scores as training logits: times CLIP's ``exp(logit_scale)`` for heads that use it."""
+    return scores * logit_scale.exp() if head.uses_logit_scale else scores
 
 
 class Retriever(nn.Module):
@@ -134,7 +139,7 @@ class Retriever(nn.Module):
     # ------------------------------------------------------------------ scoring
     def scaled(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores as training logits: times CLIP's ``exp(logit_scale)`` for heads that use it."""
-        return scores * self.backbone.logit_scale.exp() if self.head.uses_logit_scale else scores
+        return scaled_scores(self.head, scores, self.backbone.logit_scale)
 
     @torch.no_grad()
     def score(
@@ -154,9 +159,12 @@ class Retriever(nn.Module):
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:
         """What an index built with this model must be searched with: head, backbone and a hash of every
-        weight (two checkpoints of one run differ in it; a re-saved copy of one does not)."""
+        weight (two checkpoints of one run differ in it; a re-saved copy of one does not). A head's extra state
+        (the generator of HBI's noise or DRL's CDCR draws) is training state, not a weight: it scores nothing."""
         digest = hashlib.sha256()
         for key, value in sorted(self.state_dict().items()):
+            if not torch.is_tensor(value):
+                continue
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return {"head": self.head.name, "backbone": self.backbone.model_name, "weights_sha256": digest.hexdigest()[:16]}

@@ -81,18 +81,26 @@ class TemporalTransformer(nn.Module):
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``frames [B, T, D]``, ``mask [B, T]`` -> ``[B, T, D]``."""
-        batch, num_frames, _ = frames.shape
-        if num_frames > self.position_embedding.num_embeddings:
+        return self.encode(frames + self.positions(frames), mask) + frames
+
+    def positions(self, sequence: torch.Tensor) -> torch.Tensor:
+        """The position embeddings ``[1, T, D]`` of a ``[B, T, D]`` sequence."""
+        length = sequence.shape[1]
+        if length > self.position_embedding.num_embeddings:
             raise ValueError(
-                f"the temporal transformer supports at most {self.position_embedding.num_embeddings} frames, got {num_frames}"
+                f"the temporal transformer supports at most {self.position_embedding.num_embeddings} frames, got {length}"
             )
-        positions = torch.arange(num_frames, device=frames.device)
-        hidden = frames + self.position_embedding(positions).unsqueeze(0)
-        key_bias = (1.0 - mask.to(frames.dtype)) * MASK_BIAS
-        attn_bias = key_bias[:, None, :].expand(batch, num_frames, num_frames).repeat_interleave(self.num_heads, dim=0)
+        return self.position_embedding(torch.arange(length, device=sequence.device)).unsqueeze(0)
+
+    def encode(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The blocks alone over ``hidden [B, T, D]`` (positions already added), padded keys (``mask == 0``)
+        biased by ``-1e6``; DRL's cross encoder runs them without seqTransf's residual."""
+        batch, length, _ = hidden.shape
+        key_bias = (1.0 - mask.to(hidden.dtype)) * MASK_BIAS
+        attn_bias = key_bias[:, None, :].expand(batch, length, length).repeat_interleave(self.num_heads, dim=0)
         for block in self.blocks:
             hidden = block(hidden, attn_mask=attn_bias)
-        return hidden + frames
+        return hidden
 
 
 def prefixed_renames(prefix: str) -> tuple[tuple[str, str], ...]:

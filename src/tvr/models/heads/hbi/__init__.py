@@ -12,7 +12,7 @@ from tvr.models.heads.hbi.blocks import LEVELS, HBIBlocks, reference_key_renames
 from tvr.models.heads.hbi.losses import BI_TRANSPOSES, banzhaf_distillation, banzhaf_kl, kl_mean, self_distillation
 from tvr.models.heads.hbi.token_merge import CTM, ClusteredTokens, TCBlock, TokenMerge, dpc_knn_clusters, merge_clusters
 from tvr.models.heads.hbi.wti import (
-    WeightMLP,
+    hbi_weight_mlp,
     pair_cell_mask,
     positive_pair_maps,
     token_similarity_maps,
@@ -30,7 +30,7 @@ __all__ = [
     "HBIBlocks",
     "TCBlock",
     "TokenMerge",
-    "WeightMLP",
+    "hbi_weight_mlp",
     "banzhaf_distillation",
     "banzhaf_interaction",
     "banzhaf_kl",

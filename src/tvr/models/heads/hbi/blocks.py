@@ -15,7 +15,7 @@ from torch import nn
 
 from tvr.models.heads.hbi.banzhaf import BanzhafModule
 from tvr.models.heads.hbi.token_merge import TokenMerge
-from tvr.models.heads.hbi.wti import WeightMLP
+from tvr.models.heads.hbi.wti import hbi_weight_mlp
 
 LEVELS = ("entity", "action", "event")
 _REFERENCE_LEVEL_SUFFIXES = ("", "0", "1")  # text_weight_fc, text_weight_fc0, text_weight_fc1; banzhafmodel...
@@ -39,8 +39,8 @@ class HBIBlocks(nn.Module):
             raise ValueError(
                 f"hbi needs {merges} text and {merges} video merge rates, got {list(text_rates)} and {list(video_rates)}"
             )
-        self.text_weights = nn.ModuleList(WeightMLP(dim) for _ in LEVELS)
-        self.video_weights = nn.ModuleList(WeightMLP(dim) for _ in LEVELS)
+        self.text_weights = nn.ModuleList(hbi_weight_mlp(dim) for _ in LEVELS)
+        self.video_weights = nn.ModuleList(hbi_weight_mlp(dim) for _ in LEVELS)
         self.text_merges = nn.ModuleList(TokenMerge(dim, rate, dpc_k, merge_heads) for rate in text_rates)
         self.video_merges = nn.ModuleList(TokenMerge(dim, rate, dpc_k, merge_heads) for rate in video_rates)
         self.students = nn.ModuleList(BanzhafModule(banzhaf_planes) for _ in LEVELS)

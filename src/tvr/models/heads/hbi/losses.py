@@ -52,7 +52,7 @@ def banzhaf_distillation(
 
     The student sees the maps with gradient (into itself and the features); the teacher (the frozen
     pre-trained estimator) sees them detached, without gradient. At the entity level both outputs are
-    multiplied by ``cell_mask`` (:func:`~tvr.models.heads.hbi.wti.pair_cell_mask`)."""
+    multiplied by ``cell_mask`` (:func:`~tvr.models.heads.token_wise.pair_cell_mask`)."""
     student_maps = student(maps.unsqueeze(1)).squeeze(1)
     with torch.no_grad():
         teacher_maps = teacher(maps.detach().unsqueeze(1)).squeeze(1)
