@@ -219,9 +219,10 @@ def recipes() -> list[str]:
 
 @pytest.mark.parametrize("recipe", recipes())
 def test_drl_recipes_encode_padded_frames_like_their_references_and_others_keep_zeros(recipe, tmp_path):
-    """GLSCL, HBI and DRL encode their zero-filled padded frames with CLIP (their readers pad; TempMe's never does)."""
+    """GLSCL, HBI, DRL and UCoFiA encode their zero-filled padded frames with CLIP (their readers pad; TempMe's
+    never does)."""
     cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
-    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator", "drl")
+    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator", "drl", "ucofia")
     assert cfg.backbone.padded_frames == ("encoded_blank" if encodes_padding else "zeros")
 
 
