@@ -31,6 +31,12 @@ CONFIGS = {
     # HBI's two commands: the estimator stage, then HBI with that estimator as its teacher ({runs}: this run's folders)
     "hbi estimator stage": ["experiment=hbi_estimator_synthetic"],
     "hbi": ["head=hbi", "head.estimator_ckpt={runs}/hbi_estimator_stage/estimator.pt"],
+    # DRL: the paper's interaction ablation without CDCR, then the recipe's head (WTI + CDCR 3)
+    "drl dp": ["experiment=synthetic_drl", "head.interaction=dp", "head.cdcr=0"],
+    "drl ti": ["experiment=synthetic_drl", "head.interaction=ti", "head.cdcr=0"],
+    "drl wti": ["experiment=synthetic_drl", "head.cdcr=0"],
+    "drl wti + cdcr 3": ["experiment=synthetic_drl"],
+    "ucofia (+ sknorm)": ["experiment=synthetic_ucofia"],
 }
 
 
@@ -50,7 +56,27 @@ def run(name: str, overrides: list[str], data_dir: Path, out_dir: Path) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stderr[-4000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"wall_s": round(wall, 1), "t2v": metrics["t2v"], "v2t": metrics["v2t"], "num_videos": metrics["num_videos"]}
+    figures = {
+        "wall_s": round(wall, 1),
+        "t2v": metrics["t2v"],
+        "v2t": metrics["v2t"],
+        "num_videos": metrics["num_videos"],
+    }
+    if "reranked" in metrics:  # a re-ranker's figures are their own row, labelled as metrics.json labels them
+        figures["reranked"] = metrics["reranked"]
+    return figures
+
+
+def metric_cells(figures: dict) -> list[str]:
+    """R@1/5/10, MdR, MnR of both directions; a direction a re-ranker leaves alone says so."""
+    cells = []
+    for direction in ("t2v", "v2t"):
+        values = figures[direction]
+        if isinstance(values, dict):
+            cells += [f"{values[k]:.1f}" for k in ("R1", "R5", "R10", "MdR", "MnR")]
+        else:
+            cells += [str(values)] + [""] * 4
+    return cells
 
 
 def main() -> None:
@@ -78,9 +104,12 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name, r in results.items():
-        cells = [f"{r[d][k]:.1f}" for d in ("t2v", "v2t") for k in ("R1", "R5", "R10", "MdR", "MnR")]
         label = name + (" *" if r["includes_data_generation"] else "")
-        print(f"| {label} | {r['wall_s']:.0f} | " + " | ".join(cells) + " |")
+        print(f"| {label} | {r['wall_s']:.0f} | " + " | ".join(metric_cells(r)) + " |")
+        if "reranked" in r:
+            reranked = r["reranked"]
+            label = f"{name}, re-ranked by {reranked['method']} (transductive)"
+            print(f"| {label} | | " + " | ".join(metric_cells(reranked)) + " |")
     if any(r["includes_data_generation"] for r in results.values()):
         print("\n* wall time includes generating the videos and building the frame cache")
     if args.json:
