@@ -80,10 +80,11 @@ class Retriever(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
-        return self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
+        features = self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
+        return self.backbone.features_for_head(features)
 
     def text_features(self, tokens: torch.Tensor) -> TextFeatures:
-        return self.head.text_tower(self.backbone, tokens)
+        return self.backbone.features_for_head(self.head.text_tower(self.backbone, tokens))
 
     def encode_texts(self, tokens: torch.Tensor) -> Repr:
         return self.head.encode_text(self.text_features(tokens))
