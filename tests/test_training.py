@@ -31,8 +31,16 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
             "train.select_metric=val/t2v_R1_window",
             "train.freeze_patch_embedding=true",
         ],
+        ["experiment=synthetic_seqtransf", "optim=bertadam", "train.clip_param_dtype=fp16"],
     ],
-    ids=["fp32-meanpool", "bf16-checkpointing", "seqtransf-dsl", "xpool-bertadam", "glscl-window"],
+    ids=[
+        "fp32-meanpool",
+        "bf16-checkpointing",
+        "seqtransf-dsl",
+        "xpool-bertadam",
+        "glscl-window",
+        "fp16-clip-bertadam",
+    ],
 )
 def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     # two steps: CLIP4Clip's warm-up schedule gives the first one a learning rate of 0
@@ -50,6 +58,9 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     patch_embedding_frozen = cfg.train.freeze_patch_embedding or cfg.train.freeze_layer_num >= 0
     assert ("backbone.clip.visual.conv1.weight" in changed) == (not patch_embedding_frozen)
     assert all(torch.isfinite(value).all() for value in weights["after"].values())
+    fp16 = {name for name, value in weights["after"].items() if value.dtype == torch.float16}
+    assert bool(fp16) == (cfg.train.clip_param_dtype == "fp16") and "backbone.clip.logit_scale" not in fp16
+    assert fp16 & changed or not fp16  # the fp16 weights train
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["t2v"] == pytest.approx(results["t2v"])
     for direction in ("t2v", "v2t"):
@@ -63,6 +74,7 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     )
     assert facts["rerank"] == cfg.evaluation.rerank
     assert facts["freeze_patch_embedding"] == cfg.train.freeze_patch_embedding
+    assert facts["clip_param_dtype"] == cfg.train.clip_param_dtype
     assert written["decode_failures"]["train_replaced_samples"] == 0
     table = (tmp_path / "results.md").read_text()
     assert "| test | t2v |" in table
