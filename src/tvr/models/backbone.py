@@ -52,10 +52,7 @@ INLINE_ARCHITECTURES: dict[str, dict[str, Any]] = {
 # that the data pipeline puts in padded slots (what a reference encoding every slot computes).
 PADDED_FRAME_MODES = ("zeros", "encoded_blank")
 
-# How CLIP's weights are stored while training (``train.clip_param_dtype``): fp32, or fp16 as the DRL/CLIP4Clip
-# family's ``convert_weights`` leaves them on GPU (:meth:`CLIPBackbone.store_in_fp16`).
-CLIP_PARAM_DTYPES = ("fp32", "fp16")
-# The parameters convert_weights casts: of every Conv/Linear, of nn.MultiheadAttention, and the projections.
+# The parameters OpenAI's convert_weights casts to fp16 (:meth:`CLIPBackbone.store_in_fp16`): of every Conv/Linear, of nn.MultiheadAttention, and the projections.
 _FP16_LAYER_PARAMETERS = {
     nn.Conv1d: ("weight", "bias"),
     nn.Conv2d: ("weight", "bias"),
