@@ -202,13 +202,17 @@ def test_a_resumed_runs_wall_time_counts_every_part(finished_run, data_dir, tmp_
     [
         ("head=seqtransf", "head.name: checkpoint 'meanpool', this run 'seqtransf'"),
         ("data=msrvtt", "data.name: checkpoint 'synthetic', this run 'msrvtt'"),
+        (
+            "optim=bertadam train.clip_param_dtype=fp16",  # its moments were saved in fp32
+            "train.clip_param_dtype: checkpoint 'fp32', this run 'fp16'",
+        ),
     ],
 )
 def test_resuming_another_heads_or_datasets_checkpoint_is_refused_naming_both(
     override, named, finished_run, data_dir, tmp_path
 ):
     checkpoint = finished_run / "checkpoints" / "last.ckpt"
-    cfg = compose_train([override, f"ckpt_path={checkpoint}"] + QUIET, data_dir, tmp_path)
+    cfg = compose_train([*override.split(), f"ckpt_path={checkpoint}"] + QUIET, data_dir, tmp_path)
     with pytest.raises(CheckpointError, match="cannot continue") as error:
         train(cfg)
     assert named in str(error.value)

@@ -76,6 +76,8 @@ def assert_nothing_written(data_dir: Path, run_dir: Path) -> None:
         ("+foo=1", "foo", "is not a key of tvr-train's config"),  # was accepted and ignored
         ("+train.ckpt_every=5", "train.ckpt_every", "is not a key of the train section"),
         ("train.nonfinite=ignore", "train.nonfinite", "expected one of stop, skip"),
+        ("train.clip_param_dtype=bf16", "train.clip_param_dtype", "got 'bf16', expected one of fp32, fp16"),
+        ("train.clip_param_dtype=fp16", "train.clip_param_dtype", "but optim.name is 'adamw'"),  # BertAdam's fp16 step
         ("train.checkpoint_every_n_steps=-1", "train.checkpoint_every_n_steps", "got -1, expected an integer >= 0"),
         # from the constructors' annotations (no hand-written check)
         ("backbone.text_padding_mask=maybe", "backbone.text_padding_mask", "got 'maybe', expected one of True, False"),

@@ -62,6 +62,12 @@ class BertAdam(torch.optim.Optimizer):
     Adam **without bias correction** (beta1 0.9, beta2 0.98, eps 1e-6); each parameter's gradient is
     clipped to ``max_grad_norm`` before its update; decoupled weight decay is added to the update before
     the learning rate is applied: ``p -= lr * (m / (sqrt(v) + eps) + wd * p)``.
+
+    The moments have the parameter's dtype and every operation is the reference's, in its order, so each
+    intermediate is rounded where the reference rounds it: ``wd * p`` and ``lr * update`` are tensors of
+    their own before they are added. For fp16 parameters (``train.clip_param_dtype=fp16``) that is the
+    family's fp16 arithmetic: fp16 moments, ``v`` underflowing to 0 for small gradients, ``lr * update``
+    rounded to fp16 (subnormal at lr 1e-7), and most weights not moving at all (methods spec §2.6, DRL Q8).
     """
 
     def __init__(
@@ -101,8 +107,8 @@ class BertAdam(torch.optim.Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
                 if group["weight_decay"] > 0:
-                    update.add_(param, alpha=group["weight_decay"])
-                param.add_(update, alpha=-group["lr"])
+                    update += group["weight_decay"] * param
+                param.sub_(group["lr"] * update)
         return loss
 
 

@@ -40,7 +40,13 @@ log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 # what a checkpoint must share with the run that continues it
-SAME_RUN_KEYS = (("head", "name"), ("backbone", "model_name"), ("backbone", "architecture"), ("data", "name"))
+SAME_RUN_KEYS = (
+    ("head", "name"),
+    ("backbone", "model_name"),
+    ("backbone", "architecture"),
+    ("data", "name"),
+    ("train", "clip_param_dtype"),  # the optimiser's moments are stored in the parameters' dtype
+)
 
 
 # ---------------------------------------------------------------------------------------------- RNG states

@@ -40,6 +40,12 @@ class TrainOptions:
         False,
         help="freeze CLIP's patch embedding (visual.conv1), as the GLSCL, HBI, DiffusionRet and TempMe references",
     )
+    clip_param_dtype: Literal["fp32", "fp16"] = option(
+        "fp32",
+        help="fp16: CLIP's Conv/Linear/attention weights and projections stored and updated (BertAdam, fp16 moments) "
+        "in fp16, as the DRL/CLIP4Clip family's convert_weights on GPU; LayerNorms, embeddings, logit_scale and the "
+        "head stay fp32 (parity with the references' GPU runs; needs optim=bertadam and trainer.precision=32-true)",
+    )
     checkpoint_every_n_steps: int = option(
         0, minimum=0, help="also write checkpoints/last.ckpt every N optimiser steps (0: at epoch ends only)"
     )

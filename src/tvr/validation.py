@@ -39,13 +39,15 @@ from tvr.models.heads import HEADS, RetrievalHead
 from tvr.models.heads.base import TOWER_CONFIG_KEYS, TOWER_KINDS, split_tower_choice, tower_keys
 from tvr.models.losses import LOSSES
 from tvr.models.towers import VisionGeometry
-from tvr.models.towers.base import tower_class, tower_names
+from tvr.models.towers.base import SavesIdentity, tower_class, tower_names
 from tvr.optim import OptimOptions
 from tvr.options import from_config
 from tvr.train_options import WINDOW_METRIC, TrainOptions, selectable_metrics
 
 # Every value Lightning's Trainer accepts for ``precision`` (its own check flattens the same literals).
 PRECISIONS = tuple(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal))
+# Trainer precisions that leave parameters in their own dtype and compute without autocast.
+FULL_PRECISIONS = (32, "32", "32-true")
 # Arguments tvr passes itself; the same name in the config would be a second value for one argument.
 TRAINER_ARGUMENTS_SET_BY_TVR = ("logger", "callbacks", "plugins", "default_root_dir")
 # The config sections a run is built from, in the order they are checked (the backbone gives the shape
@@ -366,6 +368,51 @@ def check_evaluation(checker: ConfigChecker, evaluation: Section) -> None:
             )
 
 
+def check_clip_param_dtype(
+    checker: ConfigChecker,
+    train: Section,
+    optim: Section | None,
+    trainer: Section | None,
+    head: Section | None,
+    built_head: RetrievalHead | None,
+) -> None:
+    """``train.clip_param_dtype=fp16`` is the DRL/CLIP4Clip family's GPU training as a whole: BertAdam updating
+    fp16 parameters with fp16 moments, CLIP computing in fp16 without autocast, and no adapter of fp32
+    weights inside CLIP (the family's references have none)."""
+    if train.get("clip_param_dtype") != "fp16":
+        return
+    key = train.key("clip_param_dtype")
+    if optim is not None and optim.get("name") != "bertadam":
+        checker.fail(
+            key,
+            f"is fp16, the storage of the references that update it with BertAdam's fp16 arithmetic, but "
+            f"{optim.key('name')} is '{optim.get('name')}'",
+            "pass optim=bertadam (as the CLIP4Clip/DRL family's recipes do), or train.clip_param_dtype=fp32",
+        )
+    if trainer is not None and trainer.get("precision") not in FULL_PRECISIONS:
+        checker.fail(
+            key,
+            f"is fp16, which computes CLIP in fp16 without autocast as the references do, but "
+            f"{trainer.key('precision')} is '{trainer.get('precision')}'",
+            f"pass {trainer.key('precision')}=32-true, or train.clip_param_dtype=fp32",
+        )
+    if head is None or built_head is None:
+        return
+    try:
+        _, choice = split_tower_choice({name: value for name, value in head.values.items() if name != "name"})
+        towers = {kind: tower_class(spec["name"], kind) for kind, spec in built_head.tower_specs(choice).items()}
+    except (KeyError, ValueError, TypeError):
+        return  # check_head and check_towers name the key
+    for kind, tower in towers.items():
+        if issubclass(tower, SavesIdentity):  # the towers with parameters of their own
+            checker.fail(
+                key,
+                f"is fp16, but the {kind} tower '{tower.name}' adds fp32 weights inside CLIP, which would meet "
+                "its fp16 activations (the CLIP4Clip/DRL family's references use the per_frame and clip_text towers)",
+                "pass train.clip_param_dtype=fp32",
+            )
+
+
 # ---------------------------------------------------------------------- entry points
 def check_run(
     checker: ConfigChecker,
@@ -400,6 +447,8 @@ def check_run(
         check_head_fits(checker, head, built_head, shape, data)
     if evaluation and built_head is not None:
         check_reranker_needs(checker, evaluation, built_head, data)
+    if train and training:
+        check_clip_param_dtype(checker, train, optim, trainer, head, built_head)
     return built_head
 
 

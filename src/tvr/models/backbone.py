@@ -9,6 +9,7 @@ download; weights come only from a local file (see :mod:`tvr.models.weights`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import re
@@ -20,6 +21,7 @@ import torch
 from open_clip.model import CLIPVisionCfg
 from open_clip.pretrained import get_pretrained_cfg
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+from open_clip.transformer import LayerNormFp32
 from torch import nn
 
 from tvr.data.transforms import Preprocessing
@@ -50,6 +52,23 @@ INLINE_ARCHITECTURES: dict[str, dict[str, Any]] = {
 # What padded frame slots hold: "zeros", or "encoded_blank", the CLIP features of the all-zero input image
 # that the data pipeline puts in padded slots (what a reference encoding every slot computes).
 PADDED_FRAME_MODES = ("zeros", "encoded_blank")
+
+# The parameters OpenAI's convert_weights casts to fp16 (:meth:`CLIPBackbone.store_in_fp16`): of every Conv/Linear, of nn.MultiheadAttention, and the projections.
+_FP16_LAYER_PARAMETERS = {
+    nn.Conv1d: ("weight", "bias"),
+    nn.Conv2d: ("weight", "bias"),
+    nn.Linear: ("weight", "bias"),
+    nn.MultiheadAttention: (
+        "in_proj_weight",
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "in_proj_bias",
+        "bias_k",
+        "bias_v",
+    ),
+}
+_FP16_PROJECTIONS = ("text_projection", "proj")
 
 # Every caption is tokenised with CLIP's BPE; an open_clip model whose text tower uses another
 # tokenizer (an HF text tower) cannot be driven by tvr's caption pipeline.
@@ -207,6 +226,7 @@ class CLIPBackbone(nn.Module):
         config.pop("custom_text", None)
         self.model_name = model_name or "inline"
         self.quick_gelu = config["quick_gelu"]
+        self.clip_param_dtype = "fp32"
         self.clip = open_clip.CLIP(**config)
         if loaded is not None:
             self._load(loaded)
@@ -270,6 +290,40 @@ class CLIPBackbone(nn.Module):
         for param in self.clip.parameters():
             param.requires_grad_(False)
         return [name for name, _ in self.clip.named_parameters()]
+
+    def store_in_fp16(self) -> list[str]:
+        """OpenAI's ``convert_weights``, which the DRL/CLIP4Clip family applies to CLIP on GPU (methods spec
+        clip4clip-xpool §2.6, drl-ucofia §1.2 and Q8): the weights and biases of every Conv/Linear, the attention
+        in-projections and ``text_projection``/``visual.proj`` become fp16 *parameters*, with no fp32 copy; the
+        optimiser then updates them in fp16. LayerNorms, the token/positional/class embeddings and
+        ``logit_scale`` stay fp32. As in the reference, activations inside CLIP are then fp16 (embeddings are
+        cast to the weights' dtype) and each LayerNorm computes in fp32 and returns fp16 (open_clip's
+        ``LayerNormFp32``, the reference's LayerNorm: only the class changes, its parameters stay the same
+        objects); :meth:`features_for_head` gives the head fp32 features. Returns the fp16 parameters' names."""
+        converted = set()
+        for module in self.clip.modules():
+            names = next((names for kind, names in _FP16_LAYER_PARAMETERS.items() if isinstance(module, kind)), ())
+            for name in (*names, *_FP16_PROJECTIONS):
+                tensor = getattr(module, name, None)
+                if isinstance(tensor, nn.Parameter):
+                    tensor.data = tensor.data.half()
+                    converted.add(id(tensor))
+            if isinstance(module, nn.LayerNorm):
+                module.__class__ = LayerNormFp32
+        self.clip_param_dtype = "fp16"
+        return [name for name, param in self.clip.named_parameters() if id(param) in converted]
+
+    def features_for_head(self, features: TextFeatures | FrameFeatures) -> TextFeatures | FrameFeatures:
+        """CLIP's outputs as heads read them: fp32. Only fp16 storage changes them (the references' ``.float()``
+        on CLIP's outputs: their heads run in fp32)."""
+        if self.clip_param_dtype == "fp32":
+            return features
+        floats = {
+            field.name: value.float()
+            for field in dataclasses.fields(features)
+            if isinstance(value := getattr(features, field.name), torch.Tensor) and value.is_floating_point()
+        }
+        return dataclasses.replace(features, **floats)
 
     @property
     def embed_dim(self) -> int:

@@ -64,7 +64,16 @@ class Retriever(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self.check_state_dict(state_dict)
+        self.store_as_saved(state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def store_as_saved(self, state_dict: dict) -> None:
+        """Weights trained with ``train.clip_param_dtype=fp16`` hold CLIP's layers in fp16: the model then stores
+        and computes them in fp16 too, so that ``tvr-eval`` and ``tvr-search`` score as the run's own evaluation
+        did (copied into fp32 parameters, they would compute in fp32). Converted paper releases are fp32."""
+        saved = state_dict.get("backbone.clip.visual.conv1.weight")
+        if torch.is_tensor(saved) and saved.dtype == torch.float16 and self.backbone.clip_param_dtype == "fp32":
+            self.backbone.store_in_fp16()
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -91,10 +100,10 @@ class Retriever(nn.Module):
         """The video tower's features; ``draws`` (evaluation) say where a head's random draws come from."""
         features = self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
         features.draws = draws
-        return features
+        return self.backbone.features_for_head(features)
 
     def text_features(self, tokens: torch.Tensor) -> TextFeatures:
-        return self.head.text_tower(self.backbone, tokens)
+        return self.backbone.features_for_head(self.head.text_tower(self.backbone, tokens))
 
     def encode_texts(self, tokens: torch.Tensor) -> Repr:
         return self.head.encode_text(self.text_features(tokens))
