@@ -50,21 +50,32 @@ GPU_BUDGET_CLIPS_PER_S = 1250.0  # issue 22's budget: one H100 at 40 % of 989 TF
 VIDEO = {"fps": 3, "seconds": 16, "frame_size": IMAGE_SIZE}
 
 
+VIT_B32 = ("backbone=vit_b32", "backbone.weights=null")
+
+
 def loader_overrides(
-    data_dir: Path, source: str, augment: str, batch_size: int, train_videos: int, workers: int = 1
+    data_dir: Path,
+    source: str,
+    augment: str,
+    batch_size: int,
+    train_videos: int,
+    workers: int = 1,
+    backbone: tuple[str, ...] = VIT_B32,
+    frames: int = FRAMES,
+    video: dict = VIDEO,
 ) -> list[str]:
-    """``tvr-train`` overrides of the loader measured: ViT-B/32's input, 12 frames, one source, one augmentation."""
+    """``tvr-train`` overrides of the loader measured: the backbone's input (ViT-B/32's by default), ``frames``
+    per clip, one source, one augmentation."""
     cache_mode = "build" if source == "cache" else "off"
     return [
-        "backbone=vit_b32",
-        "backbone.weights=null",
+        *backbone,
         f"paths.data_dir={data_dir}",
-        *(f"data.source.{key}={value}" for key, value in VIDEO.items()),
+        *(f"data.source.{key}={value}" for key, value in video.items()),
         f"data.source.num_train={train_videos}",
         "data.source.num_val=0",
         "data.source.num_test=4",
-        f"data.video.train_sampler.max_frames={FRAMES}",
-        f"data.video.eval_sampler.max_frames={FRAMES}",
+        f"data.video.train_sampler.max_frames={frames}",
+        f"data.video.eval_sampler.max_frames={frames}",
         f"data.train_augment={augment}",
         f"data.frame_cache.mode={cache_mode}",
         "data.frame_cache.workers=1",

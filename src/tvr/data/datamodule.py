@@ -69,7 +69,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         batch_size: Annotated[int, limits(minimum=1)],
         eval_batch_size: Annotated[int, limits(minimum=1)],
         num_workers: Annotated[int, limits(minimum=0)] = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         frame_cache: dict | None = None,
         query_bank: dict | None = None,
         shuffle_train: bool = True,
@@ -90,7 +90,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.train_batch: int | None = None  # the batch each process really trains on, known with its loader
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.pin_memory = pin_memory  # None: pinned when the trainer runs on a GPU (non-blocking copies to it)
         self.records: dict[str, SplitRecords] = {}
         self._parsed_splits: dict[str, SplitRecords] = {}
         cache_cfg = frame_cache or {}
@@ -202,9 +202,23 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _reader(
         self, sampler, cache: FrameCache | None = None, transform: ClipFrameTransform | None = None
     ) -> ClipReader:
+        # uint8 clips: the model normalises them on its device (Retriever.frame_features)
         return ClipReader(
-            self.backend, sampler, transform or ClipFrameTransform(self.preprocessing), cache, self.skip_videos
+            self.backend,
+            sampler,
+            transform or ClipFrameTransform(self.preprocessing),
+            cache,
+            self.skip_videos,
+            normalize=False,
         )
+
+    def pinned(self) -> bool:
+        """Whether the loaders pin their batches: ``data.pin_memory``, or when unset, whether the trainer
+        feeds a GPU."""
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _loader(
         self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False
@@ -217,7 +231,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pinned(),
             collate_fn=collate,
             # a loader's own generator seeds its workers: creating an iterator must not draw from the global
             # torch RNG, or a resumed run's dropout stream would differ from the uninterrupted run's

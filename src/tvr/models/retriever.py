@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
+from tvr.data.transforms import normalize_frames
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
 from tvr.models.heads.base import Repr, masked_mean_of_unit_frames, split_tower_choice
@@ -80,6 +81,11 @@ class Retriever(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
+        """``frames``: normalised float frames, or the uint8 frames tvr's loaders deliver, normalised here on the
+        model's device with its own mean/std (padded slots, where ``frame_mask`` is False, become zeros)."""
+        if frames.dtype == torch.uint8:
+            preprocessing = self.backbone.preprocessing
+            frames = normalize_frames(frames, preprocessing.mean, preprocessing.std, frame_mask)
         return self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
 
     def text_features(self, tokens: torch.Tensor) -> TextFeatures:
