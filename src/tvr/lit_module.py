@@ -44,6 +44,9 @@ class RetrievalModule(EvaluationModule):
         self.save_hyperparameters()
         options = from_config(TrainOptions, train)
         self.freeze_for_training(options.freeze_layer_num, options.freeze_patch_embedding)
+        if options.compile:  # in place: parameter names, and so checkpoints, stay as they are
+            for tower in self.head.towers().values():
+                tower.compile()
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
         self.optim_options = from_config(OptimOptions, optim)

@@ -63,6 +63,7 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
         "world_size": trainer.world_size,
         "gather_grad": cfg.train.gather_grad,
         "freeze_patch_embedding": cfg.train.freeze_patch_embedding,
+        "compile": cfg.train.compile,
         "data": data,
         "train_set": train_set_size(datamodule),
     }
