@@ -129,6 +129,200 @@ def measure(data_dir: Path, scratch: Path, source: str, augment: str, args) -> f
     return clips_per_second(endless(loader), args.clips)
 
 
+# ------------------------------------------------------------------------------------- where the time goes
+def breakdown(data_dir: Path, scratch: Path, args) -> dict[str, float]:
+    """Milliseconds per clip of each stage a worker runs, measured here with one thread over the first videos."""
+    import numpy as np
+
+    from tvr.data.frame_cache import FrameCache
+    from tvr.data.transforms import ClipFrameTransform, normalize_frames
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    overrides = loader_overrides(data_dir, "cache", "none", args.batch_size, args.train_videos, workers=0)
+    datamodule = build_loader_datamodule(overrides, scratch / "run")
+    _, split, sampler, path = next(target for target in datamodule.cache_targets() if target[0] == "train")
+    prep = datamodule.preprocessing
+    cache = FrameCache.open(path, split, sampler.describe(), prep)
+    videos = split.videos[:16]
+    decoded = [datamodule.backend.read(video.path, sampler, video.start, video.end).frames for video in videos]
+    cached = [cache.read(video.video_id)[0] for video in videos]
+    as_decoded = [clip.permute(0, 2, 3, 1).numpy() for clip in cached]  # cached 224 px frames, as [T, H, W, 3]
+    transforms = {augment: ClipFrameTransform(prep, augment) for augment in ("none", "xpool", "drl_randaugment")}
+    stages = {
+        "read a clip from the frame cache": lambda i: cache.read(videos[i].video_id),
+        "normalise to float32 (the worker did it before; now the device)": lambda i: normalize_frames(
+            cached[i], prep.mean, prep.std
+        ),
+        "decode the sampled frames (video)": lambda i: datamodule.backend.read(
+            videos[i].path, sampler, videos[i].start, videos[i].end
+        ),
+        "resize + centre crop of decoded frames": lambda i: transforms["none"].resize_crop(decoded[i]),
+        "X-Pool crop/flip of decoded frames": lambda i: transforms["xpool"].resize_crop(decoded[i]),
+        "X-Pool crop/flip of cached 224 px frames (not what tvr does)": lambda i: transforms["xpool"].resize_crop(
+            np.ascontiguousarray(as_decoded[i])
+        ),
+        "DRL RandAugment + resize/crop of decoded frames": lambda i: transforms["drl_randaugment"].resize_crop(
+            decoded[i]
+        ),
+        f"collate {args.batch_size} uint8 clips": lambda i: torch.stack(cached[: args.batch_size]),
+        f"collate {args.batch_size} float32 clips (before)": lambda i: torch.stack(
+            [normalize_frames(clip, prep.mean, prep.std) for clip in cached[: args.batch_size]]
+        ),
+    }
+    timings = {}
+    for name, stage in stages.items():
+        stage(0)  # warm-up
+        started = time.perf_counter()
+        for index in range(len(videos)):
+            stage(index)
+        timings[name] = round((time.perf_counter() - started) / len(videos) * 1000, 2)
+    return timings
+
+
+# ------------------------------------------------------------------------------------------------ start-up
+STARTUP_FRACTIONS = (0.25, 0.5, 1.0)
+CAPTIONS_PER_VIDEO = 20  # MSR-VTT's
+
+
+def msrvtt_folder(folder: Path, annotations: Path, fraction: float) -> int:
+    """An MSR-VTT folder holding ``fraction`` of the 9k training videos (the real csv's first rows), the real
+    1k-A test csv, an ``MSRVTT_data.json`` with 20 captions per video (the real file is not in ``annotations``:
+    the captions are made up, the sizes are MSR-VTT's) and an empty file per video. Returns the training pairs."""
+    from tvr.data.datasets.msrvtt import read_csv_column
+
+    source = annotations / "msrvtt"
+    train = read_csv_column(source / "MSRVTT_train.9k.csv", "video_id")
+    train = train[: round(len(train) * fraction)]
+    test = read_csv_column(source / "MSRVTT_JSFUSION_test.csv", "video_id")
+    (folder / "videos").mkdir(parents=True)
+    (folder / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{video}\n" for video in train))
+    (folder / "MSRVTT_JSFUSION_test.csv").write_bytes((source / "MSRVTT_JSFUSION_test.csv").read_bytes())
+    sentences = [
+        {"video_id": video, "caption": f"a person shows thing {k} in video {video}", "sen_id": k}
+        for video in train + test
+        for k in range(CAPTIONS_PER_VIDEO)
+    ]
+    (folder / "MSRVTT_data.json").write_text(json.dumps({"sentences": sentences}))
+    for video in train + test:
+        (folder / "videos" / f"{video}.mp4").touch()
+    return len(train) * CAPTIONS_PER_VIDEO
+
+
+def activitynet_folder(folder: Path, annotations: Path, fraction: float) -> int:
+    """An ActivityNet Captions folder: ``fraction`` of the real training paragraphs (ids and captions), the real
+    val_1 set, an empty file per video. Returns the training paragraphs."""
+    source = annotations / "activitynet"
+    ids = json.loads((source / "train_ids.json").read_text())
+    ids = ids[: round(len(ids) * fraction)]
+    captions = json.loads((source / "train.json").read_text())
+    (folder / "videos").mkdir(parents=True)
+    (folder / "train_ids.json").write_text(json.dumps(ids))
+    (folder / "train.json").write_text(json.dumps({key: captions[key] for key in ids if key in captions}))
+    for name in ("val_1.json", "val_ids.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    for video in ids + json.loads((source / "val_ids.json").read_text()):
+        (folder / "videos" / f"{video.removeprefix('v_')}.mp4").touch()
+    return sum(key in captions for key in ids)
+
+
+FOLDERS = {"msrvtt": msrvtt_folder, "activitynet": activitynet_folder}
+
+
+class OpenCounter:
+    """Counts the files opened under ``root`` while active (``open``, ``io.open``, ``Path.open``/``read_text``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.counts = str(root), {}
+
+    def __enter__(self) -> dict[str, int]:
+        import builtins
+        import io
+
+        self.original = builtins.open
+
+        def counting_open(file, *args, **kwargs):
+            name = str(file)
+            if name.startswith(self.root):
+                self.counts[name] = self.counts.get(name, 0) + 1
+            return self.original(file, *args, **kwargs)
+
+        builtins.open = io.open = counting_open
+        return self.counts
+
+    def __exit__(self, *exc) -> None:
+        import builtins
+        import io
+
+        builtins.open = io.open = self.original
+
+
+def startup(dataset: str, folder: Path, run_dir: Path) -> dict:
+    """Seconds of each start-up step of a training run's data module on ``folder``, and the files it opened."""
+    overrides = [
+        f"data={dataset}",
+        f"data.source.root={folder}",
+        "data.frame_cache.mode=off",
+        "data.num_workers=0",
+        "backbone=tiny",
+    ]
+    steps, marks = {}, [time.perf_counter()]
+    with OpenCounter(folder) as opens:
+        from tvr.builders import backbone_preprocessing, build_datamodule
+        from tvr.config import compose_config
+
+        cfg = compose_config(overrides, "train", output_dir=run_dir)
+        datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
+        for name, step in (
+            ("prepare_data", datamodule.prepare_data),
+            ("setup fit (parse + records)", lambda: datamodule.setup("fit")),
+            ("setup test", lambda: datamodule.setup("test")),
+            ("train loader (pairs + order)", datamodule.train_dataloader),
+        ):
+            marks.append(time.perf_counter())
+            step()
+            steps[name] = time.perf_counter() - marks[-1]
+    return {
+        "steps_s": steps,
+        "pairs": len(datamodule.train_dataloader().dataset),
+        "opens": {Path(name).name: count for name, count in sorted(opens.items())},
+    }
+
+
+def measure_startup(annotations: Path, scratch: Path, repeats: int = 3) -> dict:
+    """Each dataset at each fraction of its size, the fastest of ``repeats`` start-ups per step (a shared machine
+    stalls single runs)."""
+    results = {}
+    for dataset, make_folder in FOLDERS.items():
+        rows = []
+        for fraction in STARTUP_FRACTIONS:
+            folder = scratch / f"{dataset}-{fraction}"
+            size = make_folder(folder, annotations, fraction)
+            runs = [startup(dataset, folder, scratch / "run") for _ in range(repeats)]
+            fastest = {step: min(run["steps_s"][step] for run in runs) for step in runs[0]["steps_s"]}
+            rows.append({"fraction": fraction, "train_items": size, **runs[0], "steps_s": fastest})
+        full, quarter = rows[-1], rows[0]
+        growth = {
+            step: math.log(max(full["steps_s"][step], 1e-4) / max(quarter["steps_s"][step], 1e-4))
+            / math.log(full["train_items"] / quarter["train_items"])
+            for step in full["steps_s"]
+        }
+        results[dataset] = {"rows": rows, "growth_exponent": growth}
+    return results
+
+
+def report_startup(results: dict) -> None:
+    for dataset, figures in results.items():
+        steps = list(figures["rows"][0]["steps_s"])
+        print(f"\nstart-up of a training run's data module, {dataset} (seconds per step, fastest of 3)\n")
+        print("| training items | " + " | ".join(steps) + " | files opened (most opens of one) |")
+        print("|---|" + "---|" * (len(steps) + 1))
+        for r in figures["rows"]:
+            cells = [f"{r['steps_s'][step]:.2f}" for step in steps]
+            print(f"| {r['pairs']:,} | " + " | ".join(cells) + f" | {len(r['opens'])} ({max(r['opens'].values())}) |")
+        exponents = ", ".join(f"{step}: {value:.2f}" for step, value in figures["growth_exponent"].items())
+        print(f"\ngrowth exponent from 1/4 to all of the data (1 = linear): {exponents}")
+
+
 def main() -> None:
     from tvr.data.transforms import AUGMENTATIONS
 
@@ -140,8 +334,18 @@ def main() -> None:
     parser.add_argument("--train-videos", type=int, default=48, help="videos of the generated set")
     parser.add_argument("--gpu-clips-per-s", type=float, default=GPU_BUDGET_CLIPS_PER_S)
     parser.add_argument("--data-dir", type=Path, help="where the generated videos go (kept); default: a scratch folder")
+    parser.add_argument("--breakdown", action="store_true", help="also time each stage of a worker's clip")
+    parser.add_argument("--startup", action="store_true", help="time start-up at real scale instead")
+    parser.add_argument("--annotations", type=Path, default=Path("../shared/data/annotations"))
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    if args.startup:
+        with tempfile.TemporaryDirectory(prefix="tvr-bench-startup-") as scratch:
+            results = measure_startup(args.annotations, Path(scratch))
+        report_startup(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="tvr-bench-loader-") as scratch:
         data_dir = args.data_dir or Path(scratch) / "data"
         from tvr.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
@@ -153,9 +357,11 @@ def main() -> None:
         for source in args.sources:
             for augment in args.augments:
                 rate = measure(data_dir, Path(scratch), source, augment, args)
-                results["per_worker_clips_per_s"].setdefault(source, {})[augment] = round(rate, 2)
+                results["per_worker_clips_per_s"].setdefault(source, {})[augment] = rate
                 results["workers_for_gpu"].setdefault(source, {})[augment] = math.ceil(args.gpu_clips_per_s / rate)
                 print(f"{source} {augment}: {rate:.1f} clips/s per worker", file=sys.stderr, flush=True)
+        if args.breakdown:
+            results["ms_per_clip"] = breakdown(data_dir, Path(scratch), args)
     report(results, args.gpu_clips_per_s)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -170,6 +376,10 @@ def report(results: dict, gpu_rate: float) -> None:
     for source, rates in results["per_worker_clips_per_s"].items():
         for augment, rate in rates.items():
             print(f"| {source} | {augment} | {rate:.1f} | {results['workers_for_gpu'][source][augment]} |")
+    if "ms_per_clip" in results:
+        print("\nwhere a worker's time goes, ms per clip (one thread, in this process)\n\n| stage | ms |\n|---|---|")
+        for stage, ms in results["ms_per_clip"].items():
+            print(f"| {stage} | {ms:.1f} |")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tvr.data.frame_cache import (
     unusable_cache_report,
 )
 from tvr.data.order import TrainOrderSampler
-from tvr.data.records import SplitRecords
+from tvr.data.records import SplitRecords, gc_paused
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
 from tvr.data.transforms import Augmentation, ClipFrameTransform, Preprocessing
@@ -192,7 +192,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         """A split's records, parsed once: prepare_data's cache checks, setup's roles (val and test may be one
         split) and the query bank share them."""
         if name not in self._parsed_splits:
-            self._parsed_splits[name] = self.dataset.load_split(name)
+            with gc_paused():
+                self._parsed_splits[name] = self.dataset.load_split(name)
         return self._parsed_splits[name]
 
     @property
@@ -240,7 +241,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         reader = self._reader(self.train_sampler, self._cache_for("train"), self.train_transform)
-        pairs = TrainPairs(self.records["train"], reader, self.tokenizer, seed=self.seed)
+        with gc_paused():
+            pairs = TrainPairs(self.records["train"], reader, self.tokenizer, seed=self.seed)
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         # a DistributedSampler subclass, so Lightning does not inject its own: the order is a function of
