@@ -59,9 +59,9 @@ def compile_unavailable(accelerator: str) -> str | None:
     import torch
 
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        from torch.utils._triton import has_triton
+        from torch.utils._triton import has_triton_package
 
-        return None if has_triton() else "torch.compile on the GPU needs Triton, which this environment lacks"
+        return None if has_triton_package() else "torch.compile on the GPU needs Triton, which this environment lacks"
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         return f"torch.compile on the CPU needs a C++ compiler and '{compiler}' ($CXX, or g++) was not found"
