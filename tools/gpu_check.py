@@ -19,6 +19,9 @@ Sections, each a table (Markdown) and a part of ``--json``:
    (``_scaled_dot_product_flash_attention_for_cpu``) has no formula, so the GPU kernels' formula is given for
    it (``bench_towers.cpu_attention_flops``). Each row says whether attention FLOPs were counted.
    On a GPU, ``--compile-heads`` (default: meanpool) are measured again with ``train.compile=true``.
+   The first rows of a process pay one-off costs the warm-up steps do not all absorb (lazy initialisation,
+   kernel selection): on the CPU with ``--tiny`` the first head's step is several times slower than it would be
+   later (the tiny run proves the paths; its times mean little), so compare rows of one head across runs.
 2. **Evaluation at MSR-VTT's shape** (``--eval-size`` texts x videos, 1,000 x 1,000; ``--tiny``: 64 x 64):
    encode every video and text on the device, then score them tile by tile (``tiled_similarity`` with the
    default tile budget); time of each and peak device memory. Then the same head on the tiny model, with
