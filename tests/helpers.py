@@ -48,7 +48,8 @@ class PoisonBatch(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and self.batch_idx in (None, batch_idx):
-            batch["frames"].fill_(float("nan"))
+            # the loaders deliver uint8 frames, which hold no NaN: normalised float frames of NaN instead
+            batch["frames"] = torch.full(batch["frames"].shape, float("nan"), device=batch["frames"].device)
 
 
 class PoisonGradient(pl.Callback):

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train
 from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.data.clips import ClipReader
-from tvr.data.transforms import ClipFrameTransform, Preprocessing
+from tvr.data.transforms import ClipFrameTransform, Preprocessing, normalize_frames
 
 spec = importlib.util.spec_from_file_location("cache_frames", REPO_ROOT / "tools" / "cache_frames.py")
 cache_frames = importlib.util.module_from_spec(spec)
@@ -129,4 +129,6 @@ def test_the_data_module_feeds_the_preprocessing_tvr_gives_it(data_dir, tmp_path
     videos = datamodule.test_dataloader()[0].dataset
     video = datamodule.records["test"].videos[0]
     expected, _ = ClipReader(datamodule.backend, datamodule.eval_sampler, ClipFrameTransform(other)).read(video)
-    assert torch.equal(videos[0]["frames"], expected) and expected.shape[-1] == 24
+    item = videos[0]  # uint8, normalised by the model on its device: here with the preprocessing's mean/std
+    delivered = normalize_frames(item["frames"], other.mean, other.std, item["frame_mask"])
+    assert item["frames"].dtype == torch.uint8 and torch.equal(delivered, expected) and expected.shape[-1] == 24

@@ -37,6 +37,7 @@ RESUME = "tests/test_resume.py::test_ckpt_path_continues_in_the_runs_own_folder"
 SWEEP_SUMMARY = "tests/test_sweep.py::test_a_sweep_with_a_failing_configuration_completes_and_summarises_itself"
 BENCH_TRAIN = "tests/test_bench_train.py::test_bench_train_end_to_end"
 VIDEO_TOOLS = "tests/test_cli.py::test_video_tools_from_the_command_line"
+GPU_CHECK = "tests/test_gpu_check.py::test_the_tiny_run_on_the_cpu_passes_every_check"
 RUN, COMPOSE, ELSEWHERE, NOT_RUN = "run", "compose", "elsewhere", "not run"
 # (how, why) for RUN and COMPOSE, (ELSEWHERE, the covering test node, why) and (NOT_RUN, why) otherwise
 HOW = {
@@ -104,6 +105,26 @@ HOW = {
         "needs SLURM; submits a sweep to a stand-in cluster",
     ),
     "python tools/bench_train.py": (ELSEWHERE, BENCH_TRAIN, "minutes; runs it with few steps"),
+    "python tools/gpu_check.py --json gpu_check.json": (
+        ELSEWHERE,
+        GPU_CHECK,
+        "needs a GPU; runs the same script on the CPU with the tiny model",
+    ),
+    "python tools/gpu_check.py --device cpu --tiny": (ELSEWHERE, GPU_CHECK, "a minute or more on 2 cores"),
+    "python tools/bench_loader.py --breakdown --json bench_loader.json": (
+        ELSEWHERE,
+        "tests/test_bench_loader.py::test_bench_loader_measures_each_source_and_augmentation",
+        "minutes; runs it with few clips and videos",
+    ),
+    "python tools/bench_loader.py --startup --annotations ../shared/data/annotations": (
+        ELSEWHERE,
+        "tests/test_bench_loader.py::test_start_up_reads_every_annotation_file_once",
+        "builds 180k pairs three times at three sizes; the test measures a small fraction of them",
+    ),
+    "tvr-train trainer=gpu train.compile=true": (
+        COMPOSE,
+        "needs a GPU; a compiled CPU run is tests/test_training.py's 'compiled' case",
+    ),
     "python tools/bench_train.py --device cuda --backbone vit_b32 --batch-size 128": (
         ELSEWHERE,
         BENCH_TRAIN,

@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from conftest import RANKING_OVERRIDES, SMALL_OVERRIDES, assert_ranks_by_text, compose_train, recorded_scores
+from tvr.builders import build_module
 from tvr.checkpoint import load_checkpoint_file
+from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
 from tvr.train import train
+from tvr.validation import validate_train_config
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -32,6 +35,7 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
             "train.freeze_patch_embedding=true",
         ],
         ["experiment=synthetic_seqtransf", "optim=bertadam", "train.clip_param_dtype=fp16"],
+        pytest.param(["train.compile=true"], marks=pytest.mark.slow),  # minutes of compiling on 2 cores
     ],
     ids=[
         "fp32-meanpool",
@@ -40,6 +44,7 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
         "xpool-bertadam",
         "glscl-window",
         "fp16-clip-bertadam",
+        "compiled",
     ],
 )
 def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
@@ -75,6 +80,7 @@ def test_fast_dev_run_trains_and_writes_results(overrides, data_dir, tmp_path):
     assert facts["rerank"] == cfg.evaluation.rerank
     assert facts["freeze_patch_embedding"] == cfg.train.freeze_patch_embedding
     assert facts["clip_param_dtype"] == cfg.train.clip_param_dtype
+    assert facts["compile"] == cfg.train.compile
     assert written["decode_failures"]["train_replaced_samples"] == 0
     table = (tmp_path / "results.md").read_text()
     assert "| test | t2v |" in table
@@ -158,3 +164,20 @@ def test_validation_split_can_be_re_evaluated(data_dir, tmp_path):
     )
     result = evaluate(cfg)
     assert result["split"] == "val" and result["num_videos"] == 8
+
+
+def test_train_compile_compiles_the_towers_in_place(data_dir, tmp_path):
+    """Compiled in place: the towers run compiled, and parameter names (so checkpoints) stay as they were."""
+    plain = build_module(compose_train(SMALL_OVERRIDES, data_dir, tmp_path))
+    compiled = build_module(compose_train([*SMALL_OVERRIDES, "train.compile=true"], data_dir, tmp_path))
+    assert all(tower._compiled_call_impl is not None for tower in compiled.head.towers().values())
+    assert all(tower._compiled_call_impl is None for tower in plain.head.towers().values())
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_train_compile_without_a_compiler_is_refused_at_start_up(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    cfg = compose_train([*SMALL_OVERRIDES, "train.compile=true"], data_dir, tmp_path)
+    with pytest.raises(ConfigError, match=r"train.compile: torch.compile on the CPU needs a C\+\+ compiler"):
+        validate_train_config(cfg)
+    validate_train_config(compose_train(SMALL_OVERRIDES, data_dir, tmp_path))  # off: no compiler needed

@@ -66,8 +66,14 @@ class InMemoryBatches(Dataset):
 
 
 def in_memory_loader(batches: list[dict], length: int | None = None) -> DataLoader:
-    # batch_size=None hands each item out as it is; the identity collate skips default_convert's walk
-    return DataLoader(InMemoryBatches(batches, length), batch_size=None, collate_fn=lambda batch: batch)
+    # batch_size=None hands each item out as it is; the identity collate skips default_convert's walk. Its own
+    # generator: starting an epoch must not draw from the global torch RNG (dropout's), as tvr's loaders do not
+    return DataLoader(
+        InMemoryBatches(batches, length),
+        batch_size=None,
+        collate_fn=lambda batch: batch,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def preload(loader: DataLoader, count: int) -> list[dict]:
@@ -205,7 +211,15 @@ def plain_fit(model, loader: DataLoader, optimizer, scheduler, clip: float | Non
 def plain_evaluate(
     model, video_batches: list[dict], text_batches: list[dict], autocast, device, tiles: dict, median: str
 ) -> dict:
-    from tvr.evaluation import retrieval_metrics, tiled_similarity
+    from tvr.evaluation import retrieval_metrics
+
+    scores, text_to_video = plain_scores(model, video_batches, text_batches, autocast, device, tiles)
+    return retrieval_metrics(scores, text_to_video, median=median)
+
+
+def plain_scores(model, video_batches, text_batches: list[dict], autocast, device, tiles: dict):
+    """The ``[Nt, Nv]`` scores (``video_batches`` is read once: a generator will do) and each text's video."""
+    from tvr.evaluation import tiled_similarity
     from tvr.models.heads.base import cat_reprs
 
     model.eval()
@@ -216,8 +230,7 @@ def plain_evaluate(
             )
             texts = cat_reprs([model.encode_texts(b["tokens"].to(device)) for b in text_batches])
         scores = tiled_similarity(model.head, texts, videos, **tiles)  # outside autocast, as in on_test_epoch_end
-    text_to_video = torch.cat([b["video_index"] for b in text_batches]).numpy()
-    return retrieval_metrics(scores, text_to_video, median=median)
+    return scores, torch.cat([b["video_index"] for b in text_batches]).numpy()
 
 
 def step_flops(model, batch: dict, autocast) -> int:

@@ -81,6 +81,9 @@ class RetrievalModule(EvaluationModule):
         if options.clip_param_dtype == "fp16":  # the reference family's storage; BertAdam then updates in fp16
             fp16 = self.backbone.store_in_fp16()
             log.info("train.clip_param_dtype=fp16: %d CLIP parameter tensors stored and updated in fp16", len(fp16))
+        if options.compile:  # in place: parameter names, and so checkpoints, stay as they are
+            for tower in self.head.towers().values():
+                tower.compile()
         loss_options = {key: value for key, value in loss.items() if key != "name"}
         self.loss = create_loss(loss["name"], **loss_options)
         self.optim_options = from_config(OptimOptions, optim)

@@ -64,6 +64,7 @@ def run_facts(cfg: DictConfig, module, datamodule, trainer: pl.Trainer) -> dict:
         "gather_grad": cfg.train.gather_grad,
         "freeze_patch_embedding": cfg.train.freeze_patch_embedding,
         "clip_param_dtype": cfg.train.clip_param_dtype,
+        "compile": cfg.train.compile,
         "data": data,
         "train_set": train_set_size(datamodule),
     }

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,3 +54,21 @@ class TrainOptions:
     nonfinite: Literal["stop", "skip"] = option(
         "stop", help="NaN/inf loss or gradient: stop (naming the step) | skip (skip the step, count it)"
     )
+    compile: bool = option(
+        False, help="torch.compile the video and text towers (the backbone runs inside them); same weights and keys"
+    )
+
+
+def compile_unavailable(accelerator: str) -> str | None:
+    """Why ``torch.compile`` cannot run here for the trainer's ``accelerator``, or None when it can: inductor
+    generates Triton kernels on a GPU and C++ on the CPU, which it builds with ``$CXX`` (g++ by default)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        from torch.utils._triton import has_triton_package
+
+        return None if has_triton_package() else "torch.compile on the GPU needs Triton, which this environment lacks"
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        return f"torch.compile on the CPU needs a C++ compiler and '{compiler}' ($CXX, or g++) was not found"
+    return None

@@ -42,7 +42,7 @@ from tvr.models.towers import VisionGeometry
 from tvr.models.towers.base import SavesIdentity, tower_class, tower_names
 from tvr.optim import OptimOptions
 from tvr.options import from_config
-from tvr.train_options import WINDOW_METRIC, TrainOptions, selectable_metrics
+from tvr.train_options import WINDOW_METRIC, TrainOptions, compile_unavailable, selectable_metrics
 
 # Every value Lightning's Trainer accepts for ``precision`` (its own check flattens the same literals).
 PRECISIONS = tuple(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal))
@@ -529,7 +529,15 @@ def validate_train_config(cfg: DictConfig) -> None:
     built_head = check_run(checker, cfg, data_roles=("train", "test"), training=True)
     if built_head is not None:
         check_pretrained_files(checker, checker.section(cfg, "head"), built_head)
+    if cfg.train.get("compile") is True:
+        check_compile(checker, str(cfg.trainer.get("accelerator", "auto")))
     checker.raise_problems()
+
+
+def check_compile(checker: ConfigChecker, accelerator: str) -> None:
+    problem = compile_unavailable(accelerator)
+    if problem:
+        checker.fail("train.compile", problem, "install it, or set train.compile=false (the default)")
 
 
 def validate_eval_config(cfg: DictConfig) -> None:

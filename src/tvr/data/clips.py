@@ -13,7 +13,7 @@ import logging
 import random
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from tvr.data.frame_cache import FrameCache
 from tvr.data.order import item_randomness
@@ -34,7 +34,8 @@ _SUBSTITUTE_STRIDE = 7919
 
 class ClipReader:
     """Decode (or fetch from a frame cache), transform and pad one clip to ``[max_frames, 3, S, S]``
-    with a frame mask."""
+    with a frame mask: normalised float frames, or with ``normalize=False`` the uint8 frames the model
+    normalises itself on its device (what the training and evaluation loaders deliver)."""
 
     def __init__(
         self,
@@ -43,12 +44,14 @@ class ClipReader:
         transform: ClipFrameTransform,
         cache: FrameCache | None = None,
         skip: frozenset[str] = frozenset(),
+        normalize: bool = True,
     ) -> None:
         self.backend = backend
         self.sampler = sampler
         self.transform = transform
         self.cache = cache
         self.skip = skip  # ids listed as bad by tools/check_videos.py: never opened, always counted
+        self.normalize = normalize
 
     @property
     def max_frames(self) -> int:
@@ -56,7 +59,8 @@ class ClipReader:
 
     def empty(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.transform.image_size
-        return torch.zeros(self.max_frames, 3, size, size), torch.zeros(self.max_frames, dtype=torch.bool)
+        dtype = torch.float32 if self.normalize else torch.uint8
+        return torch.zeros(self.max_frames, 3, size, size, dtype=dtype), torch.zeros(self.max_frames, dtype=torch.bool)
 
     def decode(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, int]:
         """The sampled frames, resized and cropped (uint8), and how many there are, from the file itself."""
@@ -68,12 +72,16 @@ class ClipReader:
 
     def read(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None and video.video_id in self.cache and video.video_id not in self.skip:
-            resized, count = self.cache.read(video.video_id)
-            resized = resized[:count]
+            padded, count = self.cache.read(video.video_id)  # the cache's row: already padded with zeros
+            if not self.normalize:
+                mask = torch.zeros(self.max_frames, dtype=torch.bool)
+                mask[:count] = True
+                return padded, mask
+            resized = padded[:count]
         else:
             resized, count = self.decode(video, rng)
         frames, mask = self.empty()
-        frames[:count] = self.transform.normalize(resized)
+        frames[:count] = self.transform.normalize(resized) if self.normalize else resized
         mask[:count] = True
         return frames, mask
 
@@ -241,12 +249,15 @@ class BankVideos(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack tensors, tensorise ints, and concatenate the per-item lists of failed video ids."""
+    """Stack tensors, tensorise ints, and concatenate the per-item lists of failed video ids. In a loader's
+    worker process the tensors are stacked straight into shared memory, as torch's default collate does:
+    the batch then crosses to the main process without another copy."""
     batch: dict = {}
+    in_worker = get_worker_info() is not None
     for key in items[0]:
         values = [item[key] for item in items]
         if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
+            batch[key] = torch.stack(values, out=_shared_like(values) if in_worker else None)
         elif isinstance(values[0], int):
             batch[key] = torch.tensor(values, dtype=torch.long)
         elif isinstance(values[0], list):
@@ -254,3 +265,10 @@ def collate(items: list[dict]) -> dict:
         else:
             batch[key] = values
     return batch
+
+
+def _shared_like(values: list[torch.Tensor]) -> torch.Tensor:
+    """An uninitialised tensor in shared memory that ``torch.stack(values)`` fills."""
+    first = values[0]
+    storage = first._typed_storage()._new_shared(len(values) * first.numel(), device=first.device)
+    return first.new(storage).resize_(len(values), *first.shape)

@@ -28,7 +28,7 @@ from tvr.data.frame_cache import (
     unusable_cache_report,
 )
 from tvr.data.order import TrainOrderSampler
-from tvr.data.records import SplitRecords
+from tvr.data.records import SplitRecords, gc_paused
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
 from tvr.data.transforms import Augmentation, ClipFrameTransform, Preprocessing
@@ -69,7 +69,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         batch_size: Annotated[int, limits(minimum=1)],
         eval_batch_size: Annotated[int, limits(minimum=1)],
         num_workers: Annotated[int, limits(minimum=0)] = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         frame_cache: dict | None = None,
         query_bank: dict | None = None,
         video_bank: dict | None = None,
@@ -91,7 +91,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.train_batch: int | None = None  # the batch each process really trains on, known with its loader
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.pin_memory = pin_memory  # None: pinned when the trainer runs on a GPU (non-blocking copies to it)
         self.records: dict[str, SplitRecords] = {}
         self._parsed_splits: dict[str, SplitRecords] = {}
         cache_cfg = frame_cache or {}
@@ -195,7 +195,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         """A split's records, parsed once: prepare_data's cache checks, setup's roles (val and test may be one
         split) and the query bank share them."""
         if name not in self._parsed_splits:
-            self._parsed_splits[name] = self.dataset.load_split(name)
+            with gc_paused():
+                self._parsed_splits[name] = self.dataset.load_split(name)
         return self._parsed_splits[name]
 
     @property
@@ -205,9 +206,23 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _reader(
         self, sampler, cache: FrameCache | None = None, transform: ClipFrameTransform | None = None
     ) -> ClipReader:
+        # uint8 clips: the model normalises them on its device (Retriever.frame_features)
         return ClipReader(
-            self.backend, sampler, transform or ClipFrameTransform(self.preprocessing), cache, self.skip_videos
+            self.backend,
+            sampler,
+            transform or ClipFrameTransform(self.preprocessing),
+            cache,
+            self.skip_videos,
+            normalize=False,
         )
+
+    def pinned(self) -> bool:
+        """Whether the loaders pin their batches: ``data.pin_memory``, or when unset, whether the trainer
+        feeds a GPU."""
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _loader(
         self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False
@@ -220,7 +235,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pinned(),
             collate_fn=collate,
             # a loader's own generator seeds its workers: creating an iterator must not draw from the global
             # torch RNG, or a resumed run's dropout stream would differ from the uninterrupted run's
@@ -229,7 +244,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         reader = self._reader(self.train_sampler, self._cache_for("train"), self.train_transform)
-        pairs = TrainPairs(self.records["train"], reader, self.tokenizer, seed=self.seed)
+        with gc_paused():
+            pairs = TrainPairs(self.records["train"], reader, self.tokenizer, seed=self.seed)
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         # a DistributedSampler subclass, so Lightning does not inject its own: the order is a function of

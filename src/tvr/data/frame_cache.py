@@ -162,6 +162,7 @@ class FrameCache:
         if video_id in self.failed:
             raise VideoReadError(f"video {video_id} could not be decoded when the frame cache was built")
         row = self.video_rows[video_id]
+        # one copy of the row out of the page cache (the tensor must own its memory to leave the worker)
         return torch.from_numpy(np.array(self.frames[row])), int(self.num_valid[row])
 
     @classmethod

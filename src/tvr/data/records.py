@@ -6,8 +6,24 @@ parsers can be tested on the real annotation files without videos or a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Build many small objects (a split's records, its training pairs) without CPython's cyclic collector:
+    every so many allocations it re-scans everything alive, records included, which made building MSR-VTT's
+    180k pairs take 20 times as long as the work itself. Nothing built here forms reference cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@ the frame cache can store the output of the first one:
   * :meth:`ClipFrameTransform.resize_crop`: to the model resolution by the backbone's resize rule
     (``shortest``: short side to the resolution, then centre crop, as CLIP; ``squash``: both sides to the
     resolution), antialiased, rounded back to uint8 — the same rounding PIL's uint8 resize in CLIP4Clip does;
-  * :meth:`ClipFrameTransform.normalize`: scale to [0, 1] and normalise with the backbone's mean/std.
-The whole clip is processed at once so every frame gets the same crop.
+  * :meth:`ClipFrameTransform.normalize`: scale to [0, 1] and normalise with the backbone's mean/std
+    (:func:`normalize_frames`).
+The whole clip is processed at once so every frame gets the same crop. The training and evaluation loaders
+stop after the first step: their workers hand over uint8 clips (a quarter of float32's bytes through the
+workers' shared memory and over PCIe), and the model normalises them on its device
+(:meth:`tvr.models.retriever.Retriever.frame_features`) with the same :func:`normalize_frames`.
 
 ``augment="xpool"`` replaces the centre crop, for training only, by X-Pool's augmentation: one
 ``RandomResizedCrop(scale=(0.5, 1.0), ratio=(3/4, 4/3))`` (bilinear) and a horizontal flip with
@@ -70,6 +74,21 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
 
+def normalize_frames(
+    frames: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 ``[..., 3, S, S]`` -> float32, scaled to [0, 1] and normalised per channel; with ``mask``
+    (``frames.shape[:-3]``), frames where it is False are zeros, as a reader pads them. One formula for the
+    CPU and the device, so that a clip gives the same numbers wherever it is normalised."""
+    shape = (3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=frames.device).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=frames.device).view(shape)
+    normalized = (frames.float().div_(255.0) - mean_t) / std_t
+    if mask is None:
+        return normalized
+    return torch.where(mask.to(torch.bool)[..., None, None, None], normalized, 0.0)
+
+
 Augmentation = Literal["none", "xpool", "drl_randaugment"]
 AUGMENTATIONS = get_args(Augmentation)
 DRL_RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # 4 ops of magnitude 7 +- 0.5 from timm's increasing-severity set
@@ -81,8 +100,6 @@ class ClipFrameTransform:
             raise ValueError(f"unknown augmentation '{augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         self.augment = augment
         self.preprocessing = preprocessing
-        self.mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
         if augment == "drl_randaugment":
             self._rand_augment = _drl_rand_augment()
 
@@ -150,7 +167,7 @@ class ClipFrameTransform:
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``[T, 3, S, S]`` -> float ``[T, 3, S, S]``."""
-        return (frames.float().div_(255.0) - self.mean) / self.std
+        return normalize_frames(frames, self.preprocessing.mean, self.preprocessing.std)
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         return self.normalize(self.resize_crop(frames))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvr.checkpoint import load_state_dict_checked, load_tvr_checkpoint
+from tvr.data.transforms import normalize_frames
 from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.draws import EvaluationDraws
 from tvr.models.heads import create_head
@@ -97,7 +98,12 @@ class Retriever(nn.Module):
     def frame_features(
         self, frames: torch.Tensor, frame_mask: torch.Tensor, draws: EvaluationDraws | None = None
     ) -> FrameFeatures:
-        """The video tower's features; ``draws`` (evaluation) say where a head's random draws come from."""
+        """The video tower's features. ``frames``: normalised float frames, or the uint8 frames tvr's loaders
+        deliver, normalised here on the model's device with its own mean/std (padded slots, where
+        ``frame_mask`` is False, become zeros). ``draws`` (evaluation) say where a head's random draws come from."""
+        if frames.dtype == torch.uint8:
+            preprocessing = self.backbone.preprocessing
+            frames = normalize_frames(frames, preprocessing.mean, preprocessing.std, frame_mask)
         features = self.head.video_tower(self.backbone, frames, frame_mask, with_tokens=self.head.reads_tokens)
         features.draws = draws
         return self.backbone.features_for_head(features)

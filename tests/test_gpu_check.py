@@ -1,0 +1,92 @@
+"""tools/gpu_check.py: the whole script runs on the CPU with the tiny model (so it never rots before a GPU runs it),
+refuses to run without a GPU unless told ``--device cpu``, and reports rather than stops on a head out of memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from tvr.models.heads import list_heads
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "tools" / "gpu_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = tool  # its dataclasses look their module up there
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.slow
+def test_the_tiny_run_on_the_cpu_passes_every_check(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    command = [sys.executable, "tools/gpu_check.py", "--device", "cpu", "--tiny", "--json", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    figures = json.loads(out.read_text())
+    expected = [name for name in list_heads() if name != "tempme"] + ["tempme PEFT", "tempme full FT"]
+    assert sorted(row["case"] for row in figures["train"]) == sorted(expected)
+    for row in figures["train"]:
+        assert row["status"] == "ok", row
+        assert all(map(torch.isfinite, torch.tensor(row["losses"]))) and len(row["losses"]) == 3
+        assert row["clips_per_s"] > 0 and row["gflop_per_clip"] > 0 and row["attention_flops_counted"], row
+    assert [row["case"] for row in figures["eval"]] == [row["case"] for row in figures["train"]]
+    assert all(row["status"] == "ok" and row["shape"] == [64, 64] for row in figures["eval"])
+    assert {check["check"]: check["ok"] for check in figures["checks"]} == {
+        "resume": True,
+        "process group": True,
+        "data pipeline": True,
+    }
+    assert "| resume | ok |" in result.stdout and "| tempme PEFT | ok |" in result.stdout
+
+
+def test_without_a_gpu_it_says_so_and_points_to_the_cpu_run():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "tools/gpu_check.py"], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 2
+    assert "no GPU visible to torch" in result.stderr and "--device cpu --tiny" in result.stderr
+
+
+def test_a_head_out_of_memory_is_reported_in_its_row_and_the_next_head_runs(monkeypatch):
+    tool = load_tool()
+    real_train_case = tool.train_case
+
+    def out_of_memory_for_xpool(case, setup, *args):
+        if case.label == "xpool":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_train_case(case, setup, *args)
+
+    monkeypatch.setattr(tool, "train_case", out_of_memory_for_xpool)
+    args = tool.parse_args(["--device", "cpu", "--tiny", "--heads", "xpool", "meanpool", "--sections"])
+    results = tool.run(args)
+    rows = {row["case"]: row for row in results["train"]}
+    assert rows["xpool"]["status"] == "out of memory" and "20.00 GiB" in rows["xpool"]["error"]
+    assert rows["meanpool"]["status"] == "ok"
+    assert "| xpool | out of memory |" in tool.report(results)
+
+
+def test_a_gpu_without_bf16_falls_back_to_fp16_with_a_note(monkeypatch):
+    tool = load_tool()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    precision, note = tool.choose_precision(torch.device("cuda"), "bf16-mixed")
+    assert precision == "16-mixed" and "no bf16" in note
+    assert tool.choose_precision(torch.device("cpu"), "bf16-mixed") == ("bf16-mixed", None)
+
+
+def test_the_resume_check_fails_when_rng_states_are_not_restored(monkeypatch, tmp_path):
+    """The check compares weights bit for bit: a resume that loses the RNG states (dropout draws) is caught."""
+    tool = load_tool()
+    setup = tool.Setup(torch.device("cpu"), "32-true", True, 8, 8, tmp_path)
+    assert tool.resume_check(setup)["ok"]
+    monkeypatch.setattr("tvr.resume.restore_rng", lambda state: None)
+    failed = tool.resume_check(tool.Setup(torch.device("cpu"), "32-true", True, 8, 8, tmp_path / "again"))
+    assert not failed["ok"] and "tensors differ" in failed["detail"]
