@@ -121,11 +121,11 @@ class RetrievalModule(EvaluationModule):
         self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
         self._loss_terms = {"contrastive": loss.detach(), **{name: value.detach() for name, value in extras.items()}}
         batch_size = batch["tokens"].shape[0]
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         trainer = self._trainer
-        if (
-            trainer is not None and (self.global_step + 1) % trainer.log_every_n_steps == 0
-        ):  # Lightning writes step values only then
+        # Lightning writes step values only every log_every_n_steps, so logging on other steps only refreshed
+        # the progress bar, at ~0.6 ms a call (3 % of a tiny-CLIP CPU step, tools/bench_train.py)
+        if trainer is not None and (self.global_step + 1) % trainer.log_every_n_steps == 0:
+            self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
             if extras:
                 self.log("train/contrastive_loss", loss, batch_size=batch_size)
                 for name, value in extras.items():
