@@ -31,20 +31,30 @@ def test_the_tiny_run_on_the_cpu_passes_every_check(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     figures = json.loads(out.read_text())
+    tiny = load_tool().parse_args(["--device", "cpu", "--tiny"])
     expected = [name for name in list_heads() if name != "tempme"] + ["tempme PEFT", "tempme full FT"]
     assert sorted(row["case"] for row in figures["train"]) == sorted(expected)
     for row in figures["train"]:
         assert row["status"] == "ok", row
-        assert all(map(torch.isfinite, torch.tensor(row["losses"]))) and len(row["losses"]) == 3
+        assert (
+            all(map(torch.isfinite, torch.tensor(row["losses"])))
+            and len(row["losses"]) == tiny.warmup_steps + tiny.steps
+        )
         assert row["clips_per_s"] > 0 and row["gflop_per_clip"] > 0 and row["attention_flops_counted"], row
     assert [row["case"] for row in figures["eval"]] == [row["case"] for row in figures["train"]]
-    assert all(row["status"] == "ok" and row["shape"] == [64, 64] for row in figures["eval"])
+    assert all(row["status"] == "ok" and row["shape"] == [tiny.eval_size] * 2 for row in figures["eval"])
     assert {check["check"]: check["ok"] for check in figures["checks"]} == {
         "resume": True,
         "process group": True,
         "data pipeline": True,
     }
     assert "| resume | ok |" in result.stdout and "| tempme PEFT | ok |" in result.stdout
+    # the run reports what it cost in CPU time (a loaded machine's wall time says little), overall and per section
+    spent = figures["cpu_s_by_section"]
+    assert set(spent) == {"train", "eval", "resume", "process_group", "pipeline"} and spent["train"] > 0
+    assert all(seconds >= 0 for seconds in spent.values())
+    assert figures["cpu_s"] >= sum(spent.values()) and f"{figures['cpu_s']:.0f} s CPU" in result.stdout
+    assert "CPU seconds by section: train" in result.stdout
 
 
 def test_without_a_gpu_it_says_so_and_points_to_the_cpu_run():

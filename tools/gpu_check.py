@@ -40,6 +40,12 @@ Sections, each a table (Markdown) and a part of ``--json``:
    setup, at the model's input size) with pinned memory, each batch moved to the device and normalised there,
    at worker counts up to the CPU count; the best count and its clips/s.
 
+``--device cpu --tiny`` takes every path above on tvr-tiny, made cheap where that proves nothing less: 8 frames
+(TempMe's merging schedule needs them), 16-word captions (the synthetic data's; HBI's Banzhaf estimator loops
+over words x frames, with 4 Monte-Carlo samples), one warm-up and one timed step per head, one CPU thread. The
+run reports its CPU time (user + system, the loader's workers included), in all and per section: on a shared
+machine that, not the wall time, is what it cost.
+
 A head that runs out of device memory is reported as such in its row and the script goes on. Without a GPU
 the script stops and says to run ``--device cpu --tiny``.
 """
@@ -52,6 +58,7 @@ import gc
 import json
 import math
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -67,11 +74,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tools whose pieces are shared
 from bench_loader import VIT_B32, build_loader_datamodule, clips_per_second, endless, loader_overrides  # noqa: E402
-from bench_towers import CPU_ATTENTION, cpu_attention_flops, random_captions  # noqa: E402
+from bench_towers import CAPTION_TOKENS, CPU_ATTENTION, EOT, cpu_attention_flops, random_captions  # noqa: E402
 from bench_train import Stopwatch, clock, in_memory_loader, plain_scores, row, step_times  # noqa: E402
 
 SCORE_TOLERANCE = 1e-3  # float32 scores, device against CPU
 METRIC_TOLERANCE = 0.5  # recall points (0-100), device against CPU
+TINY_FRAMES = 8  # TempMe's default merging schedule (clip groups 2, 2, 2) needs 8
+TINY_WORDS = 16  # the synthetic data's max_words; HBI's Banzhaf estimator loops over words x frames
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense bf16
 NO_GPU = (
     "no GPU visible to torch (torch.cuda.is_available() is False). To run the same checks on this machine's CPU "
@@ -89,6 +98,7 @@ class Setup:
     batch_size: int
     frames: int
     scratch: Path
+    words: int = CAPTION_TOKENS  # caption length (data.max_words): MSR-VTT's 32 unless --tiny
     notes: list[str] = field(default_factory=list)
 
     def autocast(self):
@@ -109,6 +119,7 @@ class Setup:
             "trainer.enable_model_summary=false",
             "~logger",
             f"data.batch_size={self.batch_size}",
+            f"data.max_words={self.words}",  # the synthetic captions fill every position (UCoFiA checks it)
             f"data.video.train_sampler.max_frames={self.frames}",
             f"data.video.eval_sampler.max_frames={self.frames}",
         ]
@@ -145,6 +156,13 @@ def cases(heads: list[str], compile_heads: list[str]) -> list[Case]:
 
 
 # --------------------------------------------------------------------------------------------- inputs
+def captions(count: int, words: int) -> torch.Tensor:
+    """``count`` captions filling ``words`` positions: SOT, random words, EOT."""
+    tokens = random_captions(count)[:, :words].clone()
+    tokens[:, -1] = EOT
+    return tokens
+
+
 def synthetic_batches(module, setup: Setup, count: int, batch_size: int, seed: int = 0) -> list[dict]:
     """``count`` training batches as tvr's loaders deliver them: uint8 frames, every frame real, captions."""
     size = module.backbone.preprocessing.image_size
@@ -155,7 +173,7 @@ def synthetic_batches(module, setup: Setup, count: int, batch_size: int, seed: i
                 0, 256, (batch_size, setup.frames, 3, size, size), dtype=torch.uint8, generator=generator
             ),
             "frame_mask": torch.ones(batch_size, setup.frames, dtype=torch.bool),
-            "tokens": random_captions(batch_size),
+            "tokens": captions(batch_size, setup.words),
             "index": torch.arange(batch_size),
             "video_index": torch.arange(batch_size),
             "replaced": torch.zeros(batch_size, dtype=torch.bool),
@@ -177,9 +195,9 @@ def eval_batches(module, setup: Setup, num_videos: int, num_texts: int, batch_si
             frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator, device=device)
             yield {"frames": frames, "frame_mask": torch.ones(count, setup.frames, dtype=torch.bool, device=device)}
 
-    captions = random_captions(num_texts)
+    tokens = captions(num_texts, setup.words)
     texts = [
-        {"tokens": captions[start : start + batch_size], "video_index": indices % num_videos}
+        {"tokens": tokens[start : start + batch_size], "video_index": indices % num_videos}
         for start in range(0, num_texts, batch_size)
         for indices in [torch.arange(start, min(start + batch_size, num_texts))]
     ]
@@ -204,6 +222,23 @@ def peak_gib(device: torch.device) -> float:
     from bench_towers import resident_bytes
 
     return resident_bytes("VmHWM") / 2**30
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the loader's workers): on a loaded
+    machine the wall time says little, this is what the run itself cost."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextlib.contextmanager
+def cpu_time(spent: dict, section: str):
+    """Adds the CPU seconds of the block to ``spent[section]``."""
+    started = cpu_seconds()
+    try:
+        yield
+    finally:
+        spent[section] = spent.get(section, 0.0) + cpu_seconds() - started
 
 
 def release(device: torch.device) -> None:
@@ -371,7 +406,7 @@ def resume_check(setup: Setup) -> dict:
             if trainer.current_epoch == 2:
                 raise Stop
 
-    tiny = Setup(setup.device, setup.precision, True, 8, 8, setup.scratch)
+    tiny = Setup(setup.device, setup.precision, True, 8, 8, setup.scratch, setup.words)
 
     def fit(name: str, callbacks=(), ckpt_path=None):
         run_dir = setup.scratch / name
@@ -504,24 +539,33 @@ def run(args) -> dict:
     if note:
         results["notes"].append(note)
     with tempfile.TemporaryDirectory(prefix="tvr-gpu-check-") as scratch:
-        setup = Setup(device, precision, args.tiny, args.batch_size, 8 if args.tiny else 12, Path(scratch))
+        frames, words = (TINY_FRAMES, TINY_WORDS) if args.tiny else (12, CAPTION_TOKENS)
+        setup = Setup(device, precision, args.tiny, args.batch_size, frames, Path(scratch), words)
         heads = args.heads or list_heads()
         compile_heads = args.compile_heads if device.type == "cuda" else []
         artifacts: dict = {}
         if "hbi" in heads and device.type == "cuda":  # the tiny model's estimator, for HBI's CPU comparison
             artifacts["estimator_tiny"] = tiny_estimator(setup)
         results["train"], results["eval"] = [], []
+        spent = results["cpu_s_by_section"] = {}
         for case in cases(heads, compile_heads):
-            trained = guarded(train_case, case, setup, args, artifacts)
+            with cpu_time(spent, "train"):
+                trained = guarded(train_case, case, setup, args, artifacts)
             results["train"].append(trained)
             if "eval" in args.sections and trained["status"] == "ok" and "compile" not in case.label:
-                results["eval"].append(guarded(eval_case, case, setup, args, artifacts))
+                with cpu_time(spent, "eval"):
+                    results["eval"].append(guarded(eval_case, case, setup, args, artifacts))
             artifacts.get("modules", {}).pop(case.label, None)
             release(device)
-        checks = {"resume": resume_check, "process_group": process_group_check}
-        results["checks"] = [checks[name](setup) for name in checks if name in args.sections]
-        if "pipeline" in args.sections:
-            results["checks"].append(pipeline_check(setup, args))
+        checks = {
+            "resume": lambda: resume_check(setup),
+            "process_group": lambda: process_group_check(setup),
+            "pipeline": lambda: pipeline_check(setup, args),
+        }
+        results["checks"] = []
+        for name in (name for name in checks if name in args.sections):
+            with cpu_time(spent, name):
+                results["checks"].append(checks[name]())
     return results
 
 
@@ -596,6 +640,12 @@ def report(results: dict) -> str:
     if results["checks"]:
         lines += ["", "| check | result | detail |", "|---|---|---|"]
         lines += [f"| {c['check']} | {'ok' if c['ok'] else 'FAILED'} | {c['detail']} |" for c in results["checks"]]
+    spent = results.get("cpu_s_by_section")
+    if spent:
+        lines += [
+            "",
+            "CPU seconds by section: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items()),
+        ]
     lines += [
         "",
         f"Tolerances against the CPU: scores {SCORE_TOLERANCE:g}, recalls {METRIC_TOLERANCE:g} points (float32, TF32 off). "
@@ -610,7 +660,9 @@ def parse_args(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tvr-tiny instead of ViT-B/32 geometry (8 frames)")
+    parser.add_argument(
+        "--tiny", action="store_true", help=f"tvr-tiny instead of ViT-B/32 geometry ({TINY_FRAMES} frames)"
+    )
     parser.add_argument("--heads", nargs="*", choices=list_heads(), help="default: every registered head")
     parser.add_argument(
         "--compile-heads", nargs="*", default=["meanpool"], help="measured again with train.compile (GPU)"
@@ -621,7 +673,7 @@ def parse_args(argv=None):
         help="default: bf16-mixed on the GPU, 32-true on the CPU (where bf16 autocast is many times slower)",
     )
     parser.add_argument("--batch-size", type=int, help="clips per training step (default 128; --tiny: 8)")
-    parser.add_argument("--steps", type=int, help="timed training steps per head (default 5; --tiny: 2)")
+    parser.add_argument("--steps", type=int, help="timed training steps per head (default 5; --tiny: 1)")
     parser.add_argument("--warmup-steps", type=int, help="untimed steps before them (default 2; --tiny: 1)")
     parser.add_argument("--eval-size", type=int, help="texts = videos of the evaluation (default 1000; --tiny: 64)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: from the GPU's name)")
@@ -642,7 +694,7 @@ def parse_args(argv=None):
     args.precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     args.batch_size = args.batch_size or (8 if args.tiny else 128)
     args.eval_size = args.eval_size or (64 if args.tiny else 1000)
-    args.steps = args.steps or (2 if args.tiny else 5)
+    args.steps = args.steps or (1 if args.tiny else 5)
     args.warmup_steps = args.warmup_steps or (1 if args.tiny else 2)
     args.peak_tflops = args.peak_tflops or default_peak_tflops(device)
     if args.pipeline_workers is None:
@@ -671,11 +723,16 @@ def quiet() -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     quiet()
+    if args.tiny and args.device == "cpu":
+        # the tiny model's ops are too small to split: a second thread only spins, and on a shared machine it
+        # waits for a core (the whole --tiny run costs about half the CPU time with one thread)
+        torch.set_num_threads(1)
     started = time.perf_counter()
     results = run(args)
     results["wall_s"] = round(time.perf_counter() - started, 1)
+    results["cpu_s"] = round(cpu_seconds(), 1)  # since the process started: imports and start-up included
     print(report(results))
-    print(f"\n{results['wall_s']:.0f} s in all")
+    print(f"\n{results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU (user + system, workers included) in all")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 
