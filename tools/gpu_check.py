@@ -724,8 +724,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     quiet()
     if args.tiny and args.device == "cpu":
-        # the tiny model's ops are too small to split: a second thread only spins, and on a shared machine it
-        # waits for a core (the whole --tiny run costs about half the CPU time with one thread)
+        # the tiny model's ops are too small to split: a second thread mostly spins waiting for work (on this
+        # loaded 2-core machine the --tiny run cost 88 s of CPU time with two threads, 17 s with one)
         torch.set_num_threads(1)
     started = time.perf_counter()
     results = run(args)
