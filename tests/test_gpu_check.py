@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
+from tvr.errors import NonFiniteLossError
 from tvr.models.heads import list_heads
 
 
@@ -66,22 +67,33 @@ def test_without_a_gpu_it_says_so_and_points_to_the_cpu_run():
     assert "no GPU visible to torch" in result.stderr and "--device cpu --tiny" in result.stderr
 
 
-def test_a_head_out_of_memory_is_reported_in_its_row_and_the_next_head_runs(monkeypatch):
+@pytest.mark.parametrize(
+    "failure, status, shown",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out of memory", "20.00 GiB"),
+        (
+            NonFiniteLossError("non-finite loss at step 2 (epoch 0, batch 2): loss=nan", step=2),
+            "non-finite loss",
+            "step 2",
+        ),
+    ],
+)
+def test_a_failing_head_is_reported_in_its_row_and_the_next_head_runs(failure, status, shown, monkeypatch):
     tool = load_tool()
     real_train_case = tool.train_case
 
-    def out_of_memory_for_xpool(case, setup, *args):
+    def failing_xpool(case, setup, *args):
         if case.label == "xpool":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            raise failure
         return real_train_case(case, setup, *args)
 
-    monkeypatch.setattr(tool, "train_case", out_of_memory_for_xpool)
+    monkeypatch.setattr(tool, "train_case", failing_xpool)
     args = tool.parse_args(["--device", "cpu", "--tiny", "--heads", "xpool", "meanpool", "--sections"])
     results = tool.run(args)
     rows = {row["case"]: row for row in results["train"]}
-    assert rows["xpool"]["status"] == "out of memory" and "20.00 GiB" in rows["xpool"]["error"]
+    assert rows["xpool"]["status"] == status and shown in rows["xpool"]["error"]
     assert rows["meanpool"]["status"] == "ok"
-    assert "| xpool | out of memory |" in tool.report(results)
+    assert f"| xpool | {status} |" in tool.report(results)
 
 
 def test_a_gpu_without_bf16_falls_back_to_fp16_with_a_note(monkeypatch):

@@ -23,6 +23,7 @@ import time
 import torch
 
 D, FRAMES, WORDS = 512, 12, 32
+PATCHES = 49  # ViT-B/32 at 224 px: 7 x 7 patch tokens per frame, for heads that read them (UCoFiA)
 SHAPES = {"1k": (1000, 1000), "msvd": (27763, 670)}
 HEAD_OPTIONS = {
     "seqtransf": {"init_from_clip": False},
@@ -37,10 +38,13 @@ def build(name: str):
     from tvr.models.heads import create_head
 
     torch.manual_seed(0)
-    return create_head(name, embed_dim=D, **HEAD_OPTIONS.get(name, {})).eval()
+    head = create_head(name, embed_dim=D, **HEAD_OPTIONS.get(name, {})).eval()
+    if hasattr(head, "bind_logit_scale"):  # a head scoring with CLIP's logit scale (UCoFiA): CLIP's initial 1/0.07
+        head.bind_logit_scale(torch.nn.Parameter(torch.tensor(1 / 0.07).log()))
+    return head
 
 
-def features(num_texts: int, num_videos: int):
+def features(num_texts: int, num_videos: int, with_patches: bool = False):
     from tvr.models.backbone import FrameFeatures, TextFeatures
 
     generator = torch.Generator().manual_seed(0)
@@ -48,10 +52,17 @@ def features(num_texts: int, num_videos: int):
     mask[:, :12] = True
     tokens = torch.randn(num_texts, WORDS, D, generator=generator)
     text = TextFeatures(tokens[:, 11].clone(), tokens, mask)
+    patches = torch.randn(num_videos, FRAMES, PATCHES, D, generator=generator) if with_patches else None
     video = FrameFeatures(
-        torch.randn(num_videos, FRAMES, D, generator=generator), torch.ones(num_videos, FRAMES, dtype=torch.bool)
+        torch.randn(num_videos, FRAMES, D, generator=generator),
+        torch.ones(num_videos, FRAMES, dtype=torch.bool),
+        patches=patches,
     )
     return text, video
+
+
+def reads_patches(head) -> bool:
+    return "patches" in getattr(head, "reads", {}).get("video", ())
 
 
 def encode(head, text, video, chunk: int = 2048):
@@ -65,7 +76,13 @@ def encode(head, text, video, chunk: int = 2048):
         for i in range(0, text.sentence.shape[0], chunk)
     ]
     videos = [
-        head.encode_video(FrameFeatures(video.frames[i : i + chunk], video.mask[i : i + chunk]))
+        head.encode_video(
+            FrameFeatures(
+                video.frames[i : i + chunk],
+                video.mask[i : i + chunk],
+                patches=None if video.patches is None else video.patches[i : i + chunk],
+            )
+        )
         for i in range(0, video.frames.shape[0], chunk)
     ]
     return cat_reprs(texts), cat_reprs(videos)
@@ -84,7 +101,7 @@ def run_case(name: str, shape: str, queue) -> None:
     from tvr.models.similarity import tiled_similarity
 
     head = build(name)
-    text, video = features(*SHAPES[shape])
+    text, video = features(*SHAPES[shape], with_patches=reads_patches(head))
     baseline = current_rss_bytes()
     with torch.no_grad():
         started = time.perf_counter()
@@ -107,7 +124,9 @@ def flops(name: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     head = build(name)
-    text, video = features(16, 16)  # counted with autograd on: the counter's module hooks need it
+    text, video = features(
+        16, 16, with_patches=reads_patches(head)
+    )  # counted with autograd on: the counter's module hooks need it
     with FlopCounterMode(display=False) as counter:
         text_repr = head.encode_text(text)
     text_flops = counter.get_total_flops() / 16

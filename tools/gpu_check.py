@@ -522,12 +522,17 @@ def pipeline_check(setup: Setup, args) -> dict:
 
 # ------------------------------------------------------------------------------------------------- run
 def guarded(work, case: Case, setup: Setup, *args) -> dict:
-    """``work(case, setup, *args)``'s row, or a row saying it ran out of device memory (the script goes on)."""
+    """``work(case, setup, *args)``'s row, or a row saying it ran out of device memory or that its loss went
+    non-finite (tvr-train's guard stopped it); either way the script goes on to the next case."""
+    from tvr.errors import NonFiniteLossError
+
     try:
         return work(case, setup, *args)
     except torch.OutOfMemoryError as error:
         release(setup.device)
         return {"case": case.label, "status": "out of memory", "error": str(error).splitlines()[0][:200]}
+    except NonFiniteLossError as error:
+        return {"case": case.label, "status": "non-finite loss", "error": str(error).splitlines()[0][:200]}
 
 
 def run(args) -> dict:
@@ -609,8 +614,8 @@ def report(results: dict) -> str:
     ]
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in results["train"]:
-        if r["status"] == "out of memory":
-            lines.append(f"| {r['case']} | out of memory | | | | | | | | |")
+        if r["status"] != "ok":  # out of memory, or a non-finite loss: the row says which (the JSON has the error)
+            lines.append(f"| {r['case']} | {r['status']} | | | | | | | | |")
             continue
         lines.append(
             f"| {r['case']} | {r['status']} | {r['precision']} | {r['batch']} | {r['clips_per_s']:.1f} | "
