@@ -251,14 +251,18 @@ class RetrievalHead(nn.Module):
         return rename_reference_keys(state_dict, cls.reference_key_renames, cls.reference_ignored_keys)
 
     def new_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        tower_ids = {id(param) for _, param in self.tower_parameters()}
+        """The head's own parameters (the head learning-rate group); tower parameters are not among them."""
+        tower_ids = {id(param) for _, param in self.tower_parameters(every=True)}
         return ((name, param) for name, param in self.named_parameters() if id(param) not in tower_ids)
 
-    def tower_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """What the towers add (adapters, temporal embeddings): the tower learning-rate group."""
+    def tower_parameters(self, every: bool = False) -> Iterator[tuple[str, nn.Parameter]]:
+        """What the towers add (adapters, temporal embeddings): the tower learning-rate group. Those a tower
+        trains at the backbone's rate (:meth:`Tower.backbone_rate_parameters`) are left out unless ``every``."""
         for kind, tower in self.towers().items():
+            at_backbone_rate = set() if every else tower.backbone_rate_parameters()
             for name, param in tower.named_parameters():
-                yield f"{kind}_tower.{name}", param
+                if name not in at_backbone_rate:
+                    yield f"{kind}_tower.{name}", param
 
     def text_embedding(self, text_repr: Repr) -> torch.Tensor:
         """``[Nt, D]`` vectors whose dot products with :meth:`video_embedding` are the similarity."""
