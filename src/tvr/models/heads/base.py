@@ -95,12 +95,22 @@ class ScoreLevels:
 class LossContext:
     """What a head's extra losses may need beyond the representations: CLIP's ``logit_scale`` (log), the
     configured contrastive loss (on logits), the batch's unscaled score levels (empty for one-level
-    heads) and the ids of its videos (:attr:`video_ids`)."""
+    heads), the ids of its videos (:attr:`video_ids`), the caption token ids (:attr:`token_ids`) and the
+    backbone, for read access to CLIP's own modules (Prompt Switch's captioner embeds its teacher-forcing
+    input with ``backbone.embed_text``, CLIP's token and position embeddings, under ``no_grad``). A head must
+    not train the backbone through it: CLIP's training is the towers' business."""
 
     logit_scale: torch.Tensor
     contrastive: Callable[[torch.Tensor], torch.Tensor]
     levels: dict[str, torch.Tensor] = field(default_factory=dict)
     local_video_ids: torch.Tensor | None = None  # this rank's part of the batch
+    local_token_ids: torch.Tensor | None = None  # [B, L] this rank's captions (SOT .. EOT, 0-padded)
+    backbone: CLIPBackbone | None = None
+
+    @cached_property
+    def token_ids(self) -> torch.Tensor | None:
+        """``[B, L]`` caption token ids of the global batch (text order), gathered across ranks on first use."""
+        return None if self.local_token_ids is None else gather_no_grad(self.local_token_ids)
 
     @cached_property
     def video_ids(self) -> torch.Tensor | None:
