@@ -121,6 +121,9 @@ def trained(dtype):
         retriever.backbone,
     )
     logits = retriever.head.caption_logits(video["frames"], ids, retriever.backbone)
+    embedding = retriever.backbone.clip.token_embedding.weight
+    (embedding_grad,) = torch.autograd.grad(terms["caption"], [embedding], retain_graph=True, allow_unused=True)
+    assert embedding_grad is None  # the teacher-forcing lookup runs without gradient (Q5)
     caption_grads = torch.autograd.grad(
         terms["caption"], [retriever.get_parameter(n) for n in tower_keys()], retain_graph=True
     )
