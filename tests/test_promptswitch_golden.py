@@ -7,7 +7,9 @@ float64 to ``tolerances_hint``'s 1e-10 (1e-8 relative on gradients), float32 wit
 reference's own float32-vs-float64 gap for that tensor (``fp32_vs_fp64_max_abs_diff``)."""
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from einops import rearrange
 
 from conftest import FIXTURES
 from tvr.checkpoint import load_state_dict_checked
+from tvr.data.sampling import create_sampler
 from tvr.lit_module import training_objective
 from tvr.models.convert import convert_reference_state_dict, map_reference_head_keys
 from tvr.models.losses import create_loss
@@ -318,3 +321,40 @@ def test_frames_not_a_multiple_of_the_group_or_too_many_prompts_are_refused():
     with pytest.raises(ValueError, match="exceeds"):
         PromptSwitchTower.check_fits(geometry, num_prompts=geometry.tokens_per_frame + 1)
     assert PromptSwitchTower.frames_multiple_of(num_prompts=CONFIG["num_prompts"]) == CONFIG["num_prompts"]
+
+
+def sampler_cases(kind: str):
+    """The fixture's ``(frames, video length) -> reference indices`` (before the reference repeats the last one)."""
+    for case, indices in ABOUT["sampler"][kind].items():
+        frames, length = (int(part) for part in case.removeprefix("frames").split("_vlen"))
+        yield frames, length, indices
+
+
+def test_segment_passes_uniform_is_the_reference_test_sampler():
+    segments = CONFIG["num_prompts"]
+    cases = list(sampler_cases("uniform"))
+    assert {frames for frames, _, _ in cases} == {CONFIG["num_frames"], CONFIG["num_test_frames"]}
+    for frames, length, reference in cases:
+        sampler = create_sampler("segment_passes", max_frames=frames, segments=segments)
+        expected = reference + [reference[-1]] * (frames - len(reference))
+        assert sampler(length, fps=1.0) == expected, (frames, length)
+        if frames == segments:  # one pass: X-Pool's segment_uniform, which the training recipe can use too
+            assert create_sampler("segment_uniform", max_frames=frames)(length, fps=1.0) == expected
+
+
+def test_segment_passes_random_stays_in_segments_and_survives_short_videos():
+    segments = CONFIG["num_prompts"]
+    for frames, length, reference in sampler_cases("rand_seeded"):
+        sampler = create_sampler("segment_passes", max_frames=frames, segments=segments, mode="random")
+        drawn = sampler(length, fps=1.0, rng=random.Random(0))
+        assert len(drawn) == frames
+        # where the reference crashed (one-frame segments: IndexError), tvr takes the segment's frame
+        assert not isinstance(reference, str) or "IndexError" in reference
+        edges = np.linspace(0, length, segments + 1).astype(int)
+        for index, (low, high) in zip(drawn, zip(edges[:-1], edges[1:])):
+            assert low <= index < max(low + 1, high - 1)  # never a segment's last frame, unless it is its only one
+
+
+def test_frame_counts_not_in_whole_passes_are_refused():
+    with pytest.raises(ValueError, match="multiple of segments"):
+        create_sampler("segment_passes", max_frames=CONFIG["num_test_frames"] + 1, segments=CONFIG["num_prompts"])
