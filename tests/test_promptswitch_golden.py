@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from conftest import FIXTURES
+from conftest import FIXTURES, compose_train
 from tvr.checkpoint import load_state_dict_checked
 from tvr.data.sampling import create_sampler
+from tvr.errors import ConfigError
 from tvr.lit_module import training_objective
 from tvr.models.convert import convert_reference_state_dict, map_reference_head_keys
 from tvr.models.losses import create_loss
@@ -25,6 +26,7 @@ from tvr.models.retriever import Retriever
 from tvr.models.towers import TowerMismatchError
 from tvr.models.towers.base import VisionGeometry
 from tvr.models.towers.prompt_switch import PromptSwitchTower, switch_prompts
+from tvr.validation import validate_train_config
 
 GOLDEN = torch.load(FIXTURES / "golden" / "promptswitch_golden.pt", weights_only=True)
 ABOUT = json.loads((FIXTURES / "golden" / "promptswitch_golden.json").read_text())
@@ -358,3 +360,31 @@ def test_segment_passes_random_stays_in_segments_and_survives_short_videos():
 def test_frame_counts_not_in_whole_passes_are_refused():
     with pytest.raises(ValueError, match="multiple of segments"):
         create_sampler("segment_passes", max_frames=CONFIG["num_test_frames"] + 1, segments=CONFIG["num_prompts"])
+
+
+@pytest.mark.parametrize(
+    "overrides, key, shown",
+    [
+        (  # the samplers' own rule holds (6 = 2 x 3) but the tower's groups of 4 do not divide 6
+            ["data.video.train_sampler.max_frames=6", "data.video.train_sampler.segments=3"],
+            "data.video.train_sampler.max_frames",
+            "clips must hold a multiple of 4 frames",
+        ),
+        (  # both rules, both named: the tower's groups and the sampler's whole passes
+            ["data.video.eval_sampler.max_frames=10"],
+            "data.video.eval_sampler.max_frames",
+            "must be a multiple of segments 4",
+        ),
+        (["head.num_prompts=40"], "head.video_tower", "num_prompts 40 exceeds the 17 tokens per frame"),
+        (
+            [f"data.video.eval_sampler.{key}" for key in ("name=clip4clip", "segments=null", "mode=null")],
+            "data.video.eval_sampler.name",
+            "must get full clips",
+        ),
+    ],
+)
+def test_bad_frame_and_prompt_counts_are_refused_at_start_up_naming_the_key(overrides, key, shown, tmp_path):
+    cfg = compose_train(["experiment=synthetic_promptswitch", *overrides], tmp_path, tmp_path / "run")
+    with pytest.raises(ConfigError) as error:
+        validate_train_config(cfg)
+    assert error.value.key == key and shown in str(error.value), str(error.value)

@@ -251,8 +251,9 @@ def check_video_tower_fits(
             checker.fail(
                 sampler.key("name"),
                 f"sampler '{sampler.get('name')}' may pad short videos, but the '{name}' video "
-                "tower merges every frame slot and must get full clips",
-                f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler)",
+                "tower has no notion of padded frame slots and must get full clips",
+                f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler), "
+                "or a segment sampler (segment_uniform, segment_random, segment_passes), which repeat frames",
             )
 
 

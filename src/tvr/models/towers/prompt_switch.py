@@ -114,7 +114,7 @@ class PromptSwitchTower(SavesIdentity, VideoTower):
         image tokens per frame (the reference uses 6 on 50)."""
         if num_prompts > geometry.tokens_per_frame:
             raise ValueError(
-                f"num_prompts {num_prompts} exceeds the {geometry.tokens_per_frame} image tokens per frame of this ViT; "
+                f"num_prompts {num_prompts} exceeds the {geometry.tokens_per_frame} tokens per frame (CLS + patches) of this ViT; "
                 f"use at most {geometry.tokens_per_frame} prompts"
             )
 
