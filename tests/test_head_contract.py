@@ -1,12 +1,13 @@
 """Contract every registered head must honour, parametrised over the registry."""
 
 import dataclasses
+import functools
 import re
 
 import pytest
 import torch
 
-from tvr.models.backbone import FrameFeatures, TextFeatures
+from tvr.models.backbone import CLIPBackbone, FrameFeatures, TextFeatures
 from tvr.models.heads import create_head, list_heads
 from tvr.models.heads.base import LossContext, ScoreLevels
 from tvr.models.losses import create_loss
@@ -40,6 +41,7 @@ HEAD_OPTIONS = {
         "topk_samples": 8,
         "topk_noise": "none",
     },
+    "prompt_switch": {"caption_heads": 2, "caption_ffn": 32},
     "hbi_estimator": {
         "temporal_layers": 1,
         "temporal_heads": 2,
@@ -61,6 +63,20 @@ FROZEN_FEATURES = {"hbi_estimator"}
 # but only rescales the pooled vector, which the cosine undoes); so does UCoFiA (spec Q5, mask_padding=false).
 PADDING_SENSITIVE = {"glscl", "ucofia"}
 PATCHES = 4  # per frame, for heads that read patch tokens
+
+
+# [4, L] captions (SOT .. EOT, 0-padded) of the paired batch, embedded by a tiny CLIP of the heads' width
+CAPTIONS = torch.tensor(
+    [[49406, 320, 1125, 49407] + [0] * (L - 4)] * 2 + [[49406, *range(400, 400 + L - 2), 49407]] * 2
+)
+
+
+@functools.cache
+def text_backbone() -> CLIPBackbone:
+    torch.manual_seed(0)
+    backbone = CLIPBackbone("tvr-tiny")
+    assert backbone.embed_dim == D
+    return backbone
 
 
 def make_head(name: str):
@@ -112,7 +128,14 @@ def test_shapes_and_gradients(head):
     final = out.final if isinstance(out, ScoreLevels) else out
     assert final.shape == (4, 4) and torch.isfinite(final).all()
     loss = create_loss("infonce")
-    context = LossContext(torch.tensor(2.0), loss, out.levels if isinstance(out, ScoreLevels) else {})
+    # the caption ids and the backbone, for heads whose extra losses read them (Prompt Switch's captioner)
+    context = LossContext(
+        torch.tensor(2.0),
+        loss,
+        out.levels if isinstance(out, ScoreLevels) else {},
+        local_token_ids=CAPTIONS,
+        backbone=text_backbone(),
+    )
     objective = sum(loss(10 * level) for level in levels.values()) + sum(
         head.extra_losses(head_text, head_video, context).values()
     )

@@ -52,6 +52,18 @@ def xpool(tmp_path_factory, data_dir):
     return run_dir / "checkpoints" / "best.ckpt", results, scores, text_to_video
 
 
+@pytest.fixture(scope="module")
+def prompt_switch(tmp_path_factory, data_dir):
+    """A Prompt Switch run (the video tower switching prompts inside the ViT, meanP, the captioning loss)."""
+    run_dir = tmp_path_factory.mktemp("search_prompt_switch")
+    overrides = ["experiment=synthetic_promptswitch", *RANKING_OVERRIDES] + SMALL_OVERRIDES + QUIET
+    with recorded_scores() as calls:
+        results = train(compose_train(overrides, data_dir, run_dir))
+    scores, text_to_video = calls[-1]
+    assert_ranks_by_text(scores)
+    return run_dir / "checkpoints" / "best.ckpt", results, scores, text_to_video
+
+
 def search_r1(searcher: Searcher, captions, **options) -> tuple[float, list]:
     results = searcher.search([caption for caption, _ in captions], SearchOptions(top_k=5, **options))
     hits = [result.hits[0].path.endswith(f"/{video_id}.mp4") for result, (_, video_id) in zip(results, captions)]
@@ -81,6 +93,20 @@ def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, 
     assert "Flat inner-product search over the meanpool embeddings" in found[0].note
     assert all(a.score >= b.score for result in found for a, b in zip(result.hits, result.hits[1:]))
     assert "clip4clip, 8 frames" in (tmp_path / "index" / "index.html").read_text()
+
+
+def test_search_serves_a_prompt_switch_checkpoint_at_the_evaluations_accuracy(prompt_switch, test_videos, tmp_path):
+    """Prompt Switch's video vector is query-independent: one index stage, the evaluation's ranking and R@1."""
+    checkpoint, results, scores, text_to_video = prompt_switch
+    folder, captions = test_videos
+    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
+    r1, found = search_r1(Searcher(tmp_path / "index"), captions)
+    assert [hit_ids(result) for result in found] == evaluation_top_ids(scores, text_to_video, captions)
+    top_scores = scores.topk(5, dim=1).values
+    assert torch.allclose(torch.tensor([[hit.score for hit in result.hits] for result in found]), top_scores, atol=1e-5)
+    assert r1 == results["t2v"]["R1"]
+    assert "Flat inner-product search over the prompt_switch embeddings" in found[0].note
+    assert "segment_passes, 8 frames" in (tmp_path / "index" / "index.html").read_text()  # the two groups of 4
 
 
 @pytest.mark.slow

@@ -76,5 +76,7 @@ def test_segment_random_stays_in_its_segment_and_survives_one_frame_segments():
 
 
 def test_unknown_sampler_lists_choices():
-    with pytest.raises(KeyError, match="clip4clip, fps_uniform_decord, segment_random, segment_uniform"):
+    with pytest.raises(
+        KeyError, match="clip4clip, fps_uniform_decord, segment_passes, segment_random, segment_uniform"
+    ):
         create_sampler("fps_uniform")

@@ -116,7 +116,7 @@ def test_a_tower_that_lacks_what_the_head_reads_is_refused_naming_the_key(data_d
         (
             ["head.video_tower=lora_text"],
             "head.video_tower",
-            "'lora_text' is a text tower, not a video tower; valid video towers: per_frame, tempme",
+            "'lora_text' is a text tower, not a video tower; valid video towers: per_frame, prompt_switch, tempme",
         ),
         (
             ["head.text_tower=gpt"],

@@ -19,6 +19,7 @@ BACKBONE = "tvr-tiny-deep"
 TOWER_OPTIONS = {
     "tempme": {"frames": T, "clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2], "tome_r": 1, "lora_rank": 4},
     "lora_text": {"lora_rank": 4},
+    "prompt_switch": {"num_prompts": 4, "test_aggregation": "whole_clip"},  # two groups of 4 per clip
 }
 TOKENS = torch.tensor([[49406, 320, 1125, 49407, 0, 0, 0], [49406, 320, 1125, 539, 320, 2368, 49407]])
 

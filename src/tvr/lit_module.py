@@ -38,6 +38,8 @@ def training_objective(
     text_repr: Repr,
     video_repr: Repr,
     local_video_ids: torch.Tensor | None = None,
+    local_token_ids: torch.Tensor | None = None,
+    backbone=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The training loss of a (gathered) batch's representations: the configured contrastive ``loss`` on the
     head's scores times ``exp(logit_scale)`` (when the head uses it), on each trained level for a multi-level
@@ -56,7 +58,9 @@ def training_objective(
         total = sum(contrastive.values()) if contrastive else scores.final.new_zeros(())
     else:
         contrastive, total = {}, loss(scaled(scores))
-    head_terms = head.extra_losses(text_repr, video_repr, LossContext(logit_scale, loss, levels, local_video_ids))
+    head_terms = head.extra_losses(
+        text_repr, video_repr, LossContext(logit_scale, loss, levels, local_video_ids, local_token_ids, backbone)
+    )
     contrastive_total = total
     if head_terms:
         total = total + sum(head_terms.values())
@@ -112,7 +116,14 @@ class RetrievalModule(EvaluationModule):
         text_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in text_repr.items()}
         video_repr = {key: gather_with_grad(value, self.gather_grad) for key, value in video_repr.items()}
         total, loss, extras = training_objective(
-            self.head, self.loss, self.backbone.logit_scale, text_repr, video_repr, batch.get("video_index")
+            self.head,
+            self.loss,
+            self.backbone.logit_scale,
+            text_repr,
+            video_repr,
+            batch.get("video_index"),
+            batch["tokens"],
+            self.backbone,
         )
         self._record_decode_failures(batch)
         # checked with the gradient norm in configure_gradient_clipping: one device sync per step, not two;

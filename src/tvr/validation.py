@@ -229,9 +229,18 @@ def check_video_tower_fits(
             f"change the settings under {key}, or choose another backbone",
         )
     frames = tower.clip_frames(**options)
+    multiple = tower.frames_multiple_of(**options)
     video = data.child("video") if data is not None else None
     for role in ("train_sampler", "eval_sampler") if video is not None else ():
         sampler = video.child(role)
+        sampled = sampler.get("max_frames")
+        if multiple is not None and isinstance(sampled, int) and sampled % multiple:
+            checker.fail(
+                sampler.key("max_frames"),
+                f"is {sampled}, but the '{name}' video tower processes frames in groups of {multiple}: "
+                f"clips must hold a multiple of {multiple} frames",
+                f"sample a multiple of {multiple} frames (e.g. {sampled - sampled % multiple + multiple})",
+            )
         if frames is not None and sampler.get("max_frames") != frames:
             checker.fail(
                 sampler.key("max_frames"),
@@ -242,8 +251,9 @@ def check_video_tower_fits(
             checker.fail(
                 sampler.key("name"),
                 f"sampler '{sampler.get('name')}' may pad short videos, but the '{name}' video "
-                "tower merges every frame slot and must get full clips",
-                f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler)",
+                "tower has no notion of padded frame slots and must get full clips",
+                f"use {sampler.path}.name=fps_uniform_decord with {sampler.path}.fill=repeat (TempMe's sampler), "
+                "or a segment sampler (segment_uniform, segment_random, segment_passes), which repeat frames",
             )
 
 

@@ -1,14 +1,16 @@
-"""X-Pool's segment samplers: ``max_frames`` equal segments, one frame of each."""
+"""X-Pool's segment samplers: ``max_frames`` equal segments, one frame of each; Prompt Switch's segment
+passes: ``segments`` equal segments visited ``max_frames / segments`` times."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from tvr.data.sampling.base import SAMPLERS, FrameSampler
+from tvr.options import option
 
 
 def _segment_edges(num_frames: int, fps: float, start: float | None, end: float | None, count: int):
@@ -65,3 +67,56 @@ class SegmentRandomSampler(FrameSampler):
 
     def describe(self) -> dict:
         return {"sampler": "segment_random", "max_frames": self.max_frames}
+
+
+@SAMPLERS.register("segment_passes")
+@dataclass
+class SegmentPassesSampler(FrameSampler):
+    """Prompt Switch's sampler (methods spec §6.2): ``segments`` equal segments, ``passes = max_frames /
+    segments`` frames from each, ordered pass-major (``[pass 0: segment 0..k-1, pass 1: ...]``), so every
+    run of ``segments`` consecutive frames is one pass over the whole video (one prompt-switching group).
+
+    ``uniform``: pass ``j`` takes ``(b - 1 - a) // (passes + 1) * (j + 1) + a`` of segment ``[a, b)`` (the
+    reference floors before multiplying). ``random``: a frame of ``[a, b - 1)`` per pass and segment; the
+    reference crashes on one-frame segments (videos shorter than ``2 * segments``), which fall back to the
+    segment's frame here. Videos with fewer frames than segments repeat the last index up to ``max_frames``.
+    """
+
+    segments: int = option(6, minimum=1, help="equal segments per pass (Prompt Switch: its group size, num_prompts)")
+    mode: Literal["uniform", "random"] = "uniform"
+
+    always_full: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("uniform", "random"):
+            raise ValueError(f"mode must be uniform or random, got {self.mode!r}")
+        if self.max_frames % self.segments:
+            raise ValueError(
+                f"max_frames {self.max_frames} must be a multiple of segments {self.segments} (whole passes)"
+            )
+
+    @property
+    def deterministic(self) -> bool:
+        return self.mode == "uniform"
+
+    def __call__(self, num_frames, fps, start=None, end=None, rng=None) -> list[int]:
+        rng = rng or random
+        edges, k = _segment_edges(num_frames, fps, start, end, self.segments)
+        passes = self.max_frames // self.segments
+        indices = []
+        for j in range(passes):
+            for i in range(k):
+                low, high = int(edges[i]), int(edges[i + 1]) - 1
+                if self.mode == "uniform":
+                    indices.append((high - low) // (passes + 1) * (j + 1) + low)
+                else:
+                    indices.append(rng.randrange(low, high) if high > low else low)
+        return _repeat_last(indices, self.max_frames)
+
+    def describe(self) -> dict:
+        return {
+            "sampler": "segment_passes",
+            "max_frames": self.max_frames,
+            "segments": self.segments,
+            "mode": self.mode,
+        }

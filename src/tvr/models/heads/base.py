@@ -95,12 +95,22 @@ class ScoreLevels:
 class LossContext:
     """What a head's extra losses may need beyond the representations: CLIP's ``logit_scale`` (log), the
     configured contrastive loss (on logits), the batch's unscaled score levels (empty for one-level
-    heads) and the ids of its videos (:attr:`video_ids`)."""
+    heads), the ids of its videos (:attr:`video_ids`), the caption token ids (:attr:`token_ids`) and the
+    backbone, for read access to CLIP's own modules (Prompt Switch's captioner embeds its teacher-forcing
+    input with ``backbone.embed_text``, CLIP's token and position embeddings, under ``no_grad``). A head must
+    not train the backbone through it: CLIP's training is the towers' business."""
 
     logit_scale: torch.Tensor
     contrastive: Callable[[torch.Tensor], torch.Tensor]
     levels: dict[str, torch.Tensor] = field(default_factory=dict)
     local_video_ids: torch.Tensor | None = None  # this rank's part of the batch
+    local_token_ids: torch.Tensor | None = None  # [B, L] this rank's captions (SOT .. EOT, 0-padded)
+    backbone: CLIPBackbone | None = None
+
+    @cached_property
+    def token_ids(self) -> torch.Tensor | None:
+        """``[B, L]`` caption token ids of the global batch (text order), gathered across ranks on first use."""
+        return None if self.local_token_ids is None else gather_no_grad(self.local_token_ids)
 
     @cached_property
     def video_ids(self) -> torch.Tensor | None:
@@ -251,14 +261,18 @@ class RetrievalHead(nn.Module):
         return rename_reference_keys(state_dict, cls.reference_key_renames, cls.reference_ignored_keys)
 
     def new_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        tower_ids = {id(param) for _, param in self.tower_parameters()}
+        """The head's own parameters (the head learning-rate group); tower parameters are not among them."""
+        tower_ids = {id(param) for _, param in self.tower_parameters(every=True)}
         return ((name, param) for name, param in self.named_parameters() if id(param) not in tower_ids)
 
-    def tower_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """What the towers add (adapters, temporal embeddings): the tower learning-rate group."""
+    def tower_parameters(self, every: bool = False) -> Iterator[tuple[str, nn.Parameter]]:
+        """What the towers add (adapters, temporal embeddings): the tower learning-rate group. Those a tower
+        trains at the backbone's rate (:meth:`Tower.backbone_rate_parameters`) are left out unless ``every``."""
         for kind, tower in self.towers().items():
+            at_backbone_rate = set() if every else tower.backbone_rate_parameters()
             for name, param in tower.named_parameters():
-                yield f"{kind}_tower.{name}", param
+                if name not in at_backbone_rate:
+                    yield f"{kind}_tower.{name}", param
 
     def text_embedding(self, text_repr: Repr) -> torch.Tensor:
         """``[Nt, D]`` vectors whose dot products with :meth:`video_embedding` are the similarity."""

@@ -75,6 +75,12 @@ class Tower(nn.Module):
         """What determines this tower's function (not its weights): saved in checkpoints and compared on load."""
         return {}
 
+    def backbone_rate_parameters(self) -> set[str]:
+        """Names of this tower's own parameters that train at the backbone's learning rate rather than the
+        tower's (a reference whose optimiser groups by name and misses a new module: Prompt Switch's
+        aggregation attention)."""
+        return set()
+
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, **self.settings()}
 
@@ -175,6 +181,12 @@ class VideoTower(Tower):
     @classmethod
     def clip_frames(cls, **options) -> int | None:
         """The frames per clip the tower is built for (its parameters depend on it), or None for any."""
+        return None
+
+    @classmethod
+    def frames_multiple_of(cls, **options) -> int | None:
+        """For a tower that processes frames in groups (Prompt Switch): clips must hold a multiple of this many
+        frames, training and evaluation alike (6 and 12 in the reference); None: no such rule."""
         return None
 
 
