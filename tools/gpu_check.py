@@ -138,7 +138,25 @@ def choose_precision(device: torch.device, requested: str) -> tuple[str, str | N
     return requested, None
 
 
-def cases(heads: list[str], compile_heads: list[str]) -> list[Case]:
+def prompt_switch_case(frames: int, tiny: bool) -> Case:
+    """Prompt Switch switches prompt rows within groups of ``num_prompts`` frames, and its samplers repeat frames
+    rather than pad (the pass-major segment sampler): groups of 6 on 12 frames as the reference, of 4 on the tiny
+    run's 8 (as ``experiment=synthetic_promptswitch``, whose captioner also takes tvr-tiny's text width)."""
+    group = 6 if frames % 6 == 0 else 4
+
+    overrides = ["head=prompt_switch", f"head.num_prompts={group}"]
+    for role, mode in (("train_sampler", "random"), ("eval_sampler", "uniform")):
+        overrides += [
+            f"data.video.{role}.name=segment_passes",
+            f"++data.video.{role}.segments={group}",
+            f"++data.video.{role}.mode={mode}",
+        ]
+    if tiny:
+        overrides += ["head.caption_heads=2", "head.caption_ffn=256"]
+    return Case("prompt_switch", tuple(overrides))
+
+
+def cases(heads: list[str], compile_heads: list[str], frames: int, tiny: bool) -> list[Case]:
     """One case per head, TempMe in both modes, the HBI estimator before HBI (HBI distils from it), then the
     compiled variants."""
     if "hbi" in heads and "hbi_estimator" not in heads:
@@ -149,6 +167,8 @@ def cases(heads: list[str], compile_heads: list[str]) -> list[Case]:
         if name == "tempme":
             found.append(Case("tempme PEFT", ("head=tempme", "head.clip_weights=frozen")))
             found.append(Case("tempme full FT", ("head=tempme", "head.clip_weights=trainable")))
+        elif name == "prompt_switch":
+            found.append(prompt_switch_case(frames, tiny))
         else:
             found.append(Case(name, (f"head={name}",)))
     found += [Case(f"{name} + compile", (f"head={name}", "train.compile=true")) for name in compile_heads]
@@ -553,7 +573,7 @@ def run(args) -> dict:
             artifacts["estimator_tiny"] = tiny_estimator(setup)
         results["train"], results["eval"] = [], []
         spent = results["cpu_s_by_section"] = {}
-        for case in cases(heads, compile_heads):
+        for case in cases(heads, compile_heads, frames, args.tiny):
             with cpu_time(spent, "train"):
                 trained = guarded(train_case, case, setup, args, artifacts)
             results["train"].append(trained)
