@@ -117,6 +117,9 @@ PADDED_FEATURE_DEPENDENCE = [
     ("drl", {"interaction": "ti", "cdcr": 2}, set()),
     ("drl", {"interaction": "dp", "cdcr": 1}, set()),
     ("drl", {"interaction": "xti", "cdcr": 0}, set()),
+    # mean pooling of the tower's per-frame vectors, as TempMe's; its tower switches prompts across every slot
+    # of a group, which is why its samplers repeat frames rather than pad (start-up validation enforces it)
+    ("prompt_switch", {}, set()),
 ]
 
 
