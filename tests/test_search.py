@@ -81,31 +81,29 @@ def evaluation_top_ids(scores, text_to_video, captions, k: int = 5) -> list[list
     return [[column_ids[int(column)] for column in row] for row in scores.topk(k, dim=1).indices]
 
 
-def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, test_videos, tmp_path):
-    checkpoint, results, scores, text_to_video = meanpool
+def assert_one_stage_search_equals_the_evaluation(trained, test_videos, index: Path, head: str) -> list:
+    """A query-independent head's index serves the evaluation's top-5 ids and scores and its t2v R@1."""
+    checkpoint, results, scores, text_to_video = trained
     folder, captions = test_videos
-    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
-    r1, found = search_r1(Searcher(tmp_path / "index"), captions)
+    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={index}", *INDEX_QUIET])
+    r1, found = search_r1(Searcher(index), captions)
     assert [hit_ids(result) for result in found] == evaluation_top_ids(scores, text_to_video, captions)
     top_scores = scores.topk(5, dim=1).values
     assert torch.allclose(torch.tensor([[hit.score for hit in result.hits] for result in found]), top_scores, atol=1e-5)
     assert r1 == results["t2v"]["R1"]
-    assert "Flat inner-product search over the meanpool embeddings" in found[0].note
+    assert f"Flat inner-product search over the {head} embeddings" in found[0].note
+    return found
+
+
+def test_search_r1_equals_the_evaluation_for_a_query_independent_head(meanpool, test_videos, tmp_path):
+    found = assert_one_stage_search_equals_the_evaluation(meanpool, test_videos, tmp_path / "index", "meanpool")
     assert all(a.score >= b.score for result in found for a, b in zip(result.hits, result.hits[1:]))
     assert "clip4clip, 8 frames" in (tmp_path / "index" / "index.html").read_text()
 
 
 def test_search_serves_a_prompt_switch_checkpoint_at_the_evaluations_accuracy(prompt_switch, test_videos, tmp_path):
     """Prompt Switch's video vector is query-independent: one index stage, the evaluation's ranking and R@1."""
-    checkpoint, results, scores, text_to_video = prompt_switch
-    folder, captions = test_videos
-    run_index([str(folder), f"ckpt_path={checkpoint}", f"index={tmp_path / 'index'}", *INDEX_QUIET])
-    r1, found = search_r1(Searcher(tmp_path / "index"), captions)
-    assert [hit_ids(result) for result in found] == evaluation_top_ids(scores, text_to_video, captions)
-    top_scores = scores.topk(5, dim=1).values
-    assert torch.allclose(torch.tensor([[hit.score for hit in result.hits] for result in found]), top_scores, atol=1e-5)
-    assert r1 == results["t2v"]["R1"]
-    assert "Flat inner-product search over the prompt_switch embeddings" in found[0].note
+    assert_one_stage_search_equals_the_evaluation(prompt_switch, test_videos, tmp_path / "index", "prompt_switch")
     assert "segment_passes, 8 frames" in (tmp_path / "index" / "index.html").read_text()  # the two groups of 4
 
 

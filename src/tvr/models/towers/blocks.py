@@ -25,6 +25,16 @@ class UnsupportedBlockError(ValueError):
     pass
 
 
+def check_cls_pooled_vit(visual: nn.Module, tower: str) -> None:
+    """Refuse a vision tower whose blocks these functions cannot run, or that is not pooled by its CLS token
+    (the towers that run the ViT block by block read the CLS row)."""
+    check_standard_blocks(visual.transformer.resblocks, "vision")
+    if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
+        raise UnsupportedBlockError(
+            f"the {tower} tower needs a ViT pooled by its CLS token (open_clip pool_type 'tok', no attentional pooler)"
+        )
+
+
 def check_standard_blocks(blocks: nn.ModuleList, where: str) -> None:
     """Refuse, at construction, open_clip block variants whose maths these functions do not reproduce."""
     for index, block in enumerate(blocks):

@@ -25,7 +25,7 @@ from torch import nn
 
 from tvr.models.backbone import FrameFeatures
 from tvr.models.towers.base import SavesIdentity, VideoTower, VisionGeometry, register_tower
-from tvr.models.towers.blocks import UnsupportedBlockError, attention, check_standard_blocks, mlp_residual
+from tvr.models.towers.blocks import attention, check_cls_pooled_vit, mlp_residual
 from tvr.options import limits
 
 TEST_AGGREGATIONS = ("per_group", "whole_clip")
@@ -76,11 +76,7 @@ class PromptSwitchTower(SavesIdentity, VideoTower):
             num_prompts=num_prompts, test_aggregation=test_aggregation, aggregation_lr_group=aggregation_lr_group
         )
         visual = backbone.clip.visual
-        check_standard_blocks(visual.transformer.resblocks, "vision")
-        if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
-            raise UnsupportedBlockError(
-                "the Prompt Switch tower needs a ViT pooled by its CLS token (open_clip pool_type 'tok', no attentional pooler)"
-            )
+        check_cls_pooled_vit(visual, "Prompt Switch")
         self.geometry = VisionGeometry.of_model(visual)
         self.check_fits(self.geometry, num_prompts=num_prompts)
         self.num_prompts, self.test_aggregation = int(num_prompts), test_aggregation

@@ -24,13 +24,7 @@ from torch import nn
 
 from tvr.models.backbone import FrameFeatures
 from tvr.models.towers.base import SavesIdentity, VideoTower, VisionGeometry, register_tower
-from tvr.models.towers.blocks import (
-    UnsupportedBlockError,
-    attention,
-    check_standard_blocks,
-    mlp_residual,
-    qkv_lora_adapters,
-)
+from tvr.models.towers.blocks import attention, check_cls_pooled_vit, mlp_residual, qkv_lora_adapters
 from tvr.models.towers.token_merging import BlockPlan, match, merge, plan_schedule
 
 
@@ -73,11 +67,7 @@ class TempMeTower(SavesIdentity, VideoTower):
         super().__init__(clip_weights)
         self.check_options(lora_rank=lora_rank)
         visual = backbone.clip.visual
-        check_standard_blocks(visual.transformer.resblocks, "vision")
-        if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
-            raise UnsupportedBlockError(
-                "the TempMe tower needs a ViT pooled by its CLS token (open_clip pool_type 'tok', no attentional pooler)"
-            )
+        check_cls_pooled_vit(visual, "TempMe")
         self.geometry = VisionGeometry.of_model(visual)
         self.frames, self.lora_rank, self.tome_r = int(frames), int(lora_rank), int(tome_r)
         self.clip_layers, self.clip_groups = [int(v) for v in clip_layers], [int(v) for v in clip_groups]
