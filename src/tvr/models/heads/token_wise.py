@@ -91,7 +91,7 @@ def token_similarity_maps(
     maps = torch.einsum("atd,bvd->abtv", text_tokens, video_tokens)
     if text_mask is None:
         return maps
-    return maps * text_mask.to(maps.dtype)[:, None, :, None] * video_mask.to(maps.dtype)[None, :, None, :]
+    return maps * all_pairs_cell_mask(text_mask.to(maps.dtype), video_mask.to(maps.dtype))
 
 
 def positive_pair_maps(
