@@ -37,6 +37,7 @@ CONFIGS = {
     "drl wti": ["experiment=synthetic_drl", "head.cdcr=0"],
     "drl wti + cdcr 3": ["experiment=synthetic_drl"],
     "ucofia (+ sknorm)": ["experiment=synthetic_ucofia"],
+    "prompt switch": ["experiment=synthetic_promptswitch"],
 }
 
 
