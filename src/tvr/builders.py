@@ -5,10 +5,12 @@ Everything that can fail on a wrong name or a missing file is built here, before
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.environments import SLURMEnvironment
@@ -21,6 +23,8 @@ from tvr.evaluation.options import configured_reranker
 from tvr.lit_module import RetrievalModule
 from tvr.models.backbone import resolve_preprocessing
 from tvr.resume import LastCheckpoint, SlurmRequeue
+
+log = logging.getLogger(__name__)
 
 
 def build_datamodule(
@@ -60,7 +64,20 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
         run_config=to_plain(cfg),
     )
     module.head.load_pretrained()  # files the head takes weights from (HBI's estimator); checkpoints carry them after
+    load_starting_weights(module)
     return module
+
+
+def load_starting_weights(module: RetrievalModule) -> None:
+    """An earlier stage's weights (DiffusionRet's stage 1) copied into the module's own tensors by name."""
+    weights = module.head.starting_weights()
+    if not weights:
+        return
+    own = module.state_dict()  # tensors sharing the parameters' storage
+    with torch.no_grad():
+        for key, value in weights.items():
+            own[key].copy_(value)
+    log.info("started from %d weights of head.stage1_ckpt", len(weights))
 
 
 def build_trainer(

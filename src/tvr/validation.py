@@ -459,7 +459,30 @@ def check_run(
         check_reranker_needs(checker, evaluation, built_head, data)
     if train and training:
         check_clip_param_dtype(checker, train, optim, trainer, head, built_head)
+    if training and built_head is not None and data is not None and trainer is not None:
+        check_head_batch(checker, head, built_head, data, trainer)
     return built_head
+
+
+def check_head_batch(
+    checker: ConfigChecker, head: Section, built: RetrievalHead, data: Section, trainer: Section
+) -> None:
+    """A head that needs a minimum global training batch (:meth:`RetrievalHead.check_batch`) gets it: the
+    global batch is ``data.batch_size`` on each device of each node (devices given as a count)."""
+    per_device, devices, nodes = data.get("batch_size"), trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if not all(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (per_device, devices, nodes)
+    ):
+        return  # not counts (devices=auto, a device list): their own checks speak, or the batch is only known later
+    try:
+        built.check_batch(per_device * devices * nodes)
+    except UserInputError as error:
+        key = getattr(error, "key", head.path)
+        checker.fail(
+            key,
+            str(error).removeprefix(f"{key}: ")
+            + f" (data.batch_size={per_device}, trainer.devices={devices}, trainer.num_nodes={nodes})",
+        )
 
 
 def check_head_fits(

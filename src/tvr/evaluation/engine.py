@@ -124,6 +124,61 @@ def shared_similarity(
     return gather_no_grad(rows).cpu()
 
 
+def second_stage_pair(
+    retriever, scores: torch.Tensor, encoded: EncodedSplit, seed: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A head's learned second stage (:meth:`RetrievalHead.rerank_queries`) applied to ``scores`` ``[Nt, Nv]``
+    in both directions: ``(t2v [Nt, Nv], v2t [Nv, Nt])``; None for heads without one. Unreadable videos are
+    neither candidates nor queries (their scores stay as they are; the metrics count them as misses)."""
+    head = retriever.head
+    if not head.reranks_queries:
+        return None
+    readable = ~encoded.unreadable
+    every_text = torch.ones(scores.shape[0], dtype=torch.bool)
+    t2v = rerank_direction(head, "t2v", scores, encoded.texts, encoded.videos, every_text, readable, seed, device)
+    v2t = rerank_direction(head, "v2t", scores.t(), encoded.videos, encoded.texts, readable, every_text, seed, device)
+    return t2v, v2t
+
+
+def rerank_direction(
+    head,
+    direction: str,
+    rows: torch.Tensor,
+    queries: Repr,
+    gallery: Repr,
+    query_keep: torch.Tensor,
+    gallery_keep: torch.Tensor,
+    seed: int,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """``rows`` ``[Nq, Ng]`` with the kept queries' rows re-scored over the kept gallery items; under DDP each
+    rank re-scores a contiguous share of the queries and the shares are gathered (every query is independent)."""
+    query_ids, gallery_ids = torch.nonzero(query_keep).flatten(), torch.nonzero(gallery_keep).flatten()
+    out = rows.clone()
+    if not len(query_ids) or not len(gallery_ids):
+        return out
+    if is_distributed():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        bounds = torch.linspace(0, len(query_ids), world + 1).long().tolist()
+        share = query_ids[bounds[rank] : bounds[rank + 1]]
+    else:
+        share = query_ids
+
+    def picked(rep: Repr, ids: torch.Tensor) -> Repr:
+        return {key: value.index_select(0, ids.to(value.device)).to(device) for key, value in rep.items()}
+
+    part = head.rerank_queries(
+        direction,
+        rows[share][:, gallery_ids].to(device),
+        picked(queries, share),
+        picked(gallery, gallery_ids),
+        share,
+        seed,
+    )
+    out[query_ids[:, None], gallery_ids[None, :]] = gather_no_grad(part).cpu().to(out.dtype)
+    return out
+
+
 def transposed(scores):
     """A matrix, or every level of ``{level: matrix}``, transposed."""
     return {name: matrix.t() for name, matrix in scores.items()} if isinstance(scores, dict) else scores.t()
@@ -172,7 +227,10 @@ def evaluate_encoded(
         unreadable_videos=unreadable,
         video_bank=video_bank,
         levels=level_scores if per_level else None,
+        second_stage=second_stage_pair(retriever, scores, encoded, options.seed, device),
     )
+    if "first_stage" in metrics:
+        metrics["second_stage"] = retriever.head.describe_rerank(options.seed)
     if options.report_levels:  # labelled extra rows; the ranking above is the head's final level
         metrics["levels"] = {
             name: evaluate_scores(level, encoded.text_to_video, median=options.median, unreadable_videos=unreadable)

@@ -23,8 +23,14 @@ def evaluate_scores(
     unreadable_videos: Sequence[int] = (),
     video_bank=None,
     levels: dict[str, torch.Tensor] | None = None,
+    second_stage: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Metrics of a ``[Nt, Nv]`` cosine matrix; with a ``reranker``, a labelled ``reranked`` block too.
+
+    ``second_stage`` ``(t2v [Nt, Nv], v2t [Nv, Nt])`` is a head's learned per-query re-ranking of ``cos``
+    (DiffusionRet): text-to-video ranks the first matrix, video-to-text the second. Those are then the
+    headline numbers, and the plain matrix's are reported beside them as ``first_stage``; a transductive
+    ``reranker`` then re-ranks each direction's own matrix.
 
     ``query_bank`` ``[Nb, Nv]`` scores the captions the re-ranker asked for against the same gallery (its
     text-to-video bank), ``video_bank`` ``[Nb, Nt]`` the videos it asked for against the texts (its
@@ -59,14 +65,25 @@ def evaluate_scores(
 
     # first: it refuses non-finite scores before any re-ranking normalises over them
     result = retrieval_metrics(cos, text_to_video, median=median, unreadable_videos=unreadable_videos)
+    ranked = {direction: cos for direction in DIRECTIONS}  # the [Nt, Nv] matrix each direction ranks
+    if second_stage is not None:
+        ranked = {"t2v": torch.as_tensor(second_stage[0]), "v2t": torch.as_tensor(second_stage[1]).t()}
+        first_stage = result
+        result = {
+            direction: retrieval_metrics(
+                ranked[direction], text_to_video, median=median, unreadable_videos=unreadable_videos
+            )[direction]
+            for direction in DIRECTIONS
+        }
+        result["first_stage"] = first_stage
     if reranker is None:
         return result
     if reranker.level_aware and not levels:
         raise ValueError(f"re-ranker '{reranker.name}' reads the score levels of a head that scores at several")
-    gallery = readable_columns(levels) if reranker.level_aware else cos[:, readable]
     banks = {"t2v": readable_columns(query_bank), "v2t": finite(video_bank)}
     result["reranked"] = reranker.describe(query_bank)
     for direction in DIRECTIONS:
+        gallery = readable_columns(levels) if reranker.level_aware else ranked[direction][:, readable]
         if direction in reranker.directions:
             rescored = reranker.rerank(gallery, direction, banks[direction])
             result["reranked"][direction] = metrics_of(rescored)[direction]
@@ -125,6 +142,7 @@ def measured_block(
         "missing_videos": missing_videos,
         "unreadable_videos": metrics["unreadable_videos"],
         "rerank": rerank,
+        "second_stage": metrics.get("second_stage"),
         "checkpoint_selected_on": selected_on,
         "checkpoint_selection": selection,
         "selected_on_evaluated_split": selected_on == split,
@@ -140,6 +158,13 @@ def describe_measurement(measured: dict) -> list[str]:
         f"{measured['unreadable_videos']} unreadable); re-ranking: {measured['rerank']}; "
         f"checkpoint: {measured['checkpoint_selection']}" + (f" on split '{selected}'" if selected else "")
     ]
+    second = measured.get("second_stage")  # absent from metrics.json written before it existed
+    if second:
+        options = ", ".join(f"{key} {value}" for key, value in second.items() if key not in ("method", "kind"))
+        lines.append(
+            f"ranked by {second['method']}'s second stage ({second['kind']}: {options}), a matrix per direction; "
+            "the first stage alone is reported beside it"
+        )
     if measured["missing_videos"]:
         lines.append(
             f"warning: {measured['missing_videos']} of {measured['annotated_videos']} annotated videos are missing "
@@ -174,6 +199,9 @@ def markdown_table(results: dict[str, dict], facts: dict | None = None, measured
     for split, metrics in results.items():
         for direction in ("t2v", "v2t"):
             lines.append(_row(split, direction, metrics[direction]))
+        if "first_stage" in metrics:  # the headline above is the head's second stage; its first stage alone here
+            for direction in ("t2v", "v2t"):
+                lines.append(_row(f"{split} (first stage alone)", direction, metrics["first_stage"][direction]))
         for level, level_metrics in metrics.get("levels", {}).items():
             for direction in ("t2v", "v2t"):
                 lines.append(_row(f"{split} (level: {level})", direction, level_metrics[direction]))

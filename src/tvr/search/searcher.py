@@ -143,6 +143,9 @@ class Searcher:
                 f"two stages: {min(rerank_k, len(self.contents.paths))} candidates from a {self.vectors.factory} search "
                 f"over mean-pooled CLIP frame vectors, re-scored by {self.retriever.head.name}"
             )
+            if self.retriever.head.reranks_queries:
+                second = self.retriever.head.describe_rerank()
+                note += f", then its second stage over each query's top {second['t2v_k']} ({second['kind']})"
             recalls = None
             if options.check_recall:
                 _, exhaustive_ids = exhaustive_search(

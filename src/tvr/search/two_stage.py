@@ -3,7 +3,8 @@
 A text-conditioned head has no per-video vector to index, so scoring a query means running the head on
 every (query, video) pair. ``two_stage_search`` narrows that down first: a :class:`VectorIndex` over
 query-independent per-video summaries (e.g. mean-pooled unit frame vectors) proposes ``rerank_k``
-candidates per query, and only those pairs go through ``head.similarity``. ``exhaustive_search`` scores
+candidates per query, and only those pairs go through ``head.similarity``; a head with a learned second stage
+(DiffusionRet) then re-scores each query's best of them (:meth:`RetrievalHead.rerank_queries`). ``exhaustive_search`` scores
 every pair and is the reference that ``recall_at_k`` measures the first stage against.
 """
 
@@ -56,9 +57,13 @@ def two_stage_search(
         for offset, query_candidates in enumerate(candidates):
             query = start + offset
             query_candidates = query_candidates[query_candidates >= 0]  # drop faiss's -1 padding
-            candidate_scores = _score_candidates(
-                head, slice_repr(text_repr, query, query + 1), video_repr, query_candidates, video_chunk
-            )
+            one_text = slice_repr(text_repr, query, query + 1)
+            candidate_scores = _score_candidates(head, one_text, video_repr, query_candidates, video_chunk)
+            if head.reranks_queries and len(query_candidates):  # a learned third stage over the head's top ones
+                candidates_repr = {key: value.index_select(0, query_candidates) for key, value in video_repr.items()}
+                candidate_scores = head.rerank_queries(
+                    "t2v", candidate_scores[None], one_text, candidates_repr, torch.tensor([query])
+                )[0]
             best = torch.topk(candidate_scores, min(top_k, len(query_candidates)))
             found = len(best.indices)
             scores[query, :found] = best.values

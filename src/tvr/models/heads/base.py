@@ -246,6 +246,41 @@ class RetrievalHead(nn.Module):
     def load_pretrained(self) -> None:
         """Read weights this head takes from its own files (called when training starts, never at evaluation)."""
 
+    def starting_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights of the whole model (``backbone.*``, ``head.*`` keys) a run starts from when the method trains
+        in stages over an earlier stage's checkpoint (DiffusionRet's generators over its stage 1); the training
+        module loads them when training starts, never at evaluation. None: the run starts from CLIP."""
+        return None
+
+    def check_batch(self, global_batch: int) -> None:
+        """Raise :class:`~tvr.errors.ConfigError` naming the head option if training batches of ``global_batch``
+        pairs cannot work (DiffusionRet mines a fixed number of in-batch candidates); start-up validation calls it."""
+
+    # ------------------------------------------------------------------ a learned second stage
+    #: Whether the head re-scores each query's top candidates after the score matrix (:meth:`rerank_queries`),
+    #: per direction: evaluation then ranks text-to-video and video-to-text on two different matrices, reports
+    #: that pair as the headline and the plain matrix beside it. Not transductive: each query on its own.
+    reranks_queries: bool = False
+
+    def rerank_queries(
+        self,
+        direction: str,
+        rows: torch.Tensor,
+        queries: Repr,
+        gallery: Repr,
+        query_index: torch.Tensor,
+        evaluation_seed: int = 0,
+    ) -> torch.Tensor:
+        """``rows`` ``[Nq, Ng]``: these queries' scores against the whole gallery, re-scored. ``direction``
+        ``t2v`` (queries are texts, the gallery videos) or ``v2t`` (queries are videos, the gallery texts);
+        ``query_index`` ``[Nq]`` the queries' positions in their split; ``evaluation_seed`` the evaluation's seed,
+        for heads that draw."""
+        raise NotImplementedError(f"head '{self.name}' has no second stage")
+
+    def describe_rerank(self, evaluation_seed: int = 0) -> dict:
+        """The label written beside the numbers of :meth:`rerank_queries` (method and options)."""
+        return {}
+
     def explain(self, text_repr: Repr, video_repr: Repr) -> dict[str, torch.Tensor]:
         """Word x frame maps ``{title: [L, F]}`` of one (text, video) pair for ``tools/explain.py``; heads that
         score token against frame offer them (HBI), others have none."""
