@@ -18,7 +18,7 @@ from tvr.evaluation.metrics import retrieval_metrics
 from tvr.evaluation.report import describe_measurement, markdown_table, measured_block
 from tvr.evaluation.rerank.dsl import dual_softmax
 from tvr.models.heads.base import RetrievalHead
-from tvr.search.two_stage import two_stage_search
+from tvr.search.two_stage import exhaustive_search, rescored_top, two_stage_search
 from tvr.search.vector_index import VectorIndex
 
 BONUS = {"t2v": 10.0, "v2t": 20.0}
@@ -160,3 +160,19 @@ def test_search_rescores_each_querys_candidates_with_the_second_stage():
     for query in range(2):  # every video is a candidate: the lowest one, lifted by 10, comes first
         assert ids[query, 0] == first[query].argmin()
         assert scores[query, 0] == first[query].min() + BONUS["t2v"] + query / 1000
+
+
+def test_the_recall_reference_runs_the_same_second_stage_over_the_exhaustive_candidates():
+    head = ToySecondStage()
+    encoded = split(texts=3, videos=6)
+    index = VectorIndex.build(encoded.videos["x"].numpy(), factory="Flat")  # inner products = the first stage
+    found_scores, found = two_stage_search(
+        head, encoded.texts, encoded.texts["x"], index, encoded.videos, rerank_k=4, top_k=2
+    )
+    reference_scores, reference = rescored_top(
+        head, encoded.texts, encoded.videos, *exhaustive_search(head, encoded.texts, encoded.videos, 4), top_k=2
+    )
+    assert torch.equal(found, reference)
+    torch.testing.assert_close(found_scores, reference_scores)
+    plain = exhaustive_search(head, encoded.texts, encoded.videos, 2)[1]
+    assert not torch.equal(found, plain)  # the second stage moved a lifted candidate in: the plain top-2 differ

@@ -53,7 +53,9 @@ def backbone_preprocessing(backbone_cfg: DictConfig | dict) -> Preprocessing:
     return resolve_preprocessing(backbone.get("model_name"), backbone.get("architecture"), backbone.get("pretrained"))
 
 
-def build_module(cfg: DictConfig) -> RetrievalModule:
+def build_module(cfg: DictConfig, starting: bool = True) -> RetrievalModule:
+    """The training module the config describes. ``starting`` (a run about to train) also reads the weights a
+    head takes from files of its own or from an earlier stage; a conversion, which overwrites every weight, does not."""
     module = RetrievalModule(
         backbone=to_plain(cfg.backbone),
         head=to_plain(cfg.head),
@@ -63,8 +65,9 @@ def build_module(cfg: DictConfig) -> RetrievalModule:
         train=to_plain(cfg.train),
         run_config=to_plain(cfg),
     )
-    module.head.load_pretrained()  # files the head takes weights from (HBI's estimator); checkpoints carry them after
-    load_starting_weights(module)
+    if starting:
+        module.head.load_pretrained()  # files the head takes weights from (HBI's estimator); checkpoints carry them after
+        load_starting_weights(module)
     return module
 
 

@@ -22,7 +22,7 @@ def convert_checkpoint(
     keys; any mismatch raises unless ``allow_partial``."""
     reference = read_reference_checkpoint(source)  # a bad file fails before the model is built
     cfg = compose_config([*overrides, "backbone.weights=null"])
-    module = build_module(cfg)
+    module = build_module(cfg, starting=False)  # every weight comes from the release
     state_dict = convert_reference_state_dict(cfg.head.name, reference)
     missing, unexpected = load_state_dict_checked(
         module, state_dict, strict=not allow_partial, source=str(source), partial_switch=ALLOW_PARTIAL_SWITCH

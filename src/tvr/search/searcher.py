@@ -24,7 +24,7 @@ from tvr.models.heads.base import cat_reprs
 from tvr.search.model import load_retriever
 from tvr.search.page import Hit, QueryResult
 from tvr.search.store import IndexMismatchError, VideoIndexStore
-from tvr.search.two_stage import exhaustive_search, recall_at_k, two_stage_search
+from tvr.search.two_stage import exhaustive_search, recall_at_k, rescored_top, two_stage_search
 from tvr.search.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,12 @@ class Searcher:
                 note += f", then its second stage over each query's top {second['t2v_k']} ({second['kind']})"
             recalls = None
             if options.check_recall:
-                _, exhaustive_ids = exhaustive_search(
-                    self.retriever.head, text_repr, self.contents.representation, options.top_k
-                )
+                head, gallery = self.retriever.head, self.contents.representation
+                if head.reranks_queries:  # the reference: the same second stage over the exhaustive best candidates
+                    best = exhaustive_search(head, text_repr, gallery, rerank_k)
+                    _, exhaustive_ids = rescored_top(head, text_repr, gallery, *best, options.top_k)
+                else:
+                    _, exhaustive_ids = exhaustive_search(head, text_repr, gallery, options.top_k)
                 recalls = [recall_at_k(ids[i : i + 1], exhaustive_ids[i : i + 1]) for i in range(len(queries))]
         results = []
         for row, query in enumerate(queries):

@@ -59,16 +59,41 @@ def two_stage_search(
             query_candidates = query_candidates[query_candidates >= 0]  # drop faiss's -1 padding
             one_text = slice_repr(text_repr, query, query + 1)
             candidate_scores = _score_candidates(head, one_text, video_repr, query_candidates, video_chunk)
-            if head.reranks_queries and len(query_candidates):  # a learned third stage over the head's top ones
-                candidates_repr = {key: value.index_select(0, query_candidates) for key, value in video_repr.items()}
-                candidate_scores = head.rerank_queries(
-                    "t2v", candidate_scores[None], one_text, candidates_repr, torch.tensor([query])
-                )[0]
+            candidate_scores = second_stage(head, one_text, video_repr, query, query_candidates, candidate_scores)
             best = torch.topk(candidate_scores, min(top_k, len(query_candidates)))
             found = len(best.indices)
             scores[query, :found] = best.values
             ids[query, :found] = query_candidates[best.indices]
     return scores, ids
+
+
+def second_stage(
+    head: RetrievalHead, one_text: Repr, video_repr: Repr, query: int, candidates: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
+    """A head's learned second stage (DiffusionRet's) over one query's candidate ``scores``; the scores as they
+    are for heads without one."""
+    if not head.reranks_queries or not len(candidates):
+        return scores
+    candidates_repr = {key: value.index_select(0, candidates) for key, value in video_repr.items()}
+    return head.rerank_queries("t2v", scores[None], one_text, candidates_repr, torch.tensor([query]))[0]
+
+
+def rescored_top(
+    head: RetrievalHead, text_repr: Repr, video_repr: Repr, scores: torch.Tensor, ids: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``top_k`` of each query's listed candidates (``[Nq, n]`` scores and ids, ``-1`` padding) after
+    the head's second stage: what :func:`two_stage_search` returns when those are its candidates."""
+    out_scores = torch.full((len(ids), min(top_k, ids.shape[1])), float("-inf"))
+    out_ids = torch.full(out_scores.shape, -1, dtype=torch.long)
+    for query, (row_scores, row_ids) in enumerate(zip(scores, ids)):
+        real = row_ids >= 0
+        rescored = second_stage(
+            head, slice_repr(text_repr, query, query + 1), video_repr, query, row_ids[real], row_scores[real]
+        )
+        best = torch.topk(rescored, min(top_k, len(rescored)))
+        out_scores[query, : len(best.indices)] = best.values
+        out_ids[query, : len(best.indices)] = row_ids[real][best.indices]
+    return out_scores, out_ids
 
 
 def _score_candidates(
