@@ -42,7 +42,8 @@ def mine_candidates(
 
     ``duplicate_policy``: ``topk_tie`` is the reference (Q3): same-video items (the positive included) weigh
     ``−1`` and are still taken when fewer than ``num`` other items exist, in ``topk``'s tie order. ``drop`` never
-    lists a same-video item among the negatives (the next-hardest instead) and refuses a ``num`` that needs one."""
+    lists a same-video item among the negatives and refuses a ``num`` that would need one (every softmax weight
+    is above ``−1``, so below that ``num`` both policies take the same, hardest, other-video items)."""
     if duplicate_policy not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicate_policy must be one of {', '.join(DUPLICATE_POLICIES)}, got '{duplicate_policy}'")
     batch = scores.shape[0]
@@ -59,10 +60,9 @@ def mine_candidates(
                 f"duplicate_policy=drop needs num ({num}) other-video items per query, but a query of this batch "
                 f"has only {others}: lower num or use a batch with fewer repeated videos"
             )
-    masked_weight = SAME_VIDEO_WEIGHT if duplicate_policy == "topk_tie" else float("-inf")
     positives = torch.arange(batch, device=scores.device)[:, None]
     lists = []
     for oriented, pairs in ((scores, same_video), (scores.T, same_video.T)):
-        weights = oriented.detach().softmax(dim=1).masked_fill(pairs, masked_weight)
+        weights = oriented.detach().softmax(dim=1).masked_fill(pairs, SAME_VIDEO_WEIGHT)
         lists.append(torch.cat([positives, weights.topk(num, dim=1, sorted=True).indices], dim=1))
     return lists[0], lists[1]
