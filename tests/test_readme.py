@@ -57,6 +57,15 @@ HOW = {
     "tvr-eval ckpt_path=… data.source.root=/other": (RUN, None),
     "tvr-eval ckpt_path=… data=synthetic data.source.root=/other": (RUN, None),
     "tvr-train head=seqtransf head.layers=2 head.heads=2 head.init_from_clip=false": (RUN, None),
+    "python tools/convert_checkpoint.py best.pth diffusionret_msrvtt.ckpt experiment=diffusionret_gen_msrvtt": (
+        ELSEWHERE,
+        "tests/test_diffusionret.py::test_a_released_checkpoint_converts_and_tvr_eval_reports_both_stages_from_it",
+        "converts a release of the reference's layout (tiny CLIP) with the same code path",
+    ),
+    "tvr-eval ckpt_path=diffusionret_msrvtt.ckpt data.source.root=/datasets/msrvtt evaluation.seeds=[42,43,44]": (
+        NOT_RUN,
+        "needs the released weights and MSR-VTT's videos; tests/test_diffusionret.py evaluates a converted release and seeds",
+    ),
     "tvr-train head=xpool backbone_head=tiny_tempme_tower": (
         ELSEWHERE,
         "tests/test_tower_composition.py::test_a_head_trains_over_a_tower_of_another_method[xpool_over_tempme]",

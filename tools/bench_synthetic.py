@@ -38,6 +38,12 @@ CONFIGS = {
     "drl wti + cdcr 3": ["experiment=synthetic_drl"],
     "ucofia (+ sknorm)": ["experiment=synthetic_ucofia"],
     "prompt switch": ["experiment=synthetic_promptswitch"],
+    # DiffusionRet's two commands: WTI (stage 1), then the generators over its best checkpoint (both stages ranked)
+    "diffusionret stage 1": ["experiment=synthetic_diffusionret_stage1"],
+    "diffusionret stage 2": [
+        "experiment=synthetic_diffusionret_gen",
+        "head.stage1_ckpt={runs}/diffusionret_stage_1/checkpoints/best.ckpt",
+    ],
 }
 
 
@@ -65,6 +71,8 @@ def run(name: str, overrides: list[str], data_dir: Path, out_dir: Path) -> dict:
     }
     if "reranked" in metrics:  # a re-ranker's figures are their own row, labelled as metrics.json labels them
         figures["reranked"] = metrics["reranked"]
+    if "first_stage" in metrics:  # a learned second stage ranked the row; its first stage alone, beside it
+        figures["first_stage"] = {direction: metrics["first_stage"][direction] for direction in ("t2v", "v2t")}
     return figures
 
 
@@ -89,7 +97,7 @@ def main() -> None:
         nargs="*",
         default=list(CONFIGS),
         choices=list(CONFIGS),
-        help="rows to run, in order (the hbi row needs the hbi estimator stage row before it)",
+        help="rows to run, in order (the hbi row needs the hbi estimator stage row before it, diffusionret stage 2 its stage 1)",
     )
     parser.add_argument("--runs-dir", type=Path, help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
@@ -107,6 +115,8 @@ def main() -> None:
     for name, r in results.items():
         label = name + (" *" if r["includes_data_generation"] else "")
         print(f"| {label} | {r['wall_s']:.0f} | " + " | ".join(metric_cells(r)) + " |")
+        if "first_stage" in r:
+            print(f"| {name}, first stage alone | | " + " | ".join(metric_cells(r["first_stage"])) + " |")
         if "reranked" in r:
             reranked = r["reranked"]
             label = f"{name}, re-ranked by {reranked['method']} (transductive)"

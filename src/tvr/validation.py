@@ -469,7 +469,9 @@ def check_head_batch(
 ) -> None:
     """A head that needs a minimum global training batch (:meth:`RetrievalHead.check_batch`) gets it: the
     global batch is ``data.batch_size`` on each device of each node (devices given as a count)."""
-    per_device, devices, nodes = data.get("batch_size"), trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    per_device = data.get("batch_size")
+    devices = trainer.get("devices") if "devices" in trainer else 1
+    nodes = trainer.get("num_nodes") if "num_nodes" in trainer else 1
     if not all(
         isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (per_device, devices, nodes)
     ):

@@ -5,5 +5,6 @@ relevance generators that re-rank each query's top candidates by DDIM sampling (
 * :mod:`.generator`: the t2v and v2t relevance generators (reference key names);
 * :mod:`.sampling`: DDIM sampling and the per-direction re-ranking of a score matrix's rows;
 * :mod:`.candidates`: in-batch candidate mining for training;
-* :mod:`.losses`: the generation cross-entropies.
+* :mod:`.losses`: the generation cross-entropies;
+* :mod:`.head`: the ``diffusionret`` head (both stages).
 """
