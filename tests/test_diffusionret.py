@@ -207,8 +207,8 @@ def test_stage_2_freezes_stage_1_trains_the_generators_and_reports_both_stages(s
             assert torch.equal(after[key], value), key  # stage 1's weights, loaded and never trained
     moved = {key for key, value in after.items() if "generator" in key and not torch.equal(value, before[key])}
     assert moved and all(key.startswith(("head.t2v_generator.", "head.v2t_generator.")) for key in moved)
-    test = results["test"]
-    assert set(test["first_stage"]) >= {"t2v", "v2t"} and test["second_stage"]["method"] == "diffusionret"
+    assert set(results["first_stage"]) >= {"t2v", "v2t"} and results["second_stage"]["method"] == "diffusionret"
+    assert results["measured"]["second_stage"]["t2v_k"] == 32
     assert "first stage alone" in (stage2_dir / "results.md").read_text()
     columns = next(stage2_dir.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train/generation_t2v", "train/generation_v2t", "train/contrastive_loss"} <= set(columns)
@@ -322,3 +322,13 @@ def test_a_released_checkpoint_converts_and_tvr_eval_reports_both_stages_from_it
     evaluated = evaluate(cfg)
     assert evaluated["second_stage"]["t2v_k"] == 4  # the headline: both stages
     assert set(evaluated["first_stage"]) >= {"t2v", "v2t"}  # the stage-1 ablation, from the same file
+
+
+def test_the_evaluation_seed_moves_the_start_noise_and_the_same_seed_repeats():
+    head = golden_head().eval()
+    with torch.no_grad():
+        text, video = representations(head, "eval")
+        rows = head.similarity(text, video)
+        queries = torch.arange(len(rows))
+        first, again, other = (head.rerank_queries("t2v", rows, text, video, queries, seed) for seed in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)

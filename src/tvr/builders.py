@@ -19,6 +19,7 @@ from tvr.checkpoint import AtomicCheckpointIO
 from tvr.config import to_plain
 from tvr.data.datamodule import RetrievalDataModule
 from tvr.data.transforms import Preprocessing
+from tvr.errors import ConfigError
 from tvr.evaluation.options import configured_reranker
 from tvr.lit_module import RetrievalModule
 from tvr.models.backbone import resolve_preprocessing
@@ -77,6 +78,13 @@ def load_starting_weights(module: RetrievalModule) -> None:
     if not weights:
         return
     own = module.state_dict()  # tensors sharing the parameters' storage
+    unfit = sorted(key for key, value in weights.items() if key not in own or own[key].shape != value.shape)
+    if unfit:
+        raise ConfigError(
+            "head.stage1_ckpt",
+            f"holds {len(unfit)} weights that do not fit this model (e.g. {unfit[0]}): another backbone?",
+            "train stage 1 with the same backbone, or choose that backbone",
+        )
     with torch.no_grad():
         for key, value in weights.items():
             own[key].copy_(value)

@@ -357,11 +357,13 @@ class DiffusionRetHead(RetrievalHead):
             for key, value in expected.items()
             if key not in weights or weights[key].shape != value.shape
         }
+        extra = {key: value for key, value in weights.items() if key.startswith("head.") and key not in expected}
+        wrong.update({key: (tuple(value.shape), None) for key, value in extra.items()})  # CLIP's: at loading
         if wrong:
             found, wanted = next(iter(wrong.items()))[1]
             raise ConfigError(
                 "head.stage1_ckpt",
-                f"{path} does not fit this head: {len(wrong)} weights missing or of another shape "
+                f"{path} does not fit this head: {len(wrong)} weights missing, extra or of another shape "
                 f"(e.g. {next(iter(wrong))}: {found} in the file, {wanted} here; another width or temporal depth?)",
                 MAKE_STAGE1 + " with the same backbone and head.temporal_layers",
             )
