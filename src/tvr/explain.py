@@ -39,7 +39,7 @@ def explain_pair(retriever: Retriever, text: str, video: str | Path, backend: st
     tokenizer = CaptionTokenizer(max_words)
     reader = ClipReader(create_backend(backend), sampler, ClipFrameTransform(retriever.backbone.preprocessing))
     ref = VideoRef(video_id=Path(video).stem, path=Path(video))
-    resized, count, _ = reader.decode(ref)
+    resized, count = reader.decode(ref)
     frames, mask = reader.empty()
     frames[:count], mask[:count] = reader.transform.normalize(resized), True
     tokens = tokenizer(text)[None]

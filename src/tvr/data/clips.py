@@ -79,7 +79,12 @@ class ClipReader:
         dtype = torch.float32 if self.normalize else torch.uint8
         return torch.zeros(self.max_frames, 3, size, size, dtype=dtype), torch.zeros(self.max_frames, dtype=torch.bool)
 
-    def decode(self, video: VideoRef, rng: random.Random | None = None) -> DecodedFrames:
+    def decode(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, int]:
+        """The sampled frames, resized and cropped (uint8), and how many there are, from the file itself."""
+        decoded = self.decode_clip(video, rng)
+        return decoded.frames, decoded.count
+
+    def decode_clip(self, video: VideoRef, rng: random.Random | None = None) -> DecodedFrames:
         """The sampled frames, resized and cropped (uint8), how many there are and how many distinct, from
         the file itself."""
         if video.video_id in self.skip:
@@ -107,7 +112,7 @@ class ClipReader:
                 return ReadClip(padded, mask, distinct)
             resized = padded[:count]
         else:
-            resized, count, distinct = self.decode(video, rng)
+            resized, count, distinct = self.decode_clip(video, rng)
         frames, mask = self.empty()
         frames[:count] = self.transform.normalize(resized) if self.normalize else resized
         mask[:count] = True

@@ -287,7 +287,7 @@ def build_frame_caches(
 def _decode_one(job: tuple) -> tuple[int, int, np.ndarray | None, int, int, str | None]:
     target, row, video, reader = job
     try:
-        resized, count, distinct = reader.decode(video)
+        resized, count, distinct = reader.decode_clip(video)
     except VideoReadError as error:
         return target, row, None, 0, 0, str(error)
     return target, row, resized.numpy(), count, distinct, None
