@@ -106,3 +106,62 @@ def test_gather_without_process_group_is_identity():
     assert gather_objects(x) == [x]
     with pytest.raises(ValueError, match="sum"):
         gather_with_grad(x, "mean")
+
+
+class VideoMeans:
+    """A stand-in retriever for the evaluation collector: a video is its mean frame, a text its token count."""
+
+    def encode_videos(self, frames, mask, draws=None):
+        return {"video": frames.float().mean(dim=(1, 2, 3, 4))[:, None]}
+
+    def encode_texts(self, tokens):
+        return {"text": tokens.float().sum(dim=1, keepdim=True)}
+
+
+# (video indices, which of them are short) per rank: rank 1 pads its share with a repeat of video 3, as a
+# DistributedSampler does; training videos 5 and 7 are met short on both ranks
+SHORT_EVAL = ([0, 2, 4], [False, True, False]), ([1, 3, 3], [False, True, True])
+SHORT_TRAIN = ({5, 7, 9}, {5, 7})
+
+
+def _short_worker(rank, init_file, out_dir):
+    from types import SimpleNamespace
+
+    from tvr.evaluation.engine import EvalCollector
+    from tvr.lit_module import RetrievalModule
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        indices, short = SHORT_EVAL[rank]
+        index = torch.tensor(indices)
+        collector = EvalCollector()
+        collector.add(
+            VideoMeans(),
+            {
+                "role": ["videos"],
+                "frames": torch.ones(3, 2, 3, 4, 4),
+                "frame_mask": torch.ones(3, 2, dtype=torch.bool),
+                "index": index,
+                "unreadable": torch.zeros(3, dtype=torch.bool),
+                "short": torch.tensor(short),
+                "failed_videos": [],
+            },
+        )
+        collector.add(
+            VideoMeans(),
+            {"role": ["texts"], "tokens": torch.ones(3, 4), "index": index, "video_index": index},
+        )
+        encoded = collector.gather()
+        trained = RetrievalModule.gather_train_short_videos(SimpleNamespace(train_short_videos=SHORT_TRAIN[rank]))
+        torch.save({"eval": encoded.short, "train": trained}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_short_videos_are_counted_once_over_ranks():
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_short_worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=WORLD, join=True)
+        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+    for result in results:  # every rank: videos 2 and 3 (3 once, though rank 1 read it twice); 5, 7, 9 in training
+        assert result["eval"].tolist() == [False, False, True, True, False] and result["train"] == 3

@@ -4,10 +4,12 @@ table says what it measured, and tvr-eval follows the checkpoint's config withou
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import SMALL_OVERRIDES, compose_train
 from tvr.checkpoint import atomic_torch_save, load_checkpoint_file
+from tvr.data.synthetic import write_mp4
 from tvr.data.tokenizer import CaptionTokenizer
 from tvr.errors import ConfigError, NonFiniteScoresError
 from tvr.evaluate import evaluate
@@ -84,6 +86,8 @@ def test_metrics_json_and_table_state_what_was_measured(trained):
         0,
     )
     assert measured["checkpoint_selected_on"] == "val" and not measured["selected_on_evaluated_split"]
+    # 6 s at 3 fps: CLIP4Clip's 1-fps sampler finds 6 of the 8 frames in every video, so every video is short
+    assert (measured["short_videos"], measured["train_short_videos"]) == (12, 32)
     assert results["run"]["train_set"] == {"split": "train", "pairs": 32, "videos": 32, "missing_videos": 0}
     assert set(results["decode_failures"]) == {
         "train_replaced_samples",
@@ -92,8 +96,8 @@ def test_metrics_json_and_table_state_what_was_measured(trained):
     }
     table = (run_dir / "results.md").read_text()
     assert (
-        "measured: split 'test', 12 texts x 12 videos (0 of 12 annotated videos missing from disk, 0 unreadable)"
-        in table
+        "measured: split 'test', 12 texts x 12 videos (0 of 12 annotated videos missing from disk, 0 unreadable); "
+        "short videos (fewer distinct frames than a clip holds, padded or repeated): 12 of 12, 32 in training" in table
     )
     assert (
         "re-ranking: none" in table and "checkpoint: best val/t2v_R1 on split 'val'" in table and "warning" not in table
@@ -101,10 +105,11 @@ def test_metrics_json_and_table_state_what_was_measured(trained):
 
 
 def test_a_partial_gallery_and_test_split_selection_are_flagged():
-    metrics = {"num_texts": 100, "num_videos": 100, "unreadable_videos": 3}
+    metrics = {"num_texts": 100, "num_videos": 100, "unreadable_videos": 3, "short_videos": 7}
     lines = describe_measurement(measured_block("test", metrics, 900, "dsl", "test", "best val/t2v_R1_window"))
     text = "\n".join(lines)
     assert "100 texts x 100 videos (900 of 1000 annotated videos missing from disk, 3 unreadable)" in text
+    assert "padded or repeated): 7 of 100;" in text  # tvr-eval: nothing trained, no training count
     assert "not the protocol's full gallery" in text and "3 unreadable videos" in text
     assert "selected on the evaluated split 'test' itself" in text and "DSL, a transductive method" in text
 
@@ -162,6 +167,25 @@ def test_eval_never_regenerates_a_lost_video_and_counts_it(trained, data_dir, tm
         "12 texts x 12 videos (0 of 12 annotated videos missing from disk, 1 unreadable)"
         in (tmp_path / "eval" / "results.md").read_text()
     )
+
+
+def test_eval_counts_a_video_shorter_than_the_clip(trained, data_dir, tmp_path):
+    """At 6 frames a clip, the set's 6-second videos fill every slot at 1 fps; a 2-second one does not."""
+    run_dir, _ = trained
+    copy = shutil.copytree(data_dir / "synthetic", tmp_path / "copy" / "synthetic")
+    shutil.rmtree(copy / "frame_cache")
+    frames = [np.full((64, 64, 3), 40 * i, dtype=np.uint8) for i in range(6)]
+    write_mp4(copy / "videos" / "test_00005.mp4", frames, fps=3)
+    result = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt",
+        data_dir,
+        tmp_path / "eval",
+        f"data.source.root={copy}",
+        "data.video.eval_sampler.max_frames=6",
+    )
+    assert result["measured"]["short_videos"] == 1 and result["measured"]["train_short_videos"] is None
+    assert result["unreadable_videos"] == 0
+    assert "padded or repeated): 1 of 12;" in (tmp_path / "eval" / "results.md").read_text()
 
 
 def test_eval_reads_only_the_evaluated_split(trained, data_dir, tmp_path, monkeypatch):

@@ -149,3 +149,66 @@ def test_tvr_train_head_tempme_trains_evaluates_and_reloads(data_dir, tmp_path):
     )
     with pytest.raises(ValueError, match=r"trained with video tower 'tempme' \(.*tome_r=2.*tome_r=1"):
         evaluate(overridden)
+
+
+@pytest.fixture(scope="module")
+def promptswitch_run(tmp_path_factory, data_dir):
+    """A Prompt Switch run (groups of 4 in the tiny ViT) with the reference's opt-in selection: on the test
+    split (``data.select_on``, which a real dataset's ``splits.val`` follows; the synthetic set's does not by
+    itself), by the windowed mean of t2v R@1."""
+    run_dir = tmp_path_factory.mktemp("promptswitch_run")
+    overrides = [
+        "experiment=synthetic_promptswitch",
+        "trainer.max_epochs=2",
+        "+data.select_on=test",
+        "data.splits.val=${data.select_on}",
+        "train.select_window=2",
+        "train.select_metric=val/t2v_R1_window",
+    ]
+    return run_dir, train(compose_train(overrides + SMALL_OVERRIDES + QUIET, data_dir, run_dir))
+
+
+def evaluate_promptswitch(run_dir, data_dir, out_dir, *overrides):
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    return evaluate(
+        compose_train([f"ckpt_path={checkpoint}", *overrides] + QUIET, data_dir, out_dir, config_name="eval")
+    )
+
+
+@pytest.mark.parametrize(
+    "override, trained, asked",
+    [
+        ("head.video_tower=per_frame", "'prompt_switch' (num_prompts=4", "'per_frame'"),
+        (
+            "head.num_prompts=2",
+            "'prompt_switch' (num_prompts=4, test_aggregation=per_group)",
+            "'prompt_switch' (num_prompts=2, test_aggregation=per_group)",
+        ),
+    ],
+    ids=["another-tower", "another-prompt-count"],
+)
+def test_tvr_eval_refuses_a_prompt_switch_checkpoint_with_another_tower(
+    promptswitch_run, data_dir, tmp_path, override, trained, asked
+):
+    run_dir, _ = promptswitch_run
+    with pytest.raises(ValueError) as refused:
+        evaluate_promptswitch(run_dir, data_dir, tmp_path / "eval", override)
+    message = str(refused.value)
+    assert f"trained with video tower {trained}" in message and f"this model's video tower is {asked}" in message
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_a_prompt_switch_run_selected_on_test_says_so_in_train_and_eval(promptswitch_run, data_dir, tmp_path):
+    run_dir, results = promptswitch_run
+    assert results["run"]["head"] == "prompt_switch" and results["run"]["sampler"] == "segment_passes"
+    for measured, table in (
+        (results["measured"], (run_dir / "results.md").read_text()),
+        (
+            evaluate_promptswitch(run_dir, data_dir, tmp_path / "eval")["measured"],
+            (tmp_path / "eval" / "results.md").read_text(),
+        ),
+    ):
+        assert measured["checkpoint_selected_on"] == "test" and measured["selected_on_evaluated_split"]
+        assert measured["checkpoint_selection"] == "best val/t2v_R1_window"
+        assert "checkpoint: best val/t2v_R1_window on split 'test'" in table
+        assert "warning: the checkpoint was selected on the evaluated split 'test' itself" in table

@@ -143,6 +143,7 @@ def encoded_split(retriever, cfg: dict, texts: int = 6, videos: int = 5, bank: i
             "frame_mask": mask,
             "index": index,
             "unreadable": index < 0,
+            "short": index < 0,
             "failed_videos": [],
         },
     )

@@ -264,6 +264,34 @@ def test_evaluation_keeps_unreadable_videos_as_empty_and_flags_them(tmp_path):
     assert fine["failed_videos"] == [] and fine["frame_mask"].sum() == 3 and not fine["unreadable"]
 
 
+def test_short_videos_are_flagged_whether_the_sampler_pads_or_repeats(tmp_path):
+    """9 frames at 3 fps; v1 has 2. clip4clip (1 fps) pads v1 to 4 slots; segment_uniform repeats its last
+    frame; both are short, from the file and from a frame cache alike, and so is every training pair of v1."""
+    split = make_split(tmp_path, {})
+    numbered_video(split.videos[1].path, num_frames=2)
+    padding = reader()
+    repeating = ClipReader(
+        DecordBackend(), create_sampler("segment_uniform", max_frames=4), ClipFrameTransform(Preprocessing(16))
+    )
+    assert [padding.read_clip(video).distinct for video in split.videos] == [3, 1, 3, 3]
+    assert [repeating.read_clip(video).distinct for video in split.videos] == [4, 2, 4, 4]
+    assert repeating.read_clip(split.videos[1]).mask.all()  # repeated, not padded: only the count tells
+    for clip_reader, short in ((padding, [True] * 4), (repeating, [False, True, False, False])):
+        assert [EvalVideos(split, clip_reader)[i]["short"] for i in range(4)] == short
+        pairs = TrainPairs(split, clip_reader, CaptionTokenizer(8))
+        assert collate([pairs[i] for i in range(4)])["short_videos"] == [i for i in range(4) if short[i]]
+    sampler = create_sampler("segment_uniform", max_frames=4)
+    path = cache_dir_for(tmp_path / "cache", split, sampler.describe(), Preprocessing(16))
+    cache = build_frame_cache(path, split, repeating, workers=1, progress=False)
+    cached = ClipReader(DecordBackend(), sampler, ClipFrameTransform(Preprocessing(16)), cache)
+    assert [EvalVideos(split, cached)[i]["short"] for i in range(4)] == [False, True, False, False]
+    # a cache from before the distinct counts were recorded cannot tell a repeated clip from a full one
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({key: value for key, value in meta.items() if key != "num_distinct"}))
+    assert FrameCache.open(path, split, sampler.describe(), Preprocessing(16)) is None
+    assert "count short videos" in unusable_cache_report(path, split, sampler.describe(), Preprocessing(16))
+
+
 def test_frame_cache_matches_decoding_and_detects_staleness(tmp_path):
     split = make_split(tmp_path, {"v3": b""})
     sampler = create_sampler("clip4clip", max_frames=4)

@@ -198,6 +198,7 @@ def synthetic_batches(module, setup: Setup, count: int, batch_size: int, seed: i
             "video_index": torch.arange(batch_size),
             "replaced": torch.zeros(batch_size, dtype=torch.bool),
             "failed_videos": [],
+            "short_videos": [],
         }
         for _ in range(count)
     ]

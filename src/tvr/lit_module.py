@@ -94,6 +94,7 @@ class RetrievalModule(EvaluationModule):
         self.gather_grad = options.gather_grad
         self.max_log_logit_scale = math.log(options.max_logit_scale)
         self.train_replaced_samples = 0  # samples whose video was unreadable (once each, however many retries)
+        self.train_short_videos: set[int] = set()  # training videos met with fewer distinct frames than a clip holds
         self.select_window = options.select_window
         self._recent_val_r1: list[float] = []
         self._loss_terms: dict[str, torch.Tensor] = {}
@@ -151,6 +152,7 @@ class RetrievalModule(EvaluationModule):
         if batch["failed_videos"]:
             self.decode_failures["train"].extend(batch["failed_videos"])
             self.train_replaced_samples += int(batch["replaced"].sum())
+        self.train_short_videos.update(batch["short_videos"])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as Lightning does, and stop or skip a step whose loss or gradient is not finite. The check
@@ -219,13 +221,21 @@ class RetrievalModule(EvaluationModule):
         replaced = sum(gather_lists([self.train_replaced_samples]))
         return replaced, sorted(set(gather_lists(self.decode_failures["train"])))
 
+    def gather_train_short_videos(self) -> int:
+        """Distinct training videos that some rank met with fewer distinct frames than a clip holds."""
+        return len(set(gather_lists(sorted(self.train_short_videos))))
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # every rank's counters (each saw its own share of the training data) and the selection state,
         # so that a resumed run reports what the uninterrupted one would
         checkpoint["tvr_progress"] = {
             "ranks": gather_objects(
-                {"replaced": self.train_replaced_samples, "failed": list(self.decode_failures["train"])}
+                {
+                    "replaced": self.train_replaced_samples,
+                    "failed": list(self.decode_failures["train"]),
+                    "short": sorted(self.train_short_videos),
+                }
             ),
             "skipped_nonfinite_steps": self.skipped_nonfinite_steps,
             "recent_val_r1": list(self._recent_val_r1),
@@ -245,9 +255,12 @@ class RetrievalModule(EvaluationModule):
             merged = {
                 "replaced": sum(rank["replaced"] for rank in ranks),
                 "failed": [v for rank in ranks for v in rank["failed"]],
+                "short": [v for rank in ranks for v in rank.get("short", [])],
             }
-            mine = merged if trainer.global_rank == 0 else {"replaced": 0, "failed": []}
+            mine = merged if trainer.global_rank == 0 else {"replaced": 0, "failed": [], "short": []}
         self.train_replaced_samples, self.decode_failures["train"] = mine["replaced"], list(mine["failed"])
+        # checkpoints written before short videos were counted: the resumed run counts from here on
+        self.train_short_videos = set(mine.get("short", []))
         self.skipped_nonfinite_steps = progress["skipped_nonfinite_steps"]
         self._recent_val_r1 = list(progress["recent_val_r1"])
         if progress["val_results"] is not None:

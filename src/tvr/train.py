@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> dict:
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_failures = module.gather_train_failures()
+    train_short_videos = module.gather_train_short_videos()
     best = trainer.checkpoint_callback.best_model_path if monitor else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     if not trainer.is_global_zero:
@@ -124,6 +125,7 @@ def train(cfg: DictConfig) -> dict:
         cfg.evaluation.rerank,
         facts["selection_split"],
         facts["selection"],
+        train_short_videos,
     )
     failures = decode_failure_summary(
         train_failures, {stage: module.decode_failures[stage] for stage in ("val", "test")}

@@ -1,5 +1,9 @@
 """Torch datasets over split records: training pairs, evaluation videos and evaluation texts.
 
+Short videos are counted, never hidden: a clip whose sampler picked fewer distinct frames than ``max_frames``
+(padded by a padding sampler, repeated by a repeating one) is flagged ``short`` so training and evaluation
+report how many there were.
+
 Bad videos never stop a run. In training, a pair whose video cannot be read is replaced by another
 pair (deterministically chosen) and the failure travels with the batch so the training module can
 count and log it. In evaluation the video stays in the gallery as an all-padded clip, flagged ``unreadable``
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -30,6 +35,18 @@ VIDEOS, TEXTS, QUERY_BANK, VIDEO_BANK = "videos", "texts", "query_bank", "video_
 
 # Stride used to pick a substitute pair; a large prime so retries spread over the split.
 _SUBSTITUTE_STRIDE = 7919
+
+
+class DecodedFrames(NamedTuple):
+    frames: torch.Tensor  # uint8 [count, 3, S, S], resized and cropped
+    count: int  # frames in the clip (at most max_frames)
+    distinct: int  # distinct frame indices among them: fewer than max_frames is a short video
+
+
+class ReadClip(NamedTuple):
+    frames: torch.Tensor  # [max_frames, 3, S, S], padded with zeros
+    mask: torch.Tensor  # bool [max_frames]
+    distinct: int  # distinct frames the sampler picked (see DecodedFrames)
 
 
 class ClipReader:
@@ -64,26 +81,42 @@ class ClipReader:
 
     def decode(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, int]:
         """The sampled frames, resized and cropped (uint8), and how many there are, from the file itself."""
+        decoded = self.decode_clip(video, rng)
+        return decoded.frames, decoded.count
+
+    def decode_clip(self, video: VideoRef, rng: random.Random | None = None) -> DecodedFrames:
+        """The sampled frames, resized and cropped (uint8), how many there are and how many distinct, from
+        the file itself."""
         if video.video_id in self.skip:
             raise VideoReadError(f"video {video.video_id} is on the skip list of bad videos")
         clip = self.backend.read(video.path, self.sampler, video.start, video.end, rng)
         count = min(len(clip.indices), self.max_frames)
-        return self.transform.resize_crop(clip.frames[:count]), count
+        return DecodedFrames(self.transform.resize_crop(clip.frames[:count]), count, len(set(clip.indices[:count])))
+
+    def is_short(self, clip: ReadClip) -> bool:
+        """Fewer distinct frames than ``max_frames``: the sampler padded or repeated frames of a short video."""
+        return clip.distinct < self.max_frames
 
     def read(self, video: VideoRef, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded clip and its frame mask."""
+        clip = self.read_clip(video, rng)
+        return clip.frames, clip.mask
+
+    def read_clip(self, video: VideoRef, rng: random.Random | None = None) -> ReadClip:
+        """The padded clip, its frame mask and how many distinct frames it holds (from the cache when it has them)."""
         if self.cache is not None and video.video_id in self.cache and video.video_id not in self.skip:
-            padded, count = self.cache.read(video.video_id)  # the cache's row: already padded with zeros
+            padded, count, distinct = self.cache.read(video.video_id)  # the cache's row: already padded with zeros
             if not self.normalize:
                 mask = torch.zeros(self.max_frames, dtype=torch.bool)
                 mask[:count] = True
-                return padded, mask
+                return ReadClip(padded, mask, distinct)
             resized = padded[:count]
         else:
-            resized, count = self.decode(video, rng)
+            resized, count, distinct = self.decode_clip(video, rng)
         frames, mask = self.empty()
         frames[:count] = self.transform.normalize(resized) if self.normalize else resized
         mask[:count] = True
-        return frames, mask
+        return ReadClip(frames, mask, distinct)
 
 
 class TrainPairs(Dataset):
@@ -128,7 +161,7 @@ class TrainPairs(Dataset):
             video_index, captions = self.items[candidate]
             video = self.split.videos[video_index]
             try:
-                frames, mask = self.reader.read(video)
+                clip = self.reader.read_clip(video)
             except VideoReadError as error:
                 log.warning("training video replaced: %s", error)
                 failed.append(video.video_id)
@@ -136,15 +169,17 @@ class TrainPairs(Dataset):
                 continue
             caption = captions[0] if len(captions) == 1 else random.choice(captions)
             # ``replaced`` counts this sample once however many substitutes it took; ``failed_videos``
-            # names every unreadable video met on the way
+            # names every unreadable video met on the way; ``short_videos`` is a list (not a flag) so that the
+            # training module counts them without reading a tensor back from the device
             return {
                 "tokens": self.tokenizer(caption),
-                "frames": frames,
-                "frame_mask": mask,
+                "frames": clip.frames,
+                "frame_mask": clip.mask,
                 "index": candidate,
                 "video_index": video_index,
                 "replaced": bool(failed),
                 "failed_videos": failed,
+                "short_videos": [video_index] if self.reader.is_short(clip) else [],
             }
         raise RuntimeError(
             f"{len(failed)} consecutive unreadable training videos ({', '.join(failed[:5])}, ...); "
@@ -164,17 +199,20 @@ class EvalVideos(Dataset):
         video = self.split.videos[index]
         failed: list[str] = []
         try:
-            frames, mask = self.reader.read(video)
+            clip = self.reader.read_clip(video)
+            frames, mask, short = clip.frames, clip.mask, self.reader.is_short(clip)
         except VideoReadError as error:
             log.warning("evaluation video unreadable, scored as empty: %s", error)
             frames, mask = self.reader.empty()
             failed.append(video.video_id)
+            short = False  # counted as unreadable instead
         return {
             "role": VIDEOS,
             "frames": frames,
             "frame_mask": mask,
             "index": index,
             "unreadable": bool(failed),
+            "short": short,
             "failed_videos": failed,
         }
 

@@ -2,7 +2,7 @@
 
 One cache holds one split under one frame-sampling setting: a memory-mapped uint8 array
 ``[num_videos, max_frames, 3, S, S]`` (the output of :meth:`ClipFrameTransform.resize_crop`), the number
-of real frames per video, and ``meta.json`` recording everything the content depends on: the sampler
+of real frames per video and of distinct ones among them (short videos are counted from it), and ``meta.json`` recording everything the content depends on: the sampler
 settings, the backbone's resolution and resize rule (its :class:`Preprocessing` but mean/std, which are
 applied when a clip is read), the ordered video ids and each source file's size and mtime.
 
@@ -138,6 +138,7 @@ class FrameCache:
     path: Path
     video_rows: dict[str, int]
     num_valid: np.ndarray
+    num_distinct: np.ndarray
     shape: tuple[int, ...]
     failed: set[str]
 
@@ -157,13 +158,14 @@ class FrameCache:
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.video_rows
 
-    def read(self, video_id: str) -> tuple[torch.Tensor, int]:
-        """uint8 ``[max_frames, 3, S, S]`` (zeros past the real frames) and the number of real frames."""
+    def read(self, video_id: str) -> tuple[torch.Tensor, int, int]:
+        """uint8 ``[max_frames, 3, S, S]`` (zeros past the real frames), the number of real frames and of
+        distinct ones among them."""
         if video_id in self.failed:
             raise VideoReadError(f"video {video_id} could not be decoded when the frame cache was built")
         row = self.video_rows[video_id]
         # one copy of the row out of the page cache (the tensor must own its memory to leave the worker)
-        return torch.from_numpy(np.array(self.frames[row])), int(self.num_valid[row])
+        return torch.from_numpy(np.array(self.frames[row])), int(self.num_valid[row]), int(self.num_distinct[row])
 
     @classmethod
     def open(
@@ -178,6 +180,7 @@ class FrameCache:
             path=path,
             video_rows={video_id: row for row, video_id in enumerate(meta["video_ids"])},
             num_valid=np.asarray(meta["num_valid"], dtype=np.int64),
+            num_distinct=np.asarray(meta["num_distinct"], dtype=np.int64),
             shape=tuple(meta["shape"]),
             failed=set(meta["failed"]),
         )
@@ -194,6 +197,8 @@ def cache_mismatch(
         return f"cache format {meta.get('version')} != {CACHE_VERSION}"
     if not meta.get("complete"):
         return "the cache is incomplete (its build was interrupted)"
+    if "num_distinct" not in meta:  # a repeating sampler's rows are all full: only this tells a short video
+        return "the cache predates the count of distinct frames per video (needed to count short videos)"
     wanted = cached_geometry(preprocessing)
     if meta.get("sampler") != sampler_description or recorded_geometry(meta) != wanted:
         return (
@@ -245,6 +250,7 @@ def build_frame_caches(
             "video_ids": [v.video_id for v in split.videos],
             "fingerprints": [_fingerprint(v.path) for v in split.videos],
             "num_valid": [0] * len(split.videos),
+            "num_distinct": [0] * len(split.videos),
             "failed": [],
         }
         _write_meta(path, meta)
@@ -257,7 +263,7 @@ def build_frame_caches(
     ]
     names = "+".join(split.name for _, split, _ in targets)
     with tqdm(total=len(jobs), desc=f"frame cache {names}", disable=not progress) as bar:
-        for target, row, clip, count, error in _map(jobs, workers):
+        for target, row, clip, count, distinct, error in _map(jobs, workers):
             video_id = targets[target][1].videos[row].video_id
             if error:
                 metas[target]["failed"].append(video_id)
@@ -265,6 +271,7 @@ def build_frame_caches(
             else:
                 arrays[target][row, :count] = clip
                 metas[target]["num_valid"][row] = count
+                metas[target]["num_distinct"][row] = distinct
             bar.update(1)
     caches = []
     for (path, split, reader), array, meta in zip(targets, arrays, metas):
@@ -277,13 +284,13 @@ def build_frame_caches(
     return caches
 
 
-def _decode_one(job: tuple) -> tuple[int, int, np.ndarray | None, int, str | None]:
+def _decode_one(job: tuple) -> tuple[int, int, np.ndarray | None, int, int, str | None]:
     target, row, video, reader = job
     try:
-        resized, count = reader.decode(video)
+        resized, count, distinct = reader.decode_clip(video)
     except VideoReadError as error:
-        return target, row, None, 0, str(error)
-    return target, row, resized.numpy(), count, None
+        return target, row, None, 0, 0, str(error)
+    return target, row, resized.numpy(), count, distinct, None
 
 
 def _single_threaded() -> None:

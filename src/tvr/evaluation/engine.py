@@ -1,7 +1,7 @@
 """One evaluation pass, with or without a Trainer: encode every video and text once, gather them across
 ranks, score all pairs in tiles through the retriever, re-rank on request and compute the metrics.
 
-Labels (which video a caption describes, which videos were unreadable) travel beside the representations
+Labels (which video a caption describes, which videos were unreadable or short) travel beside the representations
 in :class:`EvalCollector`, never inside them. Batches say what they hold (``batch["role"]``, set by the
 evaluation datasets), so nothing here depends on the order of a data module's loaders.
 
@@ -40,6 +40,7 @@ class EncodedSplit:
     videos: Repr
     text_to_video: np.ndarray  # [Nt] column of each text's video
     unreadable: torch.Tensor  # bool [Nv]: videos that could not be decoded (count as misses)
+    short: torch.Tensor  # bool [Nv]: videos with fewer distinct frames than the clip (padded or repeated)
     failed: list[str] = field(default_factory=list)  # their ids, from every rank
     query_bank: Repr | None = None  # a re-ranker's bank of other captions, when asked for
     video_bank: Repr | None = None  # a re-ranker's bank of other videos, when asked for
@@ -73,7 +74,8 @@ class EvalCollector:
         if role == VIDEOS:
             rep = retriever.encode_videos(batch["frames"], batch["frame_mask"], self.draws(batch, role))
             self._parts[VIDEOS].append((batch["index"], rep))
-            self._parts["video_labels"].append((batch["index"], {"unreadable": batch["unreadable"]}))
+            labels = {"unreadable": batch["unreadable"], "short": batch["short"]}
+            self._parts["video_labels"].append((batch["index"], labels))
             self._failed.extend(batch["failed_videos"])
         elif role == TEXTS:
             self._parts[TEXTS].append((batch["index"], retriever.encode_texts(batch["tokens"])))
@@ -91,11 +93,13 @@ class EvalCollector:
         parts = self._parts
         if not parts[VIDEOS] or not parts[TEXTS]:
             return None
+        video_labels = gather_indexed(parts["video_labels"])  # each video once, however the ranks padded
         return EncodedSplit(
             texts=gather_indexed(parts[TEXTS]),
             videos=gather_indexed(parts[VIDEOS]),
             text_to_video=gather_indexed(parts["text_labels"])["video_index"].cpu().numpy(),
-            unreadable=gather_indexed(parts["video_labels"])["unreadable"].bool().cpu(),
+            unreadable=video_labels["unreadable"].bool().cpu(),
+            short=video_labels["short"].bool().cpu(),
             failed=sorted(set(gather_lists(self._failed))),
             query_bank=gather_indexed(parts[QUERY_BANK]) if parts[QUERY_BANK] else None,
             video_bank=gather_indexed(parts[VIDEO_BANK]) if parts[VIDEO_BANK] else None,
@@ -202,7 +206,7 @@ def evaluate_encoded(
     device: torch.device | str = "cpu",
 ) -> dict:
     """Metrics of an encoded split (both directions; a labelled re-ranked block when ``cfg["rerank"]`` names a re-ranker),
-    with what was measured: texts x videos and how many videos were unreadable."""
+    with what was measured: texts x videos and how many videos were unreadable or short."""
     check_finite_representations(encoded.texts, encoded.videos, encoded.unreadable, *names, stage=stage)
     options, reranker = evaluation_options(cfg), configured_reranker(cfg)
     scores = shared_similarity(retriever, encoded.texts, encoded.videos, options.tiles, device)
@@ -238,6 +242,13 @@ def evaluate_encoded(
         }
     metrics["num_texts"], metrics["num_videos"] = int(scores.shape[0]), int(scores.shape[1])
     metrics["unreadable_videos"] = int(encoded.unreadable.sum())
+    metrics["short_videos"] = int(encoded.short.sum())
+    if metrics["short_videos"]:  # usual under some protocols (CLIP4Clip's 1 fps on short clips): a fact, not a fault
+        log.info(
+            "%s: %d videos have fewer distinct frames than a clip holds; their frames were padded or repeated",
+            stage,
+            metrics["short_videos"],
+        )
     if encoded.failed:
         log.warning(
             "%s: %d videos could not be decoded; they stay in the gallery and count as misses: %s",

@@ -128,11 +128,19 @@ def _row(label: str, direction: str, values: dict) -> str:
 
 
 def measured_block(
-    split: str, metrics: dict, missing_videos: int, rerank: str, selected_on: str | None, selection: str
+    split: str,
+    metrics: dict,
+    missing_videos: int,
+    rerank: str,
+    selected_on: str | None,
+    selection: str,
+    train_short_videos: int | None = None,
 ) -> dict:
     """What an evaluation measured, written beside its numbers in ``metrics.json`` and the table.
 
     ``selected_on`` is the split that chose the checkpoint (None when unknown, e.g. a converted release).
+    ``train_short_videos``: the distinct training videos with fewer distinct frames than a clip holds (None
+    where no training ran); ``metrics["short_videos"]`` counts the evaluated split's.
     """
     return {
         "split": split,
@@ -141,6 +149,8 @@ def measured_block(
         "annotated_videos": metrics["num_videos"] + missing_videos,
         "missing_videos": missing_videos,
         "unreadable_videos": metrics["unreadable_videos"],
+        "short_videos": metrics["short_videos"],
+        "train_short_videos": train_short_videos,
         "rerank": rerank,
         "second_stage": metrics.get("second_stage"),
         "checkpoint_selected_on": selected_on,
@@ -152,10 +162,14 @@ def measured_block(
 def describe_measurement(measured: dict) -> list[str]:
     """The table's header lines: what was measured, and a warning for anything that is not the protocol."""
     selected = measured["checkpoint_selected_on"]
+    trained = measured["train_short_videos"]
     lines = [
         f"measured: split '{measured['split']}', {measured['texts']} texts x {measured['videos']} videos "
         f"({measured['missing_videos']} of {measured['annotated_videos']} annotated videos missing from disk, "
-        f"{measured['unreadable_videos']} unreadable); re-ranking: {measured['rerank']}; "
+        f"{measured['unreadable_videos']} unreadable); short videos (fewer distinct frames than a clip holds, "
+        f"padded or repeated): {measured['short_videos']} of {measured['videos']}"
+        + ("" if trained is None else f", {trained} in training")
+        + f"; re-ranking: {measured['rerank']}; "
         f"checkpoint: {measured['checkpoint_selection']}" + (f" on split '{selected}'" if selected else "")
     ]
     second = measured.get("second_stage")  # absent from metrics.json written before it existed
