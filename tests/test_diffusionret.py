@@ -92,9 +92,8 @@ def test_evaluation_through_the_seam_reproduces_both_reference_matrices(prefix, 
         text, video = representations(head, "eval")
         scores = head.similarity(text, video)
         torch.testing.assert_close(scores, GOLDEN["eval_sim_stage1"], atol=1e-10, rtol=0)
-        encoded = EncodedSplit(
-            text, video, np.zeros(len(scores), dtype=np.int64), torch.zeros(scores.shape[1], dtype=torch.bool)
-        )
+        nothing = torch.zeros(scores.shape[1], dtype=torch.bool)  # every video readable, none short
+        encoded = EncodedSplit(text, video, np.zeros(len(scores), dtype=np.int64), nothing, nothing)
         t2v, v2t = second_stage_pair(SimpleNamespace(head=head), scores, encoded, seed=0)
     # the fused matrices' tolerance: the reference's float32 DDIM coefficients (test_diffusionret_golden.DDIM_ATOL)
     torch.testing.assert_close(t2v, GOLDEN[f"{prefix}_t2v_final"], atol=DDIM_ATOL["final"], rtol=0)
@@ -107,9 +106,8 @@ def test_float32_evaluation_is_within_the_references_own_float32_gap():
     with torch.no_grad():
         text, video = representations(head, "eval", torch.float32)
         scores = head.similarity(text, video)
-        encoded = EncodedSplit(
-            text, video, np.zeros(len(scores), dtype=np.int64), torch.zeros(scores.shape[1], dtype=torch.bool)
-        )
+        nothing = torch.zeros(scores.shape[1], dtype=torch.bool)  # every video readable, none short
+        encoded = EncodedSplit(text, video, np.zeros(len(scores), dtype=np.int64), nothing, nothing)
         t2v, v2t = second_stage_pair(SimpleNamespace(head=head), scores, encoded, seed=0)
     gap = INFO["fp32_vs_fp64_max_abs_diff"]
     torch.testing.assert_close(t2v.double(), GOLDEN["eval_t2v_final"], atol=10 * gap["eval_t2v_final"], rtol=0)
@@ -122,7 +120,8 @@ def test_the_reported_numbers_rank_each_direction_on_its_reference_matrix():
     text, video = representations(head, "eval")
     texts, videos = GOLDEN["eval_sim_stage1"].shape
     text_to_video = np.arange(texts) % videos  # any labelling: both sides rank with it
-    encoded = EncodedSplit(text, video, text_to_video, torch.zeros(videos, dtype=torch.bool))
+    nothing = torch.zeros(videos, dtype=torch.bool)  # every video readable, none short
+    encoded = EncodedSplit(text, video, text_to_video, nothing, nothing)
     metrics = evaluate_encoded(SimpleNamespace(head=head), encoded, {})
     assert metrics["t2v"] == retrieval_metrics(GOLDEN["eval_t2v_final"], text_to_video)["t2v"]
     assert metrics["v2t"] == retrieval_metrics(GOLDEN["eval_v2t_final"].t(), text_to_video)["v2t"]

@@ -72,6 +72,7 @@ def split(texts=6, videos=5, unreadable=()):
         videos={"x": torch.randn(videos, 2, generator=generator)},
         text_to_video=np.arange(texts) % videos,
         unreadable=dead,
+        short=torch.zeros(videos, dtype=torch.bool),
     )
 
 
