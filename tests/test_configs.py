@@ -125,7 +125,7 @@ def test_wrong_group_option_lists_valid_choices(data_dir, tmp_path):
         (
             "head.name=xpoo",
             ConfigError,
-            "head.name: got 'xpoo', expected a head: drl, glscl, hbi, hbi_estimator, meanpool, prompt_switch, seqtransf, tempme, ucofia, xpool",
+            "head.name: got 'xpoo', expected a head: diffusionret, drl, glscl, hbi, hbi_estimator, meanpool, prompt_switch, seqtransf, tempme, ucofia, xpool",
         ),
         (
             "data.name=msrvt",

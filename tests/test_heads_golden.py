@@ -49,7 +49,7 @@ def test_full_reference_state_dict_maps_onto_the_module_layout():
 def test_unknown_head_name_lists_the_choices():
     with pytest.raises(
         KeyError,
-        match="valid choices: drl, glscl, hbi, hbi_estimator, meanpool, prompt_switch, seqtransf, tempme, ucofia, xpool",
+        match="valid choices: diffusionret, drl, glscl, hbi, hbi_estimator, meanpool, prompt_switch, seqtransf, tempme, ucofia, xpool",
     ):
         map_reference_head_keys("tightTransf", {})
 

@@ -8,11 +8,13 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SMALL_OVERRIDES, compose_train
-from tvr.checkpoint import atomic_torch_save
-from tvr.config import config_dir
+from tvr.checkpoint import TVR_HYPER_PARAMETERS, atomic_torch_save
+from tvr.config import config_dir, to_plain
 from tvr.config_checker import InvalidConfigError
 from tvr.errors import ConfigError
 from tvr.evaluate import evaluate
+from tvr.models.backbone import resolve_architecture
+from tvr.models.heads import create_head
 from tvr.models.heads.hbi import BanzhafModule
 from tvr.train import train
 from tvr.validation import validate_eval_config, validate_train_config
@@ -187,7 +189,25 @@ def test_the_default_config_and_every_recipe_pass(recipe, tmp_path):
             {"format": "tvr-hbi-estimator", "state_dict": BanzhafModule().state_dict()}, tmp_path / "estimator.pt"
         )
         overrides.append(f"head.estimator_ckpt={tmp_path / 'estimator.pt'}")
+    if recipe and "diffusionret_gen" in recipe:  # stage 2 needs stage 1's checkpoint
+        overrides.append(f"head.stage1_ckpt={stage1_head_checkpoint(recipe, tmp_path)}")
     validate_train_config(compose_train(overrides, tmp_path, tmp_path / "run"))
+
+
+def stage1_head_checkpoint(recipe: str, folder: Path) -> Path:
+    """A stage-1 checkpoint as start-up reads it: the recipe's head at stage 1 (its CLIP weights left out, which
+    only loading, not start-up, compares)."""
+    cfg = compose_train([f"experiment={recipe}", "head.stage=discrimination"], folder, folder / "stage1")
+    width = resolve_architecture(cfg.backbone.model_name, to_plain(cfg.backbone.get("architecture")))["embed_dim"]
+    options = {key: value for key, value in to_plain(cfg.head).items() if key in STAGE1_KEYS}
+    head = create_head("diffusionret", embed_dim=width, **options)
+    hyper_parameters = {key: to_plain(cfg[key]) for key in TVR_HYPER_PARAMETERS}
+    state = {f"head.{key}": value.half() for key, value in head.state_dict().items() if torch.is_tensor(value)}
+    atomic_torch_save({"hyper_parameters": hyper_parameters, "state_dict": state}, folder / "stage1.ckpt")
+    return folder / "stage1.ckpt"
+
+
+STAGE1_KEYS = ("temporal_layers", "temporal_heads")
 
 
 def saved_run(tmp_path: Path) -> Path:

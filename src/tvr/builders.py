@@ -79,10 +79,11 @@ def load_starting_weights(module: RetrievalModule) -> None:
         return
     own = module.state_dict()  # tensors sharing the parameters' storage
     unfit = sorted(key for key, value in weights.items() if key not in own or own[key].shape != value.shape)
+    unfit += sorted(key for key in own if key.startswith("backbone.") and key not in weights)
     if unfit:
         raise ConfigError(
             "head.stage1_ckpt",
-            f"holds {len(unfit)} weights that do not fit this model (e.g. {unfit[0]}): another backbone?",
+            f"has {len(unfit)} CLIP weights missing or not fitting this model (e.g. {unfit[0]}): another backbone?",
             "train stage 1 with the same backbone, or choose that backbone",
         )
     with torch.no_grad():
