@@ -89,7 +89,7 @@ class RelevanceGenerator(nn.Module):
     def pool_weights(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``softmax_f(⟨text, frame_f⟩ / pool_temp)`` ``[..., F]`` before masking; ``text [..., D]`` and
         ``frames [..., F, D]`` broadcast."""
-        logits = (text[..., None, :] * frames).sum(dim=-1) / self.pool_temp
+        logits = (frames @ text[..., :, None]).squeeze(-1) / self.pool_temp
         return logits.softmax(dim=-1)
 
     def pool(self, weights: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ class RelevanceGenerator(nn.Module):
         weights = weights * mask.to(weights.dtype)
         if self.pool_renorm:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-        return (weights[..., None] * frames).sum(dim=-2)
+        return (weights[..., None, :] @ frames).squeeze(-2)
 
     def forward(
         self,
