@@ -118,20 +118,18 @@ class RelevanceGenerator(nn.Module):
         if self.direction == "t2v":
             pool_weight = self.pool_weights(text_emb[:, None, :], video_emb)  # [b, N, F]
             pooled = self.pool(pool_weight, video_emb, video_mask)  # [b, N, D]
-            q_in = text_emb + time_emb
+            q_in = text_emb + time_emb  # one query vector [b, D]
             candidates = pooled
-            q = self.q_proj(q_in)
-            query_terms = q[:, None, :]
         else:
             pool_weight = self.pool_weights(text_emb, video_emb[:, None, :, :])
             pooled = self.pool(pool_weight, video_emb[:, None, :, :], video_mask[:, None, :])  # [b, N, D]
-            q_in = pooled + time_emb[:, None, :]
+            q_in = pooled + time_emb[:, None, :]  # one query vector per candidate [b, N, D]
             candidates = text_emb
-            q = self.q_proj(q_in)
-            query_terms = q
+        q = self.q_proj(q_in)
         k_in = candidates + time_emb[:, None, :]
         k = self.k_proj(k_in)
         v = self.v_proj(k_in)
+        query_terms = q[:, None, :] if q.dim() == 2 else q
         attn = ((query_terms * k).sum(dim=-1) + x.to(k.dtype)).softmax(dim=-1)  # [b, N]
         attn_out = self.proj((attn[..., None] * v).sum(dim=1))  # [b, D]
         decoder_in = torch.cat([attn_out[:, None, :].expand_as(candidates), candidates], dim=-1)
