@@ -44,8 +44,14 @@ ALPHA = {"t2v": CONFIG["t2v_alpha"], "v2t": CONFIG["v2t_alpha"]}
 TEMP = {"t2v": CONFIG["t2v_temp"], "v2t": CONFIG["v2t_temp"]}
 TRAIN_IDS = {"train": "train_idx", "train_dup": "train_idx_dup", "train_hn": "train_idx_dup"}  # spec §12 table
 TRAIN_STEPS = CONFIG["diffusion_steps"]
-GRAD_KEYS = sorted(key for key in GOLDEN if key.startswith("train_grad."))
-INPUTS = {"xT", "t", "noise_t2v", "noise_v2t"}  # recorded draws: injected, not compared
+#: Fixture entries that are inputs (weights, features, recorded draws) or outside this package (the stage-1 loss)
+NOT_OUTPUTS = re.compile(
+    r"state_dict|pe_rows|logit_scale_log|unit_x|unit_t|train_idx(_dup)?"
+    r"|(eval|train)_(text_feat|text_mask|cls|video_feat|video_mask)"
+    r"|unit_(t2v|v2t)_(text_emb|video_emb|video_mask)"
+    r"|.*_(xT|t|noise_t2v|noise_v2t)"
+    r"|train(_dup|_hn)?_loss(_disc)?"
+)
 TIE_ROWS = {
     int(row)
     for rows in ast.literal_eval(INFO["tensors"]["train_dup_tie_rows"]["what"].split(": ", 1)[1]).values()
@@ -182,24 +188,13 @@ def reproduce(dtype: torch.dtype = torch.float64, coef_dtype: str = "float32") -
     return out
 
 
-def comparable_keys() -> list[str]:
-    """Fixture tensors tvr computes (inputs, recorded draws and the stage-1 loss are not among them)."""
-    keys = sorted(reproduce())
-    missing = [key for key in GOLDEN if _is_output(key) and key not in keys]
+def compared(dtype: torch.dtype, coef_dtype: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``key -> (tvr's, the reference's)`` for every fixture output but the indices (test_indices_...)."""
+    produced = reproduce(dtype, coef_dtype)
+    outputs = [key for key in GOLDEN if not NOT_OUTPUTS.fullmatch(key)]
+    missing = [key for key in outputs if key not in produced]
     assert not missing, f"fixture outputs not reproduced: {missing}"
-    return keys
-
-
-def _is_output(key: str) -> bool:
-    if key in ("state_dict", "pe_rows", "logit_scale_log", "unit_x", "unit_t", "train_idx", "train_idx_dup"):
-        return False
-    if re.fullmatch(r"(eval|train)_(text_feat|text_mask|cls|video_feat|video_mask)", key):
-        return False
-    if re.fullmatch(r"unit_(t2v|v2t)_(text_emb|video_emb|video_mask)", key):
-        return False
-    if re.fullmatch(r"train(_dup|_hn)?_(loss|loss_disc)", key):  # stage-1 loss: the head's, not this package's
-        return False
-    return key.rsplit("_", 1)[-1] not in INPUTS and not key.endswith(("noise_t2v", "noise_v2t"))
+    return {key: (produced[key].double(), GOLDEN[key].double()) for key in outputs if group(key) != "indices"}
 
 
 def group(key: str) -> str:
@@ -235,13 +230,8 @@ def tolerance(key: str, dtype: torch.dtype, coef_dtype: str) -> float:
 
 
 def max_diffs(dtype: torch.dtype = torch.float64, coef_dtype: str = "float32") -> dict[str, float]:
-    produced = reproduce(dtype, coef_dtype)
-    diffs = {}
-    for key in comparable_keys():
-        if group(key) == "indices" or key not in GOLDEN:
-            continue
-        diffs[key] = (produced[key].double() - GOLDEN[key].double()).abs().max().item()
-    return diffs
+    """Max |tvr − reference| per fixture output (the parity table)."""
+    return {key: (mine - ref).abs().max().item() for key, (mine, ref) in compared(dtype, coef_dtype).items()}
 
 
 PRECISIONS = [(torch.float64, "float32"), (torch.float32, "float32"), (torch.float64, "model")]
@@ -249,16 +239,11 @@ PRECISIONS = [(torch.float64, "float32"), (torch.float32, "float32"), (torch.flo
 
 @pytest.mark.parametrize(("dtype", "coef_dtype"), PRECISIONS, ids=["fp64", "fp32", "fp64-unrounded"])
 def test_reproduces_every_fixture_tensor(dtype, coef_dtype) -> None:
-    produced = reproduce(dtype, coef_dtype)
     failures = []
-    for key in comparable_keys():
-        if group(key) == "indices" or key not in GOLDEN:
-            continue
-        value = produced[key].double()
-        reference = GOLDEN[key].double()
-        assert value.shape == reference.shape, key
-        assert torch.isfinite(value).all(), key
-        diff = (value - reference).abs().max().item()
+    for key, (mine, reference) in compared(dtype, coef_dtype).items():
+        assert mine.shape == reference.shape, key
+        assert torch.isfinite(mine).all(), key
+        diff = (mine - reference).abs().max().item()
         if diff > tolerance(key, dtype, coef_dtype):
             failures.append(f"{key}: {diff:.3g} > {tolerance(key, dtype, coef_dtype):.3g}")
     assert not failures, "\n".join(failures)

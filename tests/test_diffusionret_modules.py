@@ -211,6 +211,19 @@ def test_ddim_ends_at_the_last_clamped_prediction() -> None:
     assert record["x_traj"].shape == (8, 1, 3)
 
 
+def test_ddim_runs_its_first_step_on_the_start_noise_as_drawn() -> None:
+    """The reference's ``x_T`` is float32 whatever the model's dtype, and its first step takes ``√(1/ᾱ)·x_T`` in
+    float32 (spec §5, §12): the start noise is not cast up front; later steps run in the prediction's dtype."""
+    seen: list[torch.dtype] = []
+
+    def recording(x, t):
+        seen.append(x.dtype)
+        return torch.zeros(x.shape, dtype=DTYPE)
+
+    ddim_sample(recording, GOLDEN["eval_t2v_xT"][:2], CosineSchedule(3))
+    assert seen == [torch.float32, DTYPE, DTYPE]
+
+
 def test_same_video_pairs_rank_local_and_global() -> None:
     """Quirk Q2: rank-local masking sees only same-video pairs inside one rank's block of the gathered batch."""
     ids = torch.tensor([7, 8, 7, 9, 8, 5])

@@ -89,7 +89,7 @@ class RelevanceGenerator(nn.Module):
     def pool_weights(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``softmax_f(⟨text, frame_f⟩ / pool_temp)`` ``[..., F]`` before masking; ``text [..., D]`` and
         ``frames [..., F, D]`` broadcast."""
-        logits = (text[..., None, :] * frames).sum(dim=-1) / self.pool_temp
+        logits = (frames @ text[..., :, None]).squeeze(-1) / self.pool_temp
         return logits.softmax(dim=-1)
 
     def pool(self, weights: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ class RelevanceGenerator(nn.Module):
         weights = weights * mask.to(weights.dtype)
         if self.pool_renorm:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-        return (weights[..., None] * frames).sum(dim=-2)
+        return (weights[..., None, :] @ frames).squeeze(-2)
 
     def forward(
         self,
@@ -118,20 +118,18 @@ class RelevanceGenerator(nn.Module):
         if self.direction == "t2v":
             pool_weight = self.pool_weights(text_emb[:, None, :], video_emb)  # [b, N, F]
             pooled = self.pool(pool_weight, video_emb, video_mask)  # [b, N, D]
-            q_in = text_emb + time_emb
+            q_in = text_emb + time_emb  # one query vector [b, D]
             candidates = pooled
-            q = self.q_proj(q_in)
-            query_terms = q[:, None, :]
         else:
             pool_weight = self.pool_weights(text_emb, video_emb[:, None, :, :])
             pooled = self.pool(pool_weight, video_emb[:, None, :, :], video_mask[:, None, :])  # [b, N, D]
-            q_in = pooled + time_emb[:, None, :]
+            q_in = pooled + time_emb[:, None, :]  # one query vector per candidate [b, N, D]
             candidates = text_emb
-            q = self.q_proj(q_in)
-            query_terms = q
+        q = self.q_proj(q_in)
         k_in = candidates + time_emb[:, None, :]
         k = self.k_proj(k_in)
         v = self.v_proj(k_in)
+        query_terms = q[:, None, :] if q.dim() == 2 else q
         attn = ((query_terms * k).sum(dim=-1) + x.to(k.dtype)).softmax(dim=-1)  # [b, N]
         attn_out = self.proj((attn[..., None] * v).sum(dim=1))  # [b, D]
         decoder_in = torch.cat([attn_out[:, None, :].expand_as(candidates), candidates], dim=-1)

@@ -62,6 +62,7 @@ class CosineSchedule:
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}  # tables in use, per device
 
     @property
     def parity(self) -> bool:
@@ -75,10 +76,14 @@ class CosineSchedule:
             raise ValueError(f"unknown schedule coefficient '{name}'; one of {', '.join(COEFFICIENTS)}")
         if t.dtype != torch.long or t.dim() != 1:
             raise ValueError(f"timesteps must be a 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
-        if t.numel() and not 0 <= int(t.min()) <= int(t.max()) < self.steps:
+        if t.device.type == "cpu" and t.numel() and not 0 <= int(t.min()) <= int(t.max()) < self.steps:
+            # (on an accelerator the lookup's own bounds check stops a bad index, without a sync per step)
             raise ValueError(f"timesteps must lie in [0, {self.steps - 1}], got [{int(t.min())}, {int(t.max())}]")
-        values = getattr(self, name).to(t.device)[t, None]
-        return values.float() if self.parity else values
+        key = (name, t.device)
+        if key not in self._on_device:
+            table = getattr(self, name)
+            self._on_device[key] = (table.float() if self.parity else table).to(t.device)
+        return self._on_device[key][t, None]
 
     def coefficient(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``table[t]`` as ``[b, 1]`` in ``like``'s dtype and device (rounded to float32 first in parity)."""
