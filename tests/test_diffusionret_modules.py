@@ -173,6 +173,7 @@ def test_rerank_touches_only_each_querys_top_k(direction) -> None:
     assert torch.equal(record["cand"], rows.topk(record["cand"].shape[1], dim=1).indices)
 
 
+@pytest.mark.slow  # ~40 s on 2 shared cores: chunks of one query run 50 steps per query
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
 def test_rerank_does_not_depend_on_the_chunk_size(direction) -> None:
     _, reference, _ = eval_rerank(direction)
