@@ -29,4 +29,4 @@ def test_bench_rerank_writes_both_directions_per_width(tmp_path):
     # the per-candidate projections and decoder grow as D^2: doubling the width roughly quadruples the FLOPs
     growth = rows[1]["rerank_t2v_gflop_per_1k_queries"] / max(rows[0]["rerank_t2v_gflop_per_1k_queries"], 1e-9)
     assert 3.0 < growth < 4.5
-    assert "| D | WTI scoring s |" in result.stdout
+    assert all(row["matmul_gflop_per_s"] > 0 for row in rows) and "of matmul rate |" in result.stdout
