@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # runs the tool in a subprocess
 
 
 def test_bench_rerank_writes_both_directions_per_width(tmp_path):
