@@ -1,9 +1,13 @@
-"""Caption tokenisation and frame sampling rules (datasets spec §1.2-§1.4)."""
+"""Caption tokenisation, frame sampling rules (datasets spec §1.2-§1.4) and batch de-duplication."""
 
 import random
 
 import pytest
+import torch
 
+from conftest import SMALL_OVERRIDES, compose_train
+from tvr.builders import backbone_preprocessing, build_datamodule
+from tvr.data.clips import collate, collate_distinct_videos
 from tvr.data.sampling import create_sampler
 from tvr.data.tokenizer import CaptionTokenizer
 
@@ -80,3 +84,21 @@ def test_unknown_sampler_lists_choices():
         KeyError, match="clip4clip, fps_uniform_decord, segment_passes, segment_random, segment_uniform"
     ):
         create_sampler("fps_uniform")
+
+
+def test_a_batch_keeps_each_videos_first_pair_when_asked():
+    items = [
+        {"video_index": video, "tokens": torch.full((2,), float(position)), "failed_videos": []}
+        for position, video in enumerate([3, 1, 3, 2, 1])
+    ]
+    batch = collate_distinct_videos(items)
+    assert batch["video_index"].tolist() == [3, 1, 2]  # repeats dropped, first occurrences in order
+    assert batch["tokens"][:, 0].tolist() == [0.0, 1.0, 3.0]
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_the_training_loader_deduplicates_videos_only_when_configured(dedup, data_dir, tmp_path):
+    cfg = compose_train([f"data.dedup_batch_videos={str(dedup).lower()}"] + SMALL_OVERRIDES, data_dir, tmp_path)
+    datamodule = build_datamodule(cfg.data, cfg.evaluation, preprocessing=backbone_preprocessing(cfg.backbone))
+    datamodule.setup("fit")
+    assert datamodule.train_dataloader().collate_fn is (collate_distinct_videos if dedup else collate)

@@ -305,6 +305,14 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+def collate_distinct_videos(items: list[dict]) -> dict:
+    """:func:`collate` of each video's first pair only (Prompt Switch's reference, quirk Q6): the batch then never
+    holds one video twice, so no caption has its own video as a negative; the batch shrinks by the repeats."""
+    seen: set[int] = set()
+    kept = [item for item in items if not (item["video_index"] in seen or seen.add(item["video_index"]))]
+    return collate(kept)
+
+
 def _shared_like(values: list[torch.Tensor]) -> torch.Tensor:
     """An uninitialised tensor in shared memory that ``torch.stack(values)`` fills."""
     first = values[0]

@@ -17,7 +17,16 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from tvr.data.clips import BankVideos, ClipReader, EvalTexts, EvalVideos, QueryBankTexts, TrainPairs, collate
+from tvr.data.clips import (
+    BankVideos,
+    ClipReader,
+    EvalTexts,
+    EvalVideos,
+    QueryBankTexts,
+    TrainPairs,
+    collate,
+    collate_distinct_videos,
+)
 from tvr.data.datasets import create_dataset
 from tvr.data.datasets.common import json_field, read_id_list, read_json
 from tvr.data.frame_cache import (
@@ -76,6 +85,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         shuffle_train: bool = True,
         select_on: str | None = None,
         train_augment: Augmentation = "none",
+        dedup_batch_videos: bool = False,
     ) -> None:
         super().__init__()
         self.dataset = create_dataset(name, **source)
@@ -88,6 +98,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.split_names = {stage: splits.get(stage) for stage in ("train", "val", "test")}
         self.select_on = select_on or self.split_names["val"]  # recorded; splits.val already follows it
         self.batch_size = batch_size
+        self.dedup_batch_videos = dedup_batch_videos  # Prompt Switch's reference keeps each video's first pair
         self.train_batch: int | None = None  # the batch each process really trains on, known with its loader
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -225,7 +236,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _loader(
-        self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler=None, persistent: bool = False
+        self,
+        dataset,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        sampler=None,
+        persistent: bool = False,
+        collate_fn=collate,
     ) -> DataLoader:
         return DataLoader(
             dataset,
@@ -236,7 +254,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=self.pinned(),
-            collate_fn=collate,
+            collate_fn=collate_fn,
             # a loader's own generator seeds its workers: creating an iterator must not draw from the global
             # torch RNG, or a resumed run's dropout stream would differ from the uninterrupted run's
             generator=torch.Generator().manual_seed(self.seed),
@@ -267,7 +285,15 @@ class RetrievalDataModule(pl.LightningDataModule):
                 self.train_batch,
             )
         drop_last = len(order) > self.batch_size
-        return self._loader(pairs, self.batch_size, shuffle=False, drop_last=drop_last, sampler=order, persistent=True)
+        return self._loader(
+            pairs,
+            self.batch_size,
+            shuffle=False,
+            drop_last=drop_last,
+            sampler=order,
+            persistent=True,
+            collate_fn=collate_distinct_videos if self.dedup_batch_videos else collate,
+        )
 
     def state_dict(self) -> dict:
         """Where training stands in the data order, saved in every checkpoint: the next epoch and how many
