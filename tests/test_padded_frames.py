@@ -120,6 +120,9 @@ PADDED_FEATURE_DEPENDENCE = [
     # mean pooling of the tower's per-frame vectors, as TempMe's; its tower switches prompts across every slot
     # of a group, which is why its samplers repeat frames rather than pad (start-up validation enforces it)
     ("prompt_switch", {}, set()),
+    # DiffusionRet's stage 1 is HBI's entity-level WTI; its second stage's frame pooling does read padded slots
+    # (Q9, pool_renorm=false), which tests/test_diffusionret_modules.py checks on the generators
+    ("diffusionret", {}, set()),
 ]
 
 
@@ -222,10 +225,10 @@ def recipes() -> list[str]:
 
 @pytest.mark.parametrize("recipe", recipes())
 def test_drl_recipes_encode_padded_frames_like_their_references_and_others_keep_zeros(recipe, tmp_path):
-    """GLSCL, HBI, DRL and UCoFiA encode their zero-filled padded frames with CLIP (their readers pad; TempMe's
-    never does)."""
+    """GLSCL, HBI, DRL, UCoFiA and DiffusionRet encode their zero-filled padded frames with CLIP (their readers
+    pad; TempMe's never does)."""
     cfg = compose_train([f"experiment={recipe}"], tmp_path, tmp_path / "run")
-    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator", "drl", "ucofia")
+    encodes_padding = cfg.head.name in ("glscl", "hbi", "hbi_estimator", "drl", "ucofia", "diffusionret")
     assert cfg.backbone.padded_frames == ("encoded_blank" if encodes_padding else "zeros")
 
 
