@@ -117,6 +117,10 @@ def test_bench_towers_quick_run_writes_every_section(tmp_path):
         assert case["steps"] == 1 and case["s_per_step"] > 0 and case["trainable_params"] > 0 and case["cpu_share"] > 0
         assert math.isfinite(case["peak_extra_mib"]) and case["videos"] == case["captions"] == geometry["train_videos"]
     assert training["tempme/frozen"]["trainable_params"] < training["tempme/trainable"]["trainable_params"]
+    # Prompt Switch trains as its recipe does: with its captioning loss; the other heads have no extra loss.
+    assert {name: case["extra_losses"] for name, case in training.items()} == {
+        name: ["caption"] if name.startswith("prompt_switch/") else [] for name in TRAINING_CASES
+    }
 
     # 5. Parameters: TempMe PEFT trains exactly its tower's own; Prompt Switch trains all of CLIP, its tower adds the
     # cube and the aggregation attention, its head the captioner.

@@ -359,12 +359,13 @@ def reset_peak_resident() -> None:
         handle.write("5")
 
 
-def training_step(retriever, loss, frames: torch.Tensor, mask: torch.Tensor, captions: torch.Tensor) -> None:
-    """The training loss as tvr's training loop computes it (contrastive + the head's extra losses), backward."""
+def training_step(retriever, loss, frames: torch.Tensor, mask: torch.Tensor, captions: torch.Tensor) -> list[str]:
+    """The training loss as tvr's training loop computes it (contrastive + the head's extra losses), backward.
+    Returns the names of the head's extra losses."""
     from tvr.lit_module import training_objective
 
     retriever.zero_grad(set_to_none=True)
-    total, _, _ = training_objective(
+    total, _, terms = training_objective(
         retriever.head,
         loss,
         retriever.backbone.logit_scale,
@@ -374,6 +375,7 @@ def training_step(retriever, loss, frames: torch.Tensor, mask: torch.Tensor, cap
         backbone=retriever.backbone,
     )
     total.backward()
+    return sorted(terms)
 
 
 def run_training_case(
@@ -395,11 +397,12 @@ def run_training_case(
     loss = create_loss("infonce")
     reset_peak_resident()
     before = resident_bytes("VmRSS")
+    extra_losses: set[str] = set()
     for _ in range(warmup):
-        training_step(retriever, loss, frames, mask, captions)
+        extra_losses.update(training_step(retriever, loss, frames, mask, captions))
     clock = Clock()
     for _ in range(steps):
-        clock.time(lambda: training_step(retriever, loss, frames, mask, captions))
+        clock.time(lambda: extra_losses.update(training_step(retriever, loss, frames, mask, captions)))
     queue.put(
         {
             "variant": variant,
@@ -415,6 +418,7 @@ def run_training_case(
             "trainable_params": sum(p.numel() for p in retriever.parameters() if p.requires_grad),
             "tower_params": sum(p.numel() for _, p in retriever.head.tower_parameters(every=True)),
             "head_params": sum(p.numel() for _, p in retriever.head.new_parameters()),
+            "extra_losses": sorted(extra_losses),
         }
     )
 
