@@ -1,35 +1,46 @@
-"""TempMe's efficiency, measured: TempMe's video tower against plain per-frame CLIP on CPU (fp32, random weights).
+"""The video towers' cost, measured: TempMe's and Prompt Switch's towers against plain per-frame CLIP on CPU (fp32,
+random weights).
 
     python tools/bench_towers.py --json docs/bench_towers.json      # ViT-B/32 and ViT-B/16 geometry
     python tools/bench_towers.py --geometries b32                   # one geometry
     python tools/bench_towers.py --quick --json /tmp/towers.json    # a tiny 6-block ViT, seconds (the test)
 
 Every ratio is against **per-frame CLIP (meanpool) on the same geometry**: CLIP's image encoder run on each
-frame on its own, CLIP weights untouched by any tower. Three video towers are measured on each geometry:
+frame on its own, CLIP weights untouched by any tower. Four video towers are measured on each geometry:
 
 - ``per-frame CLIP``: the ``meanpool`` head (``per_frame`` tower, open_clip's own blocks);
 - ``per-frame CLIP + LoRA``: the ``tempme`` head with merging switched off (``tome_r=0``, no clip layers):
   LoRA through tvr's block functions, so it separates merging from the cost of the adapters and of
   running the blocks outside open_clip;
 - ``TempMe``: the ``tempme`` head with its defaults (spec §1.4: ``tome_r=2``, clip layers 8-9-10 joining
-  2-2-3 clips, 30 % cross-clip and 10 % intra-clip merging).
+  2-2-3 clips, 30 % cross-clip and 10 % intra-clip merging);
+- ``Prompt Switch``: the ``prompt_switch`` head and tower as a recipe sets them (composed from ``conf/``:
+  ``promptswitch_msrvtt`` for the ViT-B geometries, ``synthetic_promptswitch`` for the tiny one), on the
+  geometry's frames: ``num_prompts`` prompts appended to every frame, switched within groups of ``num_prompts``
+  frames, and the aggregation attention of each frame's CLS over its group's prompts. The frames must be a
+  multiple of the group (12 = 2 groups of 6 at ViT-B, as the recipe tests; the recipe trains on 6 frames,
+  one group, but the training step here takes the geometry's 12 like the other towers). The tiny geometry's
+  8 frames are no multiple of the reference's 6: it takes the built-in recipe's groups of 4.
 
 Sections (all per 12-frame video unless said otherwise):
 
-1. Tokens after every vision block: the plan (``TempMeTower.tokens_per_video()``; for per-frame CLIP,
-   tokens per frame x frames) and the tokens really present in a forward pass, read by a forward hook on
+1. Tokens after every vision block: the plan (``TempMeTower.tokens_per_video()``; for the other towers,
+   the tower's ``tokens_per_frame`` (Prompt Switch: CLS + patches + prompts) or the ViT's x frames) and the tokens really present in a forward pass, read by a forward hook on
    every block's ``ln_2`` (which every block calls on its tokens after any merging, before its MLP).
 2. Multiply-accumulates of the video tower (``Retriever.frame_features``), one forward of one video,
    counted by ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2). It counts matrix products
    (linear layers, ``mm``/``bmm``), the patch-embedding convolution and attention (QK^T and AV); it does
-   not count element-wise work (layer norms, softmax, GELU, merging's gathers and scatter-adds), as fvcore
+   not count element-wise work (layer norms, softmax, GELU, merging's gathers and scatter-adds, the prompt
+   switch's transposition), as fvcore
    does not. Two things the counter misses on CPU are dealt with: it has no formula for CPU's fused
    attention kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), so one is given (the same
    formula it uses for the GPU kernels); and under ``no_grad``, ``nn.MultiheadAttention`` (per-frame CLIP)
    takes PyTorch's fused inference kernel (``_native_multi_head_attention``), which the counter does not see
    at all (it would drop the QKV and output projections and attention), so the count runs with autograd on.
-   The count stops with an error if no attention was counted. The spec's figures (the reference code
-   measured with fvcore, spec §1.4) are printed beside ours as "spec" columns.
+   The count stops with an error if no attention was counted. Prompt Switch's aggregation attention is an
+   ``nn.MultiheadAttention`` too: its projections and attention are counted the same way. The spec's figures
+   (TempMe: the reference code measured with fvcore, spec §1.4; Prompt Switch: the spec's analytic count,
+   methods-promptswitch §2.7) are printed beside ours as "spec" columns.
 3. Inference time of the video tower: eval mode, ``torch.no_grad``, a small batch of videos, warm-up runs,
    then the median of the timed runs, per video; the towers take turns run by run, so that a busy spell on
    a shared machine slows them alike. Per-frame CLIP then runs open_clip's blocks through
@@ -37,10 +48,12 @@ Sections (all per 12-frame video unless said otherwise):
    + ``scaled_dot_product_attention``). Achieved GMAC/s (section 2's count over the time) is compared with
    the machine's float32 matrix-product rate, measured once (best of several 2048 x 2048 products): the
    physical limit of this work.
-4. Training step: forward (both towers, similarity, ``retriever.scaled``, InfoNCE via
-   ``create_loss("infonce")``) and backward, no optimiser step, on a batch of videos and as many 32-token
+4. Training step: forward (both towers) and the training loss of ``tvr.lit_module.training_objective`` (the
+   head's similarity, scaled, InfoNCE via ``create_loss("infonce")``, plus the head's extra losses: Prompt
+   Switch's captioning loss) and backward, no optimiser step, on a batch of videos and as many 32-token
    captions; a warm-up step, then the median of the timed steps. Parameter-efficient cases freeze CLIP
-   (``clip_weights: frozen`` + ``freeze_for_training()``); full fine-tuning trains CLIP too. Each case runs
+   (``clip_weights: frozen`` + ``freeze_for_training()``); full fine-tuning trains CLIP too. Prompt Switch
+   trains as its recipe does (``clip_weights`` of the recipe: CLIP trainable). Each case runs
    in a fresh process (forked from a server process that has only imported tvr, rather than spawned, which
    would import it again for every case); its memory is the peak resident set size (VmHWM, reset once the
    model and inputs are built) minus the resident size at that moment: activations kept for backward,
@@ -48,8 +61,10 @@ Sections (all per 12-frame video unless said otherwise):
    floats per trainable parameter).
    Sections 3 and 4 give each row's CPU share: the process's CPU time over wall time x threads while
    timed. Well below 100 %, other processes took the cores and the row's time is inflated.
-5. Trainable parameters in the parameter-efficient mode, against the spec's 507,648 for ViT-B/32 (§1.2),
-   and against the sum of ``head.tower_parameters()``.
+5. Parameters of each method in the mode it trains: the trainable ones, those its video tower adds (every
+   ``head.tower_parameters``, at whichever learning rate) and those its head adds (Prompt Switch's captioner,
+   used in training only), against the spec's (TempMe PEFT: 507,648 at ViT-B/32, spec §1.2; Prompt Switch:
+   2,390,016 added to the tower and 33,756,416 to the head, methods-promptswitch §5).
 
 Not comparable: the paper's headline (spec §1.9: -95 % tokens, -51 % GFLOPs, 1.8x speed-up) is against
 earlier parameter-efficient TVR methods, most likely on ViT-B/16 with a B/16-specific merge schedule, not
@@ -73,24 +88,31 @@ import torch
 
 BASELINE = "per_frame"
 BASELINE_WORDS = "per-frame CLIP (meanpool) on the same geometry"
-VARIANT_NAMES = {"per_frame": "per-frame CLIP", "per_frame_lora": "per-frame CLIP + LoRA", "tempme": "TempMe"}
+VARIANT_NAMES = {
+    "per_frame": "per-frame CLIP",
+    "per_frame_lora": "per-frame CLIP + LoRA",
+    "tempme": "TempMe",
+    "prompt_switch": "Prompt Switch",
+}
 CAPTION_TOKENS = 32
 SOT, EOT = 49406, 49407  # CLIP's BPE start/end tokens; EOT is the largest id, which the text tower's argmax relies on
 CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
-# The spec's measurements of the reference code (methods spec §1.4 and §1.2), the targets we compare with.
+# The spec's measurements of the reference code (TempMe's methods spec §1.4 and §1.2), the targets we compare with.
 # Its "CLIP baseline (no merging)" does not say whether the reference's LoRA adapters were on, so it stands beside
-# both of our unmerged towers.
+# both of our unmerged towers. Prompt Switch's figures are its spec's analytic counts (methods-promptswitch §2.7:
+# 56 tokens per frame, 59.2 GMAC per 12-frame video; §5: parameters added to the tower / to the head), not
+# measurements; its spec gives them for ViT-B/32 only.
 SPEC = {
     "b32": {
-        "gmac": {"per_frame": 53.1, "per_frame_lora": 53.1, "tempme": 34.8},
-        "final_tokens": {"per_frame": 600, "per_frame_lora": 600, "tempme": 97},
-        "peft_params": 507_648,
+        "gmac": {"per_frame": 53.1, "per_frame_lora": 53.1, "tempme": 34.8, "prompt_switch": 59.2},
+        "final_tokens": {"per_frame": 600, "per_frame_lora": 600, "tempme": 97, "prompt_switch": 672},
+        "tower_params": {"tempme": 507_648, "prompt_switch": 2_390_016},
+        "head_params": {"tempme": 0, "prompt_switch": 33_756_416},
     },
     "b16": {
         "gmac": {"per_frame": 211.5, "per_frame_lora": 211.5, "tempme": 162.1},
         "final_tokens": {"per_frame": 2364, "per_frame_lora": 2364, "tempme": 493},
-        "peft_params": None,
     },
 }
 
@@ -107,12 +129,17 @@ class Geometry:
     name: str
     backbone: dict
     frames: int
+    prompt_switch_recipe: str  # the conf/experiment recipe whose Prompt Switch head is measured
     tempme: dict = field(default_factory=dict)  # TempMe options besides ``frames`` (empty: the reference defaults)
     forward_videos: int = 2
     train_videos: int = 2
+    #: The recipe's head config and sampler frame counts (:func:`with_recipes` fills them in before measuring).
+    prompt_switch: dict = field(default_factory=dict)
 
     def heads(self) -> dict[str, dict]:
         """The head config of each video tower measured."""
+        if not self.prompt_switch:
+            raise RuntimeError("the Prompt Switch recipe is not read yet: measure with_recipes(geometry)")
         return {
             "per_frame": {"name": "meanpool"},
             "per_frame_lora": {
@@ -123,17 +150,56 @@ class Geometry:
                 "clip_groups": [],
             },
             "tempme": {"name": "tempme", "frames": self.frames, **self.tempme},
+            "prompt_switch": dict(self.prompt_switch["head"]),
         }
 
 
+def with_recipes(geometry: Geometry) -> Geometry:
+    """``geometry`` with its Prompt Switch recipe composed from ``conf/`` (head, and the samplers' frame counts
+    for the report); its frames must split into the recipe's switching groups."""
+    from omegaconf import OmegaConf
+
+    from tvr.config import compose_config
+    from tvr.models.towers.prompt_switch import PromptSwitchTower
+
+    config = compose_config([f"experiment={geometry.prompt_switch_recipe}"])
+    head = OmegaConf.to_container(config.head, resolve=True)
+    group = PromptSwitchTower.frames_multiple_of(**head)
+    if geometry.frames % group:
+        raise ValueError(
+            f"geometry {geometry.name}: {geometry.frames} frames do not split into recipe "
+            f"{geometry.prompt_switch_recipe}'s switching groups of {group} frames (head.num_prompts); "
+            "choose a recipe whose num_prompts divides the frames"
+        )
+    samplers = config.data.video
+    return replace(
+        geometry,
+        prompt_switch={
+            "head": head,
+            "group": group,
+            "recipe_train_frames": samplers.train_sampler.max_frames,
+            "recipe_test_frames": samplers.eval_sampler.max_frames,
+        },
+    )
+
+
 GEOMETRIES = {
-    "b32": Geometry("b32", {"model_name": "ViT-B-32-quickgelu"}, frames=12),
+    "b32": Geometry("b32", {"model_name": "ViT-B-32-quickgelu"}, frames=12, prompt_switch_recipe="promptswitch_msrvtt"),
     # B/16 is ~4x B/32's compute: one video per batch keeps the default run within minutes on a small CPU
-    "b16": Geometry("b16", {"model_name": "ViT-B-16-quickgelu"}, frames=12, forward_videos=1, train_videos=1),
+    "b16": Geometry(
+        "b16",
+        {"model_name": "ViT-B-16-quickgelu"},
+        frames=12,
+        prompt_switch_recipe="promptswitch_msrvtt",
+        forward_videos=1,
+        train_videos=1,
+    ),
+    # 8 frames are no multiple of the reference's 6: the built-in set's recipe switches groups of 4
     "tiny": Geometry(
         "tiny",
         {"model_name": None, "architecture": TINY_ARCHITECTURE},
         frames=8,
+        prompt_switch_recipe="synthetic_promptswitch",
         tempme={"clip_layers": [3, 4, 5], "clip_groups": [2, 2, 2]},
     ),
 }
@@ -144,7 +210,10 @@ TRAINING_CASES = [
     ("per_frame_lora", "frozen"),
     ("tempme", "frozen"),
     ("tempme", "trainable"),
+    ("prompt_switch", "trainable"),  # as its recipes train it (head.clip_weights: trainable)
 ]
+# The methods' own parameter counts (section 5), each in the mode it trains.
+PARAMETER_CASES = ["tempme/frozen", "prompt_switch/trainable"]
 MODES = {"trainable": "full FT", "frozen": "PEFT"}
 
 
@@ -173,12 +242,12 @@ def random_captions(count: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- tokens and MACs
 def planned_tokens(retriever, frames: int) -> list[int]:
     tower = retriever.head.video_tower
-    if hasattr(tower, "tokens_per_video"):
+    if hasattr(tower, "tokens_per_video"):  # a merging tower: its own block-by-block plan
         return tower.tokens_per_video()
     from tvr.models.towers import VisionGeometry
 
     geometry = VisionGeometry.of_model(retriever.backbone.clip.visual)
-    return [geometry.tokens_per_frame * frames] * geometry.depth
+    return [getattr(tower, "tokens_per_frame", geometry.tokens_per_frame) * frames] * geometry.depth
 
 
 def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -290,10 +359,23 @@ def reset_peak_resident() -> None:
         handle.write("5")
 
 
-def training_step(retriever, loss, frames: torch.Tensor, mask: torch.Tensor, captions: torch.Tensor) -> None:
+def training_step(retriever, loss, frames: torch.Tensor, mask: torch.Tensor, captions: torch.Tensor) -> list[str]:
+    """The training loss as tvr's training loop computes it (contrastive + the head's extra losses), backward.
+    Returns the names of the head's extra losses."""
+    from tvr.lit_module import training_objective
+
     retriever.zero_grad(set_to_none=True)
-    scores = retriever.head.similarity(retriever.encode_texts(captions), retriever.encode_videos(frames, mask))
-    loss(retriever.scaled(scores)).backward()
+    total, _, terms = training_objective(
+        retriever.head,
+        loss,
+        retriever.backbone.logit_scale,
+        retriever.encode_texts(captions),
+        retriever.encode_videos(frames, mask),
+        local_token_ids=captions,
+        backbone=retriever.backbone,
+    )
+    total.backward()
+    return sorted(terms)
 
 
 def run_training_case(
@@ -315,11 +397,12 @@ def run_training_case(
     loss = create_loss("infonce")
     reset_peak_resident()
     before = resident_bytes("VmRSS")
+    extra_losses: set[str] = set()
     for _ in range(warmup):
-        training_step(retriever, loss, frames, mask, captions)
+        extra_losses.update(training_step(retriever, loss, frames, mask, captions))
     clock = Clock()
     for _ in range(steps):
-        clock.time(lambda: training_step(retriever, loss, frames, mask, captions))
+        clock.time(lambda: extra_losses.update(training_step(retriever, loss, frames, mask, captions)))
     queue.put(
         {
             "variant": variant,
@@ -333,7 +416,9 @@ def run_training_case(
             "cpu_share": clock.cpu_share(),
             "peak_extra_mib": (resident_bytes("VmHWM") - before) / 2**20,
             "trainable_params": sum(p.numel() for p in retriever.parameters() if p.requires_grad),
-            "tower_params": sum(p.numel() for _, p in retriever.head.tower_parameters()),
+            "tower_params": sum(p.numel() for _, p in retriever.head.tower_parameters(every=True)),
+            "head_params": sum(p.numel() for _, p in retriever.head.new_parameters()),
+            "extra_losses": sorted(extra_losses),
         }
     )
 
@@ -343,7 +428,7 @@ def in_fresh_process(target, *args) -> dict:
     (importing it takes seconds, spawning would pay that for every case); the server runs no torch work,
     so every case starts clean, and its peak memory is its own."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tvr.models.retriever", "tvr.models.losses"])
+    context.set_forkserver_preload(["tvr.models.retriever", "tvr.models.losses", "tvr.lit_module"])
     queue = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
     process.start()
@@ -379,6 +464,7 @@ def measure_towers(geometry: Geometry, warmup: int, runs: int) -> dict[str, dict
 
 
 def measure_geometry(geometry: Geometry, args, matmul_gflops: float) -> dict:
+    geometry = with_recipes(geometry)
     towers = measure_towers(geometry, args.warmup_runs, args.timed_runs)
     base = towers[BASELINE]
     for tower in towers.values():
@@ -402,18 +488,22 @@ def measure_geometry(geometry: Geometry, args, matmul_gflops: float) -> dict:
     for case in training.values():
         case["time_vs_baseline"] = case["s_per_step"] / base_step["s_per_step"]
         case["memory_vs_baseline"] = case["peak_extra_mib"] / base_step["peak_extra_mib"]
-    peft = training["tempme/frozen"]
-    spec = SPEC.get(geometry.name)
+    spec = SPEC.get(geometry.name) or {}
     return {
         "geometry": asdict(geometry),
         "towers": towers,
         "training": training,
-        "peft_params": {
-            "trainable": peft["trainable_params"],
-            "tower_params": peft["tower_params"],
-            "spec": spec["peft_params"] if spec else None,
+        "params": {
+            case: {
+                "trainable": training[case]["trainable_params"],
+                "tower_params": training[case]["tower_params"],
+                "head_params": training[case]["head_params"],
+                "spec_tower": spec.get("tower_params", {}).get(case.split("/")[0]),
+                "spec_head": spec.get("head_params", {}).get(case.split("/")[0]),
+            }
+            for case in PARAMETER_CASES
         },
-        "spec": spec,
+        "spec": spec or None,
     }
 
 
@@ -437,7 +527,7 @@ def report(results: dict) -> None:
     )
     print(
         f"Every ratio ('vs base') is against {BASELINE_WORDS}. 'spec' columns: the spec's measurements of the reference code "
-        "(methods spec §1.4, §1.2)."
+        "(TempMe, methods spec §1.4, §1.2) and the spec's analytic counts (Prompt Switch, methods-promptswitch §2.7, §5)."
     )
     geometries = results["geometries"]
     print(
@@ -450,7 +540,7 @@ def report(results: dict) -> None:
                 [
                     g,
                     VARIANT_NAMES[v],
-                    str(r["geometry"]["frames"]),
+                    frames_cell(r["geometry"], v),
                     ", ".join(map(str, t["tokens"]["plan"])),
                     str(t["tokens"]["plan"][-1]),
                     f"{t['tokens']['final_vs_baseline']:.3f}",
@@ -461,6 +551,16 @@ def report(results: dict) -> None:
                 for v, t in r["towers"].items()
             ],
         )
+    )
+    print(
+        "\nPrompt Switch runs as its recipe sets it (head composed from conf/experiment/<recipe>), its frames in "
+        "switching groups of num_prompts: "
+        + "; ".join(
+            f"{g}: {prompt_switch_setting(r['geometry'])}"
+            for g, r in geometries.items()
+            if "prompt_switch" in r["towers"]
+        )
+        + "."
     )
     print("\n### 2. Video tower multiply-accumulates per video (FlopCounterMode, FLOPs / 2; attention = QK^T + AV)\n")
     print(
@@ -513,7 +613,8 @@ def report(results: dict) -> None:
         )
     )
     print(
-        "\n### 4. Training step: forward + backward (InfoNCE), no optimiser step; memory = peak RSS above the built model and inputs\n"
+        "\n### 4. Training step: forward + backward (InfoNCE + the head's extra losses), no optimiser step; memory = peak RSS "
+        "above the built model and inputs\n"
     )
     print(
         table(
@@ -548,6 +649,10 @@ def report(results: dict) -> None:
         )
     )
     print(
+        "\nPrompt Switch's step includes its captioning loss (a 2-layer decoder over the frame vectors and a "
+        "vocabulary-wide output layer), as its recipes train it; its video tower alone is sections 2 and 3."
+    )
+    print(
         "\nCPU share: the process's CPU time over wall time x threads while timed; well below 100 % means other "
         "processes took the cores and that row's time is inflated."
     )
@@ -558,14 +663,30 @@ def report(results: dict) -> None:
             "InfoNCE on a 1x1 matrix is zero with zero gradients, but every forward and backward kernel still runs, "
             "so the time and memory are those of a real step of that size."
         )
-    print("\n### 5. Trainable parameters, TempMe parameter-efficient (CLIP frozen)\n")
+    print("\n### 5. Parameters of each method in the mode it trains\n")
     print(
         table(
-            ["geometry", "trainable", "sum of head.tower_parameters()", "spec"],
             [
-                [g, f"{p['trainable']:,}", f"{p['tower_params']:,}", f"{p['spec']:,}" if p["spec"] else "–"]
+                "geometry",
+                "case",
+                "trainable",
+                "added by the video tower",
+                "spec",
+                "added by the head (training only)",
+                "spec",
+            ],
+            [
+                [
+                    g,
+                    f"{VARIANT_NAMES[case.split('/')[0]]}, {MODES[case.split('/')[1]]}",
+                    f"{p['trainable']:,}",
+                    f"{p['tower_params']:,}",
+                    count_cell(p["spec_tower"]),
+                    f"{p['head_params']:,}",
+                    count_cell(p["spec_head"]),
+                ]
                 for g, r in geometries.items()
-                for p in [r["peft_params"]]
+                for case, p in r["params"].items()
             ],
         )
     )
@@ -574,6 +695,27 @@ def report(results: dict) -> None:
         "against earlier parameter-efficient methods (most likely ViT-B/16 with its own merge schedule), not against "
         "per-frame CLIP with the reference's default schedule."
     )
+
+
+def count_cell(count: int | None) -> str:
+    return f"{count:,}" if count is not None else "–"
+
+
+def prompt_switch_setting(geometry: dict) -> str:
+    """How the geometry's frames split into Prompt Switch's groups, and what its recipe samples."""
+    setting = geometry["prompt_switch"]
+    groups = geometry["frames"] // setting["group"]
+    return (
+        f"{geometry['frames']} frames = {groups} group{'s' if groups > 1 else ''} of {setting['group']} "
+        f"(recipe {geometry['prompt_switch_recipe']}, which trains on {setting['recipe_train_frames']} frames and tests "
+        f"on {setting['recipe_test_frames']})"
+    )
+
+
+def frames_cell(geometry: dict, variant: str) -> str:
+    if variant != "prompt_switch":
+        return str(geometry["frames"])
+    return f"{geometry['frames']} = {geometry['frames'] // geometry['prompt_switch']['group']} x {geometry['prompt_switch']['group']}"
 
 
 def spec_ratio(spec: dict | None, variant: str) -> str:

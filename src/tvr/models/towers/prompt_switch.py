@@ -118,6 +118,11 @@ class PromptSwitchTower(SavesIdentity, VideoTower):
     def frames_multiple_of(cls, num_prompts: int = 6, **options) -> int:
         return int(num_prompts)
 
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens each frame carries through every block: CLS, patches and its ``num_prompts`` prompts."""
+        return self.geometry.tokens_per_frame + self.num_prompts
+
     def settings(self) -> dict:
         return {"num_prompts": self.num_prompts, "test_aggregation": self.test_aggregation}
 
