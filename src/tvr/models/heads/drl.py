@@ -218,14 +218,7 @@ class DRLHead(RetrievalHead):
             return text_repr["text"] @ video_repr["video"].t()
         if self.interaction == "xti":
             return self.cross(text_repr["eot"], video_repr["frames"], video_repr["mask"])
-        return self.token_wise.similarity(
-            text_repr["tokens"],
-            video_repr["tokens"],
-            text_repr["weights"],
-            video_repr["weights"],
-            text_repr["mask"],
-            video_repr["mask"],
-        )
+        return self.token_wise.repr_similarity(text_repr, video_repr)
 
     def pair_bytes(self) -> int:
         tokens, frames = self._largest

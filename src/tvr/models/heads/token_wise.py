@@ -197,6 +197,17 @@ class TokenWiseInteraction:
         cells = all_pairs_cell_mask(text_mask, video_mask) if self.needs_cells and text_mask is not None else None
         return self.scores(maps, text_weights[:, None, :], video_weights[None, :, :], cells)
 
+    def repr_similarity(self, text_repr: dict, video_repr: dict) -> torch.Tensor:
+        """:meth:`similarity` of two head representations holding ``tokens``, ``weights`` and ``mask``."""
+        return self.similarity(
+            text_repr["tokens"],
+            video_repr["tokens"],
+            text_repr["weights"],
+            video_repr["weights"],
+            text_repr["mask"],
+            video_repr["mask"],
+        )
+
     @property
     def needs_cells(self) -> bool:
         """Whether the maxima need to know which cells are padded (``padded_cells=exclude``)."""

@@ -167,14 +167,7 @@ class DiffusionRetHead(RetrievalHead):
 
     # ------------------------------------------------------------------ pairwise
     def wti(self, text_repr: Repr, video_repr: Repr) -> torch.Tensor:
-        return self.token_wise.similarity(
-            text_repr["tokens"],
-            video_repr["tokens"],
-            text_repr["weights"],
-            video_repr["weights"],
-            text_repr["mask"],
-            video_repr["mask"],
-        )
+        return self.token_wise.repr_similarity(text_repr, video_repr)
 
     def similarity(self, text_repr: Repr, video_repr: Repr):
         scores = self.wti(text_repr, video_repr)
