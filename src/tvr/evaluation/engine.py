@@ -111,6 +111,13 @@ def gather_lists(items: list) -> list:
     return [item for part in gather_objects(list(items)) for item in part]
 
 
+def rank_share(count: int) -> tuple[int, int]:
+    """``(start, stop)`` of this rank's contiguous share of ``count`` items (the shares' rank order is the items')."""
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    bounds = torch.linspace(0, count, world + 1).long().tolist()
+    return bounds[rank], bounds[rank + 1]
+
+
 def shared_similarity(
     retriever, texts: Repr, videos: Repr, tiles: dict, device: torch.device | str = "cpu", levels: bool = False
 ):
@@ -119,9 +126,7 @@ def shared_similarity(
     text-conditioned heads split their cost across ranks."""
     if not is_distributed():
         return tiled_similarity(retriever.head, texts, videos, levels=levels, **tiles)
-    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    bounds = torch.linspace(0, repr_length(texts), world + 1).long().tolist()
-    share = slice_repr(texts, bounds[rank], bounds[rank + 1])
+    share = slice_repr(texts, *rank_share(repr_length(texts)))
     rows = tiled_similarity(retriever.head, share, videos, out_device=device, levels=levels, **tiles)
     if levels:
         return {name: gather_no_grad(part).cpu() for name, part in rows.items()}
@@ -161,12 +166,7 @@ def rerank_direction(
     out = rows.clone()
     if not len(query_ids) or not len(gallery_ids):
         return out
-    if is_distributed():
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-        bounds = torch.linspace(0, len(query_ids), world + 1).long().tolist()
-        share = query_ids[bounds[rank] : bounds[rank + 1]]
-    else:
-        share = query_ids
+    share = query_ids[slice(*rank_share(len(query_ids)))] if is_distributed() else query_ids
 
     def picked(rep: Repr, ids: torch.Tensor) -> Repr:
         return {key: value.index_select(0, ids.to(value.device)).to(device) for key, value in rep.items()}
