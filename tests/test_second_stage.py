@@ -9,10 +9,12 @@ import tempfile
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tvr.errors import NonFiniteScoresError
 from tvr.evaluation.engine import EncodedSplit, evaluate_encoded, rerank_direction, second_stage_pair
 from tvr.evaluation.metrics import retrieval_metrics
 from tvr.evaluation.report import describe_measurement, markdown_table, measured_block
@@ -103,6 +105,25 @@ def test_unreadable_videos_are_neither_candidates_nor_queries():
     torch.testing.assert_close(v2t, expected_v2t, rtol=0, atol=0)
     assert head.calls[0] == ("t2v", (6, 4), list(range(6)), 4)  # 4 readable candidates
     assert head.calls[1] == ("v2t", (4, 6), [0, 2, 3, 4], 6)  # the unreadable video asks nothing
+
+
+def test_non_finite_scores_are_refused_before_the_second_stage_runs():
+    """Finite representations can still score NaN (a broken head); the second stage must not rank them first."""
+
+    class NanScores(ToySecondStage):
+        def similarity(self, text_repr, video_repr):
+            scores = super().similarity(text_repr, video_repr)
+            scores[2, 3] = float("nan")
+            return scores
+
+    head = NanScores()
+    with pytest.raises(NonFiniteScoresError, match="1 of 6 texts"):
+        evaluate_encoded(SimpleNamespace(head=head), split(), {})
+    assert head.calls == []
+    head.calls.clear()
+    # an unreadable video's column is not a candidate, so its scores are not checked
+    metrics = evaluate_encoded(SimpleNamespace(head=head), split(unreadable=(3,)), {})
+    assert metrics["unreadable_videos"] == 1 and len(head.calls) == 2
 
 
 def test_a_transductive_reranker_rescores_each_directions_own_matrix():

@@ -23,6 +23,7 @@ from tvr.data.clips import QUERY_BANK, TEXTS, VIDEO_BANK, VIDEOS
 from tvr.data.records import SplitRecords
 from tvr.distributed import gather_indexed, gather_no_grad, gather_objects, is_distributed
 from tvr.evaluation.checks import check_finite_representations
+from tvr.evaluation.metrics import check_finite_scores
 from tvr.evaluation.options import configured_reranker, encodes_every_level, evaluation_options
 from tvr.evaluation.report import evaluate_scores
 from tvr.models.draws import EvaluationDraws
@@ -143,6 +144,8 @@ def second_stage_pair(
     if not head.reranks_queries:
         return None
     readable = ~encoded.unreadable
+    # before the (costly) second stage picks candidates from them: NaN scores would be ranked, not refused
+    check_finite_scores(scores.detach().cpu().double().numpy(), readable.numpy())
     every_text = torch.ones(scores.shape[0], dtype=torch.bool)
     t2v = rerank_direction(head, "t2v", scores, encoded.texts, encoded.videos, every_text, readable, seed, device)
     v2t = rerank_direction(head, "v2t", scores.t(), encoded.videos, encoded.texts, readable, every_text, seed, device)
