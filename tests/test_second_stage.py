@@ -120,7 +120,6 @@ def test_non_finite_scores_are_refused_before_the_second_stage_runs():
     with pytest.raises(NonFiniteScoresError, match="1 of 6 texts"):
         evaluate_encoded(SimpleNamespace(head=head), split(), {})
     assert head.calls == []
-    head.calls.clear()
     # an unreadable video's column is not a candidate, so its scores are not checked
     metrics = evaluate_encoded(SimpleNamespace(head=head), split(unreadable=(3,)), {})
     assert metrics["unreadable_videos"] == 1 and len(head.calls) == 2
