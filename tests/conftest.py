@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +25,14 @@ SMALL_OVERRIDES = [f"data.source.{key}={value}" for key, value in SMALL_SYNTHETI
     "data.eval_batch_size=8",
     "data.num_workers=0",
 ]
+
+
+def run_tool(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python <args>`` from the repository root, as the tools' docstrings run them; the test fails with the tail
+    of stderr unless it exits 0."""
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train
+from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train, run_tool
 from tvr.builders import backbone_preprocessing, build_datamodule
 from tvr.data.clips import ClipReader
 from tvr.data.transforms import ClipFrameTransform, normalize_frames
@@ -64,7 +62,6 @@ def test_the_loaders_deliver_uint8_that_the_model_normalises_as_the_cpu_did(data
 def test_bench_loader_measures_each_source_and_augmentation(tmp_path):
     out = tmp_path / "loader.json"
     command = [
-        sys.executable,
         "tools/bench_loader.py",
         "--sources",
         "cache",
@@ -80,8 +77,7 @@ def test_bench_loader_measures_each_source_and_augmentation(tmp_path):
         "--json",
         str(out),
     ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_tool(*command, timeout=900)
     figures = json.loads(out.read_text())
     for source in ("cache", "video"):
         for augment in ("none", "xpool"):

@@ -4,27 +4,19 @@ denoising step follow the generators' layer shapes. Nothing here asserts a time.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import run_tool
 
 pytestmark = pytest.mark.slow  # runs the tool in a subprocess
 
 
 def test_bench_rerank_writes_both_directions_per_width(tmp_path):
     out = tmp_path / "rerank.json"
-    result = subprocess.run(
-        [sys.executable, "tools/bench_rerank.py", "--widths", "16", "32", "--queries", "4", "--gallery", "40"]
-        + ["--json", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        "tools/bench_rerank.py", "--widths", "16", "32", "--queries", "4", "--gallery", "40", "--json", str(out)
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     rows = json.loads(out.read_text())
     assert [row["width"] for row in rows] == [16, 32] and all(row["k"] == 32 and row["steps"] == 50 for row in rows)
     for row in rows:

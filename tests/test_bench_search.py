@@ -5,12 +5,10 @@ here asserts a speed: the figures only have to be well formed and sane."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import run_tool
 
 pytestmark = pytest.mark.slow  # runs the tool in a subprocess
 
@@ -21,7 +19,6 @@ FACTORIES = ["IVF4,PQ8x4", "IVF4,PQ8x4,RFlat", "IVF4,PQ8x4,Refine(SQ8)"]
 def test_bench_search_tiny_run_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable,
         "tools/bench_search.py",
         "--threads",
         "1",
@@ -65,8 +62,7 @@ def test_bench_search_tiny_run_writes_every_section(tmp_path):
         str(VIDEOS),
         "5000",
     ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_tool(*command)
     results = json.loads(out.read_text())
     assert set(results) >= {
         "machine",

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_tool
 from tvr.models.retriever import Retriever
 from tvr.models.towers import VisionGeometry
 
@@ -45,14 +43,7 @@ def prompt_switch_extra_macs(frames: int, depth: int, width: int, tokens: int, p
 
 def test_bench_towers_quick_run_writes_every_section(tmp_path):
     out = tmp_path / "towers.json"
-    result = subprocess.run(
-        [sys.executable, "tools/bench_towers.py", "--quick", "--json", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_tool("tools/bench_towers.py", "--quick", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["baseline"] == "per-frame CLIP (meanpool) on the same geometry"
     assert results["machine"]["matmul"]["gflops"] > 0 and results["machine"]["torch_threads"] == 1

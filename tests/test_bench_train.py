@@ -6,13 +6,11 @@ import copy
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train
+from conftest import REPO_ROOT, SMALL_OVERRIDES, compose_train, run_tool
 from tvr.builders import backbone_preprocessing, build_datamodule, build_module
 
 
@@ -46,7 +44,6 @@ def test_plain_loss_is_the_training_step_loss(head, data_dir, tmp_path):
 def test_bench_train_end_to_end(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable,
         "tools/bench_train.py",
         "--steps",
         "3",
@@ -59,8 +56,7 @@ def test_bench_train_end_to_end(data_dir, tmp_path):
         *SMALL_OVERRIDES,
         f"paths.data_dir={data_dir}",
     ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_tool(*command, timeout=600)
     assert "| train | tvr |" in result.stdout and "| eval | plain |" in result.stdout
     assert "| backward |" in result.stdout  # the per-segment attribution table
     figures = json.loads(out.read_text())

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_tool
 from tvr.errors import NonFiniteLossError
 from tvr.models.heads import list_heads
 
@@ -28,9 +28,7 @@ def load_tool():
 @pytest.mark.slow
 def test_the_tiny_run_on_the_cpu_passes_every_check(tmp_path):
     out = tmp_path / "gpu_check.json"
-    command = [sys.executable, "tools/gpu_check.py", "--device", "cpu", "--tiny", "--json", str(out)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_tool("tools/gpu_check.py", "--device", "cpu", "--tiny", "--json", str(out), timeout=900)
     figures = json.loads(out.read_text())
     tiny = load_tool().parse_args(["--device", "cpu", "--tiny"])
     expected = [name for name in list_heads() if name != "tempme"] + ["tempme PEFT", "tempme full FT"]
