@@ -27,7 +27,7 @@ from tvr.evaluation.metrics import check_finite_scores
 from tvr.evaluation.options import configured_reranker, encodes_every_level, evaluation_options
 from tvr.evaluation.report import evaluate_scores
 from tvr.models.draws import EvaluationDraws
-from tvr.models.heads.base import Repr, repr_length, slice_repr
+from tvr.models.heads.base import Repr, repr_length, select_repr, slice_repr
 from tvr.models.similarity import tiled_similarity
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def rerank_direction(
     share = query_ids[slice(*rank_share(len(query_ids)))] if is_distributed() else query_ids
 
     def picked(rep: Repr, ids: torch.Tensor) -> Repr:
-        return {key: value.index_select(0, ids.to(value.device)).to(device) for key, value in rep.items()}
+        return {key: value.to(device) for key, value in select_repr(rep, ids).items()}
 
     part = head.rerank_queries(
         direction,

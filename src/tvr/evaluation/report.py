@@ -159,6 +159,12 @@ def measured_block(
     }
 
 
+def second_stage_label(described: dict) -> str:
+    """``<method>'s second stage (<kind>: <option> <value>, ...)`` from :meth:`RetrievalHead.describe_rerank`."""
+    options = ", ".join(f"{key} {value}" for key, value in described.items() if key not in ("method", "kind"))
+    return f"{described['method']}'s second stage ({described['kind']}: {options})"
+
+
 def describe_measurement(measured: dict) -> list[str]:
     """The table's header lines: what was measured, and a warning for anything that is not the protocol."""
     selected = measured["checkpoint_selected_on"]
@@ -174,9 +180,8 @@ def describe_measurement(measured: dict) -> list[str]:
     ]
     second = measured.get("second_stage")  # absent from metrics.json written before it existed
     if second:
-        options = ", ".join(f"{key} {value}" for key, value in second.items() if key not in ("method", "kind"))
         lines.append(
-            f"ranked by {second['method']}'s second stage ({second['kind']}: {options}), a matrix per direction; "
+            f"ranked by {second_stage_label(second)}, a matrix per direction; "
             "the first stage alone is reported beside it"
         )
     if measured["missing_videos"]:

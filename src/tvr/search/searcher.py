@@ -20,6 +20,7 @@ import torch
 
 from tvr.data.tokenizer import CaptionTokenizer
 from tvr.errors import UserInputError
+from tvr.evaluation.report import second_stage_label
 from tvr.models.heads.base import cat_reprs
 from tvr.search.model import load_retriever
 from tvr.search.page import Hit, QueryResult
@@ -144,8 +145,8 @@ class Searcher:
                 f"over mean-pooled CLIP frame vectors, re-scored by {self.retriever.head.name}"
             )
             if self.retriever.head.reranks_queries:
-                second = self.retriever.head.describe_rerank()
-                note += f", then its second stage over each query's top {second['t2v_k']} ({second['kind']})"
+                second = second_stage_label(self.retriever.head.describe_rerank())
+                note += f", then {second} over each query's best candidates"
             recalls = None
             if options.check_recall:
                 head, gallery = self.retriever.head, self.contents.representation

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from tvr.models.heads.base import Repr, RetrievalHead, repr_length, slice_repr
+from tvr.models.heads.base import Repr, RetrievalHead, repr_length, select_repr, slice_repr
 from tvr.search.vector_index import VectorIndex
 
 
@@ -59,12 +59,26 @@ def two_stage_search(
             query_candidates = query_candidates[query_candidates >= 0]  # drop faiss's -1 padding
             one_text = slice_repr(text_repr, query, query + 1)
             candidate_scores = _score_candidates(head, one_text, video_repr, query_candidates, video_chunk)
-            candidate_scores = second_stage(head, one_text, video_repr, query, query_candidates, candidate_scores)
-            best = torch.topk(candidate_scores, min(top_k, len(query_candidates)))
-            found = len(best.indices)
-            scores[query, :found] = best.values
-            ids[query, :found] = query_candidates[best.indices]
+            _keep_best(head, one_text, video_repr, query, query_candidates, candidate_scores, scores, ids)
     return scores, ids
+
+
+def _keep_best(
+    head: RetrievalHead,
+    one_text: Repr,
+    video_repr: Repr,
+    query: int,
+    candidates: torch.Tensor,
+    candidate_scores: torch.Tensor,
+    scores: torch.Tensor,
+    ids: torch.Tensor,
+) -> None:
+    """Row ``query`` of ``scores`` and ``ids`` (``-inf`` / -1 padded): the best of the query's candidates after
+    the head's second stage, as many as the rows hold."""
+    rescored = second_stage(head, one_text, video_repr, query, candidates, candidate_scores)
+    best = torch.topk(rescored, min(scores.shape[1], len(candidates)))
+    scores[query, : len(best.indices)] = best.values
+    ids[query, : len(best.indices)] = candidates[best.indices]
 
 
 def second_stage(
@@ -74,8 +88,9 @@ def second_stage(
     are for heads without one."""
     if not head.reranks_queries or not len(candidates):
         return scores
-    candidates_repr = {key: value.index_select(0, candidates) for key, value in video_repr.items()}
-    return head.rerank_queries("t2v", scores[None], one_text, candidates_repr, torch.tensor([query]))[0]
+    return head.rerank_queries(
+        "t2v", scores[None], one_text, select_repr(video_repr, candidates), torch.tensor([query])
+    )[0]
 
 
 def rescored_top(
@@ -87,12 +102,8 @@ def rescored_top(
     out_ids = torch.full(out_scores.shape, -1, dtype=torch.long)
     for query, (row_scores, row_ids) in enumerate(zip(scores, ids)):
         real = row_ids >= 0
-        rescored = second_stage(
-            head, slice_repr(text_repr, query, query + 1), video_repr, query, row_ids[real], row_scores[real]
-        )
-        best = torch.topk(rescored, min(top_k, len(rescored)))
-        out_scores[query, : len(best.indices)] = best.values
-        out_ids[query, : len(best.indices)] = row_ids[real][best.indices]
+        one_text = slice_repr(text_repr, query, query + 1)
+        _keep_best(head, one_text, video_repr, query, row_ids[real], row_scores[real], out_scores, out_ids)
     return out_scores, out_ids
 
 
@@ -102,8 +113,7 @@ def _score_candidates(
     """``head.similarity`` of one text against the listed videos, ``[len(candidates)]``."""
     parts = []
     for chunk in candidates.split(video_chunk):
-        videos = {key: value.index_select(0, chunk) for key, value in video_repr.items()}
-        parts.append(head.similarity(one_text, videos)[0])
+        parts.append(head.similarity(one_text, select_repr(video_repr, chunk))[0])
     return torch.cat(parts) if parts else torch.empty(0)
 
 

@@ -341,6 +341,11 @@ def slice_repr(rep: Repr, start: int, stop: int) -> Repr:
     return {key: value[start:stop] for key, value in rep.items()}
 
 
+def select_repr(rep: Repr, ids: torch.Tensor) -> Repr:
+    """The items ``ids`` of a representation, in that order (on each tensor's own device)."""
+    return {key: value.index_select(0, ids.to(value.device)) for key, value in rep.items()}
+
+
 def cat_reprs(reps: list[Repr]) -> Repr:
     return {key: torch.cat([rep[key] for rep in reps]) for key in reps[0]}
 
