@@ -187,11 +187,7 @@ class DiffusionRetHead(RetrievalHead):
             return {}
         scores = context.levels["wti"].detach()
         batch = scores.shape[0]
-        if batch < self.num_candidates + 1:
-            raise ValueError(
-                f"head.num_candidates={self.num_candidates} needs a global batch of at least {self.num_candidates + 1} "
-                f"pairs, got {batch}"
-            )
+        self.check_batch(batch)  # start-up validation checks it too, where devices and nodes are counts
         ids = context.video_ids if context.video_ids is not None else torch.arange(batch)
         ranks = torch.distributed.get_world_size() if is_distributed() else 1
         same = same_video_pairs(ids.to(scores.device), ranks, rank_local=self.same_video_mask == "rank_local")
