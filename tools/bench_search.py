@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_towers import matmul_rate  # tools/ is the script's own folder, first on sys.path
 from tvr.models.backbone import FrameFeatures, TextFeatures
 from tvr.models.heads import create_head
 from tvr.models.heads.base import masked_mean_of_unit_frames, slice_repr
@@ -163,24 +164,6 @@ def memory_bandwidth(gib: float, repeats: int) -> dict:
         "what": f"best of {repeats} passes reading a {gib:g} GiB float32 array (sum of its elements); "
         f"torch_sum uses {torch.get_num_threads()} threads, numpy's sum one",
     }
-
-
-def matmul_rate(size: int = 2048, repeats: int = 5) -> dict:
-    """float32 matrix product rate (GFLOP/s) of torch's BLAS, best of ``repeats``."""
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
-    a @ b
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
-    return {
-        "gflops": 2 * size**3 / best / 1e9,
-        "what": f"best of {repeats} products of two {size}x{size} float32 matrices",
-    }
-
-
-def _seconds(work) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------ vector indexes
