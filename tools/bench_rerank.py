@@ -75,10 +75,8 @@ def measure(width: int, queries: int, gallery: int) -> dict:
     head = create_head("diffusionret", embed_dim=width, stage="generation", init_from_clip=False).eval()
     with torch.no_grad():
         texts, videos = representations(head, max(queries, gallery), max(queries, gallery), width)
-        query_texts = {key: value[:queries] for key, value in texts.items()}
-        query_videos = {key: value[:queries] for key, value in videos.items()}
-        gallery_texts = {key: value[:gallery] for key, value in texts.items()}
-        gallery_videos = {key: value[:gallery] for key, value in videos.items()}
+        query_texts, query_videos = slice_repr(texts, 0, queries), slice_repr(videos, 0, queries)
+        gallery_texts, gallery_videos = slice_repr(texts, 0, gallery), slice_repr(videos, 0, gallery)
         tiled_similarity(head, query_texts, gallery_videos)  # warm-up: allocator, thread pool
         started = time.perf_counter()
         t2v_rows = tiled_similarity(head, query_texts, gallery_videos)  # as evaluation scores, tile by tile
